@@ -1,0 +1,278 @@
+/* The portable IRE kernel source: one C dialect for OpenCL and CUDA.
+ *
+ * The host prepends a dtype header (`#define IRE_F32` + `#define T float`, or `IRE_F64` +
+ * `double`) and the prelude of its dialect (prelude_opencl.h / prelude_cuda.h), then compiles
+ * the whole at run time. Every element-wise kernel spells the canonical formula of
+ * ire-core/src/formulas.rs in the same order; with FP contraction off and correctly rounded
+ * `/` and sqrt, results equal the reference backend's bit for bit.
+ *
+ * Launch contract: element-wise kernels take one work-item per element (`i < n` guarded);
+ * reduction kernels are launched with work-groups of exactly REDUCE_WG items and any
+ * number of groups (grid-stride loops), writing one partial per group. */
+
+#define REDUCE_WG 256
+
+#ifdef IRE_F64
+#define KEY U64
+DEVICE_FN KEY order_key(T x) {
+    KEY b = BITS_F64(x);
+    return (b >> 63) ? ~b : (b | ((KEY)1 << 63));
+}
+#else
+#define KEY U32
+DEVICE_FN KEY order_key(T x) {
+    KEY b = BITS_F32(x);
+    return (b >> 31) ? ~b : (b | ((KEY)1 << 31));
+}
+#endif
+
+/* x - x is 0 for a finite x and NaN for an infinity or a NaN. */
+#define IS_FINITE(x) (((x) - (x)) == ((x) - (x)))
+
+/* ---------------------------------------------------------------- plumbing */
+
+KERNEL void fill(GLOBAL T* x, T value, INDEX n) {
+    INDEX i = GLOBAL_ID;
+    if (i < n) x[i] = value;
+}
+
+KERNEL void fill_u8(GLOBAL U8* x, U8 value, INDEX n) {
+    INDEX i = GLOBAL_ID;
+    if (i < n) x[i] = value;
+}
+
+/* ---------------------------------------------------------------- canonical formulas */
+
+DEVICE_FN T f_sgd(T p, T g, T lr, T wd) {
+    T d = g + wd * p;
+    return p - lr * d;
+}
+
+/* flags: bit 0 = first step (buffer := d), bit 1 = Nesterov. Returns θ', writes b'. */
+DEVICE_FN T f_sgd_momentum(T p, T g, T* b, T lr, T wd, T mu, T dc, U32 flags) {
+    T d = g + wd * p;
+    T b2 = (flags & 1u) ? d : (mu * (*b) + dc * d);
+    T u = (flags & 2u) ? (d + mu * b2) : b2;
+    *b = b2;
+    return p - lr * u;
+}
+
+DEVICE_FN T f_adamw(T p, T g, T* m, T* v, T decay, T b1, T omb1, T b2, T omb2, T step_size,
+                    T bc2s, T eps) {
+    T td = p * decay;
+    T m2 = b1 * (*m) + omb1 * g;
+    T v2 = b2 * (*v) + omb2 * (g * g);
+    T den = SQRT(v2) / bc2s + eps;
+    *m = m2;
+    *v = v2;
+    return td - step_size * (m2 / den);
+}
+
+DEVICE_FN T f_boost(T pb, T po, U8 n, T kappa) {
+    T kn = (n != 0) ? kappa : (T)0;
+    return pb + kn * (pb - po);
+}
+
+/* ---------------------------------------------------------------- element-wise kernels */
+
+KERNEL void axpy(GLOBAL T* y, T a, GLOBAL const T* x, INDEX n) {
+    INDEX i = GLOBAL_ID;
+    if (i < n) y[i] = y[i] + a * x[i];
+}
+
+KERNEL void sgd_step(GLOBAL T* theta, GLOBAL const T* grad, T lr, T wd, INDEX n) {
+    INDEX i = GLOBAL_ID;
+    if (i < n) theta[i] = f_sgd(theta[i], grad[i], lr, wd);
+}
+
+KERNEL void sgd_momentum_step(GLOBAL T* theta, GLOBAL const T* grad, GLOBAL T* buf, T lr, T wd,
+                              T mu, T dc, U32 flags, INDEX n) {
+    INDEX i = GLOBAL_ID;
+    if (i < n) {
+        T b = buf[i];
+        theta[i] = f_sgd_momentum(theta[i], grad[i], &b, lr, wd, mu, dc, flags);
+        buf[i] = b;
+    }
+}
+
+KERNEL void adamw_step(GLOBAL T* theta, GLOBAL const T* grad, GLOBAL T* m, GLOBAL T* v,
+                       T decay, T b1, T omb1, T b2, T omb2, T step_size, T bc2s, T eps,
+                       INDEX n) {
+    INDEX i = GLOBAL_ID;
+    if (i < n) {
+        T mi = m[i];
+        T vi = v[i];
+        theta[i] = f_adamw(theta[i], grad[i], &mi, &vi, decay, b1, omb1, b2, omb2, step_size,
+                           bc2s, eps);
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+KERNEL void ire_boost(GLOBAL T* theta, GLOBAL const T* theta_old, GLOBAL const U8* mask,
+                      T kappa, INDEX n) {
+    INDEX i = GLOBAL_ID;
+    if (i < n) theta[i] = f_boost(theta[i], theta_old[i], mask[i], kappa);
+}
+
+/* Fused IRE steps: θ_base stays in a register, the old θ is never stored. */
+KERNEL void sgd_ire_step(GLOBAL T* theta, GLOBAL const T* grad, T lr, T wd,
+                         GLOBAL const U8* mask, T kappa, INDEX n) {
+    INDEX i = GLOBAL_ID;
+    if (i < n) {
+        T p = theta[i];
+        theta[i] = f_boost(f_sgd(p, grad[i], lr, wd), p, mask[i], kappa);
+    }
+}
+
+KERNEL void sgd_momentum_ire_step(GLOBAL T* theta, GLOBAL const T* grad, GLOBAL T* buf, T lr,
+                                  T wd, T mu, T dc, U32 flags, GLOBAL const U8* mask, T kappa,
+                                  INDEX n) {
+    INDEX i = GLOBAL_ID;
+    if (i < n) {
+        T p = theta[i];
+        T b = buf[i];
+        T pb = f_sgd_momentum(p, grad[i], &b, lr, wd, mu, dc, flags);
+        theta[i] = f_boost(pb, p, mask[i], kappa);
+        buf[i] = b;
+    }
+}
+
+KERNEL void adamw_ire_step(GLOBAL T* theta, GLOBAL const T* grad, GLOBAL T* m, GLOBAL T* v,
+                           T decay, T b1, T omb1, T b2, T omb2, T step_size, T bc2s, T eps,
+                           GLOBAL const U8* mask, T kappa, INDEX n) {
+    INDEX i = GLOBAL_ID;
+    if (i < n) {
+        T p = theta[i];
+        T mi = m[i];
+        T vi = v[i];
+        T pb = f_adamw(p, grad[i], &mi, &vi, decay, b1, omb1, b2, omb2, step_size, bc2s, eps);
+        theta[i] = f_boost(pb, p, mask[i], kappa);
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+/* c = 1 - beta, computed on the host in T. */
+KERNEL void ema_square(GLOBAL T* h, GLOBAL const T* g, T beta, T c, INDEX n) {
+    INDEX i = GLOBAL_ID;
+    if (i < n) {
+        T gi = g[i];
+        h[i] = beta * h[i] + c * (gi * gi);
+    }
+}
+
+KERNEL void ema_abs(GLOBAL T* h, GLOBAL const T* g, T beta, T c, INDEX n) {
+    INDEX i = GLOBAL_ID;
+    if (i < n) h[i] = beta * h[i] + c * FABS(g[i]);
+}
+
+KERNEL void ema_product(GLOBAL T* h, GLOBAL const T* a, GLOBAL const T* b, T beta, T c,
+                        INDEX n) {
+    INDEX i = GLOBAL_ID;
+    if (i < n) h[i] = beta * h[i] + c * (a[i] * b[i]);
+}
+
+KERNEL void mask_le(GLOBAL const T* h, T tau, GLOBAL U8* mask, INDEX n) {
+    INDEX i = GLOBAL_ID;
+    if (i < n) mask[i] = (h[i] <= tau) ? (U8)1 : (U8)0;
+}
+
+KERNEL void asam_perturb(GLOBAL T* theta, GLOBAL const T* g, T s, INDEX n) {
+    INDEX i = GLOBAL_ID;
+    if (i < n) {
+        T p = theta[i];
+        theta[i] = p + ((p * p) * g[i]) * s;
+    }
+}
+
+/* ---------------------------------------------------------------- reductions */
+
+/* Tree reduction of `acc` over one work-group into out[GROUP_ID], through the local array
+ * `scratch_` that the kernel declares at its top level (OpenCL requires local variables at
+ * kernel scope). */
+#define GROUP_REDUCE(type, acc, out)                                      \
+    do {                                                                  \
+        scratch_[LOCAL_ID] = (acc);                                       \
+        BARRIER();                                                        \
+        for (U32 s_ = REDUCE_WG / 2; s_ > 0; s_ >>= 1) {                  \
+            if (LOCAL_ID < s_)                                            \
+                scratch_[LOCAL_ID] = scratch_[LOCAL_ID] + scratch_[LOCAL_ID + s_]; \
+            BARRIER();                                                    \
+        }                                                                 \
+        if (LOCAL_ID == 0) (out)[GROUP_ID] = scratch_[0];                 \
+    } while (0)
+
+KERNEL void sum_squares_partial(GLOBAL const T* x, INDEX n, GLOBAL T* partial) {
+    LOCAL_ARRAY(T, scratch_, REDUCE_WG);
+    T acc = (T)0;
+    for (INDEX i = GLOBAL_ID; i < n; i += GLOBAL_SIZE) {
+        T v = x[i];
+        acc = acc + v * v;
+    }
+    GROUP_REDUCE(T, acc, partial);
+}
+
+KERNEL void sum_squares_product_partial(GLOBAL const T* a, GLOBAL const T* b, INDEX n,
+                                        GLOBAL T* partial) {
+    LOCAL_ARRAY(T, scratch_, REDUCE_WG);
+    T acc = (T)0;
+    for (INDEX i = GLOBAL_ID; i < n; i += GLOBAL_SIZE) {
+        T p = a[i] * b[i];
+        acc = acc + p * p;
+    }
+    GROUP_REDUCE(T, acc, partial);
+}
+
+/* Second pass of a sum: adds partials. */
+KERNEL void sum_partial(GLOBAL const T* x, INDEX n, GLOBAL T* partial) {
+    LOCAL_ARRAY(T, scratch_, REDUCE_WG);
+    T acc = (T)0;
+    for (INDEX i = GLOBAL_ID; i < n; i += GLOBAL_SIZE) acc = acc + x[i];
+    GROUP_REDUCE(T, acc, partial);
+}
+
+KERNEL void count_non_finite_partial(GLOBAL const T* x, INDEX n, GLOBAL U32* partial) {
+    LOCAL_ARRAY(U32, scratch_, REDUCE_WG);
+    U32 acc = 0;
+    for (INDEX i = GLOBAL_ID; i < n; i += GLOBAL_SIZE) {
+        T v = x[i];
+        acc += IS_FINITE(v) ? 0u : 1u;
+    }
+    GROUP_REDUCE(U32, acc, partial);
+}
+
+KERNEL void count_nonzero_partial(GLOBAL const U8* x, INDEX n, GLOBAL U32* partial) {
+    LOCAL_ARRAY(U32, scratch_, REDUCE_WG);
+    U32 acc = 0;
+    for (INDEX i = GLOBAL_ID; i < n; i += GLOBAL_SIZE) acc += (x[i] != 0) ? 1u : 0u;
+    GROUP_REDUCE(U32, acc, partial);
+}
+
+KERNEL void sum_u32_partial(GLOBAL const U32* x, INDEX n, GLOBAL U32* partial) {
+    LOCAL_ARRAY(U32, scratch_, REDUCE_WG);
+    U32 acc = 0;
+    for (INDEX i = GLOBAL_ID; i < n; i += GLOBAL_SIZE) acc += x[i];
+    GROUP_REDUCE(U32, acc, partial);
+}
+
+/* ---------------------------------------------------------------- k-th largest (radix select)
+ * One pass of a most-significant-byte-first radix selection over order keys: counts, among
+ * the elements whose key matches `prefix` on the bits of `prefix_mask`, how many have each
+ * value of the byte at `shift`. The host accumulates `hist` (256 counters, zeroed by the
+ * host) over every buffer, picks the byte that holds the k-th largest, extends the prefix
+ * and repeats: 4 passes for f32, 8 for f64. The answer is exact. */
+KERNEL void select_histogram(GLOBAL const T* x, INDEX n, U32 shift, KEY prefix_mask, KEY prefix,
+                             GLOBAL U32* hist) {
+    LOCAL_ARRAY(U32, local_hist, REDUCE_WG);
+    local_hist[LOCAL_ID] = 0;
+    BARRIER();
+    for (INDEX i = GLOBAL_ID; i < n; i += GLOBAL_SIZE) {
+        KEY k = order_key(x[i]);
+        if ((k & prefix_mask) == prefix) {
+            ATOMIC_ADD_U32(&local_hist[(U32)((k >> shift) & (KEY)0xFF)], 1u);
+        }
+    }
+    BARRIER();
+    if (local_hist[LOCAL_ID] != 0) ATOMIC_ADD_U32(&hist[LOCAL_ID], local_hist[LOCAL_ID]);
+}

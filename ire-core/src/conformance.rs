@@ -1,0 +1,940 @@
+//! The conformance suite: generic checks of any [`Backend`] against the reference backend.
+//!
+//! Backend crates stamp it into their tests with [`conformance_tests!`](crate::conformance_tests):
+//!
+//! ```text
+//! fn backend() -> Option<MyBackend> { MyBackend::new().ok() }
+//! ire_core::conformance_tests!(backend());
+//! ```
+//!
+//! Element-wise operations must match the reference bit for bit; reductions match within
+//! [`TOLERANCES`]; the k-th-largest selection is exact. Every check runs for `f32` and, where
+//! the backend supports it, `f64`, on sizes that include 0, 1 and odd sizes.
+
+use std::format;
+use std::string::String;
+use std::vec::Vec;
+
+use crate::backend::Backend;
+use crate::formulas::{AdamWScalars, SgdScalars};
+use crate::optim::{
+    AdamW, AdamWConfig, EstimateInput, Estimator, Ire, IreConfig, IreStep, KappaSchedule,
+    Optimizer, Sam, SamConfig, Sgd, SgdConfig,
+};
+use crate::reference::Reference;
+use crate::scalar::{DType, Scalar};
+use crate::state::StateDict;
+
+/// Sizes every element-wise op is checked on.
+pub const SIZES: &[usize] = &[0, 1, 2, 3, 7, 64, 255, 256, 257, 1000, 4099];
+
+/// A stated tolerance for an operation whose result may differ from the reference.
+#[derive(Clone, Copy, Debug)]
+pub struct Tolerance {
+    /// The operation (or trajectory) it applies to.
+    pub op: &'static str,
+    /// Relative bound on `f32` results.
+    pub rel_f32: f64,
+    /// Relative bound on `f64` results.
+    pub rel_f64: f64,
+    /// Why the result is not bitwise.
+    pub reason: &'static str,
+}
+
+/// The one tolerance table. Everything not listed must be bit-identical to the reference.
+pub const TOLERANCES: &[Tolerance] = &[
+    Tolerance {
+        op: "sum_squares",
+        rel_f32: 1e-5,
+        rel_f64: 1e-13,
+        reason: "parallel reductions add in a different order (tree per work-group) than the \
+                 reference's pairwise order; the bound is a few ulps times log2(n) for n <= 1e5",
+    },
+    Tolerance {
+        op: "sum_squares_product",
+        rel_f32: 1e-5,
+        rel_f64: 1e-13,
+        reason: "as sum_squares",
+    },
+    Tolerance {
+        op: "sam_trajectory",
+        rel_f32: 1e-4,
+        rel_f64: 1e-11,
+        reason: "the SAM/ASAM scale ρ/‖g‖ comes from a reduction, so each step's perturbation \
+                 may differ by a few ulps, and 20 steps compound it",
+    },
+];
+
+/// The tolerance entry of `op` (panics in a test if the table lacks it).
+pub fn tolerance(op: &str) -> &'static Tolerance {
+    TOLERANCES
+        .iter()
+        .find(|t| t.op == op)
+        .unwrap_or_else(|| panic!("no tolerance entry for {op}"))
+}
+
+/// The relative bound of `op` for dtype `T`.
+pub fn rel_tol<T: Scalar>(op: &str) -> f64 {
+    let t = tolerance(op);
+    if T::DTYPE == DType::F64 {
+        t.rel_f64
+    } else {
+        t.rel_f32
+    }
+}
+
+/// A small deterministic generator (SplitMix64) for test data.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Values spread over several magnitudes and both signs, with exact zeros and repeats.
+    pub fn values<T: Scalar>(&mut self, n: usize) -> Vec<T> {
+        (0..n)
+            .map(|_| {
+                let r = self.next_u64() % 16;
+                let mag = [1e-3, 0.1, 1.0, 3.0, 50.0][(self.next_u64() % 5) as usize];
+                let x = match r {
+                    0 => 0.0,
+                    1 => 0.5,
+                    _ => (self.uniform() * 2.0 - 1.0) * mag,
+                };
+                T::of(x)
+            })
+            .collect()
+    }
+    /// Positive values (second moments).
+    pub fn positive<T: Scalar>(&mut self, n: usize) -> Vec<T> {
+        self.values::<T>(n).into_iter().map(|x| x * x).collect()
+    }
+    /// A 0/1 mask with about half ones.
+    pub fn mask(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| (self.next_u64() & 1) as u8).collect()
+    }
+}
+
+/// Distance in units in the last place between two finite values of the same type.
+pub fn ulp_distance<T: Scalar>(a: T, b: T) -> u64 {
+    a.order_key_u64().abs_diff(b.order_key_u64())
+}
+
+/// Asserts two slices are bit-identical, naming the first differing index.
+pub fn assert_bitwise<T: Scalar>(what: &str, got: &[T], want: &[T]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let same = g.as_f64().to_bits() == w.as_f64().to_bits() || (g.is_nan() && w.is_nan());
+        assert!(
+            same,
+            "{what} [{}]: element {i} differs: got {g:?}, reference {w:?} ({} ulp)",
+            T::DTYPE.name(),
+            ulp_distance(*g, *w)
+        );
+    }
+}
+
+/// Asserts `|got − want| ≤ rel·max(|want|, tiny)` element-wise.
+pub fn assert_close<T: Scalar>(what: &str, got: &[T], want: &[T], rel: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = (g.as_f64(), w.as_f64());
+        let bound = rel * w.abs().max(1e-30);
+        assert!(
+            (g - w).abs() <= bound,
+            "{what} [{}]: element {i}: got {g}, reference {w}, |Δ| = {} > {bound}",
+            T::DTYPE.name(),
+            (g - w).abs()
+        );
+    }
+}
+
+fn up<B: Backend, E: crate::scalar::Element>(b: &B, v: &[E]) -> B::Buffer<E> {
+    b.alloc_from(v)
+        .unwrap_or_else(|e| panic!("{}: upload failed: {e}", b.name()))
+}
+
+fn down<B: Backend, E: crate::scalar::Element>(b: &B, x: &B::Buffer<E>) -> Vec<E> {
+    b.to_vec(x)
+        .unwrap_or_else(|e| panic!("{}: download failed: {e}", b.name()))
+}
+
+/// Runs `f::<f32>` and, if supported, `f::<f64>`.
+macro_rules! both_dtypes {
+    ($b:expr, $f:ident) => {{
+        $f::<B, f32>($b);
+        if $b.supports_dtype(DType::F64) {
+            $f::<B, f64>($b);
+        } else {
+            println!("{}: f64 unsupported, f64 checks skipped", $b.name());
+        }
+    }};
+}
+
+// ------------------------------------------------------------------ plumbing
+
+fn plumbing_t<B: Backend, T: Scalar>(b: &B) {
+    let mut rng = Rng::new(1);
+    for &n in SIZES {
+        let z: B::Buffer<T> = b.alloc(n).unwrap();
+        assert_eq!(b.len(&z), n);
+        assert!(
+            down(b, &z).iter().all(|x| x.as_f64() == 0.0),
+            "alloc must zero"
+        );
+        let v = rng.values::<T>(n);
+        let x = up(b, &v);
+        assert_bitwise("upload/download", &down(b, &x), &v);
+        let mut y: B::Buffer<T> = b.alloc(n).unwrap();
+        b.copy(&x, &mut y).unwrap();
+        assert_bitwise("copy", &down(b, &y), &v);
+        b.fill(&mut y, T::of(-2.5)).unwrap();
+        assert!(down(b, &y).iter().all(|x| x.as_f64() == -2.5), "fill");
+        let mut m: B::Buffer<u8> = b.alloc(n).unwrap();
+        b.fill(&mut m, 1u8).unwrap();
+        assert_eq!(b.count_nonzero(&m).unwrap(), n);
+        b.upload(&mut m, &rng.mask(n)).unwrap();
+        let mv = down(b, &m);
+        assert_eq!(
+            b.count_nonzero(&m).unwrap(),
+            mv.iter().filter(|&&x| x != 0).count()
+        );
+    }
+    // Size mismatches are errors, not panics.
+    let mut a: B::Buffer<T> = b.alloc(3).unwrap();
+    let c: B::Buffer<T> = b.alloc(4).unwrap();
+    assert!(b.upload(&mut a, &[T::zero(); 2]).is_err());
+    assert!(b.copy(&c, &mut a).is_err());
+    assert!(b.axpy(&mut a, T::one(), &c).is_err());
+    let mut host = [T::zero(); 5];
+    assert!(b.download(&a, &mut host).is_err());
+}
+
+/// Allocation, upload/download, copy, fill (floats and bytes), size-mismatch errors.
+pub fn plumbing<B: Backend>(b: &B) {
+    both_dtypes!(b, plumbing_t);
+}
+
+// ------------------------------------------------------------------ element-wise ops
+
+fn sgd_scalars<T: Scalar>(rng: &mut Rng, first: bool, nesterov: bool) -> SgdScalars<T> {
+    SgdScalars {
+        lr: T::of(0.05 + rng.uniform() * 0.1),
+        weight_decay: T::of(rng.uniform() * 1e-3),
+        momentum: T::of(0.9),
+        dampening_complement: T::of(if nesterov { 1.0 } else { 0.9 }),
+        nesterov,
+        first_step: first,
+    }
+}
+
+fn adamw_scalars<T: Scalar>(t: u64) -> AdamWScalars<T> {
+    AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    }
+    .scalars(6e-4, t)
+}
+
+fn elementwise_t<B: Backend, T: Scalar>(b: &B) {
+    let r = Reference;
+    let mut rng = Rng::new(7);
+    for &n in SIZES {
+        let (v1, v2, v3) = (rng.values::<T>(n), rng.values::<T>(n), rng.positive::<T>(n));
+        let mask = rng.mask(n);
+        let kappa = T::of(4.0);
+        let a = T::of(-0.37);
+        // axpy
+        let (mut y, x) = (up(b, &v1), up(b, &v2));
+        b.axpy(&mut y, a, &x).unwrap();
+        let mut ry = up(&r, &v1);
+        r.axpy(&mut ry, a, &up(&r, &v2)).unwrap();
+        assert_bitwise("axpy", &down(b, &y), ry.as_slice());
+        // sam/asam perturb
+        let mut p = up(b, &v1);
+        b.sam_perturb(&mut p, &x, T::of(0.013)).unwrap();
+        let mut rp = up(&r, &v1);
+        r.sam_perturb(&mut rp, &up(&r, &v2), T::of(0.013)).unwrap();
+        assert_bitwise("sam_perturb", &down(b, &p), rp.as_slice());
+        let mut p = up(b, &v1);
+        b.asam_perturb(&mut p, &x, T::of(0.013)).unwrap();
+        let mut rp = up(&r, &v1);
+        r.asam_perturb(&mut rp, &up(&r, &v2), T::of(0.013)).unwrap();
+        assert_bitwise("asam_perturb", &down(b, &p), rp.as_slice());
+        // ire_boost
+        let mut p = up(b, &v1);
+        b.ire_boost(&mut p, &x, &up(b, &mask), kappa).unwrap();
+        let mut rp = up(&r, &v1);
+        r.ire_boost(&mut rp, &up(&r, &v2), &up(&r, &mask), kappa)
+            .unwrap();
+        assert_bitwise("ire_boost", &down(b, &p), rp.as_slice());
+        // ema_*
+        for beta in [0.0, 0.9] {
+            let beta = T::of(beta);
+            let mut h = up(b, &v3);
+            b.ema_square(&mut h, &x, beta).unwrap();
+            let mut rh = up(&r, &v3);
+            r.ema_square(&mut rh, &up(&r, &v2), beta).unwrap();
+            assert_bitwise("ema_square", &down(b, &h), rh.as_slice());
+            let mut h = up(b, &v3);
+            b.ema_abs(&mut h, &x, beta).unwrap();
+            let mut rh = up(&r, &v3);
+            r.ema_abs(&mut rh, &up(&r, &v2), beta).unwrap();
+            assert_bitwise("ema_abs", &down(b, &h), rh.as_slice());
+            let mut h = up(b, &v3);
+            b.ema_product(&mut h, &x, &up(b, &v1), beta).unwrap();
+            let mut rh = up(&r, &v3);
+            r.ema_product(&mut rh, &up(&r, &v2), &up(&r, &v1), beta)
+                .unwrap();
+            assert_bitwise("ema_product", &down(b, &h), rh.as_slice());
+        }
+        // mask_le, at a threshold that is one of the values (ties)
+        let tau = if n > 0 { v1[n / 2] } else { T::zero() };
+        let mut m: B::Buffer<u8> = b.alloc(n).unwrap();
+        b.mask_le(&up(b, &v1), tau, &mut m).unwrap();
+        let mut rm = r.alloc::<u8>(n).unwrap();
+        r.mask_le(&up(&r, &v1), tau, &mut rm).unwrap();
+        assert_eq!(down(b, &m), rm.0, "mask_le n={n}");
+        // sgd (plain, momentum first/later, nesterov), plain and fused IRE
+        for (first, nesterov) in [(true, false), (false, false), (false, true)] {
+            let s = sgd_scalars::<T>(&mut rng, first, nesterov);
+            let mut p = up(b, &v1);
+            b.sgd_step(&mut p, &x, &s).unwrap();
+            let mut rp = up(&r, &v1);
+            r.sgd_step(&mut rp, &up(&r, &v2), &s).unwrap();
+            assert_bitwise("sgd_step", &down(b, &p), rp.as_slice());
+            let (mut p, mut mb) = (up(b, &v1), up(b, &v3));
+            b.sgd_momentum_step(&mut p, &x, &mut mb, &s).unwrap();
+            let (mut rp, mut rmb) = (up(&r, &v1), up(&r, &v3));
+            r.sgd_momentum_step(&mut rp, &up(&r, &v2), &mut rmb, &s)
+                .unwrap();
+            assert_bitwise("sgd_momentum_step", &down(b, &p), rp.as_slice());
+            assert_bitwise("sgd_momentum_step: buffer", &down(b, &mb), rmb.as_slice());
+            // Fused IRE versions equal step-then-boost on the reference.
+            let mut p = up(b, &v1);
+            b.sgd_ire_step(&mut p, &x, &s, &up(b, &mask), kappa)
+                .unwrap();
+            let mut rp = up(&r, &v1);
+            r.sgd_step(&mut rp, &up(&r, &v2), &s).unwrap();
+            r.ire_boost(&mut rp, &up(&r, &v1), &up(&r, &mask), kappa)
+                .unwrap();
+            assert_bitwise("sgd_ire_step", &down(b, &p), rp.as_slice());
+            let (mut p, mut mb) = (up(b, &v1), up(b, &v3));
+            b.sgd_momentum_ire_step(&mut p, &x, &mut mb, &s, &up(b, &mask), kappa)
+                .unwrap();
+            let (mut rp, mut rmb) = (up(&r, &v1), up(&r, &v3));
+            r.sgd_momentum_step(&mut rp, &up(&r, &v2), &mut rmb, &s)
+                .unwrap();
+            r.ire_boost(&mut rp, &up(&r, &v1), &up(&r, &mask), kappa)
+                .unwrap();
+            assert_bitwise("sgd_momentum_ire_step", &down(b, &p), rp.as_slice());
+            assert_bitwise(
+                "sgd_momentum_ire_step: buffer",
+                &down(b, &mb),
+                rmb.as_slice(),
+            );
+        }
+        // adamw, plain and fused
+        for t in [1, 2, 1000] {
+            let s = adamw_scalars::<T>(t);
+            let (mut p, mut m, mut v) = (up(b, &v1), up(b, &v2), up(b, &v3));
+            b.adamw_step(&mut p, &x, &mut m, &mut v, &s).unwrap();
+            let (mut rp, mut rm, mut rv) = (up(&r, &v1), up(&r, &v2), up(&r, &v3));
+            r.adamw_step(&mut rp, &up(&r, &v2), &mut rm, &mut rv, &s)
+                .unwrap();
+            assert_bitwise("adamw_step", &down(b, &p), rp.as_slice());
+            assert_bitwise("adamw_step: m", &down(b, &m), rm.as_slice());
+            assert_bitwise("adamw_step: v", &down(b, &v), rv.as_slice());
+            let (mut p, mut m, mut v) = (up(b, &v1), up(b, &v2), up(b, &v3));
+            b.adamw_ire_step(&mut p, &x, &mut m, &mut v, &s, &up(b, &mask), kappa)
+                .unwrap();
+            let (mut rp, mut rm, mut rv) = (up(&r, &v1), up(&r, &v2), up(&r, &v3));
+            r.adamw_step(&mut rp, &up(&r, &v2), &mut rm, &mut rv, &s)
+                .unwrap();
+            r.ire_boost(&mut rp, &up(&r, &v1), &up(&r, &mask), kappa)
+                .unwrap();
+            assert_bitwise("adamw_ire_step", &down(b, &p), rp.as_slice());
+            assert_bitwise("adamw_ire_step: m", &down(b, &m), rm.as_slice());
+            assert_bitwise("adamw_ire_step: v", &down(b, &v), rv.as_slice());
+        }
+    }
+}
+
+/// Every element-wise op, bit for bit against the reference, on [`SIZES`].
+pub fn elementwise<B: Backend>(b: &B) {
+    both_dtypes!(b, elementwise_t);
+}
+
+// ------------------------------------------------------------------ reductions and selection
+
+fn reductions_t<B: Backend, T: Scalar>(b: &B) {
+    let mut rng = Rng::new(11);
+    for &n in SIZES.iter().chain(&[100_003usize]) {
+        let (v1, v2) = (rng.values::<T>(n), rng.values::<T>(n));
+        let want = crate::host::sum_squares(&v1);
+        let got = b.sum_squares(&up(b, &v1)).unwrap();
+        assert_close("sum_squares", &[got], &[want], rel_tol::<T>("sum_squares"));
+        let want = crate::host::sum_squares_product(&v1, &v2);
+        let got = b.sum_squares_product(&up(b, &v1), &up(b, &v2)).unwrap();
+        assert_close(
+            "sum_squares_product",
+            &[got],
+            &[want],
+            rel_tol::<T>("sum_squares_product"),
+        );
+        let mut bad = v1.clone();
+        for i in (0..n).step_by(97) {
+            bad[i] = if i % 2 == 0 { T::nan() } else { T::infinity() };
+        }
+        let count = bad.iter().filter(|x| !x.is_finite()).count();
+        assert_eq!(
+            b.count_non_finite(&up(b, &bad)).unwrap(),
+            count,
+            "count_non_finite n={n}"
+        );
+    }
+}
+
+/// Sums of squares within [`TOLERANCES`]; counts exact.
+pub fn reductions<B: Backend>(b: &B) {
+    both_dtypes!(b, reductions_t);
+}
+
+fn selection_t<B: Backend, T: Scalar>(b: &B) {
+    let mut rng = Rng::new(13);
+    // Several buffers of awkward sizes (one empty), with ties and both zeros.
+    for sizes in [
+        vec![1usize],
+        vec![5, 0, 3],
+        vec![257, 1, 1000],
+        vec![4099, 64, 7],
+        vec![100_003],
+    ] {
+        let parts: Vec<Vec<T>> = sizes
+            .iter()
+            .map(|&n| {
+                let mut v = rng.values::<T>(n);
+                for (i, x) in v.iter_mut().enumerate() {
+                    if i % 5 == 0 {
+                        *x = T::of(0.25);
+                    }
+                    if i % 11 == 0 {
+                        *x = T::of(-0.0);
+                    }
+                }
+                v
+            })
+            .collect();
+        let bufs: Vec<B::Buffer<T>> = parts.iter().map(|p| up(b, p)).collect();
+        let refs: Vec<&B::Buffer<T>> = bufs.iter().collect();
+        let mut all: Vec<T> = parts.concat();
+        let n = all.len();
+        for k in [1, 2, n / 3 + 1, n / 2 + 1, n.saturating_sub(1).max(1), n] {
+            if k > n {
+                continue;
+            }
+            let want = crate::host::kth_largest(&mut all, k).unwrap();
+            let got = b.kth_largest(&refs, k).unwrap();
+            assert_bitwise(&format!("kth_largest k={k} of {n}"), &[got], &[want]);
+        }
+        assert!(b.kth_largest(&refs, 0).is_err(), "k = 0 must be an error");
+        assert!(
+            b.kth_largest(&refs, n + 1).is_err(),
+            "k > N must be an error"
+        );
+    }
+    let with_nan = up(b, &[T::one(), T::nan(), T::zero()]);
+    assert!(
+        b.kth_largest(&[&with_nan], 1).is_err(),
+        "NaN must be rejected"
+    );
+}
+
+/// The global k-th largest over several buffers: exact, ties and signed zeros included.
+pub fn selection<B: Backend>(b: &B) {
+    both_dtypes!(b, selection_t);
+}
+
+// ------------------------------------------------------------------ IRE mask rule
+
+fn mask_rule_t<B: Backend, T: Scalar>(b: &B) {
+    // N = 10 over two tensors; the estimator gradient g gives h = g².
+    let g1 = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0].map(T::of);
+    let g2 = [7.0, 8.0, 9.0, 10.0].map(T::of);
+    let params: Vec<B::Buffer<T>> = vec![up(b, &[T::zero(); 6]), up(b, &[T::zero(); 4])];
+    let flat = |gamma: f64, g: (&[T], &[T])| -> (Vec<u8>, Vec<u8>) {
+        let cfg = IreConfig {
+            gamma,
+            ..IreConfig::default()
+        };
+        let mut ire = Ire::new(Sgd::<B, T>::new(SgdConfig::default()).unwrap(), cfg).unwrap();
+        let est = vec![up(b, g.0), up(b, g.1)];
+        let grads = vec![up(b, &[T::zero(); 6]), up(b, &[T::zero(); 4])];
+        ire.refresh(b, &params, &grads, Some(&EstimateInput::Gradient(&est)))
+            .unwrap();
+        (down(b, &ire.mask()[0]), down(b, &ire.mask()[1]))
+    };
+    // γ = 0.5: k = 5, τ = 6² → flat iff h ≤ 36: six coordinates (N − k + 1, the official quirk).
+    assert_eq!(flat(0.5, (&g1, &g2)), (vec![1; 6], vec![0; 4]));
+    // γ = 0.9: k = 1, τ = 100 → all flat.
+    assert_eq!(flat(0.9, (&g1, &g2)), (vec![1; 6], vec![1; 4]));
+    // γ = 0.8: k = 2, τ = 81 → nine flat.
+    assert_eq!(flat(0.8, (&g1, &g2)), (vec![1; 6], vec![1, 1, 1, 0]));
+    // γ = 1 → all flat; γ = 0 → none flat.
+    assert_eq!(flat(1.0, (&g1, &g2)), (vec![1; 6], vec![1; 4]));
+    assert_eq!(flat(0.0, (&g1, &g2)), (vec![0; 6], vec![0; 4]));
+    // Ties at τ are flat: h = (1,1,1,1,1,1 | 2,2,2,2), k = 5 → τ = 1 → six flat.
+    let t1 = [T::one(); 6];
+    let t2 = [T::of(core::f64::consts::SQRT_2); 4].map(|x| x);
+    let (a, c) = flat(0.5, (&t1, &t2));
+    assert_eq!(a, vec![1; 6]);
+    assert_eq!(c, vec![0; 4]);
+    // All equal: every coordinate ties at τ, all flat whatever γ > 0.
+    assert_eq!(
+        flat(0.3, (&[T::one(); 6], &[T::one(); 4])),
+        (vec![1; 6], vec![1; 4])
+    );
+    // A non-finite estimate is refused, the mask kept.
+    let cfg = IreConfig {
+        gamma: 0.5,
+        ..IreConfig::default()
+    };
+    let mut ire = Ire::new(Sgd::<B, T>::new(SgdConfig::default()).unwrap(), cfg).unwrap();
+    let grads = vec![up(b, &[T::zero(); 6]), up(b, &[T::zero(); 4])];
+    let est = vec![up(b, &g1), up(b, &g2)];
+    ire.refresh(b, &params, &grads, Some(&EstimateInput::Gradient(&est)))
+        .unwrap();
+    let before = (
+        down(b, &ire.mask()[0]),
+        down(b, &ire.mask()[1]),
+        down(b, &ire.estimate()[1]),
+    );
+    let mut bad = g2;
+    bad[2] = T::nan();
+    let est_bad = vec![up(b, &g1), up(b, &bad)];
+    let err = ire.refresh(b, &params, &grads, Some(&EstimateInput::Gradient(&est_bad)));
+    assert!(
+        matches!(err, Err(crate::Error::NonFinite { .. })),
+        "{err:?}"
+    );
+    let after = (
+        down(b, &ire.mask()[0]),
+        down(b, &ire.mask()[1]),
+        down(b, &ire.estimate()[1]),
+    );
+    assert_eq!(before.0, after.0);
+    assert_eq!(before.1, after.1);
+    assert_bitwise("estimate kept", &after.2, &before.2);
+}
+
+/// The official threshold rule, its ties and its edge cases, through `Ire`.
+pub fn mask_rule<B: Backend>(b: &B) {
+    both_dtypes!(b, mask_rule_t);
+}
+
+// ------------------------------------------------------------------ trajectories
+
+/// Gradient tensors of step `t`, the same on every backend.
+fn grads_at<T: Scalar>(t: u64, sizes: &[usize], salt: u64) -> Vec<Vec<T>> {
+    let mut rng = Rng::new(1000 + t * 31 + salt);
+    sizes.iter().map(|&n| rng.values::<T>(n)).collect()
+}
+
+const TRAJ_SIZES: &[usize] = &[257, 1, 64, 1000];
+const TRAJ_STEPS: u64 = 20;
+
+fn run_trajectory<B: Backend, T: Scalar, O: Optimizer<B, T>>(
+    b: &B,
+    mut opt: O,
+    kind: &str,
+) -> Vec<Vec<T>> {
+    let mut rng = Rng::new(99);
+    let init: Vec<Vec<T>> = TRAJ_SIZES.iter().map(|&n| rng.values::<T>(n)).collect();
+    let mut params: Vec<B::Buffer<T>> = init.iter().map(|v| up(b, v)).collect();
+    for t in 0..TRAJ_STEPS {
+        let lr = 0.05 * (1.0 - t as f64 / 40.0);
+        let g: Vec<B::Buffer<T>> = grads_at::<T>(t, TRAJ_SIZES, 0)
+            .iter()
+            .map(|v| up(b, v))
+            .collect();
+        opt.step(b, &mut params, &g, lr)
+            .unwrap_or_else(|e| panic!("{kind} step {t}: {e}"));
+    }
+    params.iter().map(|p| down(b, p)).collect()
+}
+
+fn run_ire_trajectory<B: Backend, T: Scalar, O: Optimizer<B, T>>(
+    b: &B,
+    base: O,
+    cfg: IreConfig,
+) -> Vec<Vec<T>> {
+    let mut rng = Rng::new(99);
+    let init: Vec<Vec<T>> = TRAJ_SIZES.iter().map(|&n| rng.values::<T>(n)).collect();
+    let mut params: Vec<B::Buffer<T>> = init.iter().map(|v| up(b, v)).collect();
+    let mut ire = Ire::new(base, cfg).unwrap();
+    for t in 0..TRAJ_STEPS {
+        let lr = 0.05 * (1.0 - t as f64 / 40.0);
+        let g: Vec<B::Buffer<T>> = grads_at::<T>(t, TRAJ_SIZES, 0)
+            .iter()
+            .map(|v| up(b, v))
+            .collect();
+        let est: Vec<B::Buffer<T>> = grads_at::<T>(t, TRAJ_SIZES, 7)
+            .iter()
+            .map(|v| up(b, v))
+            .collect();
+        let ctx = IreStep {
+            lr,
+            estimate: ire.refresh_due().then_some(EstimateInput::Gradient(&est)),
+        };
+        ire.step(b, &mut params, &g, ctx)
+            .unwrap_or_else(|e| panic!("IRE step {t}: {e}"));
+    }
+    params.iter().map(|p| down(b, p)).collect()
+}
+
+fn run_sam_trajectory<B: Backend, T: Scalar>(
+    b: &B,
+    adaptive: bool,
+    ire: Option<IreConfig>,
+) -> Vec<Vec<T>> {
+    let mut rng = Rng::new(99);
+    let init: Vec<Vec<T>> = TRAJ_SIZES.iter().map(|&n| rng.values::<T>(n)).collect();
+    let mut params: Vec<B::Buffer<T>> = init.iter().map(|v| up(b, v)).collect();
+    let base = Sgd::<B, T>::new(SgdConfig {
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        ..SgdConfig::default()
+    })
+    .unwrap();
+    let sam = Sam::new(
+        base,
+        SamConfig {
+            rho: if adaptive { 2.0 } else { 0.05 },
+            adaptive,
+        },
+    )
+    .unwrap();
+    match ire {
+        None => {
+            let mut sam = sam;
+            for t in 0..TRAJ_STEPS {
+                let mut g: Vec<B::Buffer<T>> = grads_at::<T>(t, TRAJ_SIZES, 0)
+                    .iter()
+                    .map(|v| up(b, v))
+                    .collect();
+                sam.step_with(b, &mut params, &mut g, 0.05, |_, gp| {
+                    for (x, v) in gp.iter_mut().zip(grads_at::<T>(t, TRAJ_SIZES, 3)) {
+                        b.upload(x, &v)?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            }
+        }
+        Some(cfg) => {
+            let mut ire = Ire::new(sam, cfg).unwrap();
+            for t in 0..TRAJ_STEPS {
+                let mut g: Vec<B::Buffer<T>> = grads_at::<T>(t, TRAJ_SIZES, 0)
+                    .iter()
+                    .map(|v| up(b, v))
+                    .collect();
+                let est: Vec<B::Buffer<T>> = grads_at::<T>(t, TRAJ_SIZES, 7)
+                    .iter()
+                    .map(|v| up(b, v))
+                    .collect();
+                let ctx = IreStep {
+                    lr: 0.05,
+                    estimate: ire.refresh_due().then_some(EstimateInput::Gradient(&est)),
+                };
+                ire.sam_step_with(b, &mut params, &mut g, ctx, |_, gp| {
+                    for (x, v) in gp.iter_mut().zip(grads_at::<T>(t, TRAJ_SIZES, 3)) {
+                        b.upload(x, &v)?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            }
+        }
+    }
+    params.iter().map(|p| down(b, p)).collect()
+}
+
+fn ire_cfg(estimator: Estimator, schedule: KappaSchedule) -> IreConfig {
+    IreConfig {
+        kappa: 3.0,
+        gamma: 0.6,
+        refresh_every: 4,
+        warmup_steps: 3,
+        beta: 0.5,
+        kappa_schedule: schedule,
+        estimator,
+    }
+}
+
+fn trajectories_t<B: Backend, T: Scalar>(b: &B) {
+    let r = Reference;
+    let sgd_cfgs = [
+        SgdConfig::default(),
+        SgdConfig {
+            momentum: 0.9,
+            dampening: 0.1,
+            weight_decay: 5e-4,
+            nesterov: false,
+        },
+        SgdConfig {
+            momentum: 0.9,
+            dampening: 0.0,
+            weight_decay: 5e-4,
+            nesterov: true,
+        },
+    ];
+    for cfg in sgd_cfgs {
+        let got = run_trajectory(b, Sgd::<B, T>::new(cfg).unwrap(), "sgd");
+        let want = run_trajectory(&r, Sgd::<Reference, T>::new(cfg).unwrap(), "sgd");
+        for (g, w) in got.iter().zip(&want) {
+            assert_bitwise(&format!("SGD trajectory {cfg:?}"), g, w);
+        }
+    }
+    let acfg = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    let got = run_trajectory(b, AdamW::<B, T>::new(acfg).unwrap(), "adamw");
+    let want = run_trajectory(&r, AdamW::<Reference, T>::new(acfg).unwrap(), "adamw");
+    for (g, w) in got.iter().zip(&want) {
+        assert_bitwise("AdamW trajectory", g, w);
+    }
+    for (est, sched) in [
+        (Estimator::SquaredGradient, KappaSchedule::Constant),
+        (
+            Estimator::AbsGradient,
+            KappaSchedule::ProportionalToLr { lr_max: 0.05 },
+        ),
+        (Estimator::SquaredTrainingGradient, KappaSchedule::Constant),
+    ] {
+        let cfg = ire_cfg(est, sched);
+        let got = run_ire_trajectory(b, Sgd::<B, T>::new(sgd_cfgs[1]).unwrap(), cfg);
+        let want = run_ire_trajectory(&r, Sgd::<Reference, T>::new(sgd_cfgs[1]).unwrap(), cfg);
+        for (g, w) in got.iter().zip(&want) {
+            assert_bitwise(&format!("SGD-IRE trajectory {est:?}"), g, w);
+        }
+        let got = run_ire_trajectory(b, AdamW::<B, T>::new(acfg).unwrap(), cfg);
+        let want = run_ire_trajectory(&r, AdamW::<Reference, T>::new(acfg).unwrap(), cfg);
+        for (g, w) in got.iter().zip(&want) {
+            assert_bitwise(&format!("AdmIRE trajectory {est:?}"), g, w);
+        }
+    }
+    let tol = rel_tol::<T>("sam_trajectory");
+    for adaptive in [false, true] {
+        for ire in [
+            None,
+            Some(ire_cfg(Estimator::SquaredGradient, KappaSchedule::Constant)),
+        ] {
+            let got = run_sam_trajectory::<B, T>(b, adaptive, ire);
+            let want = run_sam_trajectory::<Reference, T>(&r, adaptive, ire);
+            for (g, w) in got.iter().zip(&want) {
+                assert_close(
+                    &format!("SAM trajectory adaptive={adaptive} ire={}", ire.is_some()),
+                    g,
+                    w,
+                    tol,
+                );
+            }
+        }
+    }
+}
+
+/// Multi-step SGD, AdamW, SAM/ASAM and their IRE versions, fed identical gradients.
+pub fn trajectories<B: Backend>(b: &B) {
+    both_dtypes!(b, trajectories_t);
+}
+
+// ------------------------------------------------------------------ save / load
+
+fn save_load_t<B: Backend, T: Scalar>(b: &B) {
+    let cfg = ire_cfg(Estimator::SquaredGradient, KappaSchedule::Constant);
+    let make = || Ire::new(AdamW::<B, T>::new(AdamWConfig::default()).unwrap(), cfg).unwrap();
+    let mut rng = Rng::new(5);
+    let init: Vec<Vec<T>> = TRAJ_SIZES.iter().map(|&n| rng.values::<T>(n)).collect();
+    let run =
+        |ire: &mut Ire<B, T, AdamW<B, T>>, params: &mut Vec<B::Buffer<T>>, from: u64, to: u64| {
+            for t in from..to {
+                let g: Vec<B::Buffer<T>> = grads_at::<T>(t, TRAJ_SIZES, 0)
+                    .iter()
+                    .map(|v| up(b, v))
+                    .collect();
+                let est: Vec<B::Buffer<T>> = grads_at::<T>(t, TRAJ_SIZES, 7)
+                    .iter()
+                    .map(|v| up(b, v))
+                    .collect();
+                let ctx = IreStep {
+                    lr: 1e-3,
+                    estimate: ire.refresh_due().then_some(EstimateInput::Gradient(&est)),
+                };
+                ire.step(b, params, &g, ctx).unwrap();
+            }
+        };
+    // Uninterrupted: 12 steps.
+    let mut a = make();
+    let mut pa: Vec<B::Buffer<T>> = init.iter().map(|v| up(b, v)).collect();
+    run(&mut a, &mut pa, 0, 12);
+    // Interrupted at 5: save, serialize, load into a fresh optimizer, continue.
+    let mut c = make();
+    let mut pc: Vec<B::Buffer<T>> = init.iter().map(|v| up(b, v)).collect();
+    run(&mut c, &mut pc, 0, 5);
+    let saved = c.save(b).unwrap();
+    let json = serde_json_round_trip(&saved);
+    let mut d = make();
+    d.load(b, &json).unwrap();
+    assert_eq!(d.step_count(), 5);
+    run(&mut d, &mut pc, 5, 12);
+    for (x, y) in pa.iter().zip(&pc) {
+        assert_bitwise("resumed trajectory", &down(b, y), &down(b, x));
+    }
+    // Broken states are refused and change nothing.
+    let good = d.save(b).unwrap();
+    let mut broken = Vec::new();
+    let mut s = good.clone();
+    s.format_version += 1;
+    broken.push(("future version", s));
+    let mut s = good.clone();
+    s.entries.retain(|e| e.name != "h.2");
+    broken.push(("missing entry", s));
+    let mut s = good.clone();
+    s.put("extra", crate::state::StateValue::Bool(true));
+    broken.push(("extra entry", s));
+    let mut s = good.clone();
+    if let Some(e) = s.entries.iter_mut().find(|e| e.name == "mask.1") {
+        e.value = crate::state::StateValue::U8(vec![1, 1]);
+    }
+    broken.push(("wrong size", s));
+    let mut s = good.clone();
+    if let Some(e) = s.entries.iter_mut().find(|e| e.name == "base") {
+        if let crate::state::StateValue::Nested(inner) = &mut e.value {
+            inner.entries.retain(|e| e.name != "v.3");
+        }
+    }
+    broken.push(("missing nested entry", s));
+    let mut s = good.clone();
+    s.optimizer = "sgd".into();
+    broken.push(("wrong optimizer", s));
+    for (what, s) in broken {
+        let before = d.save(b).unwrap();
+        let err = d.load(b, &s);
+        assert!(
+            matches!(err, Err(crate::Error::State(_))),
+            "{what}: {err:?}"
+        );
+        assert_eq!(
+            d.save(b).unwrap(),
+            before,
+            "{what}: state changed by a failed load"
+        );
+    }
+    // Plain SGD with momentum and SAM round trip too.
+    let scfg = SgdConfig {
+        momentum: 0.9,
+        ..SgdConfig::default()
+    };
+    let mut sgd = Sgd::<B, T>::new(scfg).unwrap();
+    let mut p: Vec<B::Buffer<T>> = init.iter().map(|v| up(b, v)).collect();
+    let g: Vec<B::Buffer<T>> = grads_at::<T>(0, TRAJ_SIZES, 0)
+        .iter()
+        .map(|v| up(b, v))
+        .collect();
+    sgd.step(b, &mut p, &g, 0.1).unwrap();
+    let st = serde_json_round_trip(&sgd.save(b).unwrap());
+    let mut sgd2 = Sgd::<B, T>::new(scfg).unwrap();
+    sgd2.load(b, &st).unwrap();
+    assert_eq!(sgd2.save(b).unwrap(), st);
+    let mut sam = Sam::new(Sgd::<B, T>::new(scfg).unwrap(), SamConfig::default()).unwrap();
+    sam.load(
+        b,
+        &StateDict {
+            optimizer: "sam".into(),
+            entries: vec![crate::state::StateEntry {
+                name: "base".into(),
+                value: crate::state::StateValue::Nested(st.clone()),
+            }],
+            format_version: crate::state::STATE_FORMAT_VERSION,
+        },
+    )
+    .unwrap();
+    assert_eq!(sam.base().steps(), 1);
+}
+
+fn serde_json_round_trip(s: &StateDict) -> StateDict {
+    // The format is the caller's choice; JSON exercises the serde derives end to end.
+    let text = serde_json_string(s);
+    serde_json_parse(&text)
+}
+
+fn serde_json_string(s: &StateDict) -> String {
+    serde_json::to_string(s).unwrap_or_else(|e| panic!("serialize: {e}"))
+}
+
+fn serde_json_parse(s: &str) -> StateDict {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("deserialize: {e}"))
+}
+
+/// Save, serialize, load and continue: bit-identical to an uninterrupted run; broken states
+/// (version, missing, extra, wrong size, wrong optimizer) are refused and change nothing.
+pub fn save_load<B: Backend>(b: &B) {
+    both_dtypes!(b, save_load_t);
+}
+
+/// Every check of the suite, in order (for runners that want one call).
+pub fn all<B: Backend>(b: &B) {
+    plumbing(b);
+    elementwise(b);
+    reductions(b);
+    selection(b);
+    mask_rule(b);
+    trajectories(b);
+    save_load(b);
+}
+
+/// Stamps the conformance suite into a backend crate's tests.
+///
+/// `$make` is an expression returning `Option<B>`: `None` (device absent) makes each test print
+/// a skip line and pass; a backend crate that must not skip (CI's `IRE_REQUIRE`) panics in
+/// `$make` instead.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@one $make, conformance_plumbing, plumbing);
+        $crate::conformance_tests!(@one $make, conformance_elementwise, elementwise);
+        $crate::conformance_tests!(@one $make, conformance_reductions, reductions);
+        $crate::conformance_tests!(@one $make, conformance_selection, selection);
+        $crate::conformance_tests!(@one $make, conformance_mask_rule, mask_rule);
+        $crate::conformance_tests!(@one $make, conformance_trajectories, trajectories);
+        $crate::conformance_tests!(@one $make, conformance_save_load, save_load);
+    };
+    (@one $make:expr, $name:ident, $check:ident) => {
+        #[test]
+        fn $name() {
+            match $make {
+                Some(b) => $crate::conformance::$check(&b),
+                None => println!("skipped {}: backend unavailable", stringify!($name)),
+            }
+        }
+    };
+}

@@ -1,0 +1,228 @@
+//! The portable kernel source, shared by the OpenCL and CUDA backends.
+//!
+//! One C dialect (`kernels/ire_ops.cl`) with a prelude of macros per target
+//! (`kernels/prelude_opencl.h`, `kernels/prelude_cuda.h`). Device backends compile it at run
+//! time (OpenCL's compiler, NVRTC): no nvcc and no build script. The table [`KERNELS`] names
+//! the kernel behind each [`crate::Backend`] operation.
+
+use alloc::string::String;
+
+use crate::scalar::DType;
+
+/// The kernel source proper.
+pub const OPS_SOURCE: &str = include_str!("../kernels/ire_ops.cl");
+/// The OpenCL prelude.
+pub const OPENCL_PRELUDE: &str = include_str!("../kernels/prelude_opencl.h");
+/// The CUDA (NVRTC) prelude.
+pub const CUDA_PRELUDE: &str = include_str!("../kernels/prelude_cuda.h");
+
+/// Work-group size the reduction kernels must be launched with (`REDUCE_WG` in the source).
+pub const REDUCE_WG: usize = 256;
+
+/// The compiler a program is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// OpenCL C 1.2.
+    OpenCl,
+    /// CUDA C++ through NVRTC.
+    Cuda,
+}
+
+/// Build options that keep element-wise results bit-identical to the reference backend.
+pub const OPENCL_BUILD_OPTIONS: &str = "-cl-fp32-correctly-rounded-divide-sqrt";
+/// NVRTC options with the same purpose (no FMA contraction, IEEE division and sqrt).
+pub const NVRTC_OPTIONS: &[&str] = &["--fmad=false", "--prec-div=true", "--prec-sqrt=true"];
+
+/// The full program text for one dialect and one floating-point dtype (`F32` or `F64`).
+///
+/// Byte kernels (`fill_u8`, `count_nonzero_partial`) are in every program; backends use the
+/// `F32` program for them so that they work on devices without `f64`.
+pub fn program_source(dialect: Dialect, dtype: DType) -> String {
+    let header = match dtype {
+        DType::F64 => "#define IRE_F64\n#define T double\n",
+        _ => "#define IRE_F32\n#define T float\n",
+    };
+    let prelude = match dialect {
+        Dialect::OpenCl => OPENCL_PRELUDE,
+        Dialect::Cuda => CUDA_PRELUDE,
+    };
+    let mut s = String::with_capacity(header.len() + prelude.len() + OPS_SOURCE.len() + 2);
+    s.push_str(header);
+    s.push_str(prelude);
+    s.push('\n');
+    s.push_str(OPS_SOURCE);
+    s
+}
+
+/// A `Backend` operation and the kernels that implement it on a device.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelOp {
+    /// The method of [`crate::Backend`].
+    pub op: &'static str,
+    /// Kernel entry points used by it (in call order).
+    pub kernels: &'static [&'static str],
+}
+
+/// Every computing operation of [`crate::Backend`] and its kernels.
+pub const KERNELS: &[KernelOp] = &[
+    KernelOp {
+        op: "fill",
+        kernels: &["fill", "fill_u8"],
+    },
+    KernelOp {
+        op: "axpy",
+        kernels: &["axpy"],
+    },
+    KernelOp {
+        op: "sam_perturb",
+        kernels: &["axpy"],
+    },
+    KernelOp {
+        op: "sgd_step",
+        kernels: &["sgd_step"],
+    },
+    KernelOp {
+        op: "sgd_momentum_step",
+        kernels: &["sgd_momentum_step"],
+    },
+    KernelOp {
+        op: "adamw_step",
+        kernels: &["adamw_step"],
+    },
+    KernelOp {
+        op: "ire_boost",
+        kernels: &["ire_boost"],
+    },
+    KernelOp {
+        op: "sgd_ire_step",
+        kernels: &["sgd_ire_step"],
+    },
+    KernelOp {
+        op: "sgd_momentum_ire_step",
+        kernels: &["sgd_momentum_ire_step"],
+    },
+    KernelOp {
+        op: "adamw_ire_step",
+        kernels: &["adamw_ire_step"],
+    },
+    KernelOp {
+        op: "ema_square",
+        kernels: &["ema_square"],
+    },
+    KernelOp {
+        op: "ema_abs",
+        kernels: &["ema_abs"],
+    },
+    KernelOp {
+        op: "ema_product",
+        kernels: &["ema_product"],
+    },
+    KernelOp {
+        op: "mask_le",
+        kernels: &["mask_le"],
+    },
+    KernelOp {
+        op: "asam_perturb",
+        kernels: &["asam_perturb"],
+    },
+    KernelOp {
+        op: "sum_squares",
+        kernels: &["sum_squares_partial", "sum_partial"],
+    },
+    KernelOp {
+        op: "sum_squares_product",
+        kernels: &["sum_squares_product_partial", "sum_partial"],
+    },
+    KernelOp {
+        op: "count_non_finite",
+        kernels: &["count_non_finite_partial", "sum_u32_partial"],
+    },
+    KernelOp {
+        op: "count_nonzero",
+        kernels: &["count_nonzero_partial", "sum_u32_partial"],
+    },
+    KernelOp {
+        op: "kth_largest",
+        kernels: &["select_histogram"],
+    },
+];
+
+/// `Backend` methods that are buffer plumbing (device API calls, no kernel).
+pub const PLUMBING: &[&str] = &[
+    "name",
+    "supports_dtype",
+    "alloc",
+    "len",
+    "upload",
+    "download",
+    "copy",
+    "alloc_from",
+    "to_vec",
+];
+
+/// Every kernel entry point defined in the source, in order.
+pub fn kernel_names() -> impl Iterator<Item = &'static str> {
+    OPS_SOURCE
+        .split("KERNEL void ")
+        .skip(1)
+        .filter_map(|rest| rest.split('(').next())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    /// Method names declared in `src/backend.rs` (lines starting `fn name<` or `fn name(`).
+    fn backend_methods() -> Vec<&'static str> {
+        include_str!("backend.rs")
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("fn "))
+            .filter_map(|l| l.split(['<', '(']).next())
+            .collect()
+    }
+
+    #[test]
+    fn every_backend_op_has_its_kernel_in_the_source() {
+        let defined: Vec<&str> = kernel_names().collect();
+        let methods = backend_methods();
+        assert!(methods.len() > 20, "parsed too few methods: {methods:?}");
+        for m in &methods {
+            if PLUMBING.contains(m) {
+                continue;
+            }
+            let entry = KERNELS.iter().find(|k| k.op == *m);
+            let Some(entry) = entry else {
+                panic!("Backend::{m} has no entry in KERNELS");
+            };
+            for k in entry.kernels {
+                assert!(
+                    defined.contains(k),
+                    "kernel `{k}` of Backend::{m} is not in ire_ops.cl"
+                );
+            }
+        }
+        // And the table names no method that does not exist.
+        for k in KERNELS {
+            assert!(methods.contains(&k.op), "KERNELS names unknown op {}", k.op);
+        }
+        // Every kernel in the source is used by some op.
+        for d in &defined {
+            assert!(
+                KERNELS.iter().any(|k| k.kernels.contains(d)),
+                "kernel {d} is defined but not used"
+            );
+        }
+    }
+
+    #[test]
+    fn programs_carry_their_dtype_and_prelude() {
+        let cl = program_source(Dialect::OpenCl, DType::F64);
+        assert!(cl.starts_with("#define IRE_F64\n#define T double\n"));
+        assert!(cl.contains("#pragma OPENCL FP_CONTRACT OFF"));
+        let cu = program_source(Dialect::Cuda, DType::F32);
+        assert!(cu.contains("#define T float"));
+        assert!(cu.contains("extern \"C\" __global__"));
+        assert!(!cu.contains("#pragma OPENCL"));
+    }
+}

@@ -1,0 +1,45 @@
+//! # ire-core
+//!
+//! The numerical core of IRE (Implicit Regularization Enhancement, NeurIPS 2024): an optimizer
+//! framework that boosts a base optimizer's step along flat directions only.
+//!
+//! - [`Backend`]: a small trait of fused operations over opaque device buffers, with a
+//!   reference implementation on host memory ([`reference::Reference`]), the oracle for every
+//!   other backend.
+//! - [`optim`]: SGD, AdamW, SAM/ASAM and [`optim::Ire`], which wraps any base optimizer.
+//! - [`projector`]: the exact eigen-projection form `θ ← θ − η (u + κ P u)` for small problems.
+//! - [`schedule`]: the learning-rate schedules of the paper.
+//! - [`kernels`]: the portable OpenCL/CUDA kernel source, one formula per op.
+//! - [`state`]: optimizer state save/load (named entries, versioned, all-or-nothing).
+//!
+//! `no_std` (with `alloc`) when built with `--no-default-features --features libm`.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+#[cfg(not(any(feature = "std", feature = "libm")))]
+compile_error!("ire-core needs either the `std` or the `libm` feature for its math");
+
+extern crate alloc;
+
+pub mod backend;
+mod error;
+pub mod formulas;
+pub mod host;
+pub mod kernels;
+pub mod optim;
+pub mod projector;
+pub mod reference;
+pub mod scalar;
+pub mod schedule;
+pub mod state;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use backend::Backend;
+pub use error::{Error, Result};
+pub use optim::{
+    AdamW, AdamWConfig, Ire, IreConfig, IreStep, Optimizer, Sam, SamConfig, Sgd, SgdConfig,
+};
+pub use reference::Reference;
+pub use scalar::{DType, Element, Scalar};
+pub use schedule::LrSchedule;

@@ -1,0 +1,231 @@
+//! AdamW (decoupled weight decay) as PyTorch defines it.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+#[cfg_attr(feature = "std", allow(unused_imports))] // no_std: sqrt, powf, cos come from libm
+use num_traits::Float;
+
+use super::{Boost, Optimizer, check_lr, check_params, check_state_sizes, sizes, zeros_like};
+use crate::backend::Backend;
+use crate::error::{Result, check, check_len};
+use crate::formulas::AdamWScalars;
+use crate::scalar::Scalar;
+use crate::state::{StateDict, StateValue, indexed_names};
+
+/// Hyper-parameters of [`AdamW`] (the learning rate comes with each step).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct AdamWConfig {
+    /// β1 in [0, 1).
+    pub beta1: f64,
+    /// β2 in [0, 1).
+    pub beta2: f64,
+    /// ε ≥ 0.
+    pub eps: f64,
+    /// Decoupled weight decay ≥ 0 (`θ ← θ·(1 − lr·wd)`).
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    /// PyTorch's defaults: betas (0.9, 0.999), eps 1e-8, weight decay 0.01.
+    fn default() -> Self {
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+impl AdamWConfig {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        check(
+            "beta1",
+            self.beta1,
+            (0.0..1.0).contains(&self.beta1),
+            "[0, 1)",
+        )?;
+        check(
+            "beta2",
+            self.beta2,
+            (0.0..1.0).contains(&self.beta2),
+            "[0, 1)",
+        )?;
+        check(
+            "eps",
+            self.eps,
+            self.eps >= 0.0 && self.eps.is_finite(),
+            ">= 0, finite",
+        )?;
+        check(
+            "weight_decay",
+            self.weight_decay,
+            self.weight_decay >= 0.0 && self.weight_decay.is_finite(),
+            ">= 0, finite",
+        )
+    }
+
+    /// The host scalars of step `t` (1-based) at learning rate `lr`: everything that depends
+    /// only on `t` is computed here once, in `f64`, so no kernel needs `pow`.
+    pub fn scalars<T: Scalar>(&self, lr: f64, t: u64) -> AdamWScalars<T> {
+        let tf = t as f64;
+        let bc1 = 1.0 - self.beta1.powf(tf);
+        let bc2 = 1.0 - self.beta2.powf(tf);
+        AdamWScalars {
+            decay: T::of(1.0 - lr * self.weight_decay),
+            beta1: T::of(self.beta1),
+            one_minus_beta1: T::of(1.0 - self.beta1),
+            beta2: T::of(self.beta2),
+            one_minus_beta2: T::of(1.0 - self.beta2),
+            step_size: T::of(lr / bc1),
+            bias_correction2_sqrt: T::of(bc2.sqrt()),
+            eps: T::of(self.eps),
+        }
+    }
+}
+
+/// AdamW: `θ ← θ(1 − lr·wd)`; `m ← β1 m + (1−β1) g`; `v ← β2 v + (1−β2) g²`;
+/// `θ ← θ − (lr / (1 − β1^t)) · m / (sqrt(v) / sqrt(1 − β2^t) + ε)`.
+pub struct AdamW<B: Backend, T: Scalar> {
+    cfg: AdamWConfig,
+    m: Vec<B::Buffer<T>>,
+    v: Vec<B::Buffer<T>>,
+    sizes: Option<Vec<usize>>,
+    steps: u64,
+}
+
+impl<B: Backend, T: Scalar> AdamW<B, T> {
+    /// A new optimizer; fails if a hyper-parameter is out of range.
+    pub fn new(cfg: AdamWConfig) -> Result<Self> {
+        cfg.validate()?;
+        Ok(AdamW {
+            cfg,
+            m: Vec::new(),
+            v: Vec::new(),
+            sizes: None,
+            steps: 0,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AdamWConfig {
+        &self.cfg
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    fn prepare(
+        &mut self,
+        b: &B,
+        params: &[B::Buffer<T>],
+        grads: &[B::Buffer<T>],
+        lr: f64,
+    ) -> Result<AdamWScalars<T>> {
+        check_lr(lr)?;
+        check_params(b, params, grads)?;
+        match &self.sizes {
+            Some(s) => check_state_sizes(b, params, s)?,
+            None => {
+                let m = zeros_like(b, params)?;
+                let v = zeros_like(b, params)?;
+                self.m = m;
+                self.v = v;
+                self.sizes = Some(sizes(b, params));
+            }
+        }
+        Ok(self.cfg.scalars(lr, self.steps + 1))
+    }
+}
+
+impl<B: Backend, T: Scalar> Optimizer<B, T> for AdamW<B, T> {
+    fn name(&self) -> &str {
+        "adamw"
+    }
+
+    fn step(
+        &mut self,
+        b: &B,
+        params: &mut [B::Buffer<T>],
+        grads: &[B::Buffer<T>],
+        lr: f64,
+    ) -> Result<()> {
+        let s = self.prepare(b, params, grads, lr)?;
+        for (((p, g), m), v) in params
+            .iter_mut()
+            .zip(grads)
+            .zip(self.m.iter_mut())
+            .zip(self.v.iter_mut())
+        {
+            b.adamw_step(p, g, m, v, &s)?;
+        }
+        self.steps += 1;
+        Ok(())
+    }
+
+    fn fuses_boost(&self) -> bool {
+        true
+    }
+
+    fn step_boosted(
+        &mut self,
+        b: &B,
+        params: &mut [B::Buffer<T>],
+        grads: &[B::Buffer<T>],
+        lr: f64,
+        boost: Boost<'_, B, T>,
+    ) -> Result<()> {
+        let s = self.prepare(b, params, grads, lr)?;
+        check_len("boost mask tensors", params.len(), boost.mask.len())?;
+        for ((((p, g), m), v), n) in params
+            .iter_mut()
+            .zip(grads)
+            .zip(self.m.iter_mut())
+            .zip(self.v.iter_mut())
+            .zip(boost.mask)
+        {
+            b.adamw_ire_step(p, g, m, v, &s, n, boost.kappa)?;
+        }
+        self.steps += 1;
+        Ok(())
+    }
+
+    fn save(&self, b: &B) -> Result<StateDict> {
+        let mut d = StateDict::new("adamw");
+        d.put("steps", StateValue::U64(self.steps));
+        d.put_tensors(b, "m", &self.m)?;
+        d.put_tensors(b, "v", &self.v)?;
+        Ok(d)
+    }
+
+    fn load(&mut self, b: &B, state: &StateDict) -> Result<()> {
+        let saved = state.tensor_sizes("m");
+        let mut expected: Vec<String> = alloc::vec!["steps".into()];
+        expected.extend(indexed_names("m", saved.len()));
+        expected.extend(indexed_names("v", saved.len()));
+        state.expect("adamw", &expected)?;
+        if let Some(cur) = &self.sizes {
+            check_len("number of AdamW moment tensors", cur.len(), saved.len())?;
+            for (i, (a, c)) in saved.iter().zip(cur).enumerate() {
+                check_len(&alloc::format!("AdamW moment tensor {i}"), *c, *a)?;
+            }
+        }
+        let steps = state.get_u64("steps")?;
+        let m = state.load_tensors::<B, T>(b, "m", &saved)?;
+        let v = state.load_tensors::<B, T>(b, "v", &saved)?;
+        self.steps = steps;
+        self.sizes = if saved.is_empty() && steps == 0 {
+            None
+        } else {
+            Some(saved)
+        };
+        self.m = m;
+        self.v = v;
+        Ok(())
+    }
+}

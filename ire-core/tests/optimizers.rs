@@ -1,0 +1,652 @@
+//! Base optimizers against golden values, and IRE's semantics on problems solvable by hand.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use ire_core::optim::{EstimateInput, Estimator, KappaSchedule, Optimizer, sharp_count};
+use ire_core::reference::{HostBuffer, Reference};
+use ire_core::{
+    AdamW, AdamWConfig, Backend, Error, Ire, IreConfig, IreStep, Result, Sam, SamConfig, Sgd,
+    SgdConfig,
+};
+
+const R: Reference = Reference;
+
+fn bufs(v: &[&[f64]]) -> Vec<HostBuffer<f64>> {
+    v.iter().map(|x| HostBuffer(x.to_vec())).collect()
+}
+
+/// Gradient of the diagonal quadratic `f(θ) = ½ Σ a_i θ_i²`.
+fn quad_grad(a: &[f64], theta: &[HostBuffer<f64>]) -> Vec<HostBuffer<f64>> {
+    vec![HostBuffer(
+        theta[0].0.iter().zip(a).map(|(t, a)| a * t).collect(),
+    )]
+}
+
+const A: [f64; 3] = [1.0, 0.5, -2.0];
+const THETA0: [f64; 3] = [1.0, -2.0, 0.5];
+
+fn run3<O: Optimizer<Reference, f64>>(mut opt: O, lr: f64) -> Vec<f64> {
+    let mut p = bufs(&[&THETA0]);
+    for _ in 0..3 {
+        let g = quad_grad(&A, &p);
+        opt.step(&R, &mut p, &g, lr).unwrap();
+    }
+    p[0].0.clone()
+}
+
+// Golden values: three steps on f(θ) = ½ Σ a_i θ_i², a = (1, 0.5, −2), θ0 = (1, −2, 0.5),
+// from this Python (PyTorch's SGD/AdamW update rules, written in the canonical order):
+//
+//   def sgd(mu, damp, wd, nest, lr=0.1, steps=3):
+//       th = list(th0); b = None
+//       for t in range(steps):
+//           g = [a[i]*th[i] for i in range(3)]
+//           d = [g[i] + wd*th[i] for i in range(3)]
+//           if mu != 0:
+//               b = list(d) if b is None else [mu*b[i] + (1-damp)*d[i] for i in range(3)]
+//               u = [d[i] + mu*b[i] for i in range(3)] if nest else b
+//           else: u = d
+//           th = [th[i] - lr*u[i] for i in range(3)]
+//       return th
+//   def adamw(lr=0.01, b1=0.9, b2=0.999, eps=1e-8, wd=0.01, steps=3):
+//       th = list(th0); m = [0.0]*3; v = [0.0]*3
+//       for t in range(1, steps+1):
+//           g = [a[i]*th[i] for i in range(3)]
+//           ss = lr/(1 - b1**t); bc2s = math.sqrt(1 - b2**t)
+//           for i in range(3):
+//               td = th[i]*(1 - lr*wd)
+//               m[i] = b1*m[i] + (1-b1)*g[i]
+//               v[i] = b2*v[i] + (1-b2)*(g[i]*g[i])
+//               th[i] = td - ss*(m[i]/(math.sqrt(v[i])/bc2s + eps))
+//       return th
+#[test]
+fn sgd_matches_golden_values() {
+    let cfg = SgdConfig {
+        momentum: 0.9,
+        dampening: 0.1,
+        weight_decay: 0.01,
+        nesterov: false,
+    };
+    assert_eq!(
+        run3(Sgd::new(cfg).unwrap(), 0.1),
+        [0.50499568619, -1.4791495653799998, 1.116287757595]
+    );
+    let nesterov = SgdConfig {
+        momentum: 0.9,
+        dampening: 0.0,
+        weight_decay: 0.01,
+        nesterov: true,
+    };
+    assert_eq!(
+        run3(Sgd::new(nesterov).unwrap(), 0.1),
+        [0.3218596734410001, -1.249531709582, 1.6032873682705]
+    );
+    let plain = SgdConfig {
+        weight_decay: 0.01,
+        ..SgdConfig::default()
+    };
+    assert_eq!(
+        run3(Sgd::new(plain).unwrap(), 0.1),
+        [0.726572699, -1.7093406979999999, 0.8618417995000001]
+    );
+}
+
+#[test]
+fn adamw_matches_golden_values() {
+    let got = run3(AdamW::new(AdamWConfig::default()).unwrap(), 0.01);
+    let want = [0.9697132353796779, -1.9694080723952936, 0.529863945814191];
+    // `powf` on the host may differ from Python's `**` by an ulp in β^t: allow 4 ulps.
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() <= 4.0 * f64::EPSILON * w.abs(), "{g} vs {w}");
+    }
+}
+
+#[test]
+fn sam_and_asam_take_the_gradient_at_the_perturbed_point() {
+    // One SAM step on the quadratic, by hand: ε = ρ g/‖g‖, g' = a(θ + ε), θ ← θ − lr g'.
+    for adaptive in [false, true] {
+        let rho = 0.05;
+        let mut sam = Sam::new(
+            Sgd::new(SgdConfig::default()).unwrap(),
+            SamConfig { rho, adaptive },
+        )
+        .unwrap();
+        let mut p = bufs(&[&THETA0]);
+        let g = quad_grad(&A, &p);
+        sam.perturb(&R, &mut p, &g).unwrap();
+        let g0: Vec<f64> = A.iter().zip(THETA0).map(|(a, t)| a * t).collect();
+        let (w, norm_terms): (Vec<f64>, Vec<f64>) = if adaptive {
+            (
+                THETA0.iter().map(|t| t * t).collect(),
+                THETA0.iter().zip(&g0).map(|(t, g)| t.abs() * g).collect(),
+            )
+        } else {
+            (vec![1.0; 3], g0.clone())
+        };
+        let norm = norm_terms.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let eps: Vec<f64> = w
+            .iter()
+            .zip(&g0)
+            .map(|(w, g)| rho * w * g / (norm + 1e-12))
+            .collect();
+        for i in 0..3 {
+            assert!((p[0].0[i] - (THETA0[i] + eps[i])).abs() < 1e-15);
+        }
+        let gp = quad_grad(&A, &p);
+        sam.step(&R, &mut p, &gp, 0.1).unwrap();
+        for i in 0..3 {
+            let want = THETA0[i] - 0.1 * (A[i] * (THETA0[i] + eps[i]));
+            assert!(
+                (p[0].0[i] - want).abs() < 1e-15,
+                "adaptive={adaptive} i={i}"
+            );
+        }
+        // Out-of-order use is an error, not a panic.
+        assert!(matches!(
+            sam.step(&R, &mut p, &gp, 0.1),
+            Err(Error::Protocol(_))
+        ));
+    }
+    // The restore is exact, bit for bit, even where θ + ε − ε would round.
+    let mut sam = Sam::new(
+        Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap(),
+        SamConfig::default(),
+    )
+    .unwrap();
+    let theta = [0.1, 1e-17, 3.0];
+    let mut p = bufs(&[&theta]);
+    let g = bufs(&[&[0.3, 0.7, 1e-9]]);
+    sam.perturb(&R, &mut p, &g).unwrap();
+    sam.restore(&R, &mut p).unwrap();
+    assert_eq!(p[0].0, theta);
+    // A non-finite gradient norm is refused and θ is untouched.
+    let mut p = bufs(&[&theta]);
+    let bad = bufs(&[&[f64::NAN, 0.0, 0.0]]);
+    assert!(matches!(
+        sam.perturb(&R, &mut p, &bad),
+        Err(Error::NonFinite { .. })
+    ));
+    assert_eq!(p[0].0, theta);
+}
+
+#[test]
+fn sam_closure_api_equals_two_phase_api() {
+    let a = [3.0, -1.0, 0.25, 2.0];
+    let t0 = [0.5, 1.5, -2.0, 0.1];
+    let cfg = SgdConfig {
+        momentum: 0.9,
+        ..SgdConfig::default()
+    };
+    let mut s1 = Sam::new(Sgd::new(cfg).unwrap(), SamConfig::default()).unwrap();
+    let mut s2 = Sam::new(Sgd::new(cfg).unwrap(), SamConfig::default()).unwrap();
+    let (mut p1, mut p2) = (bufs(&[&t0]), bufs(&[&t0]));
+    for _ in 0..5 {
+        let g = quad_grad(&a, &p1);
+        s1.perturb(&R, &mut p1, &g).unwrap();
+        let gp = quad_grad(&a, &p1);
+        s1.step(&R, &mut p1, &gp, 0.05).unwrap();
+        let mut g2 = quad_grad(&a, &p2);
+        s2.step_with(&R, &mut p2, &mut g2, 0.05, |p, g| {
+            g[0] = quad_grad(&a, p).remove(0);
+            Ok(())
+        })
+        .unwrap();
+    }
+    assert_eq!(p1, p2);
+    // A failing closure leaves θ restored.
+    let before = p2.clone();
+    let mut g2 = quad_grad(&a, &p2);
+    let r = s2.step_with(&R, &mut p2, &mut g2, 0.05, |_, _| {
+        Err(Error::Protocol("boom".into()))
+    });
+    assert!(r.is_err());
+    assert_eq!(p2, before);
+    assert!(!s2.is_perturbed());
+}
+
+#[test]
+fn sharp_count_rule() {
+    assert_eq!(sharp_count(10, 0.5), 5);
+    assert_eq!(sharp_count(10, 0.9), 1); // not 0, although 1 − 0.9 < 0.1 in binary
+    assert_eq!(sharp_count(10, 0.99), 0);
+    assert_eq!(sharp_count(7, 0.5), 3);
+    assert_eq!(sharp_count(3, 0.6), 1);
+    assert_eq!(sharp_count(10, 1.0), 0);
+    assert_eq!(sharp_count(10, 0.0), 10);
+    assert_eq!(sharp_count(0, 0.3), 0);
+    assert_eq!(sharp_count(1_000_000, 0.6), 400_000);
+}
+
+/// Diagonal quadratic, plain SGD, powers of two everywhere so every number is exact.
+/// a = (64, 16, 4, 1, 0.5, 0.25): with γ = 0.5, k = 3, τ = 4² = 16 → flat iff a² ≤ 16: the last
+/// four coordinates (N − k + 1). Flat coordinates must move exactly (1 + κ) times as far.
+#[test]
+fn ire_sgd_moves_flat_coordinates_one_plus_kappa_times_as_far() {
+    let a = [64.0, 16.0, 4.0, 1.0, 0.5, 0.25];
+    let lr = 1.0 / 128.0;
+    let kappa = 3.0;
+    let cfg = IreConfig {
+        kappa,
+        gamma: 0.5,
+        refresh_every: 1,
+        ..IreConfig::default()
+    };
+    let mut ire = Ire::new(Sgd::new(SgdConfig::default()).unwrap(), cfg).unwrap();
+    let mut sgd = Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap();
+    let mut p = bufs(&[&[1.0; 6]]);
+    let mut q = p.clone();
+    let g = quad_grad(&a, &p);
+    let est = g.clone();
+    let rep = ire
+        .step(
+            &R,
+            &mut p,
+            &g,
+            IreStep {
+                lr,
+                estimate: Some(EstimateInput::Gradient(&est)),
+            },
+        )
+        .unwrap();
+    assert!(rep.refreshed);
+    assert_eq!(rep.threshold, Some(16.0));
+    assert_eq!(ire.flat_count(&R).unwrap(), 4);
+    assert_eq!(ire.mask()[0].0, [0, 0, 1, 1, 1, 1]);
+    sgd.step(&R, &mut q, &g, lr).unwrap();
+    for i in 0..6 {
+        let plain = q[0].0[i] - 1.0;
+        let boosted = p[0].0[i] - 1.0;
+        let factor = if i >= 2 { 1.0 + kappa } else { 1.0 };
+        assert_eq!(boosted, factor * plain, "coordinate {i}");
+    }
+}
+
+#[test]
+fn warmup_refresh_interval_and_kappa_decay() {
+    let a = [4.0, 1.0, 0.25, 0.125];
+    let cfg = IreConfig {
+        kappa: 2.0,
+        gamma: 0.5,
+        refresh_every: 4,
+        warmup_steps: 3,
+        beta: 0.0,
+        kappa_schedule: KappaSchedule::ProportionalToLr { lr_max: 0.25 },
+        estimator: Estimator::SquaredGradient,
+    };
+    let mut ire = Ire::new(Sgd::new(SgdConfig::default()).unwrap(), cfg).unwrap();
+    let mut sgd = Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap();
+    let mut p = bufs(&[&[1.0; 4]]);
+    let mut q = p.clone();
+    let mut refreshed_at = Vec::new();
+    for t in 0..12u64 {
+        let lr = if t < 6 { 0.25 } else { 0.125 };
+        let g = quad_grad(&a, &p);
+        let due = ire.refresh_due();
+        if due {
+            // Without an estimate a due refresh is an error and nothing moves.
+            let before = p.clone();
+            let e = ire.step(&R, &mut p, &g, IreStep::lr(lr));
+            assert!(matches!(e, Err(Error::Protocol(_))), "{e:?}");
+            assert_eq!(p, before);
+            assert_eq!(ire.step_count(), t);
+        }
+        let est = g.clone();
+        let rep = ire
+            .step(
+                &R,
+                &mut p,
+                &g,
+                IreStep {
+                    lr,
+                    estimate: due.then_some(EstimateInput::Gradient(&est)),
+                },
+            )
+            .unwrap();
+        if rep.refreshed {
+            refreshed_at.push(t);
+        }
+        // κ_t: 0 in warm-up, then κ · lr / lr_max.
+        let want_kappa = if t < 3 { 0.0 } else { 2.0 * lr / 0.25 };
+        assert_eq!(rep.kappa, want_kappa, "t={t}");
+        // Plain SGD from the same point: equal in warm-up, boosted after (some coordinate flat).
+        let gq = quad_grad(&a, &q);
+        sgd.step(&R, &mut q, &gq, lr).unwrap();
+        if t < 3 {
+            assert_eq!(p, q, "warm-up steps are plain SGD (t={t})");
+        } else {
+            assert_ne!(p, q, "IRE steps differ from plain SGD (t={t})");
+        }
+        q = p.clone();
+    }
+    assert_eq!(refreshed_at, [3, 7, 11]);
+}
+
+/// A base optimizer written by a user: sign descent on host buffers. IRE wraps it through the
+/// trait's provided `step_boosted` (copy, step, boost).
+struct SignDescent {
+    steps: u64,
+}
+
+impl Optimizer<Reference, f64> for SignDescent {
+    fn name(&self) -> &str {
+        "sign-descent"
+    }
+    fn step(
+        &mut self,
+        _: &Reference,
+        params: &mut [HostBuffer<f64>],
+        grads: &[HostBuffer<f64>],
+        lr: f64,
+    ) -> Result<()> {
+        for (p, g) in params.iter_mut().zip(grads) {
+            for (x, g) in p.0.iter_mut().zip(&g.0) {
+                *x -= lr * g.signum();
+            }
+        }
+        self.steps += 1;
+        Ok(())
+    }
+    fn save(&self, _: &Reference) -> Result<ire_core::state::StateDict> {
+        let mut d = ire_core::state::StateDict::new("sign-descent");
+        d.put("steps", ire_core::state::StateValue::U64(self.steps));
+        Ok(d)
+    }
+    fn load(&mut self, _: &Reference, s: &ire_core::state::StateDict) -> Result<()> {
+        s.expect("sign-descent", &["steps".into()])?;
+        self.steps = s.get_u64("steps")?;
+        Ok(())
+    }
+}
+
+#[test]
+fn a_user_written_optimizer_can_be_wrapped() {
+    let cfg = IreConfig {
+        kappa: 1.0,
+        gamma: 0.5,
+        refresh_every: 1,
+        ..IreConfig::default()
+    };
+    let mut ire = Ire::new(SignDescent { steps: 0 }, cfg).unwrap();
+    // Two tensors: the threshold is global over both (N = 4, k = 2, τ = 2nd largest h = 9).
+    let mut p = bufs(&[&[0.0, 0.0], &[0.0, 0.0]]);
+    let g = bufs(&[&[1.0, -1.0], &[-1.0, 1.0]]);
+    let est = bufs(&[&[4.0, 1.0], &[3.0, 2.0]]);
+    ire.step(
+        &R,
+        &mut p,
+        &g,
+        IreStep {
+            lr: 0.5,
+            estimate: Some(EstimateInput::Gradient(&est)),
+        },
+    )
+    .unwrap();
+    // h = (16, 1 | 9, 4): flat iff h ≤ 9 → (0, 1 | 1, 1).
+    assert_eq!(p[0].0, [-0.5, 1.0]);
+    assert_eq!(p[1].0, [1.0, -1.0]);
+    let saved = ire.save(&R).unwrap();
+    assert_eq!(saved.get_nested("base").unwrap().optimizer, "sign-descent");
+    assert_eq!(ire.base().steps, 1);
+}
+
+#[test]
+fn hutchinson_and_training_gradient_estimators() {
+    // H = diag(a); with z Rademacher, z ⊙ Hz = a exactly.
+    let a = [8.0, 0.5, 2.0, 0.25];
+    let z = bufs(&[&[1.0, -1.0, -1.0, 1.0]]);
+    let hz = vec![HostBuffer(
+        z[0].0.iter().zip(a).map(|(z, a)| z * a).collect::<Vec<_>>(),
+    )];
+    let cfg = IreConfig {
+        gamma: 0.5,
+        refresh_every: 1,
+        estimator: Estimator::Hutchinson,
+        ..IreConfig::default()
+    };
+    let mut ire = Ire::new(
+        Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap(),
+        cfg,
+    )
+    .unwrap();
+    let mut p = bufs(&[&[1.0; 4]]);
+    let g = bufs(&[&[0.0; 4]]);
+    ire.step(
+        &R,
+        &mut p,
+        &g,
+        IreStep {
+            lr: 0.1,
+            estimate: Some(EstimateInput::HessianProbe { z: &z, hz: &hz }),
+        },
+    )
+    .unwrap();
+    assert_eq!(ire.estimate()[0].0, a);
+    assert_eq!(ire.mask()[0].0, [0, 1, 1, 1]); // k = 2, τ = 2
+    // The wrong kind of input is a clear error.
+    let mut ire2 = Ire::new(
+        Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap(),
+        cfg,
+    )
+    .unwrap();
+    let e = ire2.step(
+        &R,
+        &mut p,
+        &g,
+        IreStep {
+            lr: 0.1,
+            estimate: Some(EstimateInput::Gradient(&g)),
+        },
+    );
+    assert!(matches!(e, Err(Error::Protocol(_))));
+    // The squared training gradient needs no input.
+    let cfg = IreConfig {
+        gamma: 0.5,
+        refresh_every: 1,
+        estimator: Estimator::SquaredTrainingGradient,
+        ..IreConfig::default()
+    };
+    let mut ire3 = Ire::new(
+        Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap(),
+        cfg,
+    )
+    .unwrap();
+    let g = bufs(&[&[3.0, 1.0, -2.0, 0.5]]);
+    ire3.step(&R, &mut p, &g, IreStep::lr(0.1)).unwrap();
+    assert_eq!(ire3.estimate()[0].0, [9.0, 1.0, 4.0, 0.25]);
+    assert_eq!(ire3.mask()[0].0, [0, 1, 1, 1]);
+    // EMA: β = 0.5 twice on the same g² gives h = 0.75·g² (from h = 0), then ...
+    let cfg = IreConfig {
+        gamma: 0.5,
+        refresh_every: 1,
+        beta: 0.5,
+        estimator: Estimator::SquaredTrainingGradient,
+        ..IreConfig::default()
+    };
+    let mut ire4 = Ire::new(
+        Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap(),
+        cfg,
+    )
+    .unwrap();
+    ire4.step(&R, &mut p, &g, IreStep::lr(0.0)).unwrap();
+    ire4.step(&R, &mut p, &g, IreStep::lr(0.0)).unwrap();
+    assert_eq!(ire4.estimate()[0].0, [6.75, 0.75, 3.0, 0.1875]);
+}
+
+#[test]
+fn manual_mask_and_keep_mask() {
+    let cfg = IreConfig {
+        kappa: 1.0,
+        estimator: Estimator::Manual,
+        ..IreConfig::default()
+    };
+    let mut ire = Ire::new(
+        Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap(),
+        cfg,
+    )
+    .unwrap();
+    let mut p = bufs(&[&[0.0, 0.0]]);
+    ire.set_mask(&R, &p, &[&[1, 0]]).unwrap();
+    assert!(!ire.refresh_due());
+    ire.step(&R, &mut p, &bufs(&[&[1.0, 1.0]]), IreStep::lr(0.5))
+        .unwrap();
+    assert_eq!(p[0].0, [-1.0, -0.5]);
+    assert!(ire.set_mask(&R, &p, &[&[1, 0, 1]]).is_err());
+    // keep_mask_this_step skips one due refresh.
+    let mut ire = Ire::new(
+        Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap(),
+        IreConfig::default(),
+    )
+    .unwrap();
+    assert!(ire.refresh_due());
+    ire.keep_mask_this_step();
+    assert!(!ire.refresh_due());
+    let rep = ire
+        .step(&R, &mut p, &bufs(&[&[1.0, 1.0]]), IreStep::lr(0.5))
+        .unwrap();
+    assert!(!rep.refreshed);
+}
+
+#[test]
+fn bad_hyper_parameters_are_rejected_with_their_name() {
+    let field = |e: Error| match e {
+        Error::InvalidHyperParameter { field, .. } => field,
+        other => panic!("unexpected {other:?}"),
+    };
+    let ire = |c: IreConfig| {
+        Ire::new(Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap(), c)
+            .err()
+            .map(field)
+    };
+    let d = IreConfig::default();
+    assert_eq!(ire(IreConfig { kappa: -1.0, ..d }), Some("kappa"));
+    assert_eq!(
+        ire(IreConfig {
+            kappa: f64::NAN,
+            ..d
+        }),
+        Some("kappa")
+    );
+    assert_eq!(ire(IreConfig { gamma: 1.5, ..d }), Some("gamma"));
+    assert_eq!(ire(IreConfig { gamma: -0.1, ..d }), Some("gamma"));
+    assert_eq!(
+        ire(IreConfig {
+            gamma: f64::NAN,
+            ..d
+        }),
+        Some("gamma")
+    );
+    assert_eq!(
+        ire(IreConfig {
+            refresh_every: 0,
+            ..d
+        }),
+        Some("refresh_every")
+    );
+    assert_eq!(ire(IreConfig { beta: 1.0, ..d }), Some("beta"));
+    assert_eq!(
+        ire(IreConfig {
+            beta: f64::NAN,
+            ..d
+        }),
+        Some("beta")
+    );
+    assert_eq!(
+        ire(IreConfig {
+            kappa_schedule: KappaSchedule::ProportionalToLr { lr_max: 0.0 },
+            ..d
+        }),
+        Some("lr_max")
+    );
+    assert_eq!(ire(d), None);
+    let sgd = |c: SgdConfig| Sgd::<Reference, f64>::new(c).err().map(field);
+    let s = SgdConfig::default();
+    assert_eq!(
+        sgd(SgdConfig {
+            momentum: -0.1,
+            ..s
+        }),
+        Some("momentum")
+    );
+    assert_eq!(
+        sgd(SgdConfig {
+            dampening: 2.0,
+            ..s
+        }),
+        Some("dampening")
+    );
+    assert_eq!(
+        sgd(SgdConfig {
+            weight_decay: f64::NAN,
+            ..s
+        }),
+        Some("weight_decay")
+    );
+    assert_eq!(
+        sgd(SgdConfig {
+            nesterov: true,
+            ..s
+        }),
+        Some("momentum")
+    );
+    let adam = |c: AdamWConfig| AdamW::<Reference, f64>::new(c).err().map(field);
+    let a = AdamWConfig::default();
+    assert_eq!(adam(AdamWConfig { beta1: 1.0, ..a }), Some("beta1"));
+    assert_eq!(adam(AdamWConfig { beta2: -0.5, ..a }), Some("beta2"));
+    assert_eq!(adam(AdamWConfig { eps: -1.0, ..a }), Some("eps"));
+    assert_eq!(
+        adam(AdamWConfig {
+            weight_decay: -1.0,
+            ..a
+        }),
+        Some("weight_decay")
+    );
+    let sam = Sam::new(
+        Sgd::<Reference, f64>::new(s).unwrap(),
+        SamConfig {
+            rho: -1.0,
+            adaptive: false,
+        },
+    );
+    assert_eq!(sam.err().map(field), Some("rho"));
+    // The message names the field and the range.
+    let msg = Ire::new(
+        Sgd::<Reference, f64>::new(s).unwrap(),
+        IreConfig { gamma: 2.0, ..d },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(msg.contains("`gamma`") && msg.contains("[0, 1]"), "{msg}");
+    // Learning rate at step time.
+    let mut opt = Sgd::<Reference, f64>::new(s).unwrap();
+    let mut p = bufs(&[&[1.0]]);
+    assert_eq!(
+        opt.step(&R, &mut p, &bufs(&[&[1.0]]), f64::NAN)
+            .err()
+            .map(field),
+        Some("lr")
+    );
+}
+
+#[test]
+fn size_mismatches_are_errors() {
+    let mut opt = AdamW::<Reference, f64>::new(AdamWConfig::default()).unwrap();
+    let mut p = bufs(&[&[1.0, 2.0]]);
+    assert!(matches!(
+        opt.step(&R, &mut p, &bufs(&[&[1.0]]), 0.1),
+        Err(Error::SizeMismatch { .. })
+    ));
+    assert!(matches!(
+        opt.step(&R, &mut p, &bufs(&[&[1.0, 1.0], &[1.0]]), 0.1),
+        Err(Error::SizeMismatch { .. })
+    ));
+    opt.step(&R, &mut p, &bufs(&[&[1.0, 1.0]]), 0.1).unwrap();
+    // State allocated for one shape refuses another.
+    let mut q = bufs(&[&[1.0, 2.0, 3.0]]);
+    assert!(matches!(
+        opt.step(&R, &mut q, &bufs(&[&[1.0, 1.0, 1.0]]), 0.1),
+        Err(Error::SizeMismatch { .. })
+    ));
+    let e = R.alloc_from(&[1.0f64]).unwrap();
+    let mut f = R.alloc::<f64>(2).unwrap();
+    assert!(R.copy(&e, &mut f).is_err());
+}
