@@ -43,3 +43,8 @@ pub use optim::{
 pub use reference::Reference;
 pub use scalar::{DType, Element, Scalar};
 pub use schedule::LrSchedule;
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Runs ALL the tests on a fresh machine: first installs, idempotently and as root, whatever they
+# need (PoCL for the OpenCL backend, OpenBLAS for LAPACK, the no_std target, NVRTC from its
+# Python wheel), then formatting, lints, the no_std build, every test and the bench smoke run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# ---- system packages -------------------------------------------------------------------------
+APT_PKGS=(pocl-opencl-icd ocl-icd-opencl-dev libopenblas-dev pkg-config)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    step "installing ${missing[*]}"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+# ---- Rust targets and components -------------------------------------------------------------
+rustup target list --installed | grep -q '^thumbv7em-none-eabihf$' || rustup target add thumbv7em-none-eabihf
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+
+# ---- NVRTC (CUDA's run-time compiler) from its wheel, to compile every CUDA kernel to PTX ----
+NVRTC_VERSION=12.9.86
+VENV=$ROOT/.venv-nvrtc
+if ! "$VENV/bin/python" -c "import nvidia.cuda_nvrtc" 2>/dev/null; then
+    step "installing nvidia-cuda-nvrtc-cu12==$NVRTC_VERSION into .venv-nvrtc"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q "nvidia-cuda-nvrtc-cu12==$NVRTC_VERSION"
+fi
+SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+export LD_LIBRARY_PATH="$SITE/nvidia/cuda_nvrtc/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+# ---- environment of the tests ----------------------------------------------------------------
+export POCL_CACHE_DIR=$ROOT/target/pocl-cache
+mkdir -p "$POCL_CACHE_DIR"
+export OPENBLAS_NUM_THREADS=1
+# Absence of these is a failure here, not a skip.
+export IRE_REQUIRE=${IRE_REQUIRE:-opencl,nvrtc}
+export CARGO_TERM_COLOR=never
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, all features)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "no_std build of ire-core for thumbv7em-none-eabihf"
+cargo build -p ire-core --target thumbv7em-none-eabihf --no-default-features --features libm
+cargo build -p ire-core --target thumbv7em-none-eabihf --no-default-features --features libm,serde
+
+step "cargo test (workspace, all features)"
+cargo test --workspace --all-features
+
+step "bench smoke run (each bench once)"
+cargo bench -p ire-bench --all-features -- --test
+
+step "all tests passed"
