@@ -6,5 +6,7 @@
 //! Backends are chosen at compile time by cargo features (`opencl`, `cuda`; the CPU backend is
 //! always there) and at run time by `--backend auto|cpu|opencl|cuda|reference`.
 
+pub mod data;
 pub mod device;
+pub mod rng;
 pub mod toy;

@@ -1,0 +1,121 @@
+//! Image folders in the ImageNet layout: `root/<class>/<image>.{jpg,jpeg,png}`.
+//!
+//! Classes are the sub-folders in sorted order (label = position), images are read in sorted
+//! file-name order, decoded to RGB, and resized to `size` when given (else they must all have
+//! the size of the first one).
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::{DataError, ImageDataset};
+
+fn list(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let rd = std::fs::read_dir(dir).map_err(|source| DataError::Io {
+        path: dir.into(),
+        source,
+    })?;
+    let mut v = Vec::new();
+    for e in rd {
+        let e = e.map_err(|source| DataError::Io {
+            path: dir.into(),
+            source,
+        })?;
+        v.push(e.path());
+    }
+    v.sort();
+    Ok(v)
+}
+
+fn is_image(p: &Path) -> bool {
+    matches!(
+        p.extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .as_deref(),
+        Some("jpg" | "jpeg" | "png")
+    )
+}
+
+fn decode(path: &Path, size: Option<(u32, u32)>) -> Result<image::RgbImage, DataError> {
+    let bytes = super::read(path)?;
+    let img = image::load_from_memory(&bytes).map_err(|e| DataError::Format {
+        path: path.into(),
+        format: "JPEG/PNG image",
+        detail: e.to_string(),
+    })?;
+    let rgb = img.to_rgb8();
+    Ok(match size {
+        Some((w, h)) if rgb.dimensions() != (w, h) => {
+            image::imageops::resize(&rgb, w, h, image::imageops::FilterType::Triangle)
+        }
+        _ => rgb,
+    })
+}
+
+/// Reads `root/<class>/*.{jpg,jpeg,png}`; `size = Some((width, height))` resizes every image.
+pub fn load_image_folder(root: &Path, size: Option<(u32, u32)>) -> Result<ImageDataset, DataError> {
+    let classes: Vec<PathBuf> = list(root)?.into_iter().filter(|p| p.is_dir()).collect();
+    if classes.is_empty() {
+        return Err(DataError::Format {
+            path: root.into(),
+            format: "image folder",
+            detail: "no class sub-folder".into(),
+        });
+    }
+    let mut files = Vec::new();
+    for (label, dir) in classes.iter().enumerate() {
+        for f in list(dir)?.into_iter().filter(|p| is_image(p)) {
+            files.push((f, label as u32));
+        }
+    }
+    if files.is_empty() {
+        return Err(DataError::Format {
+            path: root.into(),
+            format: "image folder",
+            detail: "no .jpg/.jpeg/.png file in the class folders".into(),
+        });
+    }
+    let first = decode(&files[0].0, size)?;
+    let (w, h) = first.dimensions();
+    let decoded: Vec<image::RgbImage> = files
+        .par_iter()
+        .map(|(f, _)| {
+            let img = decode(f, Some((w, h)).filter(|_| size.is_some()))?;
+            if img.dimensions() != (w, h) {
+                return Err(DataError::Inconsistent(format!(
+                    "{} is {}x{}, the first image is {w}x{h} (pass a size to resize)",
+                    f.display(),
+                    img.width(),
+                    img.height()
+                )));
+            }
+            Ok(img)
+        })
+        .collect::<Result<_, _>>()?;
+    let (w, h) = (w as usize, h as usize);
+    let mut pixels = Vec::with_capacity(files.len() * 3 * w * h);
+    for img in &decoded {
+        // Interleaved RGB to planar C × H × W.
+        let raw = img.as_raw();
+        for c in 0..3 {
+            pixels.extend(raw.iter().skip(c).step_by(3));
+        }
+    }
+    Ok(ImageDataset {
+        pixels,
+        labels: files.iter().map(|(_, l)| *l).collect(),
+        channels: 3,
+        height: h,
+        width: w,
+        num_classes: classes.len(),
+        class_names: classes
+            .iter()
+            .map(|c| {
+                c.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect(),
+    })
+}
