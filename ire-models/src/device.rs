@@ -94,7 +94,7 @@ pub fn resolve(kind: BackendKind) -> (BackendKind, String) {
     }
     #[cfg(feature = "opencl")]
     if let Ok(devs) = ire_backend_opencl::probe() {
-        if devs.iter().any(|d| d.is_gpu) {
+        if devs.iter().any(|d| d.is_gpu()) {
             return (BackendKind::OpenCl, "an OpenCL GPU is present".into());
         }
     }
@@ -114,7 +114,7 @@ pub fn run_on<T: BackendTask>(kind: BackendKind, task: T) -> Result<(String, T::
             Ok((b.name().to_string(), task.run(&b)?))
         }
         BackendKind::Cpu | BackendKind::Auto => {
-            let b = ire_core::Reference; // CPU-BACKEND-PENDING
+            let b = ire_backend_cpu::CpuBackend::new();
             Ok((b.name().to_string(), task.run(&b)?))
         }
         BackendKind::OpenCl => {
@@ -158,4 +158,29 @@ pub fn describe_devices() -> Vec<String> {
     }
     out.push("reference: the sequential oracle backend".into());
     out
+}
+
+/// Work that needs the neural-network ops; takes the backend by value (a trainer owns it).
+pub trait NnTask {
+    /// What the task returns.
+    type Output;
+    /// Runs the task on `b`.
+    fn run<B: crate::nn::NnOps + 'static>(self, b: B) -> Self::Output;
+}
+
+/// Runs `task` on a backend that has the neural-network ops (the CPU and reference backends
+/// today; the device backends gain them later); returns the backend's name too.
+pub fn run_on_nn<T: NnTask>(kind: BackendKind, task: T) -> Result<(String, T::Output)> {
+    // `auto` means the CPU backend here: it is the only one with the neural-network ops yet.
+    match kind {
+        BackendKind::Reference => Ok(("reference".into(), task.run(ire_core::Reference))),
+        BackendKind::Cpu | BackendKind::Auto => {
+            let b = ire_backend_cpu::CpuBackend::new();
+            Ok(("cpu".into(), task.run(b)))
+        }
+        other => Err(Error::Unsupported {
+            backend: other.to_string(),
+            what: "the neural-network operations (training runs on the cpu backend; use --backend cpu)".into(),
+        }),
+    }
 }

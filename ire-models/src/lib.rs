@@ -6,7 +6,11 @@
 //! Backends are chosen at compile time by cargo features (`opencl`, `cuda`; the CPU backend is
 //! always there) and at run time by `--backend auto|cpu|opencl|cuda|reference`.
 
+pub mod artifacts;
 pub mod data;
 pub mod device;
+pub mod models;
+pub mod nn;
 pub mod rng;
+pub mod train;
 pub mod toy;

@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ire_core::{Backend, Result};
 use ire_models::device::{BackendKind, BackendTask, compiled_backends, resolve, run_on};
 use ire_models::toy::{self, ToyMethod, ToyRun};
+use ire_models::device::{NnTask, run_on_nn};
+use ire_models::nn::NnOps;
+use ire_models::train::run::{RunOptions, RunSummary, check_resumable, read_checkpoint, restore};
+use ire_models::train::{DatasetKind, EvalMetrics, OptimizerKind, TrainConfig, Trainer};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// IRE: Implicit Regularization Enhancement optimizers.
 #[derive(Parser)]
@@ -21,8 +27,188 @@ struct Cli {
 enum Command {
     /// The toy problem of Figure 1: L(u, v) = (1 + u²) v² / 2 from (1, 0.01).
     Toy(ToyArgs),
+    /// Trains a model with one of the six optimizers (SGD, SGD-IRE, SAM, SAM-IRE, AdamW, AdmIRE).
+    Train(Box<TrainArgs>),
+    /// Evaluates a checkpoint on the test split of its dataset.
+    Eval(EvalArgs),
     /// Lists the backends compiled in and the devices they see.
     Devices,
+}
+
+/// Flags of `ire train`; each one overrides the config file.
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// A TOML file with any TrainConfig field (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Model preset: mlp, mlp-small, resnet-small, resnet20, resnet56, wrn-small, wrn-16-8, wrn-28-10.
+    #[arg(long)]
+    model: Option<String>,
+    /// Dataset format: cifar10, cifar100, idx (MNIST, Fashion-MNIST), folder, digits.
+    #[arg(long)]
+    dataset: Option<DatasetKind>,
+    /// Dataset folder (a file for digits).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Optimizer: sgd, sgd-ire, sam, sam-ire, adamw, admire.
+    #[arg(long)]
+    optimizer: Option<OptimizerKind>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Total steps (overrides epochs).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Batch size.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Linear warm-up steps of the learning rate.
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    /// IRE κ.
+    #[arg(long)]
+    kappa: Option<f64>,
+    /// IRE γ (fraction of flat coordinates).
+    #[arg(long)]
+    gamma: Option<f64>,
+    /// IRE mask refresh interval K.
+    #[arg(long)]
+    refresh_every: Option<u64>,
+    /// Steps before IRE starts.
+    #[arg(long)]
+    ire_warmup: Option<u64>,
+    /// Decay κ with the learning rate.
+    #[arg(long)]
+    kappa_decay: bool,
+    /// SAM ρ.
+    #[arg(long)]
+    rho: Option<f64>,
+    /// ASAM instead of SAM.
+    #[arg(long)]
+    adaptive: bool,
+    /// SGD momentum.
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// Weight decay.
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Label smoothing.
+    #[arg(long)]
+    label_smoothing: Option<f64>,
+    /// Gradient clipping (global norm; 0 = off).
+    #[arg(long)]
+    clip_grad_norm: Option<f64>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Use at most this many training images.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Use at most this many test images.
+    #[arg(long)]
+    test_limit: Option<usize>,
+    /// Evaluate every N steps.
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Checkpoint every N steps.
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Log a metrics line every N steps.
+    #[arg(long)]
+    log_every: Option<u64>,
+    /// Output folder.
+    #[arg(long, default_value = "runs/train")]
+    out: PathBuf,
+    /// Resume from this checkpoint (e.g. runs/train/checkpoint.irec).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Stop after this many steps of this invocation (with a checkpoint).
+    #[arg(long)]
+    stop_after: Option<u64>,
+    /// auto, cpu, opencl, cuda or reference.
+    #[arg(long, default_value = "auto")]
+    backend: BackendKind,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// The checkpoint.
+    checkpoint: PathBuf,
+    /// The dataset folder, if it moved since training.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// auto, cpu, opencl, cuda or reference.
+    #[arg(long, default_value = "auto")]
+    backend: BackendKind,
+}
+
+impl TrainArgs {
+    fn config(&self) -> std::result::Result<TrainConfig, String> {
+        let mut c = match &self.config {
+            Some(p) => TrainConfig::from_toml_file(p)?,
+            None => TrainConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
+        }
+        macro_rules! set_opt {
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.opt.$f = v.clone(); } )* };
+        }
+        set!(model, dataset, data, optimizer, lr, epochs, steps, batch_size, warmup_steps, label_smoothing, clip_grad_norm, seed,
+             train_limit, test_limit, eval_every, checkpoint_every, log_every);
+        set_opt!(kappa, gamma, refresh_every, ire_warmup, rho, momentum, weight_decay);
+        if self.kappa_decay {
+            c.opt.kappa_decay = true;
+        }
+        if self.adaptive {
+            c.opt.adaptive = true;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
+    let cfg = a.config()?;
+    let (kind, why) = match a.backend {
+        BackendKind::Auto => (BackendKind::Auto, "auto: the CPU backend has the neural-network ops".to_string()),
+        k => (k, "asked for".to_string()),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    // Ctrl-C: finish the current step, write a checkpoint, exit.
+    let _ = ctrlc::set_handler(move || s2.store(true, Ordering::SeqCst));
+    let task = TrainRun {
+        cfg,
+        resume: a.resume.clone(),
+        opts: RunOptions { out_dir: a.out.clone(), progress: !a.quiet, stop_after: a.stop_after },
+        stop,
+    };
+    let (name, out) = run_on_nn(kind, task).map_err(|e| e.to_string())?;
+    let s = out?;
+    eprintln!("backend: {name} ({why})");
+    println!("steps {} ({}), {:.1} s, {:.0} images/s, {:.1} s/epoch", s.steps, if s.finished { "finished" } else { "interrupted: resume with --resume" }, s.seconds, s.images_per_sec, s.seconds_per_epoch);
+    if let Some(e) = s.eval {
+        println!("final train loss {:.4}; test loss {:.4}, test accuracy {:.2}% ({} images)", s.train_loss, e.loss, 100.0 * e.acc, e.n);
+    }
+    for f in &s.files {
+        println!("wrote {}", f.display());
+    }
+    Ok(if s.finished { ExitCode::SUCCESS } else { ExitCode::from(4) })
+}
+
+fn eval_command(a: &EvalArgs) -> std::result::Result<ExitCode, String> {
+    let (name, out) = run_on_nn(a.backend, EvalRun { checkpoint: a.checkpoint.clone(), data: a.data.clone() }).map_err(|e| e.to_string())?;
+    let (step, e) = out?;
+    eprintln!("backend: {name}");
+    println!("step {step}: test loss {:.4}, test accuracy {:.2}% ({} images)", e.loss, 100.0 * e.acc, e.n);
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -170,6 +356,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Toy(a) => toy_command(a),
+        Command::Train(a) => train_command(&a),
+        Command::Eval(a) => eval_command(&a),
         Command::Devices => Ok(devices_command()),
     };
     match r {
@@ -178,5 +366,56 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+struct TrainRun {
+    cfg: TrainConfig,
+    resume: Option<PathBuf>,
+    opts: RunOptions,
+    stop: Arc<AtomicBool>,
+}
+
+impl NnTask for TrainRun {
+    type Output = std::result::Result<RunSummary, String>;
+    fn run<B: NnOps + 'static>(self, b: B) -> Self::Output {
+        let mut t = Trainer::new(b, self.cfg.clone()).map_err(|e| e.to_string())?;
+        eprintln!(
+            "model {} ({} parameters), {} training / {} test images, {} steps of batch {}",
+            t.cfg.model,
+            t.param_count(),
+            t.data().0.len(),
+            t.data().1.len(),
+            t.total_steps(),
+            t.cfg.batch_size
+        );
+        let mut lines = 0;
+        if let Some(path) = &self.resume {
+            let (ck, ck_cfg, meta) = read_checkpoint(path).map_err(|e| e.to_string())?;
+            check_resumable(&ck_cfg, &self.cfg).map_err(|e| e.to_string())?;
+            restore(&mut t, &ck, &meta).map_err(|e| e.to_string())?;
+            lines = meta["metrics_lines"].as_u64().unwrap_or(0) as usize;
+            eprintln!("resumed from {} at step {}", path.display(), t.step);
+        }
+        ire_models::train::run::run(&mut t, &self.opts, lines, &self.stop).map_err(|e| e.to_string())
+    }
+}
+
+struct EvalRun {
+    checkpoint: PathBuf,
+    data: Option<PathBuf>,
+}
+
+impl NnTask for EvalRun {
+    type Output = std::result::Result<(u64, EvalMetrics), String>;
+    fn run<B: NnOps + 'static>(self, b: B) -> Self::Output {
+        let (ck, mut cfg, meta) = read_checkpoint(&self.checkpoint).map_err(|e| e.to_string())?;
+        if let Some(d) = self.data {
+            cfg.data = d;
+        }
+        let mut t = Trainer::new(b, cfg).map_err(|e| e.to_string())?;
+        restore(&mut t, &ck, &meta).map_err(|e| e.to_string())?;
+        let e = t.evaluate().map_err(|e| e.to_string())?;
+        Ok((t.step, e))
     }
 }

@@ -1,0 +1,358 @@
+//! The neural-network operations on host slices: the canonical formula of each op, shared by
+//! the reference backend (sequential, the oracle) and the CPU backend (which runs the same
+//! functions on chunks in parallel and swaps the naive GEMM for an optimized one).
+
+use ire_core::Scalar;
+
+/// Shape of a row-major matrix product `C[m×n] = α·op(A)·op(B) + β·C`, `op(A)` being `m×k`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gemm {
+    /// `A` is stored `k×m` and used transposed.
+    pub trans_a: bool,
+    /// `B` is stored `n×k` and used transposed.
+    pub trans_b: bool,
+    /// Rows of `C`.
+    pub m: usize,
+    /// Columns of `C`.
+    pub n: usize,
+    /// Inner dimension.
+    pub k: usize,
+}
+
+impl Gemm {
+    /// Elements of `A`, `B` and `C`.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (self.m * self.k, self.k * self.n, self.m * self.n)
+    }
+    /// Row and column strides of `A` and `B` as stored (row-major).
+    pub fn strides(&self) -> ((usize, usize), (usize, usize)) {
+        let a = if self.trans_a { (1, self.m) } else { (self.k, 1) };
+        let b = if self.trans_b { (1, self.k) } else { (self.n, 1) };
+        (a, b)
+    }
+}
+
+/// The naive triple loop (the reference's GEMM; sums over `k` in order).
+pub fn gemm<T: Scalar>(g: Gemm, alpha: T, a: &[T], b: &[T], beta: T, c: &mut [T]) {
+    let ((ar, ac), (br, bc)) = g.strides();
+    for i in 0..g.m {
+        for j in 0..g.n {
+            let mut s = T::zero();
+            for p in 0..g.k {
+                s = s + a[i * ar + p * ac] * b[p * br + j * bc];
+            }
+            let cij = &mut c[i * g.n + j];
+            *cij = if beta == T::zero() { alpha * s } else { alpha * s + beta * *cij };
+        }
+    }
+}
+
+/// Geometry of a 2-D convolution (or pooling window) over one `C×H×W` image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Input channels.
+    pub c_in: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels (ignored by pooling).
+    pub c_out: usize,
+    /// Kernel height and width.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub pad: usize,
+}
+
+impl ConvGeom {
+    /// Output height.
+    pub fn oh(&self) -> usize {
+        (self.h + 2 * self.pad - self.k) / self.stride + 1
+    }
+    /// Output width.
+    pub fn ow(&self) -> usize {
+        (self.w + 2 * self.pad - self.k) / self.stride + 1
+    }
+    /// Rows of the im2col matrix (`C·k·k`).
+    pub fn col_rows(&self) -> usize {
+        self.c_in * self.k * self.k
+    }
+    /// Columns of the im2col matrix (`OH·OW`).
+    pub fn col_cols(&self) -> usize {
+        self.oh() * self.ow()
+    }
+    /// Input values per image.
+    pub fn in_size(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+    /// Output values per image.
+    pub fn out_size(&self) -> usize {
+        self.c_out * self.col_cols()
+    }
+    /// Weight values (`C_out × C_in × k × k`).
+    pub fn weight_size(&self) -> usize {
+        self.c_out * self.col_rows()
+    }
+}
+
+/// Unfolds one image into the `(C·k·k) × (OH·OW)` matrix of its receptive fields.
+pub fn im2col<T: Scalar>(x: &[T], g: &ConvGeom, cols: &mut [T]) {
+    let (oh, ow) = (g.oh(), g.ow());
+    for c in 0..g.c_in {
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let row = (c * g.k + ky) * g.k + kx;
+                let out = &mut cols[row * oh * ow..(row + 1) * oh * ow];
+                for oy in 0..oh {
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    for ox in 0..ow {
+                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                        out[oy * ow + ox] = if iy >= 0 && (iy as usize) < g.h && ix >= 0 && (ix as usize) < g.w {
+                            x[(c * g.h + iy as usize) * g.w + ix as usize]
+                        } else {
+                            T::zero()
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Folds the matrix back, ADDING each receptive-field value into `dx` (the adjoint of im2col).
+pub fn col2im<T: Scalar>(cols: &[T], g: &ConvGeom, dx: &mut [T]) {
+    let (oh, ow) = (g.oh(), g.ow());
+    for c in 0..g.c_in {
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let row = (c * g.k + ky) * g.k + kx;
+                let src = &cols[row * oh * ow..(row + 1) * oh * ow];
+                for oy in 0..oh {
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy as usize >= g.h {
+                        continue;
+                    }
+                    for ox in 0..ow {
+                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                        if ix >= 0 && (ix as usize) < g.w {
+                            let d = &mut dx[(c * g.h + iy as usize) * g.w + ix as usize];
+                            *d = *d + src[oy * ow + ox];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `y = max(x, 0)`.
+pub fn relu<T: Scalar>(x: &[T], y: &mut [T]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = if x > T::zero() { x } else { T::zero() };
+    }
+}
+
+/// `dx = dy · [y > 0]` (from the output, so the input need not be kept).
+pub fn relu_backward<T: Scalar>(y: &[T], dy: &[T], dx: &mut [T]) {
+    for ((dx, &dy), &y) in dx.iter_mut().zip(dy).zip(y) {
+        *dx = if y > T::zero() { dy } else { T::zero() };
+    }
+}
+
+/// Exact GELU, `x·Φ(x) = x/2·(1 + erf(x/√2))` (PyTorch's default).
+pub fn gelu<T: Scalar>(x: &[T], y: &mut [T]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        let xf = x.as_f64();
+        *y = T::of(0.5 * xf * (1.0 + libm::erf(xf * std::f64::consts::FRAC_1_SQRT_2)));
+    }
+}
+
+/// `dx = dy · (Φ(x) + x·φ(x))`.
+pub fn gelu_backward<T: Scalar>(x: &[T], dy: &[T], dx: &mut [T]) {
+    let inv_sqrt_2pi = 0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2;
+    for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
+        let xf = x.as_f64();
+        let cdf = 0.5 * (1.0 + libm::erf(xf * std::f64::consts::FRAC_1_SQRT_2));
+        let pdf = inv_sqrt_2pi * (-0.5 * xf * xf).exp();
+        *dx = T::of(dy.as_f64() * (cdf + xf * pdf));
+    }
+}
+
+/// Shape of a batch-norm input `N × C × HW`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BnShape {
+    /// Batch.
+    pub n: usize,
+    /// Channels.
+    pub c: usize,
+    /// Values per channel per example.
+    pub hw: usize,
+}
+
+/// Batch statistics of channel `ch`: mean and biased variance, accumulated in `f64`.
+pub fn bn_channel_stats<T: Scalar>(x: &[T], s: BnShape, ch: usize) -> (f64, f64) {
+    let m = (s.n * s.hw) as f64;
+    let mut sum = 0.0;
+    for i in 0..s.n {
+        let o = (i * s.c + ch) * s.hw;
+        sum += x[o..o + s.hw].iter().map(|v| v.as_f64()).sum::<f64>();
+    }
+    let mean = sum / m;
+    let mut var = 0.0;
+    for i in 0..s.n {
+        let o = (i * s.c + ch) * s.hw;
+        var += x[o..o + s.hw].iter().map(|v| (v.as_f64() - mean).powi(2)).sum::<f64>();
+    }
+    (mean, var / m)
+}
+
+/// `y = γ·(x − μ)·invstd + β` on channel `ch` with the given statistics.
+pub fn bn_channel_apply<T: Scalar>(x: &[T], y: &mut [T], s: BnShape, ch: usize, mean: T, invstd: T, gamma: T, beta: T) {
+    for i in 0..s.n {
+        let o = (i * s.c + ch) * s.hw;
+        for j in o..o + s.hw {
+            y[j] = gamma * ((x[j] - mean) * invstd) + beta;
+        }
+    }
+}
+
+/// Backward of batch norm on channel `ch` in training mode. Returns `(dγ, dβ)` and writes `dx`:
+/// `dx = invstd/M · (M·g − Σg − x̂·Σ(g·x̂))`, `g = γ·dy`, `x̂ = (x − μ)·invstd`.
+pub fn bn_channel_backward<T: Scalar>(
+    x: &[T],
+    dy: &[T],
+    dx: &mut [T],
+    s: BnShape,
+    ch: usize,
+    mean: T,
+    invstd: T,
+    gamma: T,
+) -> (T, T) {
+    let m = (s.n * s.hw) as f64;
+    let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
+    for i in 0..s.n {
+        let o = (i * s.c + ch) * s.hw;
+        for j in o..o + s.hw {
+            let xh = ((x[j] - mean) * invstd).as_f64();
+            sdy += dy[j].as_f64();
+            sdyx += dy[j].as_f64() * xh;
+        }
+    }
+    let g = gamma.as_f64();
+    let inv = invstd.as_f64();
+    for i in 0..s.n {
+        let o = (i * s.c + ch) * s.hw;
+        for j in o..o + s.hw {
+            let xh = ((x[j] - mean) * invstd).as_f64();
+            dx[j] = T::of(g * inv / m * (m * dy[j].as_f64() - sdy - xh * sdyx));
+        }
+    }
+    (T::of(sdyx), T::of(sdy))
+}
+
+/// Numerically stable softmax cross-entropy of one row with label smoothing `eps`:
+/// target `q = (1 − eps)·onehot(label) + eps/C`. Writes `d = scale·(softmax − q)` and returns
+/// `(loss, argmax == label)`.
+pub fn softmax_xent_row<T: Scalar>(z: &[T], label: usize, eps: f64, scale: f64, d: &mut [T]) -> (f64, bool) {
+    let c = z.len();
+    let mut max = f64::NEG_INFINITY;
+    let mut arg = 0;
+    for (j, v) in z.iter().enumerate() {
+        if v.as_f64() > max {
+            max = v.as_f64();
+            arg = j;
+        }
+    }
+    let sum: f64 = z.iter().map(|v| (v.as_f64() - max).exp()).sum();
+    let lse = max + sum.ln();
+    let mut loss = 0.0;
+    for j in 0..c {
+        let q = eps / c as f64 + if j == label { 1.0 - eps } else { 0.0 };
+        let zj = z[j].as_f64();
+        loss -= q * (zj - lse);
+        d[j] = T::of(scale * ((zj - lse).exp() - q));
+    }
+    (loss, arg == label)
+}
+
+/// Draws a label from `softmax(z)` with the uniform number `u ∈ [0, 1)`.
+pub fn sample_row<T: Scalar>(z: &[T], u: f64) -> usize {
+    let max = z.iter().map(|v| v.as_f64()).fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = z.iter().map(|v| (v.as_f64() - max).exp()).sum();
+    let mut acc = 0.0;
+    for (j, v) in z.iter().enumerate() {
+        acc += (v.as_f64() - max).exp() / sum;
+        if u < acc {
+            return j;
+        }
+    }
+    z.len().saturating_sub(1)
+}
+
+/// The dropout decision of element `i` under `seed`: a counter-based hash (SplitMix64's
+/// finalizer), so every backend can compute the same mask without a generator state.
+pub fn dropout_keep(seed: u64, i: u64, p: f64) -> bool {
+    let mut z = seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    // 24-bit uniform compared with p·2^24: exact in f32 and f64 alike.
+    ((z >> 40) as f64) >= p * (1u64 << 24) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_transposes() {
+        // A = [[1,2],[3,4]], B = [[5,6],[7,8]].
+        let a = [1.0, 2.0, 3.0, 4.0];
+        let b = [5.0, 6.0, 7.0, 8.0];
+        let mut c = [0.0f64; 4];
+        gemm(Gemm { trans_a: false, trans_b: false, m: 2, n: 2, k: 2 }, 1.0, &a, &b, 0.0, &mut c);
+        assert_eq!(c, [19.0, 22.0, 43.0, 50.0]);
+        gemm(Gemm { trans_a: true, trans_b: false, m: 2, n: 2, k: 2 }, 1.0, &a, &b, 0.0, &mut c);
+        assert_eq!(c, [26.0, 30.0, 38.0, 44.0]);
+        gemm(Gemm { trans_a: false, trans_b: true, m: 2, n: 2, k: 2 }, 2.0, &a, &b, 1.0, &mut c);
+        assert_eq!(c, [26.0 + 34.0, 30.0 + 46.0, 38.0 + 78.0, 44.0 + 106.0]);
+    }
+
+    #[test]
+    fn im2col_of_a_3x3_image() {
+        let x: Vec<f64> = (1..=9).map(f64::from).collect();
+        let g = ConvGeom { c_in: 1, h: 3, w: 3, c_out: 1, k: 2, stride: 1, pad: 0 };
+        let mut cols = vec![0.0; 4 * 4];
+        im2col(&x, &g, &mut cols);
+        assert_eq!(&cols[..4], &[1.0, 2.0, 4.0, 5.0]);
+        assert_eq!(&cols[12..], &[5.0, 6.0, 8.0, 9.0]);
+        let mut back = vec![0.0; 9];
+        col2im(&cols, &g, &mut back);
+        // Each pixel is added once per window that contains it.
+        assert_eq!(back, [1.0, 4.0, 3.0, 8.0, 20.0, 12.0, 7.0, 16.0, 9.0]);
+    }
+
+    #[test]
+    fn softmax_xent_matches_hand_values() {
+        let z = [1.0f64, 2.0, 3.0];
+        let mut d = [0.0; 3];
+        let (loss, ok) = softmax_xent_row(&z, 2, 0.0, 1.0, &mut d);
+        let lse = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
+        assert!((loss - (lse - 3.0)).abs() < 1e-15 && ok);
+        assert!((d.iter().sum::<f64>()).abs() < 1e-15);
+        let (ls, _) = softmax_xent_row(&z, 0, 0.1, 1.0, &mut d);
+        let want = -(0.1 / 3.0) * ((1.0 - lse) + (2.0 - lse) + (3.0 - lse)) - 0.9 * (1.0 - lse);
+        assert!((ls - want).abs() < 1e-14);
+    }
+
+    #[test]
+    fn dropout_mask_rate() {
+        let kept = (0..100_000u64).filter(|&i| dropout_keep(7, i, 0.3)).count();
+        // Binomial sd ≈ 145.
+        assert!((kept as f64 - 70_000.0).abs() < 800.0, "{kept}");
+        assert!((0..1000).all(|i| dropout_keep(7, i, 0.0)));
+        assert!((0..1000).all(|i| !dropout_keep(7, i, 1.0)));
+    }
+}

@@ -1,0 +1,10 @@
+//! Neural-network building blocks: the ops trait over backend buffers, its host
+//! implementation, and layers with hand-written backward passes over a flat parameter arena.
+
+mod gemm_fast;
+pub mod host;
+pub mod layers;
+pub mod ops;
+
+pub use host::{BnShape, ConvGeom, Gemm};
+pub use ops::{BnMode, BnState, HostMemory, NnOps};

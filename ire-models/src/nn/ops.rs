@@ -1,0 +1,640 @@
+//! The neural-network operations trait, and its implementation for backends whose buffers live
+//! in host memory (the reference backend and the CPU backend).
+//!
+//! Shapes are explicit arguments, so activation buffers can be allocated once for the largest
+//! batch and used for smaller ones. Parameters and gradients live in ONE arena buffer each; an
+//! op reads its weights at an element offset into the arena. Weight gradients ACCUMULATE (`+=`)
+//! into the gradient arena; input gradients are written (`=`).
+
+use ire_core::{Backend, Error, Result, Scalar};
+use rayon::prelude::*;
+
+use super::host::{self, BnShape, ConvGeom, Gemm};
+
+/// Batch-norm mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BnMode {
+    /// Normalize with the batch statistics; update the running ones when `update_running`
+    /// (false for the IRE estimator pass and SAM's second pass).
+    Train {
+        /// Whether the running statistics move.
+        update_running: bool,
+    },
+    /// Normalize with the running statistics.
+    Eval,
+}
+
+/// The per-layer buffers of a batch norm: running statistics and the saved batch statistics.
+pub struct BnState<'a, B: Backend + ?Sized, T: Scalar> {
+    /// Running mean (`C`).
+    pub running_mean: &'a mut B::Buffer<T>,
+    /// Running (unbiased) variance (`C`).
+    pub running_var: &'a mut B::Buffer<T>,
+    /// Batch mean of the last training forward (`C`).
+    pub save_mean: &'a mut B::Buffer<T>,
+    /// Batch `1/sqrt(var + eps)` of the last training forward (`C`).
+    pub save_invstd: &'a mut B::Buffer<T>,
+}
+
+/// Neural-network operations over a backend's buffers (f32 or f64).
+pub trait NnOps: Backend {
+    /// `C = α·op(A)·op(B) + β·C` on row-major matrices at element offsets.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm<T: Scalar>(
+        &self,
+        g: Gemm,
+        alpha: T,
+        a: &Self::Buffer<T>,
+        a_off: usize,
+        b: &Self::Buffer<T>,
+        b_off: usize,
+        beta: T,
+        c: &mut Self::Buffer<T>,
+        c_off: usize,
+    ) -> Result<()>;
+
+    /// `y[r, j] += bias[j]` for the first `rows × cols` values of `y`.
+    fn add_row_bias<T: Scalar>(&self, y: &mut Self::Buffer<T>, rows: usize, cols: usize, bias: &Self::Buffer<T>, b_off: usize) -> Result<()>;
+
+    /// `db[j] += Σ_r dy[r, j]`.
+    fn row_bias_grad<T: Scalar>(&self, dy: &Self::Buffer<T>, rows: usize, cols: usize, db: &mut Self::Buffer<T>, db_off: usize) -> Result<()>;
+
+    /// 2-D convolution without bias of `n` images: `y = conv(x, w)`.
+    fn conv2d<T: Scalar>(&self, x: &Self::Buffer<T>, n: usize, g: &ConvGeom, w: &Self::Buffer<T>, w_off: usize, y: &mut Self::Buffer<T>) -> Result<()>;
+
+    /// Backward of [`NnOps::conv2d`]: `dw += ∂`, and `dx = ∂` when given.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_backward<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        n: usize,
+        g: &ConvGeom,
+        w: &Self::Buffer<T>,
+        w_off: usize,
+        dy: &Self::Buffer<T>,
+        dx: Option<&mut Self::Buffer<T>>,
+        dw: &mut Self::Buffer<T>,
+        dw_off: usize,
+    ) -> Result<()>;
+
+    /// `y = max(x, 0)` on the first `len` values.
+    fn relu<T: Scalar>(&self, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, len: usize) -> Result<()>;
+    /// `dx = dy·[y > 0]`.
+    fn relu_backward<T: Scalar>(&self, y: &Self::Buffer<T>, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, len: usize) -> Result<()>;
+    /// Exact GELU.
+    fn gelu<T: Scalar>(&self, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, len: usize) -> Result<()>;
+    /// Backward of GELU (from the input).
+    fn gelu_backward<T: Scalar>(&self, x: &Self::Buffer<T>, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, len: usize) -> Result<()>;
+
+    /// Batch norm over `N × C × HW` with affine `γ, β` at `params[g_off..]`, `params[b_off..]`.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        y: &mut Self::Buffer<T>,
+        s: BnShape,
+        params: &Self::Buffer<T>,
+        g_off: usize,
+        b_off: usize,
+        st: BnState<'_, Self, T>,
+        mode: BnMode,
+        momentum: f64,
+        eps: f64,
+    ) -> Result<()>;
+
+    /// Backward of a training-mode batch norm: `dx =`, `dγ +=`, `dβ +=`.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_backward<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        dy: &Self::Buffer<T>,
+        dx: &mut Self::Buffer<T>,
+        s: BnShape,
+        params: &Self::Buffer<T>,
+        g_off: usize,
+        save_mean: &Self::Buffer<T>,
+        save_invstd: &Self::Buffer<T>,
+        grads: &mut Self::Buffer<T>,
+        dg_off: usize,
+        db_off: usize,
+    ) -> Result<()>;
+
+    /// Mean over `HW`: `N × C × HW → N × C`.
+    fn global_avg_pool<T: Scalar>(&self, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, s: BnShape) -> Result<()>;
+    /// Backward of the global mean: `dx = dy / HW` broadcast.
+    fn global_avg_pool_backward<T: Scalar>(&self, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, s: BnShape) -> Result<()>;
+
+    /// Max pooling of `n` images (window `g.k`, `g.stride`, `g.pad`; `g.c_out` ignored).
+    fn max_pool2d<T: Scalar>(&self, x: &Self::Buffer<T>, n: usize, g: &ConvGeom, y: &mut Self::Buffer<T>) -> Result<()>;
+    /// Backward of max pooling: the gradient goes to the first maximum of each window.
+    fn max_pool2d_backward<T: Scalar>(&self, x: &Self::Buffer<T>, n: usize, g: &ConvGeom, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>) -> Result<()>;
+
+    /// Softmax cross-entropy of `n` rows of `c` logits against `labels` (class indices stored
+    /// as floats), label smoothing `eps`; writes `dlogits = scale·(softmax − target)` and
+    /// returns `(Σ loss, number of rows whose argmax is the label)`.
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_xent<T: Scalar>(
+        &self,
+        logits: &Self::Buffer<T>,
+        labels: &Self::Buffer<T>,
+        n: usize,
+        c: usize,
+        eps: f64,
+        scale: f64,
+        dlogits: &mut Self::Buffer<T>,
+    ) -> Result<(f64, usize)>;
+
+    /// Draws `labels[i] ~ softmax(logits[i])` using `uniforms[i] ∈ [0, 1)`.
+    fn sample_labels<T: Scalar>(&self, logits: &Self::Buffer<T>, n: usize, c: usize, uniforms: &Self::Buffer<T>, labels: &mut Self::Buffer<T>) -> Result<()>;
+
+    /// `x ← s·x` on the whole buffer (gradient clipping).
+    fn scale<T: Scalar>(&self, x: &mut Self::Buffer<T>, s: T) -> Result<()>;
+
+    /// Inverted dropout: `y = x·keep/(1 − p)`, `keep` from [`host::dropout_keep`]`(seed, i, p)`.
+    fn dropout<T: Scalar>(&self, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, len: usize, p: f64, seed: u64) -> Result<()>;
+    /// Backward of dropout with the same `seed`.
+    fn dropout_backward<T: Scalar>(&self, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, len: usize, p: f64, seed: u64) -> Result<()>;
+}
+
+fn need(what: &str, have: usize, want: usize) -> Result<()> {
+    if have < want {
+        Err(Error::SizeMismatch {
+            what: what.into(),
+            expected: want,
+            found: have,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+fn bad_label(label: f64, c: usize) -> Error {
+    Error::NonFinite {
+        what: format!("label {label} (expected a class index below {c})"),
+    }
+}
+
+/// A backend whose buffers are host memory: the neural-network ops run on slices.
+pub trait HostMemory: Backend {
+    /// The elements of a buffer.
+    fn host<E: ire_core::Element>(buf: &Self::Buffer<E>) -> &[E];
+    /// The elements of a buffer, mutably.
+    fn host_mut<E: ire_core::Element>(buf: &mut Self::Buffer<E>) -> &mut [E];
+    /// Whether to split work across threads.
+    fn parallel(&self) -> bool {
+        false
+    }
+    /// The matrix product on slices (default: the naive loop).
+    fn host_gemm<T: Scalar>(&self, g: Gemm, alpha: T, a: &[T], b: &[T], beta: T, c: &mut [T]) {
+        host::gemm(g, alpha, a, b, beta, c)
+    }
+}
+
+impl HostMemory for ire_core::Reference {
+    fn host<E: ire_core::Element>(buf: &Self::Buffer<E>) -> &[E] {
+        buf.as_slice()
+    }
+    fn host_mut<E: ire_core::Element>(buf: &mut Self::Buffer<E>) -> &mut [E] {
+        buf.as_mut_slice()
+    }
+}
+
+impl HostMemory for ire_backend_cpu::CpuBackend {
+    fn host<E: ire_core::Element>(buf: &Self::Buffer<E>) -> &[E] {
+        buf.as_slice()
+    }
+    fn host_mut<E: ire_core::Element>(buf: &mut Self::Buffer<E>) -> &mut [E] {
+        buf.as_mut_slice()
+    }
+    fn parallel(&self) -> bool {
+        true
+    }
+    fn host_gemm<T: Scalar>(&self, g: Gemm, alpha: T, a: &[T], b: &[T], beta: T, c: &mut [T]) {
+        super::gemm_fast::gemm(g, alpha, a, b, beta, c)
+    }
+}
+
+/// Images per parallel task in the convolutions: enough to amortize a task, few enough that
+/// both cores get work on small batches.
+const CONV_CHUNK: usize = 4;
+
+impl<B: HostMemory + Sync> NnOps for B {
+    fn gemm<T: Scalar>(
+        &self,
+        g: Gemm,
+        alpha: T,
+        a: &Self::Buffer<T>,
+        a_off: usize,
+        b: &Self::Buffer<T>,
+        b_off: usize,
+        beta: T,
+        c: &mut Self::Buffer<T>,
+        c_off: usize,
+    ) -> Result<()> {
+        let (na, nb, nc) = g.sizes();
+        let (a, b, c) = (B::host(a), B::host(b), B::host_mut(c));
+        need("gemm: A", a.len().saturating_sub(a_off), na)?;
+        need("gemm: B", b.len().saturating_sub(b_off), nb)?;
+        need("gemm: C", c.len().saturating_sub(c_off), nc)?;
+        let (a, b, c) = (&a[a_off..a_off + na], &b[b_off..b_off + nb], &mut c[c_off..c_off + nc]);
+        if self.parallel() && g.m >= 64 && g.m * g.n * g.k >= 1 << 18 {
+            // Split C by rows: each task multiplies a block of op(A)'s rows.
+            let rows = g.m.div_ceil(rayon::current_num_threads().max(1) * 2).max(16);
+            c.par_chunks_mut(rows * g.n).enumerate().for_each(|(i, cb)| {
+                let r0 = i * rows;
+                let mr = cb.len() / g.n.max(1);
+                let gi = Gemm { m: mr, ..g };
+                // Rows r0.. of op(A): offset r0·k when stored plainly, r0 columns when transposed.
+                if g.trans_a {
+                    let sub: Vec<T> = (0..g.k).flat_map(|p| a[p * g.m + r0..p * g.m + r0 + mr].iter().copied()).collect();
+                    self.host_gemm(gi, alpha, &sub, b, beta, cb);
+                } else {
+                    self.host_gemm(gi, alpha, &a[r0 * g.k..(r0 + mr) * g.k], b, beta, cb);
+                }
+            });
+        } else {
+            self.host_gemm(g, alpha, a, b, beta, c);
+        }
+        Ok(())
+    }
+
+    fn add_row_bias<T: Scalar>(&self, y: &mut Self::Buffer<T>, rows: usize, cols: usize, bias: &Self::Buffer<T>, b_off: usize) -> Result<()> {
+        let (y, bias) = (B::host_mut(y), B::host(bias));
+        need("add_row_bias: y", y.len(), rows * cols)?;
+        need("add_row_bias: bias", bias.len().saturating_sub(b_off), cols)?;
+        let bias = &bias[b_off..b_off + cols];
+        for r in y[..rows * cols].chunks_exact_mut(cols.max(1)) {
+            for (v, &b) in r.iter_mut().zip(bias) {
+                *v = *v + b;
+            }
+        }
+        Ok(())
+    }
+
+    fn row_bias_grad<T: Scalar>(&self, dy: &Self::Buffer<T>, rows: usize, cols: usize, db: &mut Self::Buffer<T>, db_off: usize) -> Result<()> {
+        let (dy, db) = (B::host(dy), B::host_mut(db));
+        need("row_bias_grad: dy", dy.len(), rows * cols)?;
+        need("row_bias_grad: db", db.len().saturating_sub(db_off), cols)?;
+        let db = &mut db[db_off..db_off + cols];
+        for r in dy[..rows * cols].chunks_exact(cols.max(1)) {
+            for (d, &g) in db.iter_mut().zip(r) {
+                *d = *d + g;
+            }
+        }
+        Ok(())
+    }
+
+    fn conv2d<T: Scalar>(&self, x: &Self::Buffer<T>, n: usize, g: &ConvGeom, w: &Self::Buffer<T>, w_off: usize, y: &mut Self::Buffer<T>) -> Result<()> {
+        let (x, w, y) = (B::host(x), B::host(w), B::host_mut(y));
+        need("conv2d: x", x.len(), n * g.in_size())?;
+        need("conv2d: w", w.len().saturating_sub(w_off), g.weight_size())?;
+        need("conv2d: y", y.len(), n * g.out_size())?;
+        let w = &w[w_off..w_off + g.weight_size()];
+        let gm = Gemm { trans_a: false, trans_b: false, m: g.c_out, n: g.col_cols(), k: g.col_rows() };
+        let one_image = |xi: &[T], yi: &mut [T], cols: &mut Vec<T>| {
+            if g.k == 1 && g.stride == 1 && g.pad == 0 {
+                self.host_gemm(gm, T::one(), w, xi, T::zero(), yi);
+            } else {
+                cols.resize(g.col_rows() * g.col_cols(), T::zero());
+                host::im2col(xi, g, cols);
+                self.host_gemm(gm, T::one(), w, cols, T::zero(), yi);
+            }
+        };
+        let xs = x[..n * g.in_size()].chunks(g.in_size().max(1));
+        let ys = y[..n * g.out_size()].chunks_mut(g.out_size().max(1));
+        if self.parallel() && n > 1 {
+            xs.zip(ys).collect::<Vec<_>>().par_chunks_mut(CONV_CHUNK).for_each(|chunk| {
+                let mut cols = Vec::new();
+                for (xi, yi) in chunk.iter_mut() {
+                    one_image(xi, yi, &mut cols);
+                }
+            });
+        } else {
+            let mut cols = Vec::new();
+            for (xi, yi) in xs.zip(ys) {
+                one_image(xi, yi, &mut cols);
+            }
+        }
+        Ok(())
+    }
+
+    fn conv2d_backward<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        n: usize,
+        g: &ConvGeom,
+        w: &Self::Buffer<T>,
+        w_off: usize,
+        dy: &Self::Buffer<T>,
+        dx: Option<&mut Self::Buffer<T>>,
+        dw: &mut Self::Buffer<T>,
+        dw_off: usize,
+    ) -> Result<()> {
+        let (x, w, dy) = (B::host(x), B::host(w), B::host(dy));
+        need("conv2d_backward: x", x.len(), n * g.in_size())?;
+        need("conv2d_backward: w", w.len().saturating_sub(w_off), g.weight_size())?;
+        need("conv2d_backward: dy", dy.len(), n * g.out_size())?;
+        let w = &w[w_off..w_off + g.weight_size()];
+        let mut dx = dx.map(|d| B::host_mut(d));
+        if let Some(d) = dx.as_deref() {
+            need("conv2d_backward: dx", d.len(), n * g.in_size())?;
+        }
+        let (rows, cols_n) = (g.col_rows(), g.col_cols());
+        let direct = g.k == 1 && g.stride == 1 && g.pad == 0;
+        // dW_chunk = Σ_i dY_i · cols_iᵀ; dcols_i = Wᵀ · dY_i, folded into dx_i.
+        let chunk_grad = |xs: &[T], dys: &[T], mut dxs: Option<&mut [T]>| -> Vec<T> {
+            let mut dwp = vec![T::zero(); g.weight_size()];
+            let mut cols = vec![T::zero(); if direct { 0 } else { rows * cols_n }];
+            let mut dcols = vec![T::zero(); rows * cols_n];
+            for i in 0..xs.len() / g.in_size().max(1) {
+                let xi = &xs[i * g.in_size()..(i + 1) * g.in_size()];
+                let dyi = &dys[i * g.out_size()..(i + 1) * g.out_size()];
+                let ci: &[T] = if direct {
+                    xi
+                } else {
+                    host::im2col(xi, g, &mut cols);
+                    &cols
+                };
+                let gw = Gemm { trans_a: false, trans_b: true, m: g.c_out, n: rows, k: cols_n };
+                self.host_gemm(gw, T::one(), dyi, ci, T::one(), &mut dwp);
+                if let Some(dxs) = dxs.as_deref_mut() {
+                    let dxi = &mut dxs[i * g.in_size()..(i + 1) * g.in_size()];
+                    let gx = Gemm { trans_a: true, trans_b: false, m: rows, n: cols_n, k: g.c_out };
+                    if direct {
+                        self.host_gemm(gx, T::one(), w, dyi, T::zero(), dxi);
+                    } else {
+                        self.host_gemm(gx, T::one(), w, dyi, T::zero(), &mut dcols);
+                        dxi.iter_mut().for_each(|v| *v = T::zero());
+                        host::col2im(&dcols, g, dxi);
+                    }
+                }
+            }
+            dwp
+        };
+        let xs = &x[..n * g.in_size()];
+        let dys = &dy[..n * g.out_size()];
+        let partials: Vec<Vec<T>> = if self.parallel() && n > 1 {
+            let per = n.div_ceil(rayon::current_num_threads().max(1)).max(1);
+            let xin: Vec<&[T]> = xs.chunks(per * g.in_size().max(1)).collect();
+            let dyc: Vec<&[T]> = dys.chunks(per * g.out_size().max(1)).collect();
+            match dx.as_deref_mut() {
+                Some(d) => {
+                    let dxc: Vec<&mut [T]> = d[..n * g.in_size()].chunks_mut(per * g.in_size().max(1)).collect();
+                    xin.into_par_iter().zip(dyc).zip(dxc).map(|((a, b), c)| chunk_grad(a, b, Some(c))).collect()
+                }
+                None => xin.into_par_iter().zip(dyc).map(|(a, b)| chunk_grad(a, b, None)).collect(),
+            }
+        } else {
+            vec![chunk_grad(xs, dys, dx.as_deref_mut().map(|d| &mut d[..n * g.in_size()]))]
+        };
+        let dw = B::host_mut(dw);
+        need("conv2d_backward: dw", dw.len().saturating_sub(dw_off), g.weight_size())?;
+        for p in partials {
+            for (d, v) in dw[dw_off..dw_off + g.weight_size()].iter_mut().zip(p) {
+                *d = *d + v;
+            }
+        }
+        Ok(())
+    }
+
+    fn relu<T: Scalar>(&self, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, len: usize) -> Result<()> {
+        let (x, y) = (B::host(x), B::host_mut(y));
+        need("relu", x.len().min(y.len()), len)?;
+        host::relu(&x[..len], &mut y[..len]);
+        Ok(())
+    }
+
+    fn relu_backward<T: Scalar>(&self, y: &Self::Buffer<T>, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, len: usize) -> Result<()> {
+        let (y, dy, dx) = (B::host(y), B::host(dy), B::host_mut(dx));
+        need("relu_backward", y.len().min(dy.len()).min(dx.len()), len)?;
+        host::relu_backward(&y[..len], &dy[..len], &mut dx[..len]);
+        Ok(())
+    }
+
+    fn gelu<T: Scalar>(&self, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, len: usize) -> Result<()> {
+        let (x, y) = (B::host(x), B::host_mut(y));
+        need("gelu", x.len().min(y.len()), len)?;
+        host::gelu(&x[..len], &mut y[..len]);
+        Ok(())
+    }
+
+    fn gelu_backward<T: Scalar>(&self, x: &Self::Buffer<T>, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, len: usize) -> Result<()> {
+        let (x, dy, dx) = (B::host(x), B::host(dy), B::host_mut(dx));
+        need("gelu_backward", x.len().min(dy.len()).min(dx.len()), len)?;
+        host::gelu_backward(&x[..len], &dy[..len], &mut dx[..len]);
+        Ok(())
+    }
+
+    fn batch_norm<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        y: &mut Self::Buffer<T>,
+        s: BnShape,
+        params: &Self::Buffer<T>,
+        g_off: usize,
+        b_off: usize,
+        st: BnState<'_, Self, T>,
+        mode: BnMode,
+        momentum: f64,
+        eps: f64,
+    ) -> Result<()> {
+        let (x, y, p) = (B::host(x), B::host_mut(y), B::host(params));
+        let len = s.n * s.c * s.hw;
+        need("batch_norm: x", x.len().min(y.len()), len)?;
+        need("batch_norm: gamma", p.len().saturating_sub(g_off), s.c)?;
+        need("batch_norm: beta", p.len().saturating_sub(b_off), s.c)?;
+        let (rm, rv) = (B::host_mut(st.running_mean), B::host_mut(st.running_var));
+        let (sm, si) = (B::host_mut(st.save_mean), B::host_mut(st.save_invstd));
+        need("batch_norm: statistics", rm.len().min(rv.len()).min(sm.len()).min(si.len()), s.c)?;
+        let m = (s.n * s.hw) as f64;
+        for ch in 0..s.c {
+            let (gamma, beta) = (p[g_off + ch], p[b_off + ch]);
+            let (mean, invstd) = match mode {
+                BnMode::Eval => (rm[ch], T::of(1.0 / (rv[ch].as_f64() + eps).sqrt())),
+                BnMode::Train { update_running } => {
+                    let (mean, var) = host::bn_channel_stats(x, s, ch);
+                    if update_running {
+                        let unbiased = if m > 1.0 { var * m / (m - 1.0) } else { var };
+                        rm[ch] = T::of((1.0 - momentum) * rm[ch].as_f64() + momentum * mean);
+                        rv[ch] = T::of((1.0 - momentum) * rv[ch].as_f64() + momentum * unbiased);
+                    }
+                    let invstd = T::of(1.0 / (var + eps).sqrt());
+                    sm[ch] = T::of(mean);
+                    si[ch] = invstd;
+                    (T::of(mean), invstd)
+                }
+            };
+            host::bn_channel_apply(x, y, s, ch, mean, invstd, gamma, beta);
+        }
+        Ok(())
+    }
+
+    fn batch_norm_backward<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        dy: &Self::Buffer<T>,
+        dx: &mut Self::Buffer<T>,
+        s: BnShape,
+        params: &Self::Buffer<T>,
+        g_off: usize,
+        save_mean: &Self::Buffer<T>,
+        save_invstd: &Self::Buffer<T>,
+        grads: &mut Self::Buffer<T>,
+        dg_off: usize,
+        db_off: usize,
+    ) -> Result<()> {
+        let (x, dy, dx, p) = (B::host(x), B::host(dy), B::host_mut(dx), B::host(params));
+        let (sm, si, gr) = (B::host(save_mean), B::host(save_invstd), B::host_mut(grads));
+        let len = s.n * s.c * s.hw;
+        need("batch_norm_backward", x.len().min(dy.len()).min(dx.len()), len)?;
+        need("batch_norm_backward: gamma", p.len().saturating_sub(g_off), s.c)?;
+        need("batch_norm_backward: grads", gr.len().saturating_sub(dg_off.max(db_off)), s.c)?;
+        need("batch_norm_backward: statistics", sm.len().min(si.len()), s.c)?;
+        for ch in 0..s.c {
+            let (dg, db) = host::bn_channel_backward(x, dy, dx, s, ch, sm[ch], si[ch], p[g_off + ch]);
+            gr[dg_off + ch] = gr[dg_off + ch] + dg;
+            gr[db_off + ch] = gr[db_off + ch] + db;
+        }
+        Ok(())
+    }
+
+    fn global_avg_pool<T: Scalar>(&self, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, s: BnShape) -> Result<()> {
+        let (x, y) = (B::host(x), B::host_mut(y));
+        need("global_avg_pool: x", x.len(), s.n * s.c * s.hw)?;
+        need("global_avg_pool: y", y.len(), s.n * s.c)?;
+        let inv = T::of(1.0 / s.hw as f64);
+        for (o, xs) in y[..s.n * s.c].iter_mut().zip(x.chunks_exact(s.hw.max(1))) {
+            *o = xs.iter().fold(T::zero(), |a, &v| a + v) * inv;
+        }
+        Ok(())
+    }
+
+    fn global_avg_pool_backward<T: Scalar>(&self, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, s: BnShape) -> Result<()> {
+        let (dy, dx) = (B::host(dy), B::host_mut(dx));
+        need("global_avg_pool_backward: dy", dy.len(), s.n * s.c)?;
+        need("global_avg_pool_backward: dx", dx.len(), s.n * s.c * s.hw)?;
+        let inv = T::of(1.0 / s.hw as f64);
+        for (d, xs) in dy[..s.n * s.c].iter().zip(dx.chunks_exact_mut(s.hw.max(1))) {
+            xs.iter_mut().for_each(|v| *v = *d * inv);
+        }
+        Ok(())
+    }
+
+    fn max_pool2d<T: Scalar>(&self, x: &Self::Buffer<T>, n: usize, g: &ConvGeom, y: &mut Self::Buffer<T>) -> Result<()> {
+        let (x, y) = (B::host(x), B::host_mut(y));
+        let (oh, ow) = (g.oh(), g.ow());
+        need("max_pool2d: x", x.len(), n * g.in_size())?;
+        need("max_pool2d: y", y.len(), n * g.c_in * oh * ow)?;
+        for img in 0..n * g.c_in {
+            let xi = &x[img * g.h * g.w..(img + 1) * g.h * g.w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    y[img * oh * ow + oy * ow + ox] = max_window(xi, g, oy, ox).1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn max_pool2d_backward<T: Scalar>(&self, x: &Self::Buffer<T>, n: usize, g: &ConvGeom, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>) -> Result<()> {
+        let (x, dy, dx) = (B::host(x), B::host(dy), B::host_mut(dx));
+        let (oh, ow) = (g.oh(), g.ow());
+        need("max_pool2d_backward", x.len().min(dx.len()), n * g.in_size())?;
+        need("max_pool2d_backward: dy", dy.len(), n * g.c_in * oh * ow)?;
+        dx[..n * g.in_size()].iter_mut().for_each(|v| *v = T::zero());
+        for img in 0..n * g.c_in {
+            let xi = &x[img * g.h * g.w..(img + 1) * g.h * g.w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (at, _) = max_window(xi, g, oy, ox);
+                    if let Some(at) = at {
+                        let d = &mut dx[img * g.h * g.w + at];
+                        *d = *d + dy[img * oh * ow + oy * ow + ox];
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn softmax_xent<T: Scalar>(
+        &self,
+        logits: &Self::Buffer<T>,
+        labels: &Self::Buffer<T>,
+        n: usize,
+        c: usize,
+        eps: f64,
+        scale: f64,
+        dlogits: &mut Self::Buffer<T>,
+    ) -> Result<(f64, usize)> {
+        let (z, l, d) = (B::host(logits), B::host(labels), B::host_mut(dlogits));
+        need("softmax_xent: logits", z.len().min(d.len()), n * c)?;
+        need("softmax_xent: labels", l.len(), n)?;
+        if z[..n * c].iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite { what: "logits".into() });
+        }
+        let (mut loss, mut correct) = (0.0, 0);
+        for i in 0..n {
+            let lab = l[i].as_f64();
+            if !(lab >= 0.0 && lab < c as f64 && lab.fract() == 0.0) {
+                return Err(bad_label(lab, c));
+            }
+            let (li, ok) = host::softmax_xent_row(&z[i * c..(i + 1) * c], lab as usize, eps, scale, &mut d[i * c..(i + 1) * c]);
+            loss += li;
+            correct += ok as usize;
+        }
+        Ok((loss, correct))
+    }
+
+    fn sample_labels<T: Scalar>(&self, logits: &Self::Buffer<T>, n: usize, c: usize, uniforms: &Self::Buffer<T>, labels: &mut Self::Buffer<T>) -> Result<()> {
+        let (z, u, l) = (B::host(logits), B::host(uniforms), B::host_mut(labels));
+        need("sample_labels: logits", z.len(), n * c)?;
+        need("sample_labels", u.len().min(l.len()), n)?;
+        for i in 0..n {
+            l[i] = T::of(host::sample_row(&z[i * c..(i + 1) * c], u[i].as_f64()) as f64);
+        }
+        Ok(())
+    }
+
+    fn scale<T: Scalar>(&self, x: &mut Self::Buffer<T>, s: T) -> Result<()> {
+        B::host_mut(x).iter_mut().for_each(|v| *v = *v * s);
+        Ok(())
+    }
+
+    fn dropout<T: Scalar>(&self, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, len: usize, p: f64, seed: u64) -> Result<()> {
+        let (x, y) = (B::host(x), B::host_mut(y));
+        need("dropout", x.len().min(y.len()), len)?;
+        let s = T::of(1.0 / (1.0 - p));
+        for i in 0..len {
+            y[i] = if host::dropout_keep(seed, i as u64, p) { x[i] * s } else { T::zero() };
+        }
+        Ok(())
+    }
+
+    fn dropout_backward<T: Scalar>(&self, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, len: usize, p: f64, seed: u64) -> Result<()> {
+        self.dropout(dy, dx, len, p, seed)
+    }
+}
+
+/// Index (in the image) and value of the first maximum of window `(oy, ox)`; padding counts
+/// as −∞ (PyTorch's max pooling).
+fn max_window<T: Scalar>(xi: &[T], g: &ConvGeom, oy: usize, ox: usize) -> (Option<usize>, T) {
+    let mut best = (None, T::neg_infinity());
+    for ky in 0..g.k {
+        let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+        if iy < 0 || iy as usize >= g.h {
+            continue;
+        }
+        for kx in 0..g.k {
+            let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+            if ix < 0 || ix as usize >= g.w {
+                continue;
+            }
+            let at = iy as usize * g.w + ix as usize;
+            if best.0.is_none() || xi[at] > best.1 {
+                best = (Some(at), xi[at]);
+            }
+        }
+    }
+    best
+}

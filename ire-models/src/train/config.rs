@@ -1,0 +1,234 @@
+//! Everything a training run is made of, as one serializable config (TOML file or flags).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::optimizer::{OptimizerConfig, OptimizerKind};
+use crate::data::{self, Cifar100Labels, DataError, ImageDataset};
+
+/// Where the images come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    /// CIFAR-10 binary: `data_batch_*.bin` and `test_batch.bin` in a folder.
+    Cifar10,
+    /// CIFAR-100 binary: `train.bin` and `test.bin` in a folder (fine labels).
+    Cifar100,
+    /// IDX files (MNIST, Fashion-MNIST): `train-images-idx3-ubyte[.gz]` etc. in a folder.
+    Idx,
+    /// Image folders `train/<class>/*` and `test/<class>/*` (ImageNet layout).
+    Folder,
+    /// scikit-learn's 8×8 digits CSV (a file); the last 297 images are the test split.
+    Digits,
+}
+
+impl std::str::FromStr for DatasetKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "cifar10" => DatasetKind::Cifar10,
+            "cifar100" => DatasetKind::Cifar100,
+            "idx" | "mnist" | "fashion-mnist" => DatasetKind::Idx,
+            "folder" => DatasetKind::Folder,
+            "digits" => DatasetKind::Digits,
+            o => return Err(format!("unknown dataset `{o}`: expected cifar10, cifar100, idx, folder or digits")),
+        })
+    }
+}
+
+/// A training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Model preset (`resnet20`, `mlp`, ...).
+    pub model: String,
+    /// Dataset format.
+    pub dataset: DatasetKind,
+    /// Dataset folder (or file, for `digits`).
+    pub data: PathBuf,
+    /// Use at most this many training images (0 = all).
+    pub train_limit: usize,
+    /// Use at most this many test images (0 = all).
+    pub test_limit: usize,
+    /// Resize folder images to this square size (0 = keep).
+    pub image_size: u32,
+    /// Optimizer.
+    pub optimizer: OptimizerKind,
+    /// Its hyper-parameters.
+    pub opt: OptimizerConfig,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: u64,
+    /// Cosine floor as a fraction of `lr` (0: decay to zero).
+    pub lr_min_ratio: f64,
+    /// Constant learning rate instead of the cosine.
+    pub constant_lr: bool,
+    /// Epochs (ignored when `steps > 0`).
+    pub epochs: u64,
+    /// Total steps (0: `epochs` × batches per epoch).
+    pub steps: u64,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Label smoothing ε.
+    pub label_smoothing: f64,
+    /// Clip the training gradient's global norm to this (0 = off; never applied to ĝ).
+    pub clip_grad_norm: f64,
+    /// The IRE estimator's batch: the current one, or a fixed first batch (`fixed`).
+    pub estimator_batch: String,
+    /// Random crop padding; unset: 4 for CIFAR and image folders, 0 for digits and IDX.
+    pub crop_padding: Option<usize>,
+    /// Random horizontal flips; unset: on for CIFAR and image folders, off for digits and IDX
+    /// (a flipped digit is another glyph).
+    pub hflip: Option<bool>,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Evaluate on the test split every this many steps (0 = at the end only).
+    pub eval_every: u64,
+    /// Write a checkpoint every this many steps (0 = only at the end and on Ctrl-C).
+    pub checkpoint_every: u64,
+    /// Log a metrics line every this many steps.
+    pub log_every: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: "resnet-small".into(),
+            dataset: DatasetKind::Cifar10,
+            data: PathBuf::from("../shared/data/cifar10"),
+            train_limit: 0,
+            test_limit: 0,
+            image_size: 0,
+            optimizer: OptimizerKind::SgdIre,
+            opt: OptimizerConfig::default(),
+            lr: 0.1,
+            warmup_steps: 0,
+            lr_min_ratio: 0.0,
+            constant_lr: false,
+            epochs: 1,
+            steps: 0,
+            batch_size: 128,
+            label_smoothing: 0.0,
+            clip_grad_norm: 0.0,
+            estimator_batch: "current".into(),
+            crop_padding: None,
+            hflip: None,
+            seed: 0,
+            eval_every: 0,
+            checkpoint_every: 0,
+            log_every: 10,
+        }
+    }
+}
+
+fn bad(field: &str, why: &str) -> String {
+    format!("invalid config `{field}`: {why}")
+}
+
+impl TrainConfig {
+    /// Reads a TOML file (unknown keys are errors).
+    pub fn from_toml_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Checks what the optimizers do not check themselves.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.model.parse::<crate::models::ModelSpec>().is_err() {
+            return Err(bad("model", &format!("unknown preset `{}`", self.model)));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(bad("lr", "must be finite and > 0"));
+        }
+        if !(0.0..=1.0).contains(&self.lr_min_ratio) {
+            return Err(bad("lr_min_ratio", "must be in [0, 1]"));
+        }
+        if self.batch_size == 0 {
+            return Err(bad("batch_size", "must be >= 1"));
+        }
+        if self.steps == 0 && self.epochs == 0 {
+            return Err(bad("epochs", "epochs or steps must be >= 1"));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(bad("label_smoothing", "must be in [0, 1)"));
+        }
+        if !(self.clip_grad_norm >= 0.0 && self.clip_grad_norm.is_finite()) {
+            return Err(bad("clip_grad_norm", "must be >= 0 (0 = off)"));
+        }
+        if !matches!(self.estimator_batch.as_str(), "current" | "fixed") {
+            return Err(bad("estimator_batch", "must be `current` or `fixed`"));
+        }
+        if self.log_every == 0 {
+            return Err(bad("log_every", "must be >= 1"));
+        }
+        Ok(())
+    }
+
+    /// The augmentation in effect (explicit settings, else the dataset's default).
+    pub fn augment(&self) -> crate::data::Augment {
+        let natural = matches!(self.dataset, DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::Folder);
+        crate::data::Augment {
+            crop_padding: self.crop_padding.unwrap_or(if natural { 4 } else { 0 }),
+            hflip: self.hflip.unwrap_or(natural),
+        }
+    }
+
+    /// Short name of the dataset.
+    pub fn dataset_name(&self) -> &'static str {
+        match self.dataset {
+            DatasetKind::Cifar10 => "cifar10",
+            DatasetKind::Cifar100 => "cifar100",
+            DatasetKind::Idx => "idx",
+            DatasetKind::Folder => "folder",
+            DatasetKind::Digits => "digits",
+        }
+    }
+
+    /// Loads the (train, test) splits.
+    pub fn load_data(&self) -> Result<(ImageDataset, ImageDataset), DataError> {
+        let d = &self.data;
+        let (mut train, mut test) = match self.dataset {
+            DatasetKind::Cifar10 => {
+                let mut files: Vec<PathBuf> = (1..=5).map(|i| d.join(format!("data_batch_{i}.bin"))).filter(|p| p.exists()).collect();
+                if files.is_empty() {
+                    files.push(d.join("data_batch_1.bin"));
+                }
+                (data::load_cifar10_bin(&files)?, data::load_cifar10_bin(&[d.join("test_batch.bin")])?)
+            }
+            DatasetKind::Cifar100 => (
+                data::load_cifar100_bin(&d.join("train.bin"), Cifar100Labels::Fine)?,
+                data::load_cifar100_bin(&d.join("test.bin"), Cifar100Labels::Fine)?,
+            ),
+            DatasetKind::Idx => {
+                let pick = |stem: &str| {
+                    let gz = d.join(format!("{stem}.gz"));
+                    if gz.exists() { gz } else { d.join(stem) }
+                };
+                (
+                    data::load_idx(&pick("train-images-idx3-ubyte"), &pick("train-labels-idx1-ubyte"))?,
+                    data::load_idx(&pick("t10k-images-idx3-ubyte"), &pick("t10k-labels-idx1-ubyte"))?,
+                )
+            }
+            DatasetKind::Folder => {
+                let size = (self.image_size > 0).then_some((self.image_size, self.image_size));
+                (data::load_image_folder(&d.join("train"), size)?, data::load_image_folder(&d.join("test"), size)?)
+            }
+            DatasetKind::Digits => {
+                let mut all = data::load_digits_csv(d)?;
+                let test = all.split_off(297);
+                (all, test)
+            }
+        };
+        if self.train_limit > 0 {
+            train = train.take(self.train_limit);
+        }
+        if self.test_limit > 0 {
+            test = test.take(self.test_limit);
+        }
+        test.num_classes = test.num_classes.max(train.num_classes);
+        train.num_classes = test.num_classes;
+        Ok((train, test))
+    }
+}

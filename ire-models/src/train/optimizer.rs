@@ -1,0 +1,280 @@
+//! The six optimizers of the paper behind one type, with the paper's defaults.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ire_core::optim::{EstimateInput, Estimator, KappaSchedule, Optimizer};
+use ire_core::state::StateDict;
+use ire_core::{AdamW, AdamWConfig, Ire, IreConfig, IreStep, Result, Sam, SamConfig, Sgd, SgdConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::nn::NnOps;
+
+/// Which optimizer trains the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// SGD with momentum.
+    Sgd,
+    /// IRE around SGD.
+    SgdIre,
+    /// SAM around SGD.
+    Sam,
+    /// IRE around SAM (boosting SAM's step).
+    SamIre,
+    /// AdamW.
+    Adamw,
+    /// IRE around AdamW (AdmIRE).
+    Admire,
+}
+
+impl OptimizerKind {
+    /// Every name accepted on the command line.
+    pub const NAMES: &'static [&'static str] = &["sgd", "sgd-ire", "sam", "sam-ire", "adamw", "admire"];
+
+    /// Whether IRE wraps the base optimizer.
+    pub fn is_ire(self) -> bool {
+        matches!(self, OptimizerKind::SgdIre | OptimizerKind::SamIre | OptimizerKind::Admire)
+    }
+
+    /// Whether the step is a SAM step (two gradients).
+    pub fn is_sam(self) -> bool {
+        matches!(self, OptimizerKind::Sam | OptimizerKind::SamIre)
+    }
+}
+
+impl FromStr for OptimizerKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s {
+            "sgd" => OptimizerKind::Sgd,
+            "sgd-ire" => OptimizerKind::SgdIre,
+            "sam" => OptimizerKind::Sam,
+            "sam-ire" => OptimizerKind::SamIre,
+            "adamw" => OptimizerKind::Adamw,
+            "admire" => OptimizerKind::Admire,
+            o => return Err(format!("unknown optimizer `{o}`: expected one of {}", Self::NAMES.join(", "))),
+        })
+    }
+}
+
+impl fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = [Self::Sgd, Self::SgdIre, Self::Sam, Self::SamIre, Self::Adamw, Self::Admire].iter().position(|k| k == self).unwrap_or(0);
+        f.write_str(Self::NAMES[i])
+    }
+}
+
+/// Every optimizer hyper-parameter; each optimizer reads the ones it uses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// SGD momentum (0.9 in the paper's CIFAR runs).
+    pub momentum: f64,
+    /// SGD Nesterov momentum.
+    pub nesterov: bool,
+    /// Weight decay: coupled for SGD/SAM (5e-4), decoupled for AdamW (0.05 for images).
+    pub weight_decay: f64,
+    /// AdamW β1.
+    pub beta1: f64,
+    /// AdamW β2.
+    pub beta2: f64,
+    /// AdamW ε.
+    pub eps: f64,
+    /// SAM radius ρ (0.05).
+    pub rho: f64,
+    /// ASAM instead of SAM.
+    pub adaptive: bool,
+    /// IRE boost κ.
+    pub kappa: f64,
+    /// IRE flat fraction γ.
+    pub gamma: f64,
+    /// IRE mask refresh interval K (10).
+    pub refresh_every: u64,
+    /// IRE warm-up steps (IRE off before).
+    pub ire_warmup: u64,
+    /// IRE estimate EMA β (0).
+    pub ire_beta: f64,
+    /// κ decayed with the learning rate (`κ·lr_t/lr_max`).
+    pub kappa_decay: bool,
+    /// The estimator: `squared-gradient` (official), `abs-gradient`, `squared-training-gradient`.
+    pub estimator: String,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        OptimizerConfig {
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 5e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            rho: 0.05,
+            adaptive: false,
+            kappa: 2.0,
+            gamma: 0.8,
+            refresh_every: 10,
+            ire_warmup: 0,
+            ire_beta: 0.0,
+            kappa_decay: false,
+            estimator: "squared-gradient".into(),
+        }
+    }
+}
+
+impl OptimizerConfig {
+    fn estimator(&self) -> Result<Estimator> {
+        match self.estimator.as_str() {
+            "squared-gradient" => Ok(Estimator::SquaredGradient),
+            "abs-gradient" => Ok(Estimator::AbsGradient),
+            "squared-training-gradient" => Ok(Estimator::SquaredTrainingGradient),
+            o => Err(ire_core::Error::Protocol(format!(
+                "unknown estimator `{o}`: expected squared-gradient, abs-gradient or squared-training-gradient"
+            ))),
+        }
+    }
+
+    fn ire(&self, lr_max: f64) -> Result<IreConfig> {
+        Ok(IreConfig {
+            kappa: self.kappa,
+            gamma: self.gamma,
+            refresh_every: self.refresh_every,
+            warmup_steps: self.ire_warmup,
+            beta: self.ire_beta,
+            kappa_schedule: if self.kappa_decay { KappaSchedule::ProportionalToLr { lr_max } } else { KappaSchedule::Constant },
+            estimator: self.estimator()?,
+        })
+    }
+}
+
+type S<B> = Sgd<B, f32>;
+
+/// One of the six optimizers, on backend `B`, in `f32`.
+pub enum AnyOptimizer<B: NnOps> {
+    /// SGD.
+    Sgd(S<B>),
+    /// SGD-IRE.
+    SgdIre(Ire<B, f32, S<B>>),
+    /// SAM.
+    Sam(Sam<B, f32, S<B>>),
+    /// SAM-IRE.
+    SamIre(Ire<B, f32, Sam<B, f32, S<B>>>),
+    /// AdamW.
+    Adamw(AdamW<B, f32>),
+    /// AdmIRE.
+    Admire(Ire<B, f32, AdamW<B, f32>>),
+}
+
+impl<B: NnOps> AnyOptimizer<B> {
+    /// Builds `kind` from `cfg`; every hyper-parameter is validated (errors name the field).
+    pub fn new(kind: OptimizerKind, cfg: &OptimizerConfig, lr_max: f64) -> Result<Self> {
+        let sgd = || {
+            Sgd::new(SgdConfig {
+                momentum: cfg.momentum,
+                dampening: 0.0,
+                nesterov: cfg.nesterov,
+                weight_decay: cfg.weight_decay,
+            })
+        };
+        let adamw = || {
+            AdamW::new(AdamWConfig {
+                beta1: cfg.beta1,
+                beta2: cfg.beta2,
+                eps: cfg.eps,
+                weight_decay: cfg.weight_decay,
+            })
+        };
+        let sam = |base| Sam::new(base, SamConfig { rho: cfg.rho, adaptive: cfg.adaptive });
+        Ok(match kind {
+            OptimizerKind::Sgd => AnyOptimizer::Sgd(sgd()?),
+            OptimizerKind::SgdIre => AnyOptimizer::SgdIre(Ire::new(sgd()?, cfg.ire(lr_max)?)?),
+            OptimizerKind::Sam => AnyOptimizer::Sam(sam(sgd()?)?),
+            OptimizerKind::SamIre => AnyOptimizer::SamIre(Ire::new(sam(sgd()?)?, cfg.ire(lr_max)?)?),
+            OptimizerKind::Adamw => AnyOptimizer::Adamw(adamw()?),
+            OptimizerKind::Admire => AnyOptimizer::Admire(Ire::new(adamw()?, cfg.ire(lr_max)?)?),
+        })
+    }
+
+    /// Whether the next step refreshes the IRE mask with an estimator gradient.
+    pub fn wants_estimate(&self) -> bool {
+        let due_with_input = |due: bool, est: Estimator| due && matches!(est, Estimator::SquaredGradient | Estimator::AbsGradient);
+        match self {
+            AnyOptimizer::SgdIre(o) => due_with_input(o.refresh_due(), o.config().estimator),
+            AnyOptimizer::SamIre(o) => due_with_input(o.refresh_due(), o.config().estimator),
+            AnyOptimizer::Admire(o) => due_with_input(o.refresh_due(), o.config().estimator),
+            _ => false,
+        }
+    }
+
+    /// SAM's first phase (no-op for the others): moves θ to θ + ε with the gradient at θ.
+    /// For SAM-IRE, a due mask refresh happens here, at the unperturbed θ.
+    pub fn perturb(&mut self, b: &B, params: &mut [B::Buffer<f32>], grads: &[B::Buffer<f32>], estimate: Option<&[B::Buffer<f32>]>) -> Result<bool> {
+        match self {
+            AnyOptimizer::Sam(o) => o.perturb(b, params, grads).map(|_| false),
+            AnyOptimizer::SamIre(o) => {
+                let mut refreshed = false;
+                if o.refresh_due() {
+                    let input = estimate.map(EstimateInput::Gradient);
+                    o.refresh(b, params, grads, input.as_ref())?;
+                    o.keep_mask_this_step();
+                    refreshed = true;
+                }
+                o.base_mut().perturb(b, params, grads)?;
+                Ok(refreshed)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The step (SAM: with the gradient at the perturbed point). Returns `(κ_t, refreshed)`.
+    pub fn step(&mut self, b: &B, params: &mut [B::Buffer<f32>], grads: &[B::Buffer<f32>], lr: f64, estimate: Option<&[B::Buffer<f32>]>) -> Result<(f64, bool)> {
+        match self {
+            AnyOptimizer::Sgd(o) => o.step(b, params, grads, lr).map(|_| (0.0, false)),
+            AnyOptimizer::Sam(o) => o.step(b, params, grads, lr).map(|_| (0.0, false)),
+            AnyOptimizer::Adamw(o) => o.step(b, params, grads, lr).map(|_| (0.0, false)),
+            AnyOptimizer::SgdIre(o) => o.step(b, params, grads, ire_ctx::<B>(lr, estimate)).map(|r| (r.kappa, r.refreshed)),
+            AnyOptimizer::SamIre(o) => o.step(b, params, grads, ire_ctx::<B>(lr, None)).map(|r| (r.kappa, r.refreshed)),
+            AnyOptimizer::Admire(o) => o.step(b, params, grads, ire_ctx::<B>(lr, estimate)).map(|r| (r.kappa, r.refreshed)),
+        }
+    }
+
+    /// Fraction of coordinates currently flat (IRE only).
+    pub fn flat_fraction(&self, b: &B, n: usize) -> Result<Option<f64>> {
+        let f = |c: usize| Some(c as f64 / n.max(1) as f64);
+        Ok(match self {
+            AnyOptimizer::SgdIre(o) => f(o.flat_count(b)?),
+            AnyOptimizer::SamIre(o) => f(o.flat_count(b)?),
+            AnyOptimizer::Admire(o) => f(o.flat_count(b)?),
+            _ => None,
+        })
+    }
+
+    /// The optimizer's state.
+    pub fn save(&self, b: &B) -> Result<StateDict> {
+        match self {
+            AnyOptimizer::Sgd(o) => o.save(b),
+            AnyOptimizer::SgdIre(o) => o.save(b),
+            AnyOptimizer::Sam(o) => o.save(b),
+            AnyOptimizer::SamIre(o) => o.save(b),
+            AnyOptimizer::Adamw(o) => o.save(b),
+            AnyOptimizer::Admire(o) => o.save(b),
+        }
+    }
+
+    /// Restores saved state (all-or-nothing).
+    pub fn load(&mut self, b: &B, s: &StateDict) -> Result<()> {
+        match self {
+            AnyOptimizer::Sgd(o) => o.load(b, s),
+            AnyOptimizer::SgdIre(o) => o.load(b, s),
+            AnyOptimizer::Sam(o) => o.load(b, s),
+            AnyOptimizer::SamIre(o) => o.load(b, s),
+            AnyOptimizer::Adamw(o) => o.load(b, s),
+            AnyOptimizer::Admire(o) => o.load(b, s),
+        }
+    }
+}
+
+fn ire_ctx<B: NnOps>(lr: f64, est: Option<&[B::Buffer<f32>]>) -> IreStep<'_, B, f32> {
+    IreStep { lr, estimate: est.map(EstimateInput::Gradient) }
+}

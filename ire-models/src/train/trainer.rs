@@ -1,0 +1,377 @@
+//! One training step, evaluation, and the state a checkpoint must hold to resume exactly.
+//!
+//! A step: (when an IRE refresh is due) the estimator pass on labels sampled from the model's
+//! own softmax, with batch-norm statistics frozen; the training forward/backward (statistics
+//! updated); optional clipping of the training gradient; for SAM the second forward/backward
+//! at the perturbed point (statistics frozen); the optimizer step at the scheduled rate.
+//! Every random choice is derived from `(seed, step)`, so a resumed run is bit-identical.
+
+use ire_core::{LrSchedule, Result as CoreResult};
+
+use super::config::TrainConfig;
+use super::optimizer::AnyOptimizer;
+use crate::data::{Augment, Batch, BatchLoader, DataError, ImageDataset, Normalize};
+use crate::models::{Model, ModelSpec};
+use crate::nn::{BnMode, NnOps};
+use crate::rng::Rng;
+
+/// Why training stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A bad setting.
+    #[error("{0}")]
+    Config(String),
+    /// A dataset problem.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// An optimizer or backend problem.
+    #[error(transparent)]
+    Core(#[from] ire_core::Error),
+    /// The loss or the gradient stopped being finite.
+    #[error("training diverged at step {step}: {what}")]
+    Diverged {
+        /// The step.
+        step: u64,
+        /// What became non-finite.
+        what: String,
+    },
+}
+
+/// What one step measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepMetrics {
+    /// Step number (0-based) just taken.
+    pub step: u64,
+    /// Epoch of that step.
+    pub epoch: u64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Mean training loss of the batch (before the step).
+    pub loss: f64,
+    /// Training accuracy of the batch.
+    pub acc: f64,
+    /// IRE's κ_t (0 for the base optimizers).
+    pub kappa: f64,
+    /// Whether the IRE mask was refreshed.
+    pub refreshed: bool,
+    /// Examples in the batch.
+    pub n: usize,
+}
+
+/// Test-split metrics.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EvalMetrics {
+    /// Mean loss.
+    pub loss: f64,
+    /// Accuracy.
+    pub acc: f64,
+    /// Examples.
+    pub n: usize,
+}
+
+// Stream identifiers of the derived generators.
+const INIT_STREAM: u64 = 0x1A17;
+const SAMPLE_STREAM: u64 = 0x5A3F;
+
+/// A model, its data and its optimizer on backend `B`.
+pub struct Trainer<B: NnOps + 'static> {
+    /// The run's configuration.
+    pub cfg: TrainConfig,
+    b: B,
+    model: Box<dyn Model<B, f32>>,
+    params: Vec<B::Buffer<f32>>,
+    grads: Vec<B::Buffer<f32>>,
+    est_grads: Vec<B::Buffer<f32>>,
+    opt: AnyOptimizer<B>,
+    train: ImageDataset,
+    test: ImageDataset,
+    norm: Normalize,
+    aug: Augment,
+    loader: BatchLoader,
+    x: B::Buffer<f32>,
+    y: B::Buffer<f32>,
+    dlogits: B::Buffer<f32>,
+    uniforms: B::Buffer<f32>,
+    sampled: B::Buffer<f32>,
+    fixed: Option<Batch>,
+    schedule: LrSchedule,
+    total_steps: u64,
+    /// Steps taken.
+    pub step: u64,
+}
+
+impl<B: NnOps + 'static> Trainer<B> {
+    /// Loads the data, builds and initializes the model and the optimizer.
+    pub fn new(b: B, cfg: TrainConfig) -> Result<Self, TrainError> {
+        cfg.validate().map_err(TrainError::Config)?;
+        let (train, test) = cfg.load_data()?;
+        Self::with_data(b, cfg, train, test)
+    }
+
+    /// As [`Trainer::new`], with datasets already in memory.
+    pub fn with_data(b: B, cfg: TrainConfig, train: ImageDataset, test: ImageDataset) -> Result<Self, TrainError> {
+        cfg.validate().map_err(TrainError::Config)?;
+        if train.is_empty() {
+            return Err(TrainError::Config("the training split is empty".into()));
+        }
+        let spec: ModelSpec = cfg.model.parse().map_err(TrainError::Config)?;
+        let classes = train.num_classes.max(test.num_classes);
+        let model = spec.build::<B, f32>(&b, (train.channels, train.height, train.width), classes)?;
+        let init: Vec<f32> = model.layout().init(&mut Rng::derive(cfg.seed, INIT_STREAM, 0));
+        let n = init.len();
+        let params = vec![b.alloc_from(&init)?];
+        let grads = vec![b.alloc::<f32>(n)?];
+        let est_grads = if cfg.optimizer.is_ire() { vec![b.alloc::<f32>(n)?] } else { Vec::new() };
+        let drop_last = train.len() >= cfg.batch_size;
+        let loader = BatchLoader::new(train.len(), cfg.batch_size, cfg.seed, true, drop_last);
+        let spe = loader.batches_per_epoch().max(1) as u64;
+        let total_steps = if cfg.steps > 0 { cfg.steps } else { cfg.epochs * spe };
+        let schedule = if cfg.constant_lr {
+            LrSchedule::Constant { lr: cfg.lr }
+        } else {
+            LrSchedule::WarmupCosine {
+                lr_max: cfg.lr,
+                lr_min: cfg.lr * cfg.lr_min_ratio,
+                warmup_steps: cfg.warmup_steps.min(total_steps),
+                total_steps,
+            }
+        };
+        schedule.validate()?;
+        let opt = AnyOptimizer::new(cfg.optimizer, &cfg.opt, cfg.lr)?;
+        let norm = if train.channels == 3 && train.height == 32 { Normalize::cifar10() } else { Normalize::from_dataset(&train) };
+        let aug = cfg.augment();
+        let (x, y, dlogits, uniforms, sampled) = (b.alloc(0)?, b.alloc(0)?, b.alloc(0)?, b.alloc(0)?, b.alloc(0)?);
+        Ok(Trainer {
+            b,
+            model,
+            params,
+            grads,
+            est_grads,
+            opt,
+            norm,
+            aug,
+            loader,
+            x,
+            y,
+            dlogits,
+            uniforms,
+            sampled,
+            fixed: None,
+            schedule,
+            total_steps,
+            step: 0,
+            train,
+            test,
+            cfg,
+        })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.b
+    }
+
+    /// The model.
+    pub fn model(&self) -> &dyn Model<B, f32> {
+        self.model.as_ref()
+    }
+
+    /// Total steps of the run.
+    pub fn total_steps(&self) -> u64 {
+        self.total_steps
+    }
+
+    /// Steps per epoch.
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.loader.batches_per_epoch().max(1) as u64
+    }
+
+    /// Number of parameters.
+    pub fn param_count(&self) -> usize {
+        self.model.layout().len()
+    }
+
+    /// The training and test splits.
+    pub fn data(&self) -> (&ImageDataset, &ImageDataset) {
+        (&self.train, &self.test)
+    }
+
+    /// The model's non-parameter state (batch-norm running statistics), on the host.
+    pub fn model_state_host(&self) -> CoreResult<Vec<(String, Vec<f32>)>> {
+        self.model.state().into_iter().map(|(n, b)| Ok((n, self.b.to_vec(b)?))).collect()
+    }
+
+    /// The optimizer's state.
+    pub fn optimizer_state(&self) -> CoreResult<ire_core::state::StateDict> {
+        self.opt.save(&self.b)
+    }
+
+    /// Restores step, parameters, model state and optimizer state; checks everything first,
+    /// so a failure changes nothing.
+    pub fn restore_parts(&mut self, step: u64, params: &[f32], state: &[(String, Vec<f32>)], opt: &ire_core::state::StateDict) -> Result<(), TrainError> {
+        let n = self.param_count();
+        if params.len() != n {
+            return Err(TrainError::Config(format!("checkpoint has {} parameters, the model {n}", params.len())));
+        }
+        let names: Vec<(String, usize)> = self.model.state().iter().map(|(k, b)| (k.clone(), self.b.len(*b))).collect();
+        for ((name, len), (sn, sv)) in names.iter().zip(state) {
+            if name != sn || *len != sv.len() {
+                return Err(TrainError::Config(format!("checkpoint model state `{sn}` ({} values) does not fit `{name}` ({len})", sv.len())));
+            }
+        }
+        // The optimizer validates and loads all-or-nothing; then nothing below can fail
+        // except a device error.
+        self.opt.load(&self.b, opt)?;
+        self.b.upload(&mut self.params[0], params)?;
+        for ((_, buf), (_, v)) in self.model.state_mut().into_iter().zip(state) {
+            self.b.upload(buf, v)?;
+        }
+        self.step = step;
+        Ok(())
+    }
+
+    /// The parameters, on the host.
+    pub fn params_host(&self) -> CoreResult<Vec<f32>> {
+        self.b.to_vec(&self.params[0])
+    }
+
+    /// Uploads a batch into the input and label buffers.
+    fn upload(&mut self, batch: &Batch) -> CoreResult<()> {
+        if self.b.len(&self.x) != batch.x.len() {
+            self.x = self.b.alloc(batch.x.len())?;
+            self.y = self.b.alloc(batch.n)?;
+        }
+        self.b.upload(&mut self.x, &batch.x)?;
+        let labels: Vec<f32> = batch.y.iter().map(|&l| l as f32).collect();
+        self.b.upload(&mut self.y, &labels)
+    }
+
+    fn ensure_logit_buffers(&mut self, n: usize) -> CoreResult<()> {
+        let c = self.model.num_classes();
+        if self.b.len(&self.dlogits) != n * c {
+            self.dlogits = self.b.alloc(n * c)?;
+            self.uniforms = self.b.alloc(n)?;
+            self.sampled = self.b.alloc(n)?;
+        }
+        Ok(())
+    }
+
+    /// Forward + loss + backward into `self.grads` (zeroed first), labels from `self.y`.
+    fn loss_and_grad(&mut self, n: usize, mode: BnMode) -> Result<(f64, usize), TrainError> {
+        let c = self.model.num_classes();
+        self.model.forward(&self.b, &self.params[0], &self.x, n, mode)?;
+        let (loss, correct) = self.b.softmax_xent(self.model.logits(), &self.y, n, c, self.cfg.label_smoothing, 1.0 / n as f64, &mut self.dlogits)
+            .map_err(|e| TrainError::Diverged { step: self.step, what: e.to_string() })?;
+        self.b.fill(&mut self.grads[0], 0.0f32)?;
+        self.model.backward(&self.b, &self.params[0], &mut self.grads[0], &self.x, &self.dlogits, n)?;
+        Ok((loss / n as f64, correct))
+    }
+
+    /// Scales the training gradient to the clipping norm when it is larger.
+    fn clip(&mut self) -> Result<(), TrainError> {
+        let norm = (self.b.sum_squares(&self.grads[0])? as f64).sqrt();
+        if !norm.is_finite() {
+            return Err(TrainError::Diverged { step: self.step, what: format!("gradient norm {norm}") });
+        }
+        let c = self.cfg.clip_grad_norm;
+        if c > 0.0 && norm > c {
+            self.b.scale(&mut self.grads[0], (c / (norm + 1e-6)) as f32)?;
+        }
+        Ok(())
+    }
+
+    /// The estimator gradient ĝ: labels sampled from the model's softmax on the estimator
+    /// batch, batch-norm statistics frozen; written into `est_grads`.
+    fn estimator_pass(&mut self, batch: &Batch) -> Result<(), TrainError> {
+        let n = batch.n;
+        let c = self.model.num_classes();
+        self.model.forward(&self.b, &self.params[0], &self.x, n, BnMode::Train { update_running: false })?;
+        let mut rng = Rng::derive(self.cfg.seed, SAMPLE_STREAM, self.step);
+        let u: Vec<f32> = (0..n).map(|_| rng.uniform() as f32).collect();
+        self.b.upload(&mut self.uniforms, &u)?;
+        self.b.sample_labels(self.model.logits(), n, c, &self.uniforms, &mut self.sampled)?;
+        self.b.softmax_xent(self.model.logits(), &self.sampled, n, c, 0.0, 1.0 / n as f64, &mut self.dlogits)
+            .map_err(|e| TrainError::Diverged { step: self.step, what: e.to_string() })?;
+        self.b.fill(&mut self.est_grads[0], 0.0f32)?;
+        self.model.backward(&self.b, &self.params[0], &mut self.est_grads[0], &self.x, &self.dlogits, n)?;
+        Ok(())
+    }
+
+    /// One optimizer step on the next batch.
+    pub fn train_step(&mut self) -> Result<StepMetrics, TrainError> {
+        let spe = self.steps_per_epoch();
+        let (epoch, index) = (self.step / spe, (self.step % spe) as usize);
+        let batch = self.loader.batch(&self.train, epoch, index, &self.norm, self.aug);
+        let n = batch.n;
+        self.ensure_logit_buffers(n)?;
+        let lr = self.schedule.lr_at(self.step);
+        // 1. The IRE estimator pass, when a refresh is due.
+        let want_est = self.opt.wants_estimate();
+        if want_est {
+            if self.cfg.estimator_batch == "fixed" {
+                let fixed = match self.fixed.take() {
+                    Some(f) => f,
+                    None => self.loader.batch(&self.train, 0, 0, &self.norm, Augment::NONE),
+                };
+                self.ensure_logit_buffers(fixed.n)?;
+                self.upload(&fixed)?;
+                self.estimator_pass(&fixed)?;
+                self.fixed = Some(fixed);
+                self.ensure_logit_buffers(n)?;
+            } else {
+                self.upload(&batch)?;
+                self.estimator_pass(&batch)?;
+            }
+        }
+        // 2. The training gradient (batch-norm statistics move once per step, here).
+        self.upload(&batch)?;
+        let (loss, correct) = self.loss_and_grad(n, BnMode::Train { update_running: true })?;
+        if !loss.is_finite() {
+            return Err(TrainError::Diverged { step: self.step, what: format!("training loss {loss}") });
+        }
+        self.clip()?;
+        // 3. SAM: perturb (SAM-IRE refreshes its mask here, at the unperturbed θ), then the
+        //    gradient at the perturbed point (statistics frozen).
+        if self.cfg.optimizer.is_sam() {
+            let est = want_est.then_some(&self.est_grads[..]);
+            self.opt.perturb(&self.b, &mut self.params, &self.grads, est)?;
+            self.loss_and_grad(n, BnMode::Train { update_running: false })?;
+            self.clip()?;
+        }
+        let (params, grads, est_grads) = (&mut self.params, &self.grads, &self.est_grads);
+        let est = if want_est && !self.cfg.optimizer.is_sam() { Some(&est_grads[..]) } else { None };
+        let (kappa, refreshed) = self.opt.step(&self.b, params, grads, lr, est)?;
+        let m = StepMetrics {
+            step: self.step,
+            epoch,
+            lr,
+            loss,
+            acc: correct as f64 / n as f64,
+            kappa,
+            refreshed: refreshed || (want_est && self.cfg.optimizer.is_sam()),
+            n,
+        };
+        self.step += 1;
+        Ok(m)
+    }
+
+    /// Loss and accuracy on the test split (batch norm in evaluation mode).
+    pub fn evaluate(&mut self) -> Result<EvalMetrics, TrainError> {
+        let bs = self.cfg.batch_size.max(1);
+        let mut loader = BatchLoader::new(self.test.len(), bs, 0, false, false);
+        let (mut loss, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        let c = self.model.num_classes();
+        for i in 0..loader.batches_per_epoch() {
+            let batch = loader.batch(&self.test, 0, i, &self.norm, Augment::NONE);
+            self.ensure_logit_buffers(batch.n)?;
+            self.upload(&batch)?;
+            self.model.forward(&self.b, &self.params[0], &self.x, batch.n, BnMode::Eval)?;
+            let (l, k) = self.b.softmax_xent(self.model.logits(), &self.y, batch.n, c, 0.0, 1.0, &mut self.dlogits)
+                .map_err(|e| TrainError::Diverged { step: self.step, what: e.to_string() })?;
+            loss += l;
+            correct += k;
+            seen += batch.n;
+        }
+        Ok(EvalMetrics { loss: loss / seen.max(1) as f64, acc: correct as f64 / seen.max(1) as f64, n: seen })
+    }
+}
