@@ -12,5 +12,5 @@ pub mod device;
 pub mod models;
 pub mod nn;
 pub mod rng;
-pub mod train;
 pub mod toy;
+pub mod train;

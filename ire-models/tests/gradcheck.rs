@@ -17,7 +17,13 @@ fn randn(rng: &mut Rng, n: usize) -> Vec<f64> {
 }
 
 /// Compares `analytic[i]` with `(f(x + h e_i) − f(x − h e_i)) / 2h` for the given indices.
-fn fd_check(what: &str, x: &[f64], analytic: &[f64], idx: &[usize], mut f: impl FnMut(&[f64]) -> f64) {
+fn fd_check(
+    what: &str,
+    x: &[f64],
+    analytic: &[f64],
+    idx: &[usize],
+    mut f: impl FnMut(&[f64]) -> f64,
+) {
     let mut xp = x.to_vec();
     for &i in idx {
         let orig = xp[i];
@@ -28,12 +34,20 @@ fn fd_check(what: &str, x: &[f64], analytic: &[f64], idx: &[usize], mut f: impl 
         xp[i] = orig;
         let num = (fp - fm) / (2.0 * H);
         let err = (num - analytic[i]).abs() / num.abs().max(analytic[i].abs()).max(1e-3);
-        assert!(err < 2e-5, "{what}[{i}]: numeric {num}, analytic {}, rel err {err}", analytic[i]);
+        assert!(
+            err < 2e-5,
+            "{what}[{i}]: numeric {num}, analytic {}, rel err {err}",
+            analytic[i]
+        );
     }
 }
 
 fn sample(n: usize, k: usize, rng: &mut Rng) -> Vec<usize> {
-    if n <= k { (0..n).collect() } else { (0..k).map(|_| rng.below(n as u64) as usize).collect() }
+    if n <= k {
+        (0..n).collect()
+    } else {
+        (0..k).map(|_| rng.below(n as u64) as usize).collect()
+    }
 }
 
 /// L = Σ w ⊙ y for a fixed random w: dL/dy = w.
@@ -50,14 +64,38 @@ fn linear_layer() {
     let w = randn(&mut rng, n * 3);
     let fwd = |p: &[f64], x: &[f64]| {
         let mut y = R.alloc::<f64>(n * 3).unwrap();
-        lin.forward(&R, &R.alloc_from(p).unwrap(), &R.alloc_from(x).unwrap(), n, &mut y).unwrap();
+        lin.forward(
+            &R,
+            &R.alloc_from(p).unwrap(),
+            &R.alloc_from(x).unwrap(),
+            n,
+            &mut y,
+        )
+        .unwrap();
         dot(&y.0, &w)
     };
     let mut g = R.alloc::<f64>(p0.len()).unwrap();
     let mut dx = R.alloc::<f64>(20).unwrap();
-    lin.backward(&R, &R.alloc_from(&p0).unwrap(), &mut g, &R.alloc_from(&x0).unwrap(), &R.alloc_from(&w).unwrap(), n, Some(&mut dx)).unwrap();
-    fd_check("linear dθ", &p0, &g.0, &(0..p0.len()).collect::<Vec<_>>(), |p| fwd(p, &x0));
-    fd_check("linear dx", &x0, &dx.0, &(0..20).collect::<Vec<_>>(), |x| fwd(&p0, x));
+    lin.backward(
+        &R,
+        &R.alloc_from(&p0).unwrap(),
+        &mut g,
+        &R.alloc_from(&x0).unwrap(),
+        &R.alloc_from(&w).unwrap(),
+        n,
+        Some(&mut dx),
+    )
+    .unwrap();
+    fd_check(
+        "linear dθ",
+        &p0,
+        &g.0,
+        &(0..p0.len()).collect::<Vec<_>>(),
+        |p| fwd(p, &x0),
+    );
+    fd_check("linear dx", &x0, &dx.0, &(0..20).collect::<Vec<_>>(), |x| {
+        fwd(&p0, x)
+    });
 }
 
 #[test]
@@ -72,14 +110,42 @@ fn conv_layer_strided_and_padded() {
         let w = randn(&mut rng, out);
         let fwd = |p: &[f64], x: &[f64]| {
             let mut y = R.alloc::<f64>(out).unwrap();
-            conv.forward(&R, &R.alloc_from(p).unwrap(), &R.alloc_from(x).unwrap(), n, &mut y).unwrap();
+            conv.forward(
+                &R,
+                &R.alloc_from(p).unwrap(),
+                &R.alloc_from(x).unwrap(),
+                n,
+                &mut y,
+            )
+            .unwrap();
             dot(&y.0, &w)
         };
         let mut g = R.alloc::<f64>(p0.len()).unwrap();
         let mut dx = R.alloc::<f64>(x0.len()).unwrap();
-        conv.backward(&R, &R.alloc_from(&p0).unwrap(), &mut g, &R.alloc_from(&x0).unwrap(), &R.alloc_from(&w).unwrap(), n, Some(&mut dx)).unwrap();
-        fd_check("conv dθ", &p0, &g.0, &(0..p0.len()).collect::<Vec<_>>(), |p| fwd(p, &x0));
-        fd_check("conv dx", &x0, &dx.0, &(0..x0.len()).collect::<Vec<_>>(), |x| fwd(&p0, x));
+        conv.backward(
+            &R,
+            &R.alloc_from(&p0).unwrap(),
+            &mut g,
+            &R.alloc_from(&x0).unwrap(),
+            &R.alloc_from(&w).unwrap(),
+            n,
+            Some(&mut dx),
+        )
+        .unwrap();
+        fd_check(
+            "conv dθ",
+            &p0,
+            &g.0,
+            &(0..p0.len()).collect::<Vec<_>>(),
+            |p| fwd(p, &x0),
+        );
+        fd_check(
+            "conv dx",
+            &x0,
+            &dx.0,
+            &(0..x0.len()).collect::<Vec<_>>(),
+            |x| fwd(&p0, x),
+        );
     }
 }
 
@@ -97,20 +163,64 @@ fn batch_norm_layer() {
     let w = randn(&mut rng, n * 12);
     let mut fwd = |p: &[f64], x: &[f64]| {
         let mut y = R.alloc::<f64>(n * 12).unwrap();
-        bn.forward(&R, &R.alloc_from(p).unwrap(), &R.alloc_from(x).unwrap(), n, &mut y, BnMode::Train { update_running: false }).unwrap();
+        bn.forward(
+            &R,
+            &R.alloc_from(p).unwrap(),
+            &R.alloc_from(x).unwrap(),
+            n,
+            &mut y,
+            BnMode::Train {
+                update_running: false,
+            },
+        )
+        .unwrap();
         dot(&y.0, &w)
     };
     fwd(&p0, &x0);
-    let mut bn2 = BatchNorm2d::<Reference, f64>::new(&R, &mut Layout::default(), "bn", 3, 4, 1.0).unwrap();
+    let mut bn2 =
+        BatchNorm2d::<Reference, f64>::new(&R, &mut Layout::default(), "bn", 3, 4, 1.0).unwrap();
     let mut y = R.alloc::<f64>(n * 12).unwrap();
-    bn2.forward(&R, &R.alloc_from(&p0).unwrap(), &R.alloc_from(&x0).unwrap(), n, &mut y, BnMode::Train { update_running: true }).unwrap();
+    bn2.forward(
+        &R,
+        &R.alloc_from(&p0).unwrap(),
+        &R.alloc_from(&x0).unwrap(),
+        n,
+        &mut y,
+        BnMode::Train {
+            update_running: true,
+        },
+    )
+    .unwrap();
     let mut g = R.alloc::<f64>(p0.len()).unwrap();
     let mut dx = R.alloc::<f64>(x0.len()).unwrap();
-    bn2.backward(&R, &R.alloc_from(&p0).unwrap(), &mut g, &R.alloc_from(&x0).unwrap(), &R.alloc_from(&w).unwrap(), n, &mut dx).unwrap();
-    fd_check("bn dθ", &p0, &g.0, &(0..p0.len()).collect::<Vec<_>>(), |p| fwd(p, &x0));
-    fd_check("bn dx", &x0, &dx.0, &(0..x0.len()).collect::<Vec<_>>(), |x| fwd(&p0, x));
+    bn2.backward(
+        &R,
+        &R.alloc_from(&p0).unwrap(),
+        &mut g,
+        &R.alloc_from(&x0).unwrap(),
+        &R.alloc_from(&w).unwrap(),
+        n,
+        &mut dx,
+    )
+    .unwrap();
+    fd_check(
+        "bn dθ",
+        &p0,
+        &g.0,
+        &(0..p0.len()).collect::<Vec<_>>(),
+        |p| fwd(p, &x0),
+    );
+    fd_check(
+        "bn dx",
+        &x0,
+        &dx.0,
+        &(0..x0.len()).collect::<Vec<_>>(),
+        |x| fwd(&p0, x),
+    );
     // Running statistics: momentum 0.1 from (0, 1) towards the batch mean / unbiased variance.
-    let xs: Vec<f64> = (0..n).flat_map(|i| x0[i * 12..i * 12 + 4].to_vec()).collect();
+    let xs: Vec<f64> = (0..n)
+        .flat_map(|i| x0[i * 12..i * 12 + 4].to_vec())
+        .collect();
     let mean = xs.iter().sum::<f64>() / 20.0;
     let var = xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 19.0;
     assert!((bn2.running_mean.0[0] - 0.1 * mean).abs() < 1e-14);
@@ -133,10 +243,19 @@ fn activations_pooling_dropout() {
         dot(&y.0, &w)
     };
     let mut dx = R.alloc::<f64>(len).unwrap();
-    R.gelu_backward(&R.alloc_from(&x0).unwrap(), &R.alloc_from(&w).unwrap(), &mut dx, len).unwrap();
+    R.gelu_backward(
+        &R.alloc_from(&x0).unwrap(),
+        &R.alloc_from(&w).unwrap(),
+        &mut dx,
+        len,
+    )
+    .unwrap();
     fd_check("gelu", &x0, &dx.0, &(0..len).collect::<Vec<_>>(), f);
     // ReLU (away from the kink).
-    let xr: Vec<f64> = x0.iter().map(|v| if v.abs() < 1e-3 { 0.5 } else { *v }).collect();
+    let xr: Vec<f64> = x0
+        .iter()
+        .map(|v| if v.abs() < 1e-3 { 0.5 } else { *v })
+        .collect();
     let f = |x: &[f64]| {
         let mut y = R.alloc::<f64>(len).unwrap();
         R.relu(&R.alloc_from(x).unwrap(), &mut y, len).unwrap();
@@ -144,21 +263,46 @@ fn activations_pooling_dropout() {
     };
     let mut y = R.alloc::<f64>(len).unwrap();
     R.relu(&R.alloc_from(&xr).unwrap(), &mut y, len).unwrap();
-    R.relu_backward(&y, &R.alloc_from(&w).unwrap(), &mut dx, len).unwrap();
+    R.relu_backward(&y, &R.alloc_from(&w).unwrap(), &mut dx, len)
+        .unwrap();
     fd_check("relu", &xr, &dx.0, &(0..len).collect::<Vec<_>>(), f);
     // Max pooling 2×2 stride 2, and 3×3 stride 1 pad 1.
     for g in [
-        ConvGeom { c_in: 3, h: 4, w: 4, c_out: 3, k: 2, stride: 2, pad: 0 },
-        ConvGeom { c_in: 3, h: 4, w: 4, c_out: 3, k: 3, stride: 1, pad: 1 },
+        ConvGeom {
+            c_in: 3,
+            h: 4,
+            w: 4,
+            c_out: 3,
+            k: 2,
+            stride: 2,
+            pad: 0,
+        },
+        ConvGeom {
+            c_in: 3,
+            h: 4,
+            w: 4,
+            c_out: 3,
+            k: 3,
+            stride: 1,
+            pad: 1,
+        },
     ] {
         let out = 2 * 3 * g.oh() * g.ow();
         let wo = randn(&mut rng, out);
         let f = |x: &[f64]| {
             let mut y = R.alloc::<f64>(out).unwrap();
-            R.max_pool2d(&R.alloc_from(x).unwrap(), 2, &g, &mut y).unwrap();
+            R.max_pool2d(&R.alloc_from(x).unwrap(), 2, &g, &mut y)
+                .unwrap();
             dot(&y.0, &wo)
         };
-        R.max_pool2d_backward(&R.alloc_from(&x0).unwrap(), 2, &g, &R.alloc_from(&wo).unwrap(), &mut dx).unwrap();
+        R.max_pool2d_backward(
+            &R.alloc_from(&x0).unwrap(),
+            2,
+            &g,
+            &R.alloc_from(&wo).unwrap(),
+            &mut dx,
+        )
+        .unwrap();
         fd_check("max_pool2d", &x0, &dx.0, &(0..len).collect::<Vec<_>>(), f);
     }
     // Global average pooling.
@@ -166,21 +310,34 @@ fn activations_pooling_dropout() {
     let wo = randn(&mut rng, 6);
     let f = |x: &[f64]| {
         let mut y = R.alloc::<f64>(6).unwrap();
-        R.global_avg_pool(&R.alloc_from(x).unwrap(), &mut y, s).unwrap();
+        R.global_avg_pool(&R.alloc_from(x).unwrap(), &mut y, s)
+            .unwrap();
         dot(&y.0, &wo)
     };
-    R.global_avg_pool_backward(&R.alloc_from(&wo).unwrap(), &mut dx, s).unwrap();
-    fd_check("global_avg_pool", &x0, &dx.0, &(0..len).collect::<Vec<_>>(), f);
+    R.global_avg_pool_backward(&R.alloc_from(&wo).unwrap(), &mut dx, s)
+        .unwrap();
+    fd_check(
+        "global_avg_pool",
+        &x0,
+        &dx.0,
+        &(0..len).collect::<Vec<_>>(),
+        f,
+    );
     // Dropout: a fixed mask from the seed; about p of the values zeroed, the rest scaled.
     let f = |x: &[f64]| {
         let mut y = R.alloc::<f64>(len).unwrap();
-        R.dropout(&R.alloc_from(x).unwrap(), &mut y, len, 0.25, 99).unwrap();
+        R.dropout(&R.alloc_from(x).unwrap(), &mut y, len, 0.25, 99)
+            .unwrap();
         dot(&y.0, &w)
     };
-    R.dropout_backward(&R.alloc_from(&w).unwrap(), &mut dx, len, 0.25, 99).unwrap();
+    R.dropout_backward(&R.alloc_from(&w).unwrap(), &mut dx, len, 0.25, 99)
+        .unwrap();
     fd_check("dropout", &x0, &dx.0, &(0..len).collect::<Vec<_>>(), f);
     let zeros = dx.0.iter().filter(|v| **v == 0.0).count();
-    assert!(zeros > 10 && zeros < 45, "{zeros} of 96 dropped at p = 0.25");
+    assert!(
+        zeros > 10 && zeros < 45,
+        "{zeros} of 96 dropped at p = 0.25"
+    );
 }
 
 #[test]
@@ -191,17 +348,32 @@ fn softmax_xent_gradient() {
     let labels = R.alloc_from(&[1.0, 3.0, 0.0]).unwrap();
     let f = |z: &[f64]| {
         let mut d = R.alloc::<f64>(n * c).unwrap();
-        R.softmax_xent(&R.alloc_from(z).unwrap(), &labels, n, c, 0.1, 1.0, &mut d).unwrap().0
+        R.softmax_xent(&R.alloc_from(z).unwrap(), &labels, n, c, 0.1, 1.0, &mut d)
+            .unwrap()
+            .0
     };
     let mut d = R.alloc::<f64>(n * c).unwrap();
-    R.softmax_xent(&R.alloc_from(&z0).unwrap(), &labels, n, c, 0.1, 1.0, &mut d).unwrap();
-    fd_check("softmax_xent", &z0, &d.0, &(0..n * c).collect::<Vec<_>>(), f);
+    R.softmax_xent(&R.alloc_from(&z0).unwrap(), &labels, n, c, 0.1, 1.0, &mut d)
+        .unwrap();
+    fd_check(
+        "softmax_xent",
+        &z0,
+        &d.0,
+        &(0..n * c).collect::<Vec<_>>(),
+        f,
+    );
     // Bad labels and non-finite logits are errors.
     let bad = R.alloc_from(&[1.0, 4.0, 0.0]).unwrap();
-    assert!(R.softmax_xent(&R.alloc_from(&z0).unwrap(), &bad, n, c, 0.0, 1.0, &mut d).is_err());
+    assert!(
+        R.softmax_xent(&R.alloc_from(&z0).unwrap(), &bad, n, c, 0.0, 1.0, &mut d)
+            .is_err()
+    );
     let mut zn = z0.clone();
     zn[2] = f64::NAN;
-    assert!(R.softmax_xent(&R.alloc_from(&zn).unwrap(), &labels, n, c, 0.0, 1.0, &mut d).is_err());
+    assert!(
+        R.softmax_xent(&R.alloc_from(&zn).unwrap(), &labels, n, c, 0.0, 1.0, &mut d)
+            .is_err()
+    );
 }
 
 fn model_check(spec: ModelSpec, input: (usize, usize, usize), classes: usize, seed: u64) {
@@ -213,21 +385,41 @@ fn model_check(spec: ModelSpec, input: (usize, usize, usize), classes: usize, se
     for v in p0.iter_mut() {
         *v += 0.05 * rng.normal();
     }
-    let x = R.alloc_from(&randn(&mut rng, n * input.0 * input.1 * input.2)).unwrap();
+    let x = R
+        .alloc_from(&randn(&mut rng, n * input.0 * input.1 * input.2))
+        .unwrap();
     let labels: Vec<f64> = (0..n).map(|i| (i % classes) as f64).collect();
     let labels = R.alloc_from(&labels).unwrap();
-    let mode = BnMode::Train { update_running: false };
+    let mode = BnMode::Train {
+        update_running: false,
+    };
     let loss = |m: &mut Box<dyn Model<Reference, f64>>, p: &[f64]| -> (f64, Vec<f64>) {
-        m.forward(&R, &R.alloc_from(p).unwrap(), &x, n, mode).unwrap();
+        m.forward(&R, &R.alloc_from(p).unwrap(), &x, n, mode)
+            .unwrap();
         let mut d = R.alloc::<f64>(n * classes).unwrap();
-        let (l, _) = R.softmax_xent(m.logits(), &labels, n, classes, 0.0, 1.0, &mut d).unwrap();
+        let (l, _) = R
+            .softmax_xent(m.logits(), &labels, n, classes, 0.0, 1.0, &mut d)
+            .unwrap();
         (l, d.0)
     };
     let (_, dl) = loss(&mut m, &p0);
     let mut g = R.alloc::<f64>(p0.len()).unwrap();
-    m.backward(&R, &R.alloc_from(&p0).unwrap(), &mut g, &x, &R.alloc_from(&dl).unwrap(), n).unwrap();
+    m.backward(
+        &R,
+        &R.alloc_from(&p0).unwrap(),
+        &mut g,
+        &x,
+        &R.alloc_from(&dl).unwrap(),
+        n,
+    )
+    .unwrap();
     // Every tensor's first and last element, plus random coordinates.
-    let mut idx: Vec<usize> = m.layout().slots.iter().flat_map(|s| [s.off, s.off + s.len() - 1]).collect();
+    let mut idx: Vec<usize> = m
+        .layout()
+        .slots
+        .iter()
+        .flat_map(|s| [s.off, s.off + s.len() - 1])
+        .collect();
     idx.extend(sample(p0.len(), 40, &mut rng));
     let name = m.name().to_string();
     fd_check(&name, &p0, &g.0, &idx, |p| loss(&mut m, p).0);
@@ -241,13 +433,23 @@ fn mlp_gradients() {
 #[test]
 fn resnet_gradients() {
     // ResNet-8 of width 4 on 3×8×8: post-activation blocks, projection shortcuts in stages 2, 3.
-    model_check(ModelSpec::ResNet(ResNetConfig::resnet(8, 4)), (3, 8, 8), 5, 11);
+    model_check(
+        ModelSpec::ResNet(ResNetConfig::resnet(8, 4)),
+        (3, 8, 8),
+        5,
+        11,
+    );
 }
 
 #[test]
 fn wrn_gradients() {
     // WRN-10-1 on 3×8×8: pre-activation blocks, a projection in every stage.
-    model_check(ModelSpec::ResNet(ResNetConfig::wrn(10, 1)), (3, 8, 8), 5, 12);
+    model_check(
+        ModelSpec::ResNet(ResNetConfig::wrn(10, 1)),
+        (3, 8, 8),
+        5,
+        12,
+    );
 }
 
 #[test]
@@ -268,7 +470,10 @@ fn parameter_counts_of_the_presets() {
     assert!((850_000..=870_000).contains(&r56), "{r56}");
     assert!((10_900_000..=11_100_000).contains(&w168), "{w168}");
     assert!((36_400_000..=36_600_000).contains(&w2810), "{w2810}");
-    assert_eq!(count("mlp", 10), 3072 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10);
+    assert_eq!(
+        count("mlp", 10),
+        3072 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10
+    );
 }
 
 #[test]
@@ -284,25 +489,81 @@ fn cpu_backend_matches_reference() {
     let n = 6;
     let x: Vec<f32> = (0..n * 768).map(|_| rng.normal() as f32).collect();
     let labels: Vec<f32> = (0..n).map(|i| (i % 10) as f32).collect();
-    let mode = BnMode::Train { update_running: true };
-    mr.forward(&R, &R.alloc_from(&p).unwrap(), &R.alloc_from(&x).unwrap(), n, mode).unwrap();
-    mc.forward(&cpu, &cpu.alloc_from(&p).unwrap(), &cpu.alloc_from(&x).unwrap(), n, mode).unwrap();
-    let (lr, lc) = (R.to_vec(mr.logits()).unwrap(), cpu.to_vec(mc.logits()).unwrap());
+    let mode = BnMode::Train {
+        update_running: true,
+    };
+    mr.forward(
+        &R,
+        &R.alloc_from(&p).unwrap(),
+        &R.alloc_from(&x).unwrap(),
+        n,
+        mode,
+    )
+    .unwrap();
+    mc.forward(
+        &cpu,
+        &cpu.alloc_from(&p).unwrap(),
+        &cpu.alloc_from(&x).unwrap(),
+        n,
+        mode,
+    )
+    .unwrap();
+    let (lr, lc) = (
+        R.to_vec(mr.logits()).unwrap(),
+        cpu.to_vec(mc.logits()).unwrap(),
+    );
     let scale = lr.iter().fold(0f32, |a, v| a.max(v.abs()));
     for (a, b) in lr.iter().zip(&lc) {
         assert!((a - b).abs() <= 1e-4 * scale, "{a} vs {b}");
     }
     let mut dr = R.alloc::<f32>(n * 10).unwrap();
     let mut dc = cpu.alloc::<f32>(n * 10).unwrap();
-    R.softmax_xent(mr.logits(), &R.alloc_from(&labels).unwrap(), n, 10, 0.0, 1.0 / n as f64, &mut dr).unwrap();
-    cpu.softmax_xent(mc.logits(), &cpu.alloc_from(&labels).unwrap(), n, 10, 0.0, 1.0 / n as f64, &mut dc).unwrap();
+    R.softmax_xent(
+        mr.logits(),
+        &R.alloc_from(&labels).unwrap(),
+        n,
+        10,
+        0.0,
+        1.0 / n as f64,
+        &mut dr,
+    )
+    .unwrap();
+    cpu.softmax_xent(
+        mc.logits(),
+        &cpu.alloc_from(&labels).unwrap(),
+        n,
+        10,
+        0.0,
+        1.0 / n as f64,
+        &mut dc,
+    )
+    .unwrap();
     let mut gr = R.alloc::<f32>(p.len()).unwrap();
     let mut gc = cpu.alloc::<f32>(p.len()).unwrap();
-    mr.backward(&R, &R.alloc_from(&p).unwrap(), &mut gr, &R.alloc_from(&x).unwrap(), &dr, n).unwrap();
-    mc.backward(&cpu, &cpu.alloc_from(&p).unwrap(), &mut gc, &cpu.alloc_from(&x).unwrap(), &dc, n).unwrap();
+    mr.backward(
+        &R,
+        &R.alloc_from(&p).unwrap(),
+        &mut gr,
+        &R.alloc_from(&x).unwrap(),
+        &dr,
+        n,
+    )
+    .unwrap();
+    mc.backward(
+        &cpu,
+        &cpu.alloc_from(&p).unwrap(),
+        &mut gc,
+        &cpu.alloc_from(&x).unwrap(),
+        &dc,
+        n,
+    )
+    .unwrap();
     let (gr, gc) = (gr.0, cpu.to_vec(&gc).unwrap());
     let gscale = gr.iter().fold(0f32, |a, v| a.max(v.abs()));
     for (i, (a, b)) in gr.iter().zip(&gc).enumerate() {
-        assert!((a - b).abs() <= 2e-4 * gscale, "grad {i}: {a} vs {b} (scale {gscale})");
+        assert!(
+            (a - b).abs() <= 2e-4 * gscale,
+            "grad {i}: {a} vs {b} (scale {gscale})"
+        );
     }
 }

@@ -35,7 +35,11 @@ fn cfg(model: &str, opt: OptimizerKind, steps: u64) -> TrainConfig {
 
 #[test]
 fn loss_falls_in_100_steps_with_sgd_ire() {
-    let mut t = Trainer::new(CpuBackend::new(), cfg("mlp-small", OptimizerKind::SgdIre, 100)).unwrap();
+    let mut t = Trainer::new(
+        CpuBackend::new(),
+        cfg("mlp-small", OptimizerKind::SgdIre, 100),
+    )
+    .unwrap();
     let losses: Vec<f64> = (0..100).map(|_| t.train_step().unwrap().loss).collect();
     let first = losses[..10].iter().sum::<f64>() / 10.0;
     let last = losses[90..].iter().sum::<f64>() / 10.0;
@@ -50,7 +54,14 @@ fn loss_falls_in_100_steps_with_sgd_ire() {
 
 #[test]
 fn every_optimizer_trains_a_resnet() {
-    for opt in [OptimizerKind::Sgd, OptimizerKind::SgdIre, OptimizerKind::Sam, OptimizerKind::SamIre, OptimizerKind::Adamw, OptimizerKind::Admire] {
+    for opt in [
+        OptimizerKind::Sgd,
+        OptimizerKind::SgdIre,
+        OptimizerKind::Sam,
+        OptimizerKind::SamIre,
+        OptimizerKind::Adamw,
+        OptimizerKind::Admire,
+    ] {
         let mut t = Trainer::new(CpuBackend::new(), cfg("resnet-small", opt, 12)).unwrap();
         let mut refreshed = 0;
         for _ in 0..12 {
@@ -95,20 +106,55 @@ fn batch_norm_statistics_move_only_on_the_training_pass() {
     assert!(!a.is_empty());
     for ((na, va), (nb, vb)) in a.iter().zip(&b) {
         assert_eq!(na, nb);
-        assert!(va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits()), "{na} moved");
+        assert!(
+            va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{na} moved"
+        );
     }
     // And they did move (from mean 0, variance 1).
-    assert!(a.iter().any(|(n, v)| n.ends_with("running_mean") && v.iter().any(|x| *x != 0.0)));
+    assert!(
+        a.iter()
+            .any(|(n, v)| n.ends_with("running_mean") && v.iter().any(|x| *x != 0.0))
+    );
 }
 
 #[test]
 fn bad_configs_are_rejected() {
     let base = cfg("mlp-small", OptimizerKind::Sgd, 1);
-    let err = |c: TrainConfig| Trainer::new(CpuBackend::new(), c).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(err(TrainConfig { lr: -1.0, ..base.clone() }).contains("`lr`"));
-    assert!(err(TrainConfig { batch_size: 0, ..base.clone() }).contains("`batch_size`"));
-    assert!(err(TrainConfig { model: "resnet1000".into(), ..base.clone() }).contains("`model`"));
-    assert!(err(TrainConfig { label_smoothing: 1.5, ..base.clone() }).contains("label_smoothing"));
+    let err = |c: TrainConfig| {
+        Trainer::new(CpuBackend::new(), c)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        err(TrainConfig {
+            lr: -1.0,
+            ..base.clone()
+        })
+        .contains("`lr`")
+    );
+    assert!(
+        err(TrainConfig {
+            batch_size: 0,
+            ..base.clone()
+        })
+        .contains("`batch_size`")
+    );
+    assert!(
+        err(TrainConfig {
+            model: "resnet1000".into(),
+            ..base.clone()
+        })
+        .contains("`model`")
+    );
+    assert!(
+        err(TrainConfig {
+            label_smoothing: 1.5,
+            ..base.clone()
+        })
+        .contains("label_smoothing")
+    );
     let mut c = base.clone();
     c.optimizer = OptimizerKind::SgdIre;
     c.opt.gamma = 2.0;
@@ -124,7 +170,11 @@ fn bad_configs_are_rejected() {
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("c.toml");
     std::fs::write(&f, "model = \"mlp\"\nlearning_rate = 0.1\n").unwrap();
-    assert!(TrainConfig::from_toml_file(&f).unwrap_err().contains("learning_rate"));
+    assert!(
+        TrainConfig::from_toml_file(&f)
+            .unwrap_err()
+            .contains("learning_rate")
+    );
     std::fs::write(&f, "model = \"mlp\"\nlr = 0.3\n[opt]\nkappa = 4.0\n").unwrap();
     let c = TrainConfig::from_toml_file(&f).unwrap();
     assert_eq!((c.lr, c.opt.kappa), (0.3, 4.0));

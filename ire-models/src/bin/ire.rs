@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use ire_core::{Backend, Result};
 use ire_models::device::{BackendKind, BackendTask, compiled_backends, resolve, run_on};
-use ire_models::toy::{self, ToyMethod, ToyRun};
 use ire_models::device::{NnTask, run_on_nn};
 use ire_models::nn::NnOps;
+use ire_models::toy::{self, ToyMethod, ToyRun};
 use ire_models::train::run::{RunOptions, RunSummary, check_resumable, read_checkpoint, restore};
 use ire_models::train::{DatasetKind, EvalMetrics, OptimizerKind, TrainConfig, Trainer};
 use std::sync::Arc;
@@ -160,9 +160,34 @@ impl TrainArgs {
         macro_rules! set_opt {
             ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.opt.$f = v.clone(); } )* };
         }
-        set!(model, dataset, data, optimizer, lr, epochs, steps, batch_size, warmup_steps, label_smoothing, clip_grad_norm, seed,
-             train_limit, test_limit, eval_every, checkpoint_every, log_every);
-        set_opt!(kappa, gamma, refresh_every, ire_warmup, rho, momentum, weight_decay);
+        set!(
+            model,
+            dataset,
+            data,
+            optimizer,
+            lr,
+            epochs,
+            steps,
+            batch_size,
+            warmup_steps,
+            label_smoothing,
+            clip_grad_norm,
+            seed,
+            train_limit,
+            test_limit,
+            eval_every,
+            checkpoint_every,
+            log_every
+        );
+        set_opt!(
+            kappa,
+            gamma,
+            refresh_every,
+            ire_warmup,
+            rho,
+            momentum,
+            weight_decay
+        );
         if self.kappa_decay {
             c.opt.kappa_decay = true;
         }
@@ -177,7 +202,10 @@ impl TrainArgs {
 fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
     let cfg = a.config()?;
     let (kind, why) = match a.backend {
-        BackendKind::Auto => (BackendKind::Auto, "auto: the CPU backend has the neural-network ops".to_string()),
+        BackendKind::Auto => (
+            BackendKind::Auto,
+            "auto: the CPU backend has the neural-network ops".to_string(),
+        ),
         k => (k, "asked for".to_string()),
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -187,27 +215,64 @@ fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
     let task = TrainRun {
         cfg,
         resume: a.resume.clone(),
-        opts: RunOptions { out_dir: a.out.clone(), progress: !a.quiet, stop_after: a.stop_after },
+        opts: RunOptions {
+            out_dir: a.out.clone(),
+            progress: !a.quiet,
+            stop_after: a.stop_after,
+        },
         stop,
     };
     let (name, out) = run_on_nn(kind, task).map_err(|e| e.to_string())?;
     let s = out?;
     eprintln!("backend: {name} ({why})");
-    println!("steps {} ({}), {:.1} s, {:.0} images/s, {:.1} s/epoch", s.steps, if s.finished { "finished" } else { "interrupted: resume with --resume" }, s.seconds, s.images_per_sec, s.seconds_per_epoch);
+    println!(
+        "steps {} ({}), {:.1} s, {:.0} images/s, {:.1} s/epoch",
+        s.steps,
+        if s.finished {
+            "finished"
+        } else {
+            "interrupted: resume with --resume"
+        },
+        s.seconds,
+        s.images_per_sec,
+        s.seconds_per_epoch
+    );
     if let Some(e) = s.eval {
-        println!("final train loss {:.4}; test loss {:.4}, test accuracy {:.2}% ({} images)", s.train_loss, e.loss, 100.0 * e.acc, e.n);
+        println!(
+            "final train loss {:.4}; test loss {:.4}, test accuracy {:.2}% ({} images)",
+            s.train_loss,
+            e.loss,
+            100.0 * e.acc,
+            e.n
+        );
     }
     for f in &s.files {
         println!("wrote {}", f.display());
     }
-    Ok(if s.finished { ExitCode::SUCCESS } else { ExitCode::from(4) })
+    Ok(if s.finished {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(4)
+    })
 }
 
 fn eval_command(a: &EvalArgs) -> std::result::Result<ExitCode, String> {
-    let (name, out) = run_on_nn(a.backend, EvalRun { checkpoint: a.checkpoint.clone(), data: a.data.clone() }).map_err(|e| e.to_string())?;
+    let (name, out) = run_on_nn(
+        a.backend,
+        EvalRun {
+            checkpoint: a.checkpoint.clone(),
+            data: a.data.clone(),
+        },
+    )
+    .map_err(|e| e.to_string())?;
     let (step, e) = out?;
     eprintln!("backend: {name}");
-    println!("step {step}: test loss {:.4}, test accuracy {:.2}% ({} images)", e.loss, 100.0 * e.acc, e.n);
+    println!(
+        "step {step}: test loss {:.4}, test accuracy {:.2}% ({} images)",
+        e.loss,
+        100.0 * e.acc,
+        e.n
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -389,15 +454,15 @@ impl NnTask for TrainRun {
             t.total_steps(),
             t.cfg.batch_size
         );
-        let mut lines = 0;
+        let mut pos = None;
         if let Some(path) = &self.resume {
             let (ck, ck_cfg, meta) = read_checkpoint(path).map_err(|e| e.to_string())?;
             check_resumable(&ck_cfg, &self.cfg).map_err(|e| e.to_string())?;
             restore(&mut t, &ck, &meta).map_err(|e| e.to_string())?;
-            lines = meta["metrics_lines"].as_u64().unwrap_or(0) as usize;
+            pos = Some(ire_models::train::run::metrics_position(&meta));
             eprintln!("resumed from {} at step {}", path.display(), t.step);
         }
-        ire_models::train::run::run(&mut t, &self.opts, lines, &self.stop).map_err(|e| e.to_string())
+        ire_models::train::run::run(&mut t, &self.opts, pos, &self.stop).map_err(|e| e.to_string())
     }
 }
 

@@ -21,18 +21,33 @@ pub struct Mlp<B: Backend, T: Scalar> {
 
 impl<B: NnOps, T: Scalar> Mlp<B, T> {
     /// An MLP for inputs of shape `input`, hidden widths `hidden`, `classes` outputs.
-    pub fn new(b: &B, name: String, input: (usize, usize, usize), hidden: &[usize], classes: usize) -> Result<Self> {
+    pub fn new(
+        b: &B,
+        name: String,
+        input: (usize, usize, usize),
+        hidden: &[usize],
+        classes: usize,
+    ) -> Result<Self> {
         let mut layout = Layout::default();
         let mut dims = vec![input.0 * input.1 * input.2];
         dims.extend_from_slice(hidden);
         dims.push(classes);
-        let layers: Vec<Linear> =
-            dims.windows(2).enumerate().map(|(i, w)| Linear::new(&mut layout, &format!("fc{i}"), w[0], w[1], true)).collect();
+        let layers: Vec<Linear> = dims
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| Linear::new(&mut layout, &format!("fc{i}"), w[0], w[1], true))
+            .collect();
         let widest = *dims.iter().max().unwrap_or(&1);
         Ok(Mlp {
             name,
-            pre: dims[1..].iter().map(|&d| Act::new(b, d)).collect::<Result<_>>()?,
-            post: hidden.iter().map(|&d| Act::new(b, d)).collect::<Result<_>>()?,
+            pre: dims[1..]
+                .iter()
+                .map(|&d| Act::new(b, d))
+                .collect::<Result<_>>()?,
+            post: hidden
+                .iter()
+                .map(|&d| Act::new(b, d))
+                .collect::<Result<_>>()?,
             grad_a: Act::new(b, widest)?,
             grad_b: Act::new(b, widest)?,
             layout,
@@ -53,7 +68,14 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Mlp<B, T> {
         self.layers.last().map_or(0, |l| l.out)
     }
 
-    fn forward(&mut self, b: &B, p: &B::Buffer<T>, x: &B::Buffer<T>, n: usize, _mode: BnMode) -> Result<()> {
+    fn forward(
+        &mut self,
+        b: &B,
+        p: &B::Buffer<T>,
+        x: &B::Buffer<T>,
+        n: usize,
+        _mode: BnMode,
+    ) -> Result<()> {
         self.n = n;
         let last = self.layers.len() - 1;
         for i in 0..self.layers.len() {
@@ -62,7 +84,11 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Mlp<B, T> {
             self.layers[i].forward(b, p, input, n, &mut self.pre[i].buf)?;
             if i < last {
                 self.post[i].ensure(b, n)?;
-                b.relu(&self.pre[i].buf, &mut self.post[i].buf, n * self.layers[i].out)?;
+                b.relu(
+                    &self.pre[i].buf,
+                    &mut self.post[i].buf,
+                    n * self.layers[i].out,
+                )?;
             }
         }
         Ok(())
@@ -72,7 +98,15 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Mlp<B, T> {
         &self.pre[self.pre.len() - 1].buf
     }
 
-    fn backward(&mut self, b: &B, p: &B::Buffer<T>, g: &mut B::Buffer<T>, x: &B::Buffer<T>, dlogits: &B::Buffer<T>, n: usize) -> Result<()> {
+    fn backward(
+        &mut self,
+        b: &B,
+        p: &B::Buffer<T>,
+        g: &mut B::Buffer<T>,
+        x: &B::Buffer<T>,
+        dlogits: &B::Buffer<T>,
+        n: usize,
+    ) -> Result<()> {
         self.grad_a.ensure(b, n)?;
         self.grad_b.ensure(b, n)?;
         let last = self.layers.len() - 1;
@@ -82,8 +116,21 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Mlp<B, T> {
             if i == 0 {
                 return self.layers[0].backward(b, p, g, x, dy, n, None);
             }
-            self.layers[i].backward(b, p, g, &self.post[i - 1].buf, dy, n, Some(&mut self.grad_a.buf))?;
-            b.relu_backward(&self.post[i - 1].buf, &self.grad_a.buf, &mut self.grad_b.buf, n * self.layers[i - 1].out)?;
+            self.layers[i].backward(
+                b,
+                p,
+                g,
+                &self.post[i - 1].buf,
+                dy,
+                n,
+                Some(&mut self.grad_a.buf),
+            )?;
+            b.relu_backward(
+                &self.post[i - 1].buf,
+                &self.grad_a.buf,
+                &mut self.grad_b.buf,
+                n * self.layers[i - 1].out,
+            )?;
         }
         Ok(())
     }

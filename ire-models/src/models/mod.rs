@@ -23,12 +23,27 @@ pub trait Model<B: NnOps, T: Scalar> {
     /// Number of classes.
     fn num_classes(&self) -> usize;
     /// Forward pass of `n` examples (`x` is `n × C × H × W`); the logits stay in the model.
-    fn forward(&mut self, b: &B, params: &B::Buffer<T>, x: &B::Buffer<T>, n: usize, mode: BnMode) -> Result<()>;
+    fn forward(
+        &mut self,
+        b: &B,
+        params: &B::Buffer<T>,
+        x: &B::Buffer<T>,
+        n: usize,
+        mode: BnMode,
+    ) -> Result<()>;
     /// Logits of the last forward (`n × classes`).
     fn logits(&self) -> &B::Buffer<T>;
     /// Backward of the last (training-mode) forward on input `x`: ACCUMULATES into `grads`.
     #[allow(clippy::too_many_arguments)]
-    fn backward(&mut self, b: &B, params: &B::Buffer<T>, grads: &mut B::Buffer<T>, x: &B::Buffer<T>, dlogits: &B::Buffer<T>, n: usize) -> Result<()>;
+    fn backward(
+        &mut self,
+        b: &B,
+        params: &B::Buffer<T>,
+        grads: &mut B::Buffer<T>,
+        x: &B::Buffer<T>,
+        dlogits: &B::Buffer<T>,
+        n: usize,
+    ) -> Result<()>;
     /// Non-parameter state (batch-norm running statistics), named, for checkpoints.
     fn state(&self) -> Vec<(String, &B::Buffer<T>)>;
     /// The same, mutably (to restore a checkpoint).
@@ -47,11 +62,23 @@ pub enum ModelSpec {
 impl ModelSpec {
     /// Every preset name accepted by [`FromStr`].
     pub const PRESETS: &'static [&'static str] = &[
-        "mlp", "mlp-small", "resnet-small", "resnet20", "resnet56", "wrn-small", "wrn-16-8", "wrn-28-10",
+        "mlp",
+        "mlp-small",
+        "resnet-small",
+        "resnet20",
+        "resnet56",
+        "wrn-small",
+        "wrn-16-8",
+        "wrn-28-10",
     ];
 
     /// Builds the model for inputs of shape `(C, H, W)` and `classes` classes.
-    pub fn build<B: NnOps + 'static, T: Scalar>(&self, b: &B, input: (usize, usize, usize), classes: usize) -> Result<Box<dyn Model<B, T>>> {
+    pub fn build<B: NnOps + 'static, T: Scalar>(
+        &self,
+        b: &B,
+        input: (usize, usize, usize),
+        classes: usize,
+    ) -> Result<Box<dyn Model<B, T>>> {
         Ok(match self {
             ModelSpec::Mlp(h) => Box::new(Mlp::new(b, self.to_string(), input, h, classes)?),
             ModelSpec::ResNet(c) => Box::new(ResNet::new(b, self.to_string(), c, input, classes)?),
@@ -72,7 +99,10 @@ impl FromStr for ModelSpec {
             "wrn-16-8" => ModelSpec::ResNet(ResNetConfig::wrn(16, 8)),
             "wrn-28-10" => ModelSpec::ResNet(ResNetConfig::wrn(28, 10)),
             other => {
-                return Err(format!("unknown model `{other}`: expected one of {}", ModelSpec::PRESETS.join(", ")));
+                return Err(format!(
+                    "unknown model `{other}`: expected one of {}",
+                    ModelSpec::PRESETS.join(", ")
+                ));
             }
         })
     }
@@ -83,7 +113,14 @@ impl fmt::Display for ModelSpec {
         match self {
             ModelSpec::Mlp(h) if *h == [512, 256] => f.write_str("mlp"),
             ModelSpec::Mlp(h) if *h == [128] => f.write_str("mlp-small"),
-            ModelSpec::Mlp(h) => write!(f, "mlp-{}", h.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("-")),
+            ModelSpec::Mlp(h) => write!(
+                f,
+                "mlp-{}",
+                h.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join("-")
+            ),
             ModelSpec::ResNet(c) => f.write_str(&c.name()),
         }
     }

@@ -23,15 +23,27 @@ pub struct ResNetConfig {
 impl ResNetConfig {
     /// CIFAR ResNet-`depth` with `base` channels in the first stage (16 in the paper).
     pub fn resnet(depth: usize, base: usize) -> Self {
-        ResNetConfig { depth, width: base, preact: false }
+        ResNetConfig {
+            depth,
+            width: base,
+            preact: false,
+        }
     }
     /// WRN-`depth`-`k`.
     pub fn wrn(depth: usize, k: usize) -> Self {
-        ResNetConfig { depth, width: k, preact: true }
+        ResNetConfig {
+            depth,
+            width: k,
+            preact: true,
+        }
     }
     /// Blocks per stage.
     pub fn blocks_per_stage(&self) -> usize {
-        if self.preact { self.depth.saturating_sub(4) / 6 } else { self.depth.saturating_sub(2) / 6 }
+        if self.preact {
+            self.depth.saturating_sub(4) / 6
+        } else {
+            self.depth.saturating_sub(2) / 6
+        }
     }
     /// Stem channels and the three stage widths.
     pub fn widths(&self) -> (usize, [usize; 3]) {
@@ -75,24 +87,73 @@ struct Scratch<B: Backend, T: Scalar> {
 
 impl<B: NnOps, T: Scalar> Block<B, T> {
     #[allow(clippy::too_many_arguments)]
-    fn new(b: &B, layout: &mut Layout, name: &str, preact: bool, c_in: usize, c_out: usize, stride: usize, hw: usize) -> Result<(Self, usize)> {
-        let conv1 = Conv2d::new(layout, &format!("{name}.conv1"), c_in, c_out, 3, stride, 1, (hw, hw));
+    fn new(
+        b: &B,
+        layout: &mut Layout,
+        name: &str,
+        preact: bool,
+        c_in: usize,
+        c_out: usize,
+        stride: usize,
+        hw: usize,
+    ) -> Result<(Self, usize)> {
+        let conv1 = Conv2d::new(
+            layout,
+            &format!("{name}.conv1"),
+            c_in,
+            c_out,
+            3,
+            stride,
+            1,
+            (hw, hw),
+        );
         let ohw = conv1.geom.oh();
         let in_per = c_in * hw * hw;
         let out_per = c_out * ohw * ohw;
         let (bn1, bn1_per) = if preact {
-            (BatchNorm2d::new(b, layout, &format!("{name}.bn1"), c_in, hw * hw, 1.0)?, in_per)
+            (
+                BatchNorm2d::new(b, layout, &format!("{name}.bn1"), c_in, hw * hw, 1.0)?,
+                in_per,
+            )
         } else {
-            (BatchNorm2d::new(b, layout, &format!("{name}.bn1"), c_out, ohw * ohw, 1.0)?, out_per)
+            (
+                BatchNorm2d::new(b, layout, &format!("{name}.bn1"), c_out, ohw * ohw, 1.0)?,
+                out_per,
+            )
         };
-        let conv2 = Conv2d::new(layout, &format!("{name}.conv2"), c_out, c_out, 3, 1, 1, (ohw, ohw));
+        let conv2 = Conv2d::new(
+            layout,
+            &format!("{name}.conv2"),
+            c_out,
+            c_out,
+            3,
+            1,
+            1,
+            (ohw, ohw),
+        );
         let bn2 = BatchNorm2d::new(b, layout, &format!("{name}.bn2"), c_out, ohw * ohw, 1.0)?;
         let proj = if c_in != c_out || stride != 1 {
-            let conv = Conv2d::new(layout, &format!("{name}.shortcut.conv"), c_in, c_out, 1, stride, 0, (hw, hw));
+            let conv = Conv2d::new(
+                layout,
+                &format!("{name}.shortcut.conv"),
+                c_in,
+                c_out,
+                1,
+                stride,
+                0,
+                (hw, hw),
+            );
             let bn = if preact {
                 None
             } else {
-                Some(BatchNorm2d::new(b, layout, &format!("{name}.shortcut.bn"), c_out, ohw * ohw, 1.0)?)
+                Some(BatchNorm2d::new(
+                    b,
+                    layout,
+                    &format!("{name}.shortcut.bn"),
+                    c_out,
+                    ohw * ohw,
+                    1.0,
+                )?)
             };
             Some((conv, bn))
         } else {
@@ -100,8 +161,18 @@ impl<B: NnOps, T: Scalar> Block<B, T> {
         };
         // Post-activation: a = [conv1, bn1, relu, conv2, bn2(+shortcut)].
         // Pre-activation:  a = [bn1, relu, conv1, bn2, relu]; out = conv2 (+shortcut).
-        let pers = if preact { [bn1_per, bn1_per, out_per, out_per, out_per] } else { [out_per; 5] };
-        let a = [Act::new(b, pers[0])?, Act::new(b, pers[1])?, Act::new(b, pers[2])?, Act::new(b, pers[3])?, Act::new(b, pers[4])?];
+        let pers = if preact {
+            [bn1_per, bn1_per, out_per, out_per, out_per]
+        } else {
+            [out_per; 5]
+        };
+        let a = [
+            Act::new(b, pers[0])?,
+            Act::new(b, pers[1])?,
+            Act::new(b, pers[2])?,
+            Act::new(b, pers[3])?,
+            Act::new(b, pers[4])?,
+        ];
         Ok((
             Block {
                 preact,
@@ -120,7 +191,14 @@ impl<B: NnOps, T: Scalar> Block<B, T> {
         ))
     }
 
-    fn forward(&mut self, b: &B, p: &B::Buffer<T>, x: &B::Buffer<T>, n: usize, mode: BnMode) -> Result<()> {
+    fn forward(
+        &mut self,
+        b: &B,
+        p: &B::Buffer<T>,
+        x: &B::Buffer<T>,
+        n: usize,
+        mode: BnMode,
+    ) -> Result<()> {
         for a in self.a.iter_mut() {
             a.ensure(b, n)?;
         }
@@ -164,14 +242,27 @@ impl<B: NnOps, T: Scalar> Block<B, T> {
 
     /// `dout` → `dx` (both model-level buffers), through the shared scratch.
     #[allow(clippy::too_many_arguments)]
-    fn backward(&self, b: &B, p: &B::Buffer<T>, g: &mut B::Buffer<T>, x: &B::Buffer<T>, dout: &B::Buffer<T>, dx: &mut B::Buffer<T>, sc: &mut Scratch<B, T>, n: usize) -> Result<()> {
+    fn backward(
+        &self,
+        b: &B,
+        p: &B::Buffer<T>,
+        g: &mut B::Buffer<T>,
+        x: &B::Buffer<T>,
+        dout: &B::Buffer<T>,
+        dx: &mut B::Buffer<T>,
+        sc: &mut Scratch<B, T>,
+        n: usize,
+    ) -> Result<()> {
         let [s0, s1, s2] = &mut sc.s;
         let [a0, a1, a2, a3, a4] = &self.a;
         if self.preact {
-            self.conv2.backward(b, p, g, &a4.buf, dout, n, Some(&mut s0.buf))?;
+            self.conv2
+                .backward(b, p, g, &a4.buf, dout, n, Some(&mut s0.buf))?;
             b.relu_backward(&a4.buf, &s0.buf, &mut s1.buf, n * self.out_per)?;
-            self.bn2.backward(b, p, g, &a2.buf, &s1.buf, n, &mut s0.buf)?;
-            self.conv1.backward(b, p, g, &a1.buf, &s0.buf, n, Some(&mut s1.buf))?;
+            self.bn2
+                .backward(b, p, g, &a2.buf, &s1.buf, n, &mut s0.buf)?;
+            self.conv1
+                .backward(b, p, g, &a1.buf, &s0.buf, n, Some(&mut s1.buf))?;
             b.relu_backward(&a1.buf, &s1.buf, &mut s0.buf, n * a1.per)?;
             self.bn1.backward(b, p, g, x, &s0.buf, n, dx)?;
             match &self.proj {
@@ -183,10 +274,13 @@ impl<B: NnOps, T: Scalar> Block<B, T> {
             }
         } else {
             b.relu_backward(&self.out.buf, dout, &mut s0.buf, n * self.out_per)?;
-            self.bn2.backward(b, p, g, &a3.buf, &s0.buf, n, &mut s1.buf)?;
-            self.conv2.backward(b, p, g, &a2.buf, &s1.buf, n, Some(&mut s2.buf))?;
+            self.bn2
+                .backward(b, p, g, &a3.buf, &s0.buf, n, &mut s1.buf)?;
+            self.conv2
+                .backward(b, p, g, &a2.buf, &s1.buf, n, Some(&mut s2.buf))?;
             b.relu_backward(&a2.buf, &s2.buf, &mut s1.buf, n * self.out_per)?;
-            self.bn1.backward(b, p, g, &a0.buf, &s1.buf, n, &mut s2.buf)?;
+            self.bn1
+                .backward(b, p, g, &a0.buf, &s1.buf, n, &mut s2.buf)?;
             self.conv1.backward(b, p, g, x, &s2.buf, n, Some(dx))?;
             match &self.proj {
                 Some((conv, Some(bn))) => {
@@ -241,7 +335,13 @@ pub struct ResNet<B: Backend, T: Scalar> {
 
 impl<B: NnOps, T: Scalar> ResNet<B, T> {
     /// Builds the network for `input = (C, H, W)` images (square) and `classes` outputs.
-    pub fn new(b: &B, name: String, cfg: &ResNetConfig, input: (usize, usize, usize), classes: usize) -> Result<Self> {
+    pub fn new(
+        b: &B,
+        name: String,
+        cfg: &ResNetConfig,
+        input: (usize, usize, usize),
+        classes: usize,
+    ) -> Result<Self> {
         let n = cfg.blocks_per_stage();
         if n == 0 || input.1 != input.2 {
             return Err(ire_core::Error::InvalidHyperParameter {
@@ -254,21 +354,38 @@ impl<B: NnOps, T: Scalar> ResNet<B, T> {
         let (c0, widths) = cfg.widths();
         let hw = input.1;
         let stem = Conv2d::new(&mut layout, "conv1", input.0, c0, 3, 1, 1, (hw, hw));
-        let stem_bn = if cfg.preact { None } else { Some(BatchNorm2d::new(b, &mut layout, "bn1", c0, hw * hw, 1.0)?) };
+        let stem_bn = if cfg.preact {
+            None
+        } else {
+            Some(BatchNorm2d::new(b, &mut layout, "bn1", c0, hw * hw, 1.0)?)
+        };
         let mut blocks = Vec::new();
         let (mut c, mut h) = (c0, hw);
         let mut max_per = c0 * hw * hw;
         for (s, &w) in widths.iter().enumerate() {
             for i in 0..n {
                 let stride = if s > 0 && i == 0 { 2 } else { 1 };
-                let (blk, oh) = Block::new(b, &mut layout, &format!("layer{}.{i}", s + 1), cfg.preact, c, w, stride, h)?;
+                let (blk, oh) = Block::new(
+                    b,
+                    &mut layout,
+                    &format!("layer{}.{i}", s + 1),
+                    cfg.preact,
+                    c,
+                    w,
+                    stride,
+                    h,
+                )?;
                 max_per = max_per.max(blk.a.iter().map(|a| a.per).max().unwrap_or(0));
                 blocks.push(blk);
                 c = w;
                 h = oh;
             }
         }
-        let head_bn = if cfg.preact { Some(BatchNorm2d::new(b, &mut layout, "bn_final", c, h * h, 1.0)?) } else { None };
+        let head_bn = if cfg.preact {
+            Some(BatchNorm2d::new(b, &mut layout, "bn_final", c, h * h, 1.0)?)
+        } else {
+            None
+        };
         let fc = Linear::new(&mut layout, "fc", c, classes, true);
         let feat_per = c * h * h;
         Ok(ResNet {
@@ -288,7 +405,11 @@ impl<B: NnOps, T: Scalar> ResNet<B, T> {
             logits: Act::new(b, classes)?,
             g: [Act::new(b, max_per)?, Act::new(b, max_per)?],
             scratch: Scratch {
-                s: [Act::new(b, max_per)?, Act::new(b, max_per)?, Act::new(b, max_per)?],
+                s: [
+                    Act::new(b, max_per)?,
+                    Act::new(b, max_per)?,
+                    Act::new(b, max_per)?,
+                ],
             },
             feat: BnShape { n: 0, c, hw: h * h },
             layout,
@@ -312,7 +433,14 @@ impl<B: NnOps, T: Scalar> Model<B, T> for ResNet<B, T> {
         self.fc.out
     }
 
-    fn forward(&mut self, b: &B, p: &B::Buffer<T>, x: &B::Buffer<T>, n: usize, mode: BnMode) -> Result<()> {
+    fn forward(
+        &mut self,
+        b: &B,
+        p: &B::Buffer<T>,
+        x: &B::Buffer<T>,
+        n: usize,
+        mode: BnMode,
+    ) -> Result<()> {
         self.feat.n = n;
         self.stem_out.ensure(b, n)?;
         self.stem.forward(b, p, x, n, &mut self.stem_out.buf)?;
@@ -320,7 +448,11 @@ impl<B: NnOps, T: Scalar> Model<B, T> for ResNet<B, T> {
             self.stem_bn_out.ensure(b, n)?;
             self.stem_relu.ensure(b, n)?;
             bn.forward(b, p, &self.stem_out.buf, n, &mut self.stem_bn_out.buf, mode)?;
-            b.relu(&self.stem_bn_out.buf, &mut self.stem_relu.buf, n * self.stem_relu.per)?;
+            b.relu(
+                &self.stem_bn_out.buf,
+                &mut self.stem_relu.buf,
+                n * self.stem_relu.per,
+            )?;
         }
         for i in 0..self.blocks.len() {
             let (done, rest) = self.blocks.split_at_mut(i);
@@ -346,7 +478,11 @@ impl<B: NnOps, T: Scalar> Model<B, T> for ResNet<B, T> {
                 self.head_bn_out.ensure(b, n)?;
                 self.head_relu.ensure(b, n)?;
                 bn.forward(b, p, last, n, &mut self.head_bn_out.buf, mode)?;
-                b.relu(&self.head_bn_out.buf, &mut self.head_relu.buf, n * self.head_relu.per)?;
+                b.relu(
+                    &self.head_bn_out.buf,
+                    &mut self.head_relu.buf,
+                    n * self.head_relu.per,
+                )?;
                 &self.head_relu.buf
             }
             None => last,
@@ -354,37 +490,72 @@ impl<B: NnOps, T: Scalar> Model<B, T> for ResNet<B, T> {
         self.pool.ensure(b, n)?;
         b.global_avg_pool(feat, &mut self.pool.buf, self.feat)?;
         self.logits.ensure(b, n)?;
-        self.fc.forward(b, p, &self.pool.buf, n, &mut self.logits.buf)
+        self.fc
+            .forward(b, p, &self.pool.buf, n, &mut self.logits.buf)
     }
 
     fn logits(&self) -> &B::Buffer<T> {
         &self.logits.buf
     }
 
-    fn backward(&mut self, b: &B, p: &B::Buffer<T>, g: &mut B::Buffer<T>, x: &B::Buffer<T>, dlogits: &B::Buffer<T>, n: usize) -> Result<()> {
+    fn backward(
+        &mut self,
+        b: &B,
+        p: &B::Buffer<T>,
+        g: &mut B::Buffer<T>,
+        x: &B::Buffer<T>,
+        dlogits: &B::Buffer<T>,
+        n: usize,
+    ) -> Result<()> {
         for a in self.g.iter_mut().chain(self.scratch.s.iter_mut()) {
             a.ensure(b, n)?;
         }
         let shape = BnShape { n, ..self.feat };
         let [g0, g1] = &mut self.g;
         // Head: fc → pool → (bn + relu).
-        self.fc.backward(b, p, g, &self.pool.buf, dlogits, n, Some(&mut self.scratch.s[0].buf))?;
+        self.fc.backward(
+            b,
+            p,
+            g,
+            &self.pool.buf,
+            dlogits,
+            n,
+            Some(&mut self.scratch.s[0].buf),
+        )?;
         b.global_avg_pool_backward(&self.scratch.s[0].buf, &mut g0.buf, shape)?;
         let last_out = self.blocks.last().map(|blk| &blk.out.buf);
         if let (Some(bn), Some(last)) = (&self.head_bn, last_out) {
-            b.relu_backward(&self.head_relu.buf, &g0.buf, &mut g1.buf, n * self.head_relu.per)?;
+            b.relu_backward(
+                &self.head_relu.buf,
+                &g0.buf,
+                &mut g1.buf,
+                n * self.head_relu.per,
+            )?;
             bn.backward(b, p, g, last, &g1.buf, n, &mut g0.buf)?;
         }
         // Blocks, last to first, ping-ponging between g0 (dout) and g1 (dx).
-        let stem_out = if self.cfg.preact { &self.stem_out.buf } else { &self.stem_relu.buf };
+        let stem_out = if self.cfg.preact {
+            &self.stem_out.buf
+        } else {
+            &self.stem_relu.buf
+        };
         for i in (0..self.blocks.len()).rev() {
-            let input = if i == 0 { stem_out } else { &self.blocks[i - 1].out.buf };
+            let input = if i == 0 {
+                stem_out
+            } else {
+                &self.blocks[i - 1].out.buf
+            };
             self.blocks[i].backward(b, p, g, input, &g0.buf, &mut g1.buf, &mut self.scratch, n)?;
             std::mem::swap(g0, g1);
         }
         // Stem: (relu + bn) → conv; the input gradient is not needed.
         if let Some(bn) = &self.stem_bn {
-            b.relu_backward(&self.stem_relu.buf, &g0.buf, &mut g1.buf, n * self.stem_relu.per)?;
+            b.relu_backward(
+                &self.stem_relu.buf,
+                &g0.buf,
+                &mut g1.buf,
+                n * self.stem_relu.per,
+            )?;
             bn.backward(b, p, g, &self.stem_out.buf, &g1.buf, n, &mut g0.buf)?;
         }
         self.stem.backward(b, p, g, x, &g0.buf, n, None)

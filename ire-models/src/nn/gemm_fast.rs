@@ -15,28 +15,52 @@ pub fn gemm<T: Scalar>(g: Gemm, alpha: T, a: &[T], b: &[T], beta: T, c: &mut [T]
         // Callers check sizes; never hand out-of-range strides to the unsafe kernel.
         return host::gemm(g, alpha, a, b, beta, c);
     }
-    let (ar, ac, br, bc, cn) = (ar as isize, ac as isize, br as isize, bc as isize, g.n as isize);
+    let (ar, ac, br, bc, cn) = (
+        ar as isize,
+        ac as isize,
+        br as isize,
+        bc as isize,
+        g.n as isize,
+    );
     if TypeId::of::<T>() == TypeId::of::<f32>() {
         // SAFETY: T is f32 (same type, so same layout); the slices hold at least the m×k, k×n
         // and m×n elements the strides address, checked above.
         unsafe {
             matrixmultiply::sgemm(
-                g.m, g.k, g.n, alpha.as_f64() as f32,
-                a.as_ptr() as *const f32, ar, ac,
-                b.as_ptr() as *const f32, br, bc,
+                g.m,
+                g.k,
+                g.n,
+                alpha.as_f64() as f32,
+                a.as_ptr() as *const f32,
+                ar,
+                ac,
+                b.as_ptr() as *const f32,
+                br,
+                bc,
                 beta.as_f64() as f32,
-                c.as_mut_ptr() as *mut f32, cn, 1,
+                c.as_mut_ptr() as *mut f32,
+                cn,
+                1,
             )
         }
     } else if TypeId::of::<T>() == TypeId::of::<f64>() {
         // SAFETY: as above, with T = f64.
         unsafe {
             matrixmultiply::dgemm(
-                g.m, g.k, g.n, alpha.as_f64(),
-                a.as_ptr() as *const f64, ar, ac,
-                b.as_ptr() as *const f64, br, bc,
+                g.m,
+                g.k,
+                g.n,
+                alpha.as_f64(),
+                a.as_ptr() as *const f64,
+                ar,
+                ac,
+                b.as_ptr() as *const f64,
+                br,
+                bc,
                 beta.as_f64(),
-                c.as_mut_ptr() as *mut f64, cn, 1,
+                c.as_mut_ptr() as *mut f64,
+                cn,
+                1,
             )
         }
     } else {

@@ -26,8 +26,16 @@ impl Gemm {
     }
     /// Row and column strides of `A` and `B` as stored (row-major).
     pub fn strides(&self) -> ((usize, usize), (usize, usize)) {
-        let a = if self.trans_a { (1, self.m) } else { (self.k, 1) };
-        let b = if self.trans_b { (1, self.k) } else { (self.n, 1) };
+        let a = if self.trans_a {
+            (1, self.m)
+        } else {
+            (self.k, 1)
+        };
+        let b = if self.trans_b {
+            (1, self.k)
+        } else {
+            (self.n, 1)
+        };
         (a, b)
     }
 }
@@ -42,7 +50,11 @@ pub fn gemm<T: Scalar>(g: Gemm, alpha: T, a: &[T], b: &[T], beta: T, c: &mut [T]
                 s = s + a[i * ar + p * ac] * b[p * br + j * bc];
             }
             let cij = &mut c[i * g.n + j];
-            *cij = if beta == T::zero() { alpha * s } else { alpha * s + beta * *cij };
+            *cij = if beta == T::zero() {
+                alpha * s
+            } else {
+                alpha * s + beta * *cij
+            };
         }
     }
 }
@@ -97,23 +109,44 @@ impl ConvGeom {
     }
 }
 
+/// The output columns `ox` whose input column `ox·stride + kx − pad` lies inside `0..w`.
+fn valid_cols(g: &ConvGeom, kx: usize, ow: usize) -> (usize, usize) {
+    // ix ≥ 0  ⇔  ox ≥ ceil((pad − kx) / stride);  ix < w  ⇔  ox < ceil((w + pad − kx) / stride).
+    let lo = g.pad.saturating_sub(kx).div_ceil(g.stride);
+    let hi = (g.w + g.pad).saturating_sub(kx).div_ceil(g.stride).min(ow);
+    (lo.min(hi), hi)
+}
+
 /// Unfolds one image into the `(C·k·k) × (OH·OW)` matrix of its receptive fields.
 pub fn im2col<T: Scalar>(x: &[T], g: &ConvGeom, cols: &mut [T]) {
     let (oh, ow) = (g.oh(), g.ow());
     for c in 0..g.c_in {
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ky in 0..g.k {
             for kx in 0..g.k {
                 let row = (c * g.k + ky) * g.k + kx;
                 let out = &mut cols[row * oh * ow..(row + 1) * oh * ow];
+                let (lo, hi) = valid_cols(g, kx, ow);
                 for oy in 0..oh {
+                    let dst = &mut out[oy * ow..(oy + 1) * ow];
                     let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                    for ox in 0..ow {
-                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                        out[oy * ow + ox] = if iy >= 0 && (iy as usize) < g.h && ix >= 0 && (ix as usize) < g.w {
-                            x[(c * g.h + iy as usize) * g.w + ix as usize]
-                        } else {
-                            T::zero()
-                        };
+                    if iy < 0 || iy as usize >= g.h {
+                        dst.fill(T::zero());
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    dst[..lo].fill(T::zero());
+                    dst[hi..].fill(T::zero());
+                    let ix0 = lo * g.stride + kx - g.pad;
+                    if g.stride == 1 {
+                        dst[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
+                    } else {
+                        for (d, s) in dst[lo..hi]
+                            .iter_mut()
+                            .zip(src[ix0..].iter().step_by(g.stride))
+                        {
+                            *d = *s;
+                        }
                     }
                 }
             }
@@ -125,21 +158,22 @@ pub fn im2col<T: Scalar>(x: &[T], g: &ConvGeom, cols: &mut [T]) {
 pub fn col2im<T: Scalar>(cols: &[T], g: &ConvGeom, dx: &mut [T]) {
     let (oh, ow) = (g.oh(), g.ow());
     for c in 0..g.c_in {
+        let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ky in 0..g.k {
             for kx in 0..g.k {
                 let row = (c * g.k + ky) * g.k + kx;
                 let src = &cols[row * oh * ow..(row + 1) * oh * ow];
+                let (lo, hi) = valid_cols(g, kx, ow);
                 for oy in 0..oh {
                     let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                    if iy < 0 || iy as usize >= g.h {
+                    if iy < 0 || iy as usize >= g.h || lo >= hi {
                         continue;
                     }
-                    for ox in 0..ow {
-                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                        if ix >= 0 && (ix as usize) < g.w {
-                            let d = &mut dx[(c * g.h + iy as usize) * g.w + ix as usize];
-                            *d = *d + src[oy * ow + ox];
-                        }
+                    let drow = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let s = &src[oy * ow + lo..oy * ow + hi];
+                    let ix0 = lo * g.stride + kx - g.pad;
+                    for (d, &v) in drow[ix0..].iter_mut().step_by(g.stride).zip(s) {
+                        *d = *d + v;
                     }
                 }
             }
@@ -203,13 +237,26 @@ pub fn bn_channel_stats<T: Scalar>(x: &[T], s: BnShape, ch: usize) -> (f64, f64)
     let mut var = 0.0;
     for i in 0..s.n {
         let o = (i * s.c + ch) * s.hw;
-        var += x[o..o + s.hw].iter().map(|v| (v.as_f64() - mean).powi(2)).sum::<f64>();
+        var += x[o..o + s.hw]
+            .iter()
+            .map(|v| (v.as_f64() - mean).powi(2))
+            .sum::<f64>();
     }
     (mean, var / m)
 }
 
+#[allow(clippy::too_many_arguments)]
 /// `y = γ·(x − μ)·invstd + β` on channel `ch` with the given statistics.
-pub fn bn_channel_apply<T: Scalar>(x: &[T], y: &mut [T], s: BnShape, ch: usize, mean: T, invstd: T, gamma: T, beta: T) {
+pub fn bn_channel_apply<T: Scalar>(
+    x: &[T],
+    y: &mut [T],
+    s: BnShape,
+    ch: usize,
+    mean: T,
+    invstd: T,
+    gamma: T,
+    beta: T,
+) {
     for i in 0..s.n {
         let o = (i * s.c + ch) * s.hw;
         for j in o..o + s.hw {
@@ -218,6 +265,7 @@ pub fn bn_channel_apply<T: Scalar>(x: &[T], y: &mut [T], s: BnShape, ch: usize, 
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Backward of batch norm on channel `ch` in training mode. Returns `(dγ, dβ)` and writes `dx`:
 /// `dx = invstd/M · (M·g − Σg − x̂·Σ(g·x̂))`, `g = γ·dy`, `x̂ = (x − μ)·invstd`.
 pub fn bn_channel_backward<T: Scalar>(
@@ -255,7 +303,13 @@ pub fn bn_channel_backward<T: Scalar>(
 /// Numerically stable softmax cross-entropy of one row with label smoothing `eps`:
 /// target `q = (1 − eps)·onehot(label) + eps/C`. Writes `d = scale·(softmax − q)` and returns
 /// `(loss, argmax == label)`.
-pub fn softmax_xent_row<T: Scalar>(z: &[T], label: usize, eps: f64, scale: f64, d: &mut [T]) -> (f64, bool) {
+pub fn softmax_xent_row<T: Scalar>(
+    z: &[T],
+    label: usize,
+    eps: f64,
+    scale: f64,
+    d: &mut [T],
+) -> (f64, bool) {
     let c = z.len();
     let mut max = f64::NEG_INFINITY;
     let mut arg = 0;
@@ -279,7 +333,10 @@ pub fn softmax_xent_row<T: Scalar>(z: &[T], label: usize, eps: f64, scale: f64, 
 
 /// Draws a label from `softmax(z)` with the uniform number `u ∈ [0, 1)`.
 pub fn sample_row<T: Scalar>(z: &[T], u: f64) -> usize {
-    let max = z.iter().map(|v| v.as_f64()).fold(f64::NEG_INFINITY, f64::max);
+    let max = z
+        .iter()
+        .map(|v| v.as_f64())
+        .fold(f64::NEG_INFINITY, f64::max);
     let sum: f64 = z.iter().map(|v| (v.as_f64() - max).exp()).sum();
     let mut acc = 0.0;
     for (j, v) in z.iter().enumerate() {
@@ -312,18 +369,65 @@ mod tests {
         let a = [1.0, 2.0, 3.0, 4.0];
         let b = [5.0, 6.0, 7.0, 8.0];
         let mut c = [0.0f64; 4];
-        gemm(Gemm { trans_a: false, trans_b: false, m: 2, n: 2, k: 2 }, 1.0, &a, &b, 0.0, &mut c);
+        gemm(
+            Gemm {
+                trans_a: false,
+                trans_b: false,
+                m: 2,
+                n: 2,
+                k: 2,
+            },
+            1.0,
+            &a,
+            &b,
+            0.0,
+            &mut c,
+        );
         assert_eq!(c, [19.0, 22.0, 43.0, 50.0]);
-        gemm(Gemm { trans_a: true, trans_b: false, m: 2, n: 2, k: 2 }, 1.0, &a, &b, 0.0, &mut c);
+        gemm(
+            Gemm {
+                trans_a: true,
+                trans_b: false,
+                m: 2,
+                n: 2,
+                k: 2,
+            },
+            1.0,
+            &a,
+            &b,
+            0.0,
+            &mut c,
+        );
         assert_eq!(c, [26.0, 30.0, 38.0, 44.0]);
-        gemm(Gemm { trans_a: false, trans_b: true, m: 2, n: 2, k: 2 }, 2.0, &a, &b, 1.0, &mut c);
+        gemm(
+            Gemm {
+                trans_a: false,
+                trans_b: true,
+                m: 2,
+                n: 2,
+                k: 2,
+            },
+            2.0,
+            &a,
+            &b,
+            1.0,
+            &mut c,
+        );
         assert_eq!(c, [26.0 + 34.0, 30.0 + 46.0, 38.0 + 78.0, 44.0 + 106.0]);
     }
 
     #[test]
     fn im2col_of_a_3x3_image() {
         let x: Vec<f64> = (1..=9).map(f64::from).collect();
-        let g = ConvGeom { c_in: 1, h: 3, w: 3, c_out: 1, k: 2, stride: 1, pad: 0 };
+        let g = ConvGeom {
+            c_in: 1,
+            h: 3,
+            w: 3,
+            c_out: 1,
+            k: 2,
+            stride: 1,
+            pad: 0,
+        };
         let mut cols = vec![0.0; 4 * 4];
         im2col(&x, &g, &mut cols);
         assert_eq!(&cols[..4], &[1.0, 2.0, 4.0, 5.0]);
@@ -332,6 +436,88 @@ mod tests {
         col2im(&cols, &g, &mut back);
         // Each pixel is added once per window that contains it.
         assert_eq!(back, [1.0, 4.0, 3.0, 8.0, 20.0, 12.0, 7.0, 16.0, 9.0]);
+    }
+
+    /// im2col followed by the weight product must equal the direct 6-loop convolution.
+    #[test]
+    fn im2col_convolution_equals_direct_convolution() {
+        let mut seed = 1u64;
+        let mut rnd = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as f64 / (1u64 << 31) as f64) - 0.5
+        };
+        for (h, w, k, stride, pad) in [
+            (5, 7, 3, 1, 1),
+            (6, 6, 3, 2, 1),
+            (5, 5, 1, 2, 0),
+            (4, 6, 2, 1, 0),
+            (7, 5, 3, 2, 2),
+            (3, 3, 3, 3, 1),
+        ] {
+            let g = ConvGeom {
+                c_in: 2,
+                h,
+                w,
+                c_out: 3,
+                k,
+                stride,
+                pad,
+            };
+            let x: Vec<f64> = (0..g.in_size()).map(|_| rnd()).collect();
+            let wt: Vec<f64> = (0..g.weight_size()).map(|_| rnd()).collect();
+            let mut cols = vec![0.0; g.col_rows() * g.col_cols()];
+            im2col(&x, &g, &mut cols);
+            let mut y = vec![0.0; g.out_size()];
+            gemm(
+                Gemm {
+                    trans_a: false,
+                    trans_b: false,
+                    m: g.c_out,
+                    n: g.col_cols(),
+                    k: g.col_rows(),
+                },
+                1.0,
+                &wt,
+                &cols,
+                0.0,
+                &mut y,
+            );
+            let (oh, ow) = (g.oh(), g.ow());
+            for o in 0..g.c_out {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut s = 0.0;
+                        for c in 0..g.c_in {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (oy * stride + ky) as isize - pad as isize;
+                                    let ix = (ox * stride + kx) as isize - pad as isize;
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w
+                                    {
+                                        s += wt[((o * g.c_in + c) * k + ky) * k + kx]
+                                            * x[(c * h + iy as usize) * w + ix as usize];
+                                    }
+                                }
+                            }
+                        }
+                        let got = y[(o * oh + oy) * ow + ox];
+                        assert!(
+                            (got - s).abs() < 1e-12,
+                            "{h}x{w} k{k} s{stride} p{pad}: {got} vs {s}"
+                        );
+                    }
+                }
+            }
+            // col2im is the adjoint: <im2col(x), c> = <x, col2im(c)>.
+            let cvec: Vec<f64> = (0..cols.len()).map(|_| rnd()).collect();
+            let mut back = vec![0.0; g.in_size()];
+            col2im(&cvec, &g, &mut back);
+            let lhs: f64 = cols.iter().zip(&cvec).map(|(a, b)| a * b).sum();
+            let rhs: f64 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
+            assert!((lhs - rhs).abs() < 1e-12);
+        }
     }
 
     #[test]

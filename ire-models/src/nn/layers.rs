@@ -56,7 +56,13 @@ pub struct Layout {
 
 impl Layout {
     /// Reserves a tensor.
-    pub fn add(&mut self, name: impl Into<String>, shape: &[usize], init: Init, decay: bool) -> Slot {
+    pub fn add(
+        &mut self,
+        name: impl Into<String>,
+        shape: &[usize],
+        init: Init,
+        decay: bool,
+    ) -> Slot {
         let s = Slot {
             name: name.into(),
             off: self.len,
@@ -111,7 +117,10 @@ pub struct Act<B: Backend, T: Scalar> {
 impl<B: Backend, T: Scalar> Act<B, T> {
     /// An empty buffer of `per` values per example.
     pub fn new(b: &B, per: usize) -> Result<Self> {
-        Ok(Act { buf: b.alloc(0)?, per })
+        Ok(Act {
+            buf: b.alloc(0)?,
+            per,
+        })
     }
     /// Makes room for `n` examples (reallocating only to grow).
     pub fn ensure(&mut self, b: &B, n: usize) -> Result<()> {
@@ -138,14 +147,32 @@ impl Linear {
     /// Adds the layer's tensors to `layout` (PyTorch's default init: U(±1/√in)).
     pub fn new(layout: &mut Layout, name: &str, inp: usize, out: usize, bias: bool) -> Self {
         let a = 1.0 / (inp as f64).sqrt();
-        let w = layout.add(format!("{name}.weight"), &[out, inp], Init::Uniform(a), true);
+        let w = layout.add(
+            format!("{name}.weight"),
+            &[out, inp],
+            Init::Uniform(a),
+            true,
+        );
         let b = bias.then(|| layout.add(format!("{name}.bias"), &[out], Init::Uniform(a), false));
         Linear { w, b, inp, out }
     }
 
     /// `y[n × out]`.
-    pub fn forward<B: NnOps, T: Scalar>(&self, b: &B, p: &B::Buffer<T>, x: &B::Buffer<T>, n: usize, y: &mut B::Buffer<T>) -> Result<()> {
-        let g = Gemm { trans_a: false, trans_b: true, m: n, n: self.out, k: self.inp };
+    pub fn forward<B: NnOps, T: Scalar>(
+        &self,
+        b: &B,
+        p: &B::Buffer<T>,
+        x: &B::Buffer<T>,
+        n: usize,
+        y: &mut B::Buffer<T>,
+    ) -> Result<()> {
+        let g = Gemm {
+            trans_a: false,
+            trans_b: true,
+            m: n,
+            n: self.out,
+            k: self.inp,
+        };
         b.gemm(g, T::one(), x, 0, p, self.w.off, T::zero(), y, 0)?;
         if let Some(bs) = &self.b {
             b.add_row_bias(y, n, self.out, p, bs.off)?;
@@ -165,13 +192,25 @@ impl Linear {
         n: usize,
         dx: Option<&mut B::Buffer<T>>,
     ) -> Result<()> {
-        let gw = Gemm { trans_a: true, trans_b: false, m: self.out, n: self.inp, k: n };
+        let gw = Gemm {
+            trans_a: true,
+            trans_b: false,
+            m: self.out,
+            n: self.inp,
+            k: n,
+        };
         b.gemm(gw, T::one(), dy, 0, x, 0, T::one(), g, self.w.off)?;
         if let Some(bs) = &self.b {
             b.row_bias_grad(dy, n, self.out, g, bs.off)?;
         }
         if let Some(dx) = dx {
-            let gx = Gemm { trans_a: false, trans_b: false, m: n, n: self.inp, k: self.out };
+            let gx = Gemm {
+                trans_a: false,
+                trans_b: false,
+                m: n,
+                n: self.inp,
+                k: self.out,
+            };
             b.gemm(gx, T::one(), dy, 0, p, self.w.off, T::zero(), dx, 0)?;
         }
         Ok(())
@@ -189,11 +228,33 @@ pub struct Conv2d {
 impl Conv2d {
     /// Adds the weight to `layout` with Kaiming-normal init.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(layout: &mut Layout, name: &str, c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, hw: (usize, usize)) -> Self {
-        let w = layout.add(format!("{name}.weight"), &[c_out, c_in, k, k], kaiming_conv(c_out, k), true);
+    pub fn new(
+        layout: &mut Layout,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        hw: (usize, usize),
+    ) -> Self {
+        let w = layout.add(
+            format!("{name}.weight"),
+            &[c_out, c_in, k, k],
+            kaiming_conv(c_out, k),
+            true,
+        );
         Conv2d {
             w,
-            geom: ConvGeom { c_in, h: hw.0, w: hw.1, c_out, k, stride, pad },
+            geom: ConvGeom {
+                c_in,
+                h: hw.0,
+                w: hw.1,
+                c_out,
+                k,
+                stride,
+                pad,
+            },
         }
     }
     /// Output `(C, H, W)`.
@@ -201,7 +262,14 @@ impl Conv2d {
         (self.geom.c_out, self.geom.oh(), self.geom.ow())
     }
     /// Forward.
-    pub fn forward<B: NnOps, T: Scalar>(&self, b: &B, p: &B::Buffer<T>, x: &B::Buffer<T>, n: usize, y: &mut B::Buffer<T>) -> Result<()> {
+    pub fn forward<B: NnOps, T: Scalar>(
+        &self,
+        b: &B,
+        p: &B::Buffer<T>,
+        x: &B::Buffer<T>,
+        n: usize,
+        y: &mut B::Buffer<T>,
+    ) -> Result<()> {
         b.conv2d(x, n, &self.geom, p, self.w.off, y)
     }
     /// Backward.
@@ -245,8 +313,20 @@ pub const BN_EPS: f64 = 1e-5;
 
 impl<B: NnOps, T: Scalar> BatchNorm2d<B, T> {
     /// Adds γ (ones, or zeros for a zero-initialized residual branch) and β (zeros).
-    pub fn new(b: &B, layout: &mut Layout, name: &str, c: usize, hw: usize, gamma_init: f64) -> Result<Self> {
-        let gamma = layout.add(format!("{name}.weight"), &[c], Init::Const(gamma_init), false);
+    pub fn new(
+        b: &B,
+        layout: &mut Layout,
+        name: &str,
+        c: usize,
+        hw: usize,
+        gamma_init: f64,
+    ) -> Result<Self> {
+        let gamma = layout.add(
+            format!("{name}.weight"),
+            &[c],
+            Init::Const(gamma_init),
+            false,
+        );
         let beta = layout.add(format!("{name}.bias"), &[c], Init::Const(0.0), false);
         let mut running_var = b.alloc(c)?;
         b.fill(&mut running_var, T::one())?;
@@ -263,11 +343,23 @@ impl<B: NnOps, T: Scalar> BatchNorm2d<B, T> {
     }
 
     fn shape(&self, n: usize) -> BnShape {
-        BnShape { n, c: self.c, hw: self.hw }
+        BnShape {
+            n,
+            c: self.c,
+            hw: self.hw,
+        }
     }
 
     /// Forward in `mode`.
-    pub fn forward(&mut self, b: &B, p: &B::Buffer<T>, x: &B::Buffer<T>, n: usize, y: &mut B::Buffer<T>, mode: BnMode) -> Result<()> {
+    pub fn forward(
+        &mut self,
+        b: &B,
+        p: &B::Buffer<T>,
+        x: &B::Buffer<T>,
+        n: usize,
+        y: &mut B::Buffer<T>,
+        mode: BnMode,
+    ) -> Result<()> {
         let shape = self.shape(n);
         let st = BnState {
             running_mean: &mut self.running_mean,
@@ -275,12 +367,44 @@ impl<B: NnOps, T: Scalar> BatchNorm2d<B, T> {
             save_mean: &mut self.save_mean,
             save_invstd: &mut self.save_invstd,
         };
-        b.batch_norm(x, y, shape, p, self.gamma.off, self.beta.off, st, mode, BN_MOMENTUM, BN_EPS)
+        b.batch_norm(
+            x,
+            y,
+            shape,
+            p,
+            self.gamma.off,
+            self.beta.off,
+            st,
+            mode,
+            BN_MOMENTUM,
+            BN_EPS,
+        )
     }
 
     /// Backward of the last training-mode forward.
     #[allow(clippy::too_many_arguments)]
-    pub fn backward(&self, b: &B, p: &B::Buffer<T>, g: &mut B::Buffer<T>, x: &B::Buffer<T>, dy: &B::Buffer<T>, n: usize, dx: &mut B::Buffer<T>) -> Result<()> {
-        b.batch_norm_backward(x, dy, dx, self.shape(n), p, self.gamma.off, &self.save_mean, &self.save_invstd, g, self.gamma.off, self.beta.off)
+    pub fn backward(
+        &self,
+        b: &B,
+        p: &B::Buffer<T>,
+        g: &mut B::Buffer<T>,
+        x: &B::Buffer<T>,
+        dy: &B::Buffer<T>,
+        n: usize,
+        dx: &mut B::Buffer<T>,
+    ) -> Result<()> {
+        b.batch_norm_backward(
+            x,
+            dy,
+            dx,
+            self.shape(n),
+            p,
+            self.gamma.off,
+            &self.save_mean,
+            &self.save_invstd,
+            g,
+            self.gamma.off,
+            self.beta.off,
+        )
     }
 }

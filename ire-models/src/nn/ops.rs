@@ -54,13 +54,35 @@ pub trait NnOps: Backend {
     ) -> Result<()>;
 
     /// `y[r, j] += bias[j]` for the first `rows × cols` values of `y`.
-    fn add_row_bias<T: Scalar>(&self, y: &mut Self::Buffer<T>, rows: usize, cols: usize, bias: &Self::Buffer<T>, b_off: usize) -> Result<()>;
+    fn add_row_bias<T: Scalar>(
+        &self,
+        y: &mut Self::Buffer<T>,
+        rows: usize,
+        cols: usize,
+        bias: &Self::Buffer<T>,
+        b_off: usize,
+    ) -> Result<()>;
 
     /// `db[j] += Σ_r dy[r, j]`.
-    fn row_bias_grad<T: Scalar>(&self, dy: &Self::Buffer<T>, rows: usize, cols: usize, db: &mut Self::Buffer<T>, db_off: usize) -> Result<()>;
+    fn row_bias_grad<T: Scalar>(
+        &self,
+        dy: &Self::Buffer<T>,
+        rows: usize,
+        cols: usize,
+        db: &mut Self::Buffer<T>,
+        db_off: usize,
+    ) -> Result<()>;
 
     /// 2-D convolution without bias of `n` images: `y = conv(x, w)`.
-    fn conv2d<T: Scalar>(&self, x: &Self::Buffer<T>, n: usize, g: &ConvGeom, w: &Self::Buffer<T>, w_off: usize, y: &mut Self::Buffer<T>) -> Result<()>;
+    fn conv2d<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        n: usize,
+        g: &ConvGeom,
+        w: &Self::Buffer<T>,
+        w_off: usize,
+        y: &mut Self::Buffer<T>,
+    ) -> Result<()>;
 
     /// Backward of [`NnOps::conv2d`]: `dw += ∂`, and `dx = ∂` when given.
     #[allow(clippy::too_many_arguments)]
@@ -78,13 +100,35 @@ pub trait NnOps: Backend {
     ) -> Result<()>;
 
     /// `y = max(x, 0)` on the first `len` values.
-    fn relu<T: Scalar>(&self, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, len: usize) -> Result<()>;
+    fn relu<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        y: &mut Self::Buffer<T>,
+        len: usize,
+    ) -> Result<()>;
     /// `dx = dy·[y > 0]`.
-    fn relu_backward<T: Scalar>(&self, y: &Self::Buffer<T>, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, len: usize) -> Result<()>;
+    fn relu_backward<T: Scalar>(
+        &self,
+        y: &Self::Buffer<T>,
+        dy: &Self::Buffer<T>,
+        dx: &mut Self::Buffer<T>,
+        len: usize,
+    ) -> Result<()>;
     /// Exact GELU.
-    fn gelu<T: Scalar>(&self, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, len: usize) -> Result<()>;
+    fn gelu<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        y: &mut Self::Buffer<T>,
+        len: usize,
+    ) -> Result<()>;
     /// Backward of GELU (from the input).
-    fn gelu_backward<T: Scalar>(&self, x: &Self::Buffer<T>, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, len: usize) -> Result<()>;
+    fn gelu_backward<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        dy: &Self::Buffer<T>,
+        dx: &mut Self::Buffer<T>,
+        len: usize,
+    ) -> Result<()>;
 
     /// Batch norm over `N × C × HW` with affine `γ, β` at `params[g_off..]`, `params[b_off..]`.
     #[allow(clippy::too_many_arguments)]
@@ -120,14 +164,37 @@ pub trait NnOps: Backend {
     ) -> Result<()>;
 
     /// Mean over `HW`: `N × C × HW → N × C`.
-    fn global_avg_pool<T: Scalar>(&self, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, s: BnShape) -> Result<()>;
+    fn global_avg_pool<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        y: &mut Self::Buffer<T>,
+        s: BnShape,
+    ) -> Result<()>;
     /// Backward of the global mean: `dx = dy / HW` broadcast.
-    fn global_avg_pool_backward<T: Scalar>(&self, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, s: BnShape) -> Result<()>;
+    fn global_avg_pool_backward<T: Scalar>(
+        &self,
+        dy: &Self::Buffer<T>,
+        dx: &mut Self::Buffer<T>,
+        s: BnShape,
+    ) -> Result<()>;
 
     /// Max pooling of `n` images (window `g.k`, `g.stride`, `g.pad`; `g.c_out` ignored).
-    fn max_pool2d<T: Scalar>(&self, x: &Self::Buffer<T>, n: usize, g: &ConvGeom, y: &mut Self::Buffer<T>) -> Result<()>;
+    fn max_pool2d<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        n: usize,
+        g: &ConvGeom,
+        y: &mut Self::Buffer<T>,
+    ) -> Result<()>;
     /// Backward of max pooling: the gradient goes to the first maximum of each window.
-    fn max_pool2d_backward<T: Scalar>(&self, x: &Self::Buffer<T>, n: usize, g: &ConvGeom, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>) -> Result<()>;
+    fn max_pool2d_backward<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        n: usize,
+        g: &ConvGeom,
+        dy: &Self::Buffer<T>,
+        dx: &mut Self::Buffer<T>,
+    ) -> Result<()>;
 
     /// Softmax cross-entropy of `n` rows of `c` logits against `labels` (class indices stored
     /// as floats), label smoothing `eps`; writes `dlogits = scale·(softmax − target)` and
@@ -145,15 +212,36 @@ pub trait NnOps: Backend {
     ) -> Result<(f64, usize)>;
 
     /// Draws `labels[i] ~ softmax(logits[i])` using `uniforms[i] ∈ [0, 1)`.
-    fn sample_labels<T: Scalar>(&self, logits: &Self::Buffer<T>, n: usize, c: usize, uniforms: &Self::Buffer<T>, labels: &mut Self::Buffer<T>) -> Result<()>;
+    fn sample_labels<T: Scalar>(
+        &self,
+        logits: &Self::Buffer<T>,
+        n: usize,
+        c: usize,
+        uniforms: &Self::Buffer<T>,
+        labels: &mut Self::Buffer<T>,
+    ) -> Result<()>;
 
     /// `x ← s·x` on the whole buffer (gradient clipping).
     fn scale<T: Scalar>(&self, x: &mut Self::Buffer<T>, s: T) -> Result<()>;
 
     /// Inverted dropout: `y = x·keep/(1 − p)`, `keep` from [`host::dropout_keep`]`(seed, i, p)`.
-    fn dropout<T: Scalar>(&self, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, len: usize, p: f64, seed: u64) -> Result<()>;
+    fn dropout<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        y: &mut Self::Buffer<T>,
+        len: usize,
+        p: f64,
+        seed: u64,
+    ) -> Result<()>;
     /// Backward of dropout with the same `seed`.
-    fn dropout_backward<T: Scalar>(&self, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, len: usize, p: f64, seed: u64) -> Result<()>;
+    fn dropout_backward<T: Scalar>(
+        &self,
+        dy: &Self::Buffer<T>,
+        dx: &mut Self::Buffer<T>,
+        len: usize,
+        p: f64,
+        seed: u64,
+    ) -> Result<()>;
 }
 
 fn need(what: &str, have: usize, want: usize) -> Result<()> {
@@ -236,29 +324,46 @@ impl<B: HostMemory + Sync> NnOps for B {
         need("gemm: A", a.len().saturating_sub(a_off), na)?;
         need("gemm: B", b.len().saturating_sub(b_off), nb)?;
         need("gemm: C", c.len().saturating_sub(c_off), nc)?;
-        let (a, b, c) = (&a[a_off..a_off + na], &b[b_off..b_off + nb], &mut c[c_off..c_off + nc]);
+        let (a, b, c) = (
+            &a[a_off..a_off + na],
+            &b[b_off..b_off + nb],
+            &mut c[c_off..c_off + nc],
+        );
         if self.parallel() && g.m >= 64 && g.m * g.n * g.k >= 1 << 18 {
             // Split C by rows: each task multiplies a block of op(A)'s rows.
-            let rows = g.m.div_ceil(rayon::current_num_threads().max(1) * 2).max(16);
-            c.par_chunks_mut(rows * g.n).enumerate().for_each(|(i, cb)| {
-                let r0 = i * rows;
-                let mr = cb.len() / g.n.max(1);
-                let gi = Gemm { m: mr, ..g };
-                // Rows r0.. of op(A): offset r0·k when stored plainly, r0 columns when transposed.
-                if g.trans_a {
-                    let sub: Vec<T> = (0..g.k).flat_map(|p| a[p * g.m + r0..p * g.m + r0 + mr].iter().copied()).collect();
-                    self.host_gemm(gi, alpha, &sub, b, beta, cb);
-                } else {
-                    self.host_gemm(gi, alpha, &a[r0 * g.k..(r0 + mr) * g.k], b, beta, cb);
-                }
-            });
+            let rows =
+                g.m.div_ceil(rayon::current_num_threads().max(1) * 2)
+                    .max(16);
+            c.par_chunks_mut(rows * g.n)
+                .enumerate()
+                .for_each(|(i, cb)| {
+                    let r0 = i * rows;
+                    let mr = cb.len() / g.n.max(1);
+                    let gi = Gemm { m: mr, ..g };
+                    // Rows r0.. of op(A): offset r0·k when stored plainly, r0 columns when transposed.
+                    if g.trans_a {
+                        let sub: Vec<T> = (0..g.k)
+                            .flat_map(|p| a[p * g.m + r0..p * g.m + r0 + mr].iter().copied())
+                            .collect();
+                        self.host_gemm(gi, alpha, &sub, b, beta, cb);
+                    } else {
+                        self.host_gemm(gi, alpha, &a[r0 * g.k..(r0 + mr) * g.k], b, beta, cb);
+                    }
+                });
         } else {
             self.host_gemm(g, alpha, a, b, beta, c);
         }
         Ok(())
     }
 
-    fn add_row_bias<T: Scalar>(&self, y: &mut Self::Buffer<T>, rows: usize, cols: usize, bias: &Self::Buffer<T>, b_off: usize) -> Result<()> {
+    fn add_row_bias<T: Scalar>(
+        &self,
+        y: &mut Self::Buffer<T>,
+        rows: usize,
+        cols: usize,
+        bias: &Self::Buffer<T>,
+        b_off: usize,
+    ) -> Result<()> {
         let (y, bias) = (B::host_mut(y), B::host(bias));
         need("add_row_bias: y", y.len(), rows * cols)?;
         need("add_row_bias: bias", bias.len().saturating_sub(b_off), cols)?;
@@ -271,7 +376,14 @@ impl<B: HostMemory + Sync> NnOps for B {
         Ok(())
     }
 
-    fn row_bias_grad<T: Scalar>(&self, dy: &Self::Buffer<T>, rows: usize, cols: usize, db: &mut Self::Buffer<T>, db_off: usize) -> Result<()> {
+    fn row_bias_grad<T: Scalar>(
+        &self,
+        dy: &Self::Buffer<T>,
+        rows: usize,
+        cols: usize,
+        db: &mut Self::Buffer<T>,
+        db_off: usize,
+    ) -> Result<()> {
         let (dy, db) = (B::host(dy), B::host_mut(db));
         need("row_bias_grad: dy", dy.len(), rows * cols)?;
         need("row_bias_grad: db", db.len().saturating_sub(db_off), cols)?;
@@ -284,13 +396,27 @@ impl<B: HostMemory + Sync> NnOps for B {
         Ok(())
     }
 
-    fn conv2d<T: Scalar>(&self, x: &Self::Buffer<T>, n: usize, g: &ConvGeom, w: &Self::Buffer<T>, w_off: usize, y: &mut Self::Buffer<T>) -> Result<()> {
+    fn conv2d<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        n: usize,
+        g: &ConvGeom,
+        w: &Self::Buffer<T>,
+        w_off: usize,
+        y: &mut Self::Buffer<T>,
+    ) -> Result<()> {
         let (x, w, y) = (B::host(x), B::host(w), B::host_mut(y));
         need("conv2d: x", x.len(), n * g.in_size())?;
         need("conv2d: w", w.len().saturating_sub(w_off), g.weight_size())?;
         need("conv2d: y", y.len(), n * g.out_size())?;
         let w = &w[w_off..w_off + g.weight_size()];
-        let gm = Gemm { trans_a: false, trans_b: false, m: g.c_out, n: g.col_cols(), k: g.col_rows() };
+        let gm = Gemm {
+            trans_a: false,
+            trans_b: false,
+            m: g.c_out,
+            n: g.col_cols(),
+            k: g.col_rows(),
+        };
         let one_image = |xi: &[T], yi: &mut [T], cols: &mut Vec<T>| {
             if g.k == 1 && g.stride == 1 && g.pad == 0 {
                 self.host_gemm(gm, T::one(), w, xi, T::zero(), yi);
@@ -303,12 +429,15 @@ impl<B: HostMemory + Sync> NnOps for B {
         let xs = x[..n * g.in_size()].chunks(g.in_size().max(1));
         let ys = y[..n * g.out_size()].chunks_mut(g.out_size().max(1));
         if self.parallel() && n > 1 {
-            xs.zip(ys).collect::<Vec<_>>().par_chunks_mut(CONV_CHUNK).for_each(|chunk| {
-                let mut cols = Vec::new();
-                for (xi, yi) in chunk.iter_mut() {
-                    one_image(xi, yi, &mut cols);
-                }
-            });
+            xs.zip(ys)
+                .collect::<Vec<_>>()
+                .par_chunks_mut(CONV_CHUNK)
+                .for_each(|chunk| {
+                    let mut cols = Vec::new();
+                    for (xi, yi) in chunk.iter_mut() {
+                        one_image(xi, yi, &mut cols);
+                    }
+                });
         } else {
             let mut cols = Vec::new();
             for (xi, yi) in xs.zip(ys) {
@@ -332,7 +461,11 @@ impl<B: HostMemory + Sync> NnOps for B {
     ) -> Result<()> {
         let (x, w, dy) = (B::host(x), B::host(w), B::host(dy));
         need("conv2d_backward: x", x.len(), n * g.in_size())?;
-        need("conv2d_backward: w", w.len().saturating_sub(w_off), g.weight_size())?;
+        need(
+            "conv2d_backward: w",
+            w.len().saturating_sub(w_off),
+            g.weight_size(),
+        )?;
         need("conv2d_backward: dy", dy.len(), n * g.out_size())?;
         let w = &w[w_off..w_off + g.weight_size()];
         let mut dx = dx.map(|d| B::host_mut(d));
@@ -355,11 +488,23 @@ impl<B: HostMemory + Sync> NnOps for B {
                     host::im2col(xi, g, &mut cols);
                     &cols
                 };
-                let gw = Gemm { trans_a: false, trans_b: true, m: g.c_out, n: rows, k: cols_n };
+                let gw = Gemm {
+                    trans_a: false,
+                    trans_b: true,
+                    m: g.c_out,
+                    n: rows,
+                    k: cols_n,
+                };
                 self.host_gemm(gw, T::one(), dyi, ci, T::one(), &mut dwp);
                 if let Some(dxs) = dxs.as_deref_mut() {
                     let dxi = &mut dxs[i * g.in_size()..(i + 1) * g.in_size()];
-                    let gx = Gemm { trans_a: true, trans_b: false, m: rows, n: cols_n, k: g.c_out };
+                    let gx = Gemm {
+                        trans_a: true,
+                        trans_b: false,
+                        m: rows,
+                        n: cols_n,
+                        k: g.c_out,
+                    };
                     if direct {
                         self.host_gemm(gx, T::one(), w, dyi, T::zero(), dxi);
                     } else {
@@ -379,16 +524,30 @@ impl<B: HostMemory + Sync> NnOps for B {
             let dyc: Vec<&[T]> = dys.chunks(per * g.out_size().max(1)).collect();
             match dx.as_deref_mut() {
                 Some(d) => {
-                    let dxc: Vec<&mut [T]> = d[..n * g.in_size()].chunks_mut(per * g.in_size().max(1)).collect();
-                    xin.into_par_iter().zip(dyc).zip(dxc).map(|((a, b), c)| chunk_grad(a, b, Some(c))).collect()
+                    let dxc: Vec<&mut [T]> = d[..n * g.in_size()]
+                        .chunks_mut(per * g.in_size().max(1))
+                        .collect();
+                    xin.into_par_iter()
+                        .zip(dyc)
+                        .zip(dxc)
+                        .map(|((a, b), c)| chunk_grad(a, b, Some(c)))
+                        .collect()
                 }
-                None => xin.into_par_iter().zip(dyc).map(|(a, b)| chunk_grad(a, b, None)).collect(),
+                None => xin
+                    .into_par_iter()
+                    .zip(dyc)
+                    .map(|(a, b)| chunk_grad(a, b, None))
+                    .collect(),
             }
         } else {
-            vec![chunk_grad(xs, dys, dx.as_deref_mut().map(|d| &mut d[..n * g.in_size()]))]
+            vec![chunk_grad(xs, dys, dx.map(|d| &mut d[..n * g.in_size()]))]
         };
         let dw = B::host_mut(dw);
-        need("conv2d_backward: dw", dw.len().saturating_sub(dw_off), g.weight_size())?;
+        need(
+            "conv2d_backward: dw",
+            dw.len().saturating_sub(dw_off),
+            g.weight_size(),
+        )?;
         for p in partials {
             for (d, v) in dw[dw_off..dw_off + g.weight_size()].iter_mut().zip(p) {
                 *d = *d + v;
@@ -397,28 +556,50 @@ impl<B: HostMemory + Sync> NnOps for B {
         Ok(())
     }
 
-    fn relu<T: Scalar>(&self, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, len: usize) -> Result<()> {
+    fn relu<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        y: &mut Self::Buffer<T>,
+        len: usize,
+    ) -> Result<()> {
         let (x, y) = (B::host(x), B::host_mut(y));
         need("relu", x.len().min(y.len()), len)?;
         host::relu(&x[..len], &mut y[..len]);
         Ok(())
     }
 
-    fn relu_backward<T: Scalar>(&self, y: &Self::Buffer<T>, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, len: usize) -> Result<()> {
+    fn relu_backward<T: Scalar>(
+        &self,
+        y: &Self::Buffer<T>,
+        dy: &Self::Buffer<T>,
+        dx: &mut Self::Buffer<T>,
+        len: usize,
+    ) -> Result<()> {
         let (y, dy, dx) = (B::host(y), B::host(dy), B::host_mut(dx));
         need("relu_backward", y.len().min(dy.len()).min(dx.len()), len)?;
         host::relu_backward(&y[..len], &dy[..len], &mut dx[..len]);
         Ok(())
     }
 
-    fn gelu<T: Scalar>(&self, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, len: usize) -> Result<()> {
+    fn gelu<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        y: &mut Self::Buffer<T>,
+        len: usize,
+    ) -> Result<()> {
         let (x, y) = (B::host(x), B::host_mut(y));
         need("gelu", x.len().min(y.len()), len)?;
         host::gelu(&x[..len], &mut y[..len]);
         Ok(())
     }
 
-    fn gelu_backward<T: Scalar>(&self, x: &Self::Buffer<T>, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, len: usize) -> Result<()> {
+    fn gelu_backward<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        dy: &Self::Buffer<T>,
+        dx: &mut Self::Buffer<T>,
+        len: usize,
+    ) -> Result<()> {
         let (x, dy, dx) = (B::host(x), B::host(dy), B::host_mut(dx));
         need("gelu_backward", x.len().min(dy.len()).min(dx.len()), len)?;
         host::gelu_backward(&x[..len], &dy[..len], &mut dx[..len]);
@@ -445,7 +626,11 @@ impl<B: HostMemory + Sync> NnOps for B {
         need("batch_norm: beta", p.len().saturating_sub(b_off), s.c)?;
         let (rm, rv) = (B::host_mut(st.running_mean), B::host_mut(st.running_var));
         let (sm, si) = (B::host_mut(st.save_mean), B::host_mut(st.save_invstd));
-        need("batch_norm: statistics", rm.len().min(rv.len()).min(sm.len()).min(si.len()), s.c)?;
+        need(
+            "batch_norm: statistics",
+            rm.len().min(rv.len()).min(sm.len()).min(si.len()),
+            s.c,
+        )?;
         let m = (s.n * s.hw) as f64;
         for ch in 0..s.c {
             let (gamma, beta) = (p[g_off + ch], p[b_off + ch]);
@@ -486,19 +671,41 @@ impl<B: HostMemory + Sync> NnOps for B {
         let (x, dy, dx, p) = (B::host(x), B::host(dy), B::host_mut(dx), B::host(params));
         let (sm, si, gr) = (B::host(save_mean), B::host(save_invstd), B::host_mut(grads));
         let len = s.n * s.c * s.hw;
-        need("batch_norm_backward", x.len().min(dy.len()).min(dx.len()), len)?;
-        need("batch_norm_backward: gamma", p.len().saturating_sub(g_off), s.c)?;
-        need("batch_norm_backward: grads", gr.len().saturating_sub(dg_off.max(db_off)), s.c)?;
-        need("batch_norm_backward: statistics", sm.len().min(si.len()), s.c)?;
+        need(
+            "batch_norm_backward",
+            x.len().min(dy.len()).min(dx.len()),
+            len,
+        )?;
+        need(
+            "batch_norm_backward: gamma",
+            p.len().saturating_sub(g_off),
+            s.c,
+        )?;
+        need(
+            "batch_norm_backward: grads",
+            gr.len().saturating_sub(dg_off.max(db_off)),
+            s.c,
+        )?;
+        need(
+            "batch_norm_backward: statistics",
+            sm.len().min(si.len()),
+            s.c,
+        )?;
         for ch in 0..s.c {
-            let (dg, db) = host::bn_channel_backward(x, dy, dx, s, ch, sm[ch], si[ch], p[g_off + ch]);
+            let (dg, db) =
+                host::bn_channel_backward(x, dy, dx, s, ch, sm[ch], si[ch], p[g_off + ch]);
             gr[dg_off + ch] = gr[dg_off + ch] + dg;
             gr[db_off + ch] = gr[db_off + ch] + db;
         }
         Ok(())
     }
 
-    fn global_avg_pool<T: Scalar>(&self, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, s: BnShape) -> Result<()> {
+    fn global_avg_pool<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        y: &mut Self::Buffer<T>,
+        s: BnShape,
+    ) -> Result<()> {
         let (x, y) = (B::host(x), B::host_mut(y));
         need("global_avg_pool: x", x.len(), s.n * s.c * s.hw)?;
         need("global_avg_pool: y", y.len(), s.n * s.c)?;
@@ -509,7 +716,12 @@ impl<B: HostMemory + Sync> NnOps for B {
         Ok(())
     }
 
-    fn global_avg_pool_backward<T: Scalar>(&self, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, s: BnShape) -> Result<()> {
+    fn global_avg_pool_backward<T: Scalar>(
+        &self,
+        dy: &Self::Buffer<T>,
+        dx: &mut Self::Buffer<T>,
+        s: BnShape,
+    ) -> Result<()> {
         let (dy, dx) = (B::host(dy), B::host_mut(dx));
         need("global_avg_pool_backward: dy", dy.len(), s.n * s.c)?;
         need("global_avg_pool_backward: dx", dx.len(), s.n * s.c * s.hw)?;
@@ -520,7 +732,13 @@ impl<B: HostMemory + Sync> NnOps for B {
         Ok(())
     }
 
-    fn max_pool2d<T: Scalar>(&self, x: &Self::Buffer<T>, n: usize, g: &ConvGeom, y: &mut Self::Buffer<T>) -> Result<()> {
+    fn max_pool2d<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        n: usize,
+        g: &ConvGeom,
+        y: &mut Self::Buffer<T>,
+    ) -> Result<()> {
         let (x, y) = (B::host(x), B::host_mut(y));
         let (oh, ow) = (g.oh(), g.ow());
         need("max_pool2d: x", x.len(), n * g.in_size())?;
@@ -536,12 +754,25 @@ impl<B: HostMemory + Sync> NnOps for B {
         Ok(())
     }
 
-    fn max_pool2d_backward<T: Scalar>(&self, x: &Self::Buffer<T>, n: usize, g: &ConvGeom, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>) -> Result<()> {
+    fn max_pool2d_backward<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        n: usize,
+        g: &ConvGeom,
+        dy: &Self::Buffer<T>,
+        dx: &mut Self::Buffer<T>,
+    ) -> Result<()> {
         let (x, dy, dx) = (B::host(x), B::host(dy), B::host_mut(dx));
         let (oh, ow) = (g.oh(), g.ow());
-        need("max_pool2d_backward", x.len().min(dx.len()), n * g.in_size())?;
+        need(
+            "max_pool2d_backward",
+            x.len().min(dx.len()),
+            n * g.in_size(),
+        )?;
         need("max_pool2d_backward: dy", dy.len(), n * g.c_in * oh * ow)?;
-        dx[..n * g.in_size()].iter_mut().for_each(|v| *v = T::zero());
+        dx[..n * g.in_size()]
+            .iter_mut()
+            .for_each(|v| *v = T::zero());
         for img in 0..n * g.c_in {
             let xi = &x[img * g.h * g.w..(img + 1) * g.h * g.w];
             for oy in 0..oh {
@@ -571,7 +802,9 @@ impl<B: HostMemory + Sync> NnOps for B {
         need("softmax_xent: logits", z.len().min(d.len()), n * c)?;
         need("softmax_xent: labels", l.len(), n)?;
         if z[..n * c].iter().any(|v| !v.is_finite()) {
-            return Err(Error::NonFinite { what: "logits".into() });
+            return Err(Error::NonFinite {
+                what: "logits".into(),
+            });
         }
         let (mut loss, mut correct) = (0.0, 0);
         for i in 0..n {
@@ -579,14 +812,27 @@ impl<B: HostMemory + Sync> NnOps for B {
             if !(lab >= 0.0 && lab < c as f64 && lab.fract() == 0.0) {
                 return Err(bad_label(lab, c));
             }
-            let (li, ok) = host::softmax_xent_row(&z[i * c..(i + 1) * c], lab as usize, eps, scale, &mut d[i * c..(i + 1) * c]);
+            let (li, ok) = host::softmax_xent_row(
+                &z[i * c..(i + 1) * c],
+                lab as usize,
+                eps,
+                scale,
+                &mut d[i * c..(i + 1) * c],
+            );
             loss += li;
             correct += ok as usize;
         }
         Ok((loss, correct))
     }
 
-    fn sample_labels<T: Scalar>(&self, logits: &Self::Buffer<T>, n: usize, c: usize, uniforms: &Self::Buffer<T>, labels: &mut Self::Buffer<T>) -> Result<()> {
+    fn sample_labels<T: Scalar>(
+        &self,
+        logits: &Self::Buffer<T>,
+        n: usize,
+        c: usize,
+        uniforms: &Self::Buffer<T>,
+        labels: &mut Self::Buffer<T>,
+    ) -> Result<()> {
         let (z, u, l) = (B::host(logits), B::host(uniforms), B::host_mut(labels));
         need("sample_labels: logits", z.len(), n * c)?;
         need("sample_labels", u.len().min(l.len()), n)?;
@@ -601,17 +847,35 @@ impl<B: HostMemory + Sync> NnOps for B {
         Ok(())
     }
 
-    fn dropout<T: Scalar>(&self, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, len: usize, p: f64, seed: u64) -> Result<()> {
+    fn dropout<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        y: &mut Self::Buffer<T>,
+        len: usize,
+        p: f64,
+        seed: u64,
+    ) -> Result<()> {
         let (x, y) = (B::host(x), B::host_mut(y));
         need("dropout", x.len().min(y.len()), len)?;
         let s = T::of(1.0 / (1.0 - p));
         for i in 0..len {
-            y[i] = if host::dropout_keep(seed, i as u64, p) { x[i] * s } else { T::zero() };
+            y[i] = if host::dropout_keep(seed, i as u64, p) {
+                x[i] * s
+            } else {
+                T::zero()
+            };
         }
         Ok(())
     }
 
-    fn dropout_backward<T: Scalar>(&self, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, len: usize, p: f64, seed: u64) -> Result<()> {
+    fn dropout_backward<T: Scalar>(
+        &self,
+        dy: &Self::Buffer<T>,
+        dx: &mut Self::Buffer<T>,
+        len: usize,
+        p: f64,
+        seed: u64,
+    ) -> Result<()> {
         self.dropout(dy, dx, len, p, seed)
     }
 }

@@ -32,7 +32,11 @@ impl std::str::FromStr for DatasetKind {
             "idx" | "mnist" | "fashion-mnist" => DatasetKind::Idx,
             "folder" => DatasetKind::Folder,
             "digits" => DatasetKind::Digits,
-            o => return Err(format!("unknown dataset `{o}`: expected cifar10, cifar100, idx, folder or digits")),
+            o => {
+                return Err(format!(
+                    "unknown dataset `{o}`: expected cifar10, cifar100, idx, folder or digits"
+                ));
+            }
         })
     }
 }
@@ -130,7 +134,8 @@ fn bad(field: &str, why: &str) -> String {
 impl TrainConfig {
     /// Reads a TOML file (unknown keys are errors).
     pub fn from_toml_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
@@ -168,7 +173,10 @@ impl TrainConfig {
 
     /// The augmentation in effect (explicit settings, else the dataset's default).
     pub fn augment(&self) -> crate::data::Augment {
-        let natural = matches!(self.dataset, DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::Folder);
+        let natural = matches!(
+            self.dataset,
+            DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::Folder
+        );
         crate::data::Augment {
             crop_padding: self.crop_padding.unwrap_or(if natural { 4 } else { 0 }),
             hflip: self.hflip.unwrap_or(natural),
@@ -191,11 +199,17 @@ impl TrainConfig {
         let d = &self.data;
         let (mut train, mut test) = match self.dataset {
             DatasetKind::Cifar10 => {
-                let mut files: Vec<PathBuf> = (1..=5).map(|i| d.join(format!("data_batch_{i}.bin"))).filter(|p| p.exists()).collect();
+                let mut files: Vec<PathBuf> = (1..=5)
+                    .map(|i| d.join(format!("data_batch_{i}.bin")))
+                    .filter(|p| p.exists())
+                    .collect();
                 if files.is_empty() {
                     files.push(d.join("data_batch_1.bin"));
                 }
-                (data::load_cifar10_bin(&files)?, data::load_cifar10_bin(&[d.join("test_batch.bin")])?)
+                (
+                    data::load_cifar10_bin(&files)?,
+                    data::load_cifar10_bin(&[d.join("test_batch.bin")])?,
+                )
             }
             DatasetKind::Cifar100 => (
                 data::load_cifar100_bin(&d.join("train.bin"), Cifar100Labels::Fine)?,
@@ -207,13 +221,22 @@ impl TrainConfig {
                     if gz.exists() { gz } else { d.join(stem) }
                 };
                 (
-                    data::load_idx(&pick("train-images-idx3-ubyte"), &pick("train-labels-idx1-ubyte"))?,
-                    data::load_idx(&pick("t10k-images-idx3-ubyte"), &pick("t10k-labels-idx1-ubyte"))?,
+                    data::load_idx(
+                        &pick("train-images-idx3-ubyte"),
+                        &pick("train-labels-idx1-ubyte"),
+                    )?,
+                    data::load_idx(
+                        &pick("t10k-images-idx3-ubyte"),
+                        &pick("t10k-labels-idx1-ubyte"),
+                    )?,
                 )
             }
             DatasetKind::Folder => {
                 let size = (self.image_size > 0).then_some((self.image_size, self.image_size));
-                (data::load_image_folder(&d.join("train"), size)?, data::load_image_folder(&d.join("test"), size)?)
+                (
+                    data::load_image_folder(&d.join("train"), size)?,
+                    data::load_image_folder(&d.join("test"), size)?,
+                )
             }
             DatasetKind::Digits => {
                 let mut all = data::load_digits_csv(d)?;

@@ -5,7 +5,9 @@ use std::str::FromStr;
 
 use ire_core::optim::{EstimateInput, Estimator, KappaSchedule, Optimizer};
 use ire_core::state::StateDict;
-use ire_core::{AdamW, AdamWConfig, Ire, IreConfig, IreStep, Result, Sam, SamConfig, Sgd, SgdConfig};
+use ire_core::{
+    AdamW, AdamWConfig, Ire, IreConfig, IreStep, Result, Sam, SamConfig, Sgd, SgdConfig,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::nn::NnOps;
@@ -30,11 +32,15 @@ pub enum OptimizerKind {
 
 impl OptimizerKind {
     /// Every name accepted on the command line.
-    pub const NAMES: &'static [&'static str] = &["sgd", "sgd-ire", "sam", "sam-ire", "adamw", "admire"];
+    pub const NAMES: &'static [&'static str] =
+        &["sgd", "sgd-ire", "sam", "sam-ire", "adamw", "admire"];
 
     /// Whether IRE wraps the base optimizer.
     pub fn is_ire(self) -> bool {
-        matches!(self, OptimizerKind::SgdIre | OptimizerKind::SamIre | OptimizerKind::Admire)
+        matches!(
+            self,
+            OptimizerKind::SgdIre | OptimizerKind::SamIre | OptimizerKind::Admire
+        )
     }
 
     /// Whether the step is a SAM step (two gradients).
@@ -53,14 +59,29 @@ impl FromStr for OptimizerKind {
             "sam-ire" => OptimizerKind::SamIre,
             "adamw" => OptimizerKind::Adamw,
             "admire" => OptimizerKind::Admire,
-            o => return Err(format!("unknown optimizer `{o}`: expected one of {}", Self::NAMES.join(", "))),
+            o => {
+                return Err(format!(
+                    "unknown optimizer `{o}`: expected one of {}",
+                    Self::NAMES.join(", ")
+                ));
+            }
         })
     }
 }
 
 impl fmt::Display for OptimizerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let i = [Self::Sgd, Self::SgdIre, Self::Sam, Self::SamIre, Self::Adamw, Self::Admire].iter().position(|k| k == self).unwrap_or(0);
+        let i = [
+            Self::Sgd,
+            Self::SgdIre,
+            Self::Sam,
+            Self::SamIre,
+            Self::Adamw,
+            Self::Admire,
+        ]
+        .iter()
+        .position(|k| k == self)
+        .unwrap_or(0);
         f.write_str(Self::NAMES[i])
     }
 }
@@ -142,7 +163,11 @@ impl OptimizerConfig {
             refresh_every: self.refresh_every,
             warmup_steps: self.ire_warmup,
             beta: self.ire_beta,
-            kappa_schedule: if self.kappa_decay { KappaSchedule::ProportionalToLr { lr_max } } else { KappaSchedule::Constant },
+            kappa_schedule: if self.kappa_decay {
+                KappaSchedule::ProportionalToLr { lr_max }
+            } else {
+                KappaSchedule::Constant
+            },
             estimator: self.estimator()?,
         })
     }
@@ -185,12 +210,22 @@ impl<B: NnOps> AnyOptimizer<B> {
                 weight_decay: cfg.weight_decay,
             })
         };
-        let sam = |base| Sam::new(base, SamConfig { rho: cfg.rho, adaptive: cfg.adaptive });
+        let sam = |base| {
+            Sam::new(
+                base,
+                SamConfig {
+                    rho: cfg.rho,
+                    adaptive: cfg.adaptive,
+                },
+            )
+        };
         Ok(match kind {
             OptimizerKind::Sgd => AnyOptimizer::Sgd(sgd()?),
             OptimizerKind::SgdIre => AnyOptimizer::SgdIre(Ire::new(sgd()?, cfg.ire(lr_max)?)?),
             OptimizerKind::Sam => AnyOptimizer::Sam(sam(sgd()?)?),
-            OptimizerKind::SamIre => AnyOptimizer::SamIre(Ire::new(sam(sgd()?)?, cfg.ire(lr_max)?)?),
+            OptimizerKind::SamIre => {
+                AnyOptimizer::SamIre(Ire::new(sam(sgd()?)?, cfg.ire(lr_max)?)?)
+            }
             OptimizerKind::Adamw => AnyOptimizer::Adamw(adamw()?),
             OptimizerKind::Admire => AnyOptimizer::Admire(Ire::new(adamw()?, cfg.ire(lr_max)?)?),
         })
@@ -198,7 +233,9 @@ impl<B: NnOps> AnyOptimizer<B> {
 
     /// Whether the next step refreshes the IRE mask with an estimator gradient.
     pub fn wants_estimate(&self) -> bool {
-        let due_with_input = |due: bool, est: Estimator| due && matches!(est, Estimator::SquaredGradient | Estimator::AbsGradient);
+        let due_with_input = |due: bool, est: Estimator| {
+            due && matches!(est, Estimator::SquaredGradient | Estimator::AbsGradient)
+        };
         match self {
             AnyOptimizer::SgdIre(o) => due_with_input(o.refresh_due(), o.config().estimator),
             AnyOptimizer::SamIre(o) => due_with_input(o.refresh_due(), o.config().estimator),
@@ -209,7 +246,13 @@ impl<B: NnOps> AnyOptimizer<B> {
 
     /// SAM's first phase (no-op for the others): moves θ to θ + ε with the gradient at θ.
     /// For SAM-IRE, a due mask refresh happens here, at the unperturbed θ.
-    pub fn perturb(&mut self, b: &B, params: &mut [B::Buffer<f32>], grads: &[B::Buffer<f32>], estimate: Option<&[B::Buffer<f32>]>) -> Result<bool> {
+    pub fn perturb(
+        &mut self,
+        b: &B,
+        params: &mut [B::Buffer<f32>],
+        grads: &[B::Buffer<f32>],
+        estimate: Option<&[B::Buffer<f32>]>,
+    ) -> Result<bool> {
         match self {
             AnyOptimizer::Sam(o) => o.perturb(b, params, grads).map(|_| false),
             AnyOptimizer::SamIre(o) => {
@@ -228,14 +271,27 @@ impl<B: NnOps> AnyOptimizer<B> {
     }
 
     /// The step (SAM: with the gradient at the perturbed point). Returns `(κ_t, refreshed)`.
-    pub fn step(&mut self, b: &B, params: &mut [B::Buffer<f32>], grads: &[B::Buffer<f32>], lr: f64, estimate: Option<&[B::Buffer<f32>]>) -> Result<(f64, bool)> {
+    pub fn step(
+        &mut self,
+        b: &B,
+        params: &mut [B::Buffer<f32>],
+        grads: &[B::Buffer<f32>],
+        lr: f64,
+        estimate: Option<&[B::Buffer<f32>]>,
+    ) -> Result<(f64, bool)> {
         match self {
             AnyOptimizer::Sgd(o) => o.step(b, params, grads, lr).map(|_| (0.0, false)),
             AnyOptimizer::Sam(o) => o.step(b, params, grads, lr).map(|_| (0.0, false)),
             AnyOptimizer::Adamw(o) => o.step(b, params, grads, lr).map(|_| (0.0, false)),
-            AnyOptimizer::SgdIre(o) => o.step(b, params, grads, ire_ctx::<B>(lr, estimate)).map(|r| (r.kappa, r.refreshed)),
-            AnyOptimizer::SamIre(o) => o.step(b, params, grads, ire_ctx::<B>(lr, None)).map(|r| (r.kappa, r.refreshed)),
-            AnyOptimizer::Admire(o) => o.step(b, params, grads, ire_ctx::<B>(lr, estimate)).map(|r| (r.kappa, r.refreshed)),
+            AnyOptimizer::SgdIre(o) => o
+                .step(b, params, grads, ire_ctx::<B>(lr, estimate))
+                .map(|r| (r.kappa, r.refreshed)),
+            AnyOptimizer::SamIre(o) => o
+                .step(b, params, grads, ire_ctx::<B>(lr, None))
+                .map(|r| (r.kappa, r.refreshed)),
+            AnyOptimizer::Admire(o) => o
+                .step(b, params, grads, ire_ctx::<B>(lr, estimate))
+                .map(|r| (r.kappa, r.refreshed)),
         }
     }
 
@@ -276,5 +332,8 @@ impl<B: NnOps> AnyOptimizer<B> {
 }
 
 fn ire_ctx<B: NnOps>(lr: f64, est: Option<&[B::Buffer<f32>]>) -> IreStep<'_, B, f32> {
-    IreStep { lr, estimate: est.map(EstimateInput::Gradient) }
+    IreStep {
+        lr,
+        estimate: est.map(EstimateInput::Gradient),
+    }
 }

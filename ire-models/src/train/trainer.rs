@@ -109,23 +109,39 @@ impl<B: NnOps + 'static> Trainer<B> {
     }
 
     /// As [`Trainer::new`], with datasets already in memory.
-    pub fn with_data(b: B, cfg: TrainConfig, train: ImageDataset, test: ImageDataset) -> Result<Self, TrainError> {
+    pub fn with_data(
+        b: B,
+        cfg: TrainConfig,
+        train: ImageDataset,
+        test: ImageDataset,
+    ) -> Result<Self, TrainError> {
         cfg.validate().map_err(TrainError::Config)?;
         if train.is_empty() {
             return Err(TrainError::Config("the training split is empty".into()));
         }
         let spec: ModelSpec = cfg.model.parse().map_err(TrainError::Config)?;
         let classes = train.num_classes.max(test.num_classes);
-        let model = spec.build::<B, f32>(&b, (train.channels, train.height, train.width), classes)?;
-        let init: Vec<f32> = model.layout().init(&mut Rng::derive(cfg.seed, INIT_STREAM, 0));
+        let model =
+            spec.build::<B, f32>(&b, (train.channels, train.height, train.width), classes)?;
+        let init: Vec<f32> = model
+            .layout()
+            .init(&mut Rng::derive(cfg.seed, INIT_STREAM, 0));
         let n = init.len();
         let params = vec![b.alloc_from(&init)?];
         let grads = vec![b.alloc::<f32>(n)?];
-        let est_grads = if cfg.optimizer.is_ire() { vec![b.alloc::<f32>(n)?] } else { Vec::new() };
+        let est_grads = if cfg.optimizer.is_ire() {
+            vec![b.alloc::<f32>(n)?]
+        } else {
+            Vec::new()
+        };
         let drop_last = train.len() >= cfg.batch_size;
         let loader = BatchLoader::new(train.len(), cfg.batch_size, cfg.seed, true, drop_last);
         let spe = loader.batches_per_epoch().max(1) as u64;
-        let total_steps = if cfg.steps > 0 { cfg.steps } else { cfg.epochs * spe };
+        let total_steps = if cfg.steps > 0 {
+            cfg.steps
+        } else {
+            cfg.epochs * spe
+        };
         let schedule = if cfg.constant_lr {
             LrSchedule::Constant { lr: cfg.lr }
         } else {
@@ -138,9 +154,19 @@ impl<B: NnOps + 'static> Trainer<B> {
         };
         schedule.validate()?;
         let opt = AnyOptimizer::new(cfg.optimizer, &cfg.opt, cfg.lr)?;
-        let norm = if train.channels == 3 && train.height == 32 { Normalize::cifar10() } else { Normalize::from_dataset(&train) };
+        let norm = if train.channels == 3 && train.height == 32 {
+            Normalize::cifar10()
+        } else {
+            Normalize::from_dataset(&train)
+        };
         let aug = cfg.augment();
-        let (x, y, dlogits, uniforms, sampled) = (b.alloc(0)?, b.alloc(0)?, b.alloc(0)?, b.alloc(0)?, b.alloc(0)?);
+        let (x, y, dlogits, uniforms, sampled) = (
+            b.alloc(0)?,
+            b.alloc(0)?,
+            b.alloc(0)?,
+            b.alloc(0)?,
+            b.alloc(0)?,
+        );
         Ok(Trainer {
             b,
             model,
@@ -198,7 +224,11 @@ impl<B: NnOps + 'static> Trainer<B> {
 
     /// The model's non-parameter state (batch-norm running statistics), on the host.
     pub fn model_state_host(&self) -> CoreResult<Vec<(String, Vec<f32>)>> {
-        self.model.state().into_iter().map(|(n, b)| Ok((n, self.b.to_vec(b)?))).collect()
+        self.model
+            .state()
+            .into_iter()
+            .map(|(n, b)| Ok((n, self.b.to_vec(b)?)))
+            .collect()
     }
 
     /// The optimizer's state.
@@ -208,15 +238,32 @@ impl<B: NnOps + 'static> Trainer<B> {
 
     /// Restores step, parameters, model state and optimizer state; checks everything first,
     /// so a failure changes nothing.
-    pub fn restore_parts(&mut self, step: u64, params: &[f32], state: &[(String, Vec<f32>)], opt: &ire_core::state::StateDict) -> Result<(), TrainError> {
+    pub fn restore_parts(
+        &mut self,
+        step: u64,
+        params: &[f32],
+        state: &[(String, Vec<f32>)],
+        opt: &ire_core::state::StateDict,
+    ) -> Result<(), TrainError> {
         let n = self.param_count();
         if params.len() != n {
-            return Err(TrainError::Config(format!("checkpoint has {} parameters, the model {n}", params.len())));
+            return Err(TrainError::Config(format!(
+                "checkpoint has {} parameters, the model {n}",
+                params.len()
+            )));
         }
-        let names: Vec<(String, usize)> = self.model.state().iter().map(|(k, b)| (k.clone(), self.b.len(*b))).collect();
+        let names: Vec<(String, usize)> = self
+            .model
+            .state()
+            .iter()
+            .map(|(k, b)| (k.clone(), self.b.len(*b)))
+            .collect();
         for ((name, len), (sn, sv)) in names.iter().zip(state) {
             if name != sn || *len != sv.len() {
-                return Err(TrainError::Config(format!("checkpoint model state `{sn}` ({} values) does not fit `{name}` ({len})", sv.len())));
+                return Err(TrainError::Config(format!(
+                    "checkpoint model state `{sn}` ({} values) does not fit `{name}` ({len})",
+                    sv.len()
+                )));
             }
         }
         // The optimizer validates and loads all-or-nothing; then nothing below can fail
@@ -259,11 +306,32 @@ impl<B: NnOps + 'static> Trainer<B> {
     /// Forward + loss + backward into `self.grads` (zeroed first), labels from `self.y`.
     fn loss_and_grad(&mut self, n: usize, mode: BnMode) -> Result<(f64, usize), TrainError> {
         let c = self.model.num_classes();
-        self.model.forward(&self.b, &self.params[0], &self.x, n, mode)?;
-        let (loss, correct) = self.b.softmax_xent(self.model.logits(), &self.y, n, c, self.cfg.label_smoothing, 1.0 / n as f64, &mut self.dlogits)
-            .map_err(|e| TrainError::Diverged { step: self.step, what: e.to_string() })?;
+        self.model
+            .forward(&self.b, &self.params[0], &self.x, n, mode)?;
+        let (loss, correct) = self
+            .b
+            .softmax_xent(
+                self.model.logits(),
+                &self.y,
+                n,
+                c,
+                self.cfg.label_smoothing,
+                1.0 / n as f64,
+                &mut self.dlogits,
+            )
+            .map_err(|e| TrainError::Diverged {
+                step: self.step,
+                what: e.to_string(),
+            })?;
         self.b.fill(&mut self.grads[0], 0.0f32)?;
-        self.model.backward(&self.b, &self.params[0], &mut self.grads[0], &self.x, &self.dlogits, n)?;
+        self.model.backward(
+            &self.b,
+            &self.params[0],
+            &mut self.grads[0],
+            &self.x,
+            &self.dlogits,
+            n,
+        )?;
         Ok((loss / n as f64, correct))
     }
 
@@ -271,11 +339,15 @@ impl<B: NnOps + 'static> Trainer<B> {
     fn clip(&mut self) -> Result<(), TrainError> {
         let norm = (self.b.sum_squares(&self.grads[0])? as f64).sqrt();
         if !norm.is_finite() {
-            return Err(TrainError::Diverged { step: self.step, what: format!("gradient norm {norm}") });
+            return Err(TrainError::Diverged {
+                step: self.step,
+                what: format!("gradient norm {norm}"),
+            });
         }
         let c = self.cfg.clip_grad_norm;
         if c > 0.0 && norm > c {
-            self.b.scale(&mut self.grads[0], (c / (norm + 1e-6)) as f32)?;
+            self.b
+                .scale(&mut self.grads[0], (c / (norm + 1e-6)) as f32)?;
         }
         Ok(())
     }
@@ -285,15 +357,43 @@ impl<B: NnOps + 'static> Trainer<B> {
     fn estimator_pass(&mut self, batch: &Batch) -> Result<(), TrainError> {
         let n = batch.n;
         let c = self.model.num_classes();
-        self.model.forward(&self.b, &self.params[0], &self.x, n, BnMode::Train { update_running: false })?;
+        self.model.forward(
+            &self.b,
+            &self.params[0],
+            &self.x,
+            n,
+            BnMode::Train {
+                update_running: false,
+            },
+        )?;
         let mut rng = Rng::derive(self.cfg.seed, SAMPLE_STREAM, self.step);
         let u: Vec<f32> = (0..n).map(|_| rng.uniform() as f32).collect();
         self.b.upload(&mut self.uniforms, &u)?;
-        self.b.sample_labels(self.model.logits(), n, c, &self.uniforms, &mut self.sampled)?;
-        self.b.softmax_xent(self.model.logits(), &self.sampled, n, c, 0.0, 1.0 / n as f64, &mut self.dlogits)
-            .map_err(|e| TrainError::Diverged { step: self.step, what: e.to_string() })?;
+        self.b
+            .sample_labels(self.model.logits(), n, c, &self.uniforms, &mut self.sampled)?;
+        self.b
+            .softmax_xent(
+                self.model.logits(),
+                &self.sampled,
+                n,
+                c,
+                0.0,
+                1.0 / n as f64,
+                &mut self.dlogits,
+            )
+            .map_err(|e| TrainError::Diverged {
+                step: self.step,
+                what: e.to_string(),
+            })?;
         self.b.fill(&mut self.est_grads[0], 0.0f32)?;
-        self.model.backward(&self.b, &self.params[0], &mut self.est_grads[0], &self.x, &self.dlogits, n)?;
+        self.model.backward(
+            &self.b,
+            &self.params[0],
+            &mut self.est_grads[0],
+            &self.x,
+            &self.dlogits,
+            n,
+        )?;
         Ok(())
     }
 
@@ -301,7 +401,9 @@ impl<B: NnOps + 'static> Trainer<B> {
     pub fn train_step(&mut self) -> Result<StepMetrics, TrainError> {
         let spe = self.steps_per_epoch();
         let (epoch, index) = (self.step / spe, (self.step % spe) as usize);
-        let batch = self.loader.batch(&self.train, epoch, index, &self.norm, self.aug);
+        let batch = self
+            .loader
+            .batch(&self.train, epoch, index, &self.norm, self.aug);
         let n = batch.n;
         self.ensure_logit_buffers(n)?;
         let lr = self.schedule.lr_at(self.step);
@@ -311,7 +413,9 @@ impl<B: NnOps + 'static> Trainer<B> {
             if self.cfg.estimator_batch == "fixed" {
                 let fixed = match self.fixed.take() {
                     Some(f) => f,
-                    None => self.loader.batch(&self.train, 0, 0, &self.norm, Augment::NONE),
+                    None => self
+                        .loader
+                        .batch(&self.train, 0, 0, &self.norm, Augment::NONE),
                 };
                 self.ensure_logit_buffers(fixed.n)?;
                 self.upload(&fixed)?;
@@ -325,21 +429,39 @@ impl<B: NnOps + 'static> Trainer<B> {
         }
         // 2. The training gradient (batch-norm statistics move once per step, here).
         self.upload(&batch)?;
-        let (loss, correct) = self.loss_and_grad(n, BnMode::Train { update_running: true })?;
+        let (loss, correct) = self.loss_and_grad(
+            n,
+            BnMode::Train {
+                update_running: true,
+            },
+        )?;
         if !loss.is_finite() {
-            return Err(TrainError::Diverged { step: self.step, what: format!("training loss {loss}") });
+            return Err(TrainError::Diverged {
+                step: self.step,
+                what: format!("training loss {loss}"),
+            });
         }
         self.clip()?;
         // 3. SAM: perturb (SAM-IRE refreshes its mask here, at the unperturbed θ), then the
         //    gradient at the perturbed point (statistics frozen).
         if self.cfg.optimizer.is_sam() {
             let est = want_est.then_some(&self.est_grads[..]);
-            self.opt.perturb(&self.b, &mut self.params, &self.grads, est)?;
-            self.loss_and_grad(n, BnMode::Train { update_running: false })?;
+            self.opt
+                .perturb(&self.b, &mut self.params, &self.grads, est)?;
+            self.loss_and_grad(
+                n,
+                BnMode::Train {
+                    update_running: false,
+                },
+            )?;
             self.clip()?;
         }
         let (params, grads, est_grads) = (&mut self.params, &self.grads, &self.est_grads);
-        let est = if want_est && !self.cfg.optimizer.is_sam() { Some(&est_grads[..]) } else { None };
+        let est = if want_est && !self.cfg.optimizer.is_sam() {
+            Some(&est_grads[..])
+        } else {
+            None
+        };
         let (kappa, refreshed) = self.opt.step(&self.b, params, grads, lr, est)?;
         let m = StepMetrics {
             step: self.step,
@@ -365,13 +487,31 @@ impl<B: NnOps + 'static> Trainer<B> {
             let batch = loader.batch(&self.test, 0, i, &self.norm, Augment::NONE);
             self.ensure_logit_buffers(batch.n)?;
             self.upload(&batch)?;
-            self.model.forward(&self.b, &self.params[0], &self.x, batch.n, BnMode::Eval)?;
-            let (l, k) = self.b.softmax_xent(self.model.logits(), &self.y, batch.n, c, 0.0, 1.0, &mut self.dlogits)
-                .map_err(|e| TrainError::Diverged { step: self.step, what: e.to_string() })?;
+            self.model
+                .forward(&self.b, &self.params[0], &self.x, batch.n, BnMode::Eval)?;
+            let (l, k) = self
+                .b
+                .softmax_xent(
+                    self.model.logits(),
+                    &self.y,
+                    batch.n,
+                    c,
+                    0.0,
+                    1.0,
+                    &mut self.dlogits,
+                )
+                .map_err(|e| TrainError::Diverged {
+                    step: self.step,
+                    what: e.to_string(),
+                })?;
             loss += l;
             correct += k;
             seen += batch.n;
         }
-        Ok(EvalMetrics { loss: loss / seen.max(1) as f64, acc: correct as f64 / seen.max(1) as f64, n: seen })
+        Ok(EvalMetrics {
+            loss: loss / seen.max(1) as f64,
+            acc: correct as f64 / seen.max(1) as f64,
+            n: seen,
+        })
     }
 }
