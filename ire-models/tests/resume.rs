@@ -278,3 +278,63 @@ fn resume_through_the_command() {
     assert_eq!(st.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&st.stderr).contains("`lr`"));
 }
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_exits() {
+    let out = tmp("sigint");
+    let d = digits();
+    let child = Command::new(env!("CARGO_BIN_EXE_ire"))
+        .args([
+            "train",
+            "--model",
+            "mlp-small",
+            "--dataset",
+            "digits",
+            "--data",
+            d.to_str().unwrap(),
+            "--optimizer",
+            "sgd-ire",
+            "--steps",
+            "100000000",
+            "--batch-size",
+            "8",
+            "--log-every",
+            "5",
+            "--quiet",
+            "--backend",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until training is under way, then send SIGINT as Ctrl-C does.
+    let metrics = out.join("metrics.jsonl");
+    for _ in 0..600 {
+        if std::fs::read_to_string(&metrics)
+            .map(|s| s.lines().count() >= 3)
+            .unwrap_or(false)
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let res = child.wait_with_output().unwrap();
+    assert_eq!(
+        res.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(String::from_utf8_lossy(&res.stdout).contains("interrupted"));
+    let (_, cfg, meta) = read_checkpoint(&checkpoint_path(&out)).unwrap();
+    assert!(meta["step"].as_u64().unwrap() >= 15);
+    assert_eq!(cfg.steps, 100_000_000);
+}

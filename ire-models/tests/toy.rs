@@ -191,3 +191,26 @@ fn toy_csv_and_bad_arguments() {
         assert!(err.contains("error"), "{bad:?}: {err}");
     }
 }
+
+/// Every op the toy uses is element-wise, so OpenCL prints exactly the CPU's numbers.
+#[cfg(feature = "opencl")]
+#[test]
+fn toy_on_opencl_prints_the_cpu_numbers() {
+    match ire_backend_opencl::OpenClBackend::optional() {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            println!("skipped: no OpenCL device");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    }
+    for args in [
+        ["--optimizer", "gd", "--kappa", "0"],
+        ["--optimizer", "ire", "--kappa", "90"],
+    ] {
+        let (c1, cpu, _) = ire(&[&["toy"][..], &args[..], &["--backend", "cpu"][..]].concat());
+        let (c2, ocl, err) = ire(&[&["toy"][..], &args[..], &["--backend", "opencl"][..]].concat());
+        assert_eq!((c1, c2), (0, 0), "{err}");
+        assert_eq!(cpu, ocl);
+    }
+}
