@@ -9,7 +9,7 @@ ROOT=$PWD
 step() { printf '\n==> %s\n' "$*"; }
 
 # ---- system packages -------------------------------------------------------------------------
-APT_PKGS=(pocl-opencl-icd ocl-icd-opencl-dev libopenblas-dev pkg-config)
+APT_PKGS=(pocl-opencl-icd ocl-icd-opencl-dev libopenblas-dev pkg-config dataset-fashion-mnist fonts-dejavu-core)
 missing=()
 for p in "${APT_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

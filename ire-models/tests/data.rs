@@ -267,3 +267,27 @@ fn real_cifar10_subset() {
         assert!((m - w).abs() < 0.02, "{:?}", n.mean);
     }
 }
+
+/// Fashion-MNIST as Debian's `dataset-fashion-mnist` installs it (the test command installs
+/// it): gzipped IDX, 60,000 + 10,000 images of 28×28, 6,000 / 1,000 a class.
+#[test]
+fn real_fashion_mnist() {
+    let dir = Path::new("/usr/share/datasets/fashion-mnist");
+    if !dir.join("train-images-idx3-ubyte.gz").exists() {
+        println!("skipped: dataset-fashion-mnist is not installed");
+        return;
+    }
+    let cfg = ire_models::train::TrainConfig {
+        dataset: ire_models::train::DatasetKind::Idx,
+        data: dir.to_path_buf(),
+        ..Default::default()
+    };
+    let (train, test) = cfg.load_data().unwrap();
+    assert_eq!((train.len(), test.len()), (60_000, 10_000));
+    assert_eq!((train.channels, train.height, train.width, train.num_classes), (1, 28, 28, 10));
+    let mut counts = [0usize; 10];
+    for &l in &test.labels {
+        counts[l as usize] += 1;
+    }
+    assert_eq!(counts, [1000; 10]);
+}

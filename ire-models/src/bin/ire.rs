@@ -474,12 +474,7 @@ struct EvalRun {
 impl NnTask for EvalRun {
     type Output = std::result::Result<(u64, EvalMetrics), String>;
     fn run<B: NnOps + 'static>(self, b: B) -> Self::Output {
-        let (ck, mut cfg, meta) = read_checkpoint(&self.checkpoint).map_err(|e| e.to_string())?;
-        if let Some(d) = self.data {
-            cfg.data = d;
-        }
-        let mut t = Trainer::new(b, cfg).map_err(|e| e.to_string())?;
-        restore(&mut t, &ck, &meta).map_err(|e| e.to_string())?;
+        let mut t = ire_models::train::run::trainer_from_checkpoint(b, &self.checkpoint, self.data).map_err(|e| e.to_string())?;
         let e = t.evaluate().map_err(|e| e.to_string())?;
         Ok((t.step, e))
     }

@@ -423,3 +423,15 @@ pub fn plots(
     )?);
     Ok(out)
 }
+
+/// A trainer restored from a checkpoint file (for evaluation, sharpness, sampling);
+/// `data` overrides the dataset location when it moved.
+pub fn trainer_from_checkpoint<B: NnOps>(b: B, path: &Path, data: Option<PathBuf>) -> Result<Trainer<B>, TrainError> {
+    let (ck, mut cfg, meta) = read_checkpoint(path)?;
+    if let Some(d) = data {
+        cfg.data = d;
+    }
+    let mut t = Trainer::new(b, cfg)?;
+    restore(&mut t, &ck, &meta)?;
+    Ok(t)
+}

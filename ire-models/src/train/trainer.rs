@@ -477,6 +477,45 @@ impl<B: NnOps + 'static> Trainer<B> {
         Ok(m)
     }
 
+    /// Mean training loss and its gradient at parameters `theta`, over the first `batches`
+    /// training batches in a fixed order without augmentation; batch norm uses batch
+    /// statistics without updating the running ones, so this is a deterministic function of
+    /// `theta` (what Hessian-vector products by finite differences need). The trainer's own
+    /// parameters are left unchanged.
+    pub fn loss_grad_at(&mut self, theta: &[f32], batches: usize) -> Result<(f64, Vec<f32>), TrainError> {
+        let n_params = self.param_count();
+        if theta.len() != n_params {
+            return Err(TrainError::Config(format!("theta has {} values, the model {n_params}", theta.len())));
+        }
+        let saved = self.params_host()?;
+        self.b.upload(&mut self.params[0], theta)?;
+        let bs = self.cfg.batch_size.max(1);
+        let mut loader = BatchLoader::new(self.train.len(), bs, 0, false, false);
+        let nb = batches.clamp(1, loader.batches_per_epoch().max(1));
+        let mut total = vec![0f64; n_params];
+        let mut loss = 0.0;
+        let mut seen = 0usize;
+        let result = (|| -> Result<(), TrainError> {
+            for i in 0..nb {
+                let batch = loader.batch(&self.train, 0, i, &self.norm, Augment::NONE);
+                self.ensure_logit_buffers(batch.n)?;
+                self.upload(&batch)?;
+                let (l, _) = self.loss_and_grad(batch.n, BnMode::Train { update_running: false })?;
+                let g = self.b.to_vec(&self.grads[0])?;
+                for (t, v) in total.iter_mut().zip(&g) {
+                    *t += *v as f64 * batch.n as f64;
+                }
+                loss += l * batch.n as f64;
+                seen += batch.n;
+            }
+            Ok(())
+        })();
+        self.b.upload(&mut self.params[0], &saved)?;
+        result?;
+        let inv = 1.0 / seen.max(1) as f64;
+        Ok((loss * inv, total.into_iter().map(|v| (v * inv) as f32).collect()))
+    }
+
     /// Loss and accuracy on the test split (batch norm in evaluation mode).
     pub fn evaluate(&mut self) -> Result<EvalMetrics, TrainError> {
         let bs = self.cfg.batch_size.max(1);
