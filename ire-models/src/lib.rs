@@ -12,5 +12,6 @@ pub mod device;
 pub mod models;
 pub mod nn;
 pub mod rng;
+pub mod text;
 pub mod toy;
 pub mod train;

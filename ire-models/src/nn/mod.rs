@@ -3,8 +3,10 @@
 
 mod gemm_fast;
 pub mod host;
+pub mod host_tf;
 pub mod layers;
 pub mod ops;
 
 pub use host::{BnShape, ConvGeom, Gemm};
+pub use host_tf::{AttnShape, NormKind};
 pub use ops::{BnMode, BnState, HostMemory, NnOps};
