@@ -12,6 +12,7 @@ pub mod device;
 pub mod models;
 pub mod nn;
 pub mod rng;
+pub mod sharpness;
 pub mod text;
 pub mod toy;
 pub mod train;

@@ -284,7 +284,10 @@ fn real_fashion_mnist() {
     };
     let (train, test) = cfg.load_data().unwrap();
     assert_eq!((train.len(), test.len()), (60_000, 10_000));
-    assert_eq!((train.channels, train.height, train.width, train.num_classes), (1, 28, 28, 10));
+    assert_eq!(
+        (train.channels, train.height, train.width, train.num_classes),
+        (1, 28, 28, 10)
+    );
     let mut counts = [0usize; 10];
     for &l in &test.labels {
         counts[l as usize] += 1;

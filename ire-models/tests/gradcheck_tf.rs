@@ -28,7 +28,11 @@ fn fd_check(what: &str, x: &[f64], analytic: &[f64], mut f: impl FnMut(&[f64]) -
         xp[i] = o;
         let num = (fp - fm) / (2.0 * H);
         let err = (num - analytic[i]).abs() / num.abs().max(analytic[i].abs()).max(1e-3);
-        assert!(err < 2e-5, "{what}[{i}]: numeric {num}, analytic {}, rel err {err}", analytic[i]);
+        assert!(
+            err < 2e-5,
+            "{what}[{i}]: numeric {num}, analytic {}, rel err {err}",
+            analytic[i]
+        );
     }
 }
 
@@ -40,7 +44,11 @@ fn buf(v: &[f64]) -> ire_core::reference::HostBuffer<f64> {
 fn layer_norm_and_rms_norm() {
     let mut rng = Rng::new(1);
     let (rows, d) = (3, 5);
-    for (kind, with_beta) in [(NormKind::Layer, true), (NormKind::Layer, false), (NormKind::Rms, false)] {
+    for (kind, with_beta) in [
+        (NormKind::Layer, true),
+        (NormKind::Layer, false),
+        (NormKind::Rms, false),
+    ] {
         let p0: Vec<f64> = (0..2 * d).map(|_| 1.0 + 0.3 * rng.normal()).collect();
         let x0 = randn(&mut rng, rows * d);
         let w = randn(&mut rng, rows * d);
@@ -48,15 +56,56 @@ fn layer_norm_and_rms_norm() {
         let fwd = |p: &[f64], x: &[f64]| {
             let mut y = R.alloc::<f64>(rows * d).unwrap();
             let (mut m, mut s) = (R.alloc::<f64>(rows).unwrap(), R.alloc::<f64>(rows).unwrap());
-            R.norm_rows(kind, &buf(x), &mut y, rows, d, &buf(p), 0, b_off, &mut m, &mut s, 1e-5).unwrap();
+            R.norm_rows(
+                kind,
+                &buf(x),
+                &mut y,
+                rows,
+                d,
+                &buf(p),
+                0,
+                b_off,
+                &mut m,
+                &mut s,
+                1e-5,
+            )
+            .unwrap();
             dot(&y.0, &w)
         };
         let mut y = R.alloc::<f64>(rows * d).unwrap();
         let (mut m, mut s) = (R.alloc::<f64>(rows).unwrap(), R.alloc::<f64>(rows).unwrap());
-        R.norm_rows(kind, &buf(&x0), &mut y, rows, d, &buf(&p0), 0, b_off, &mut m, &mut s, 1e-5).unwrap();
+        R.norm_rows(
+            kind,
+            &buf(&x0),
+            &mut y,
+            rows,
+            d,
+            &buf(&p0),
+            0,
+            b_off,
+            &mut m,
+            &mut s,
+            1e-5,
+        )
+        .unwrap();
         let mut dx = R.alloc::<f64>(rows * d).unwrap();
         let mut g = R.alloc::<f64>(2 * d).unwrap();
-        R.norm_rows_backward(kind, &buf(&x0), &buf(&w), &mut dx, rows, d, &buf(&p0), 0, &m, &s, &mut g, 0, b_off).unwrap();
+        R.norm_rows_backward(
+            kind,
+            &buf(&x0),
+            &buf(&w),
+            &mut dx,
+            rows,
+            d,
+            &buf(&p0),
+            0,
+            &m,
+            &s,
+            &mut g,
+            0,
+            b_off,
+        )
+        .unwrap();
         fd_check(&format!("{kind:?} dx"), &x0, &dx.0, |x| fwd(&p0, x));
         let pg: Vec<f64> = g.0.clone();
         fd_check(&format!("{kind:?} dγβ"), &p0, &pg, |p| fwd(p, &x0));
@@ -69,14 +118,17 @@ fn naive_attention(s: &AttnShape, qkv: &[f64]) -> Vec<f64> {
     let mut out = vec![0.0; s.out_len()];
     for b in 0..s.b {
         for h in 0..s.h {
-            let at = |t: usize, part: usize, c: usize| qkv[(b * s.t + t) * 3 * d + part * d + h * s.dh + c];
+            let at = |t: usize, part: usize, c: usize| {
+                qkv[(b * s.t + t) * 3 * d + part * d + h * s.dh + c]
+            };
             for i in 0..s.t {
                 let mut sc: Vec<f64> = (0..s.t)
                     .map(|j| {
                         if s.causal && j > i {
                             f64::NEG_INFINITY
                         } else {
-                            (0..s.dh).map(|c| at(i, 0, c) * at(j, 1, c)).sum::<f64>() / (s.dh as f64).sqrt()
+                            (0..s.dh).map(|c| at(i, 0, c) * at(j, 1, c)).sum::<f64>()
+                                / (s.dh as f64).sqrt()
                         }
                     })
                     .collect();
@@ -84,7 +136,8 @@ fn naive_attention(s: &AttnShape, qkv: &[f64]) -> Vec<f64> {
                 let z: f64 = sc.iter().map(|v| (v - m).exp()).sum();
                 sc.iter_mut().for_each(|v| *v = (*v - m).exp() / z);
                 for c in 0..s.dh {
-                    out[(b * s.t + i) * d + h * s.dh + c] = (0..s.t).map(|j| sc[j] * at(j, 2, c)).sum();
+                    out[(b * s.t + i) * d + h * s.dh + c] =
+                        (0..s.t).map(|j| sc[j] * at(j, 2, c)).sum();
                 }
             }
         }
@@ -96,7 +149,13 @@ fn naive_attention(s: &AttnShape, qkv: &[f64]) -> Vec<f64> {
 fn attention_matches_naive_and_its_gradient() {
     let mut rng = Rng::new(2);
     for causal in [true, false] {
-        let s = AttnShape { b: 2, t: 4, h: 2, dh: 3, causal };
+        let s = AttnShape {
+            b: 2,
+            t: 4,
+            h: 2,
+            dh: 3,
+            causal,
+        };
         let q0 = randn(&mut rng, s.qkv_len());
         let mut probs = R.alloc::<f64>(s.probs_len()).unwrap();
         let mut out = R.alloc::<f64>(s.out_len()).unwrap();
@@ -118,12 +177,19 @@ fn attention_matches_naive_and_its_gradient() {
         R.rope(&mut qb, s, 10000.0, false).unwrap();
         R.attention(&qb, s, &mut probs, &mut out).unwrap();
         let mut dq = R.alloc::<f64>(s.qkv_len()).unwrap();
-        R.attention_backward(&qb, &probs, &buf(&w), s, &mut dq).unwrap();
+        R.attention_backward(&qb, &probs, &buf(&w), s, &mut dq)
+            .unwrap();
         R.rope(&mut dq, s, 10000.0, true).unwrap();
         fd_check(&format!("attention+rope causal={causal}"), &q0, &dq.0, f);
     }
     // RoPE is a rotation: inverse undoes it, norms are kept.
-    let s = AttnShape { b: 1, t: 5, h: 2, dh: 4, causal: true };
+    let s = AttnShape {
+        b: 1,
+        t: 5,
+        h: 2,
+        dh: 4,
+        causal: true,
+    };
     let q0 = randn(&mut rng, s.qkv_len());
     let mut qb = buf(&q0);
     R.rope(&mut qb, s, 10000.0, false).unwrap();
@@ -144,7 +210,8 @@ fn swiglu_embedding_positions() {
         dot(&y.0, &w)
     };
     let mut dx = R.alloc::<f64>(rows * 2 * f).unwrap();
-    R.swiglu_backward(&buf(&x0), &buf(&w), &mut dx, rows, f).unwrap();
+    R.swiglu_backward(&buf(&x0), &buf(&w), &mut dx, rows, f)
+        .unwrap();
     fd_check("swiglu", &x0, &dx.0, sw);
     // Embedding: gradient w.r.t. the table; a repeated id accumulates.
     let (vocab, d) = (5, 3);
@@ -157,10 +224,15 @@ fn swiglu_embedding_positions() {
         dot(&y.0, &w)
     };
     let mut g = R.alloc::<f64>(vocab * d).unwrap();
-    R.embedding_backward(&ids, 4, &buf(&w), d, vocab, &mut g, 0).unwrap();
+    R.embedding_backward(&ids, 4, &buf(&w), d, vocab, &mut g, 0)
+        .unwrap();
     fd_check("embedding", &t0, &g.0, emb);
     let mut y = R.alloc::<f64>(4 * d).unwrap();
-    assert!(R.embedding(&buf(&[5.0]), 1, &buf(&t0), 0, vocab, d, &mut y).is_err(), "id out of range");
+    assert!(
+        R.embedding(&buf(&[5.0]), 1, &buf(&t0), 0, vocab, d, &mut y)
+            .is_err(),
+        "id out of range"
+    );
     // Positions: b sequences share the t × d table.
     let (b, t) = (2, 3);
     let tab0 = randn(&mut rng, t * d);
@@ -172,14 +244,21 @@ fn swiglu_embedding_positions() {
         dot(&xb.0, &w)
     };
     let mut g = R.alloc::<f64>(t * d).unwrap();
-    R.add_positions_backward(&buf(&w), b, t, d, &mut g, 0).unwrap();
+    R.add_positions_backward(&buf(&w), b, t, d, &mut g, 0)
+        .unwrap();
     fd_check("positions", &tab0, &g.0, pos);
 }
 
 use ire_models::models::{Ffn, Model, Positional, Transformer, TransformerConfig};
 use ire_models::nn::BnMode;
 
-fn model_fd(mut m: Box<dyn Model<Reference, f64>>, x: Vec<f64>, n: usize, labels: Vec<f64>, seed: u64) {
+fn model_fd(
+    mut m: Box<dyn Model<Reference, f64>>,
+    x: Vec<f64>,
+    n: usize,
+    labels: Vec<f64>,
+    seed: u64,
+) {
     let mut rng = Rng::new(seed);
     let mut p0 = m.layout().init::<f64>(&mut rng);
     for v in p0.iter_mut() {
@@ -190,15 +269,31 @@ fn model_fd(mut m: Box<dyn Model<Reference, f64>>, x: Vec<f64>, n: usize, labels
     let x = buf(&x);
     let labels = buf(&labels);
     let loss = |m: &mut Box<dyn Model<Reference, f64>>, p: &[f64]| -> (f64, Vec<f64>) {
-        m.forward(&R, &buf(p), &x, n, BnMode::Train { update_running: false }).unwrap();
+        m.forward(
+            &R,
+            &buf(p),
+            &x,
+            n,
+            BnMode::Train {
+                update_running: false,
+            },
+        )
+        .unwrap();
         let mut d = R.alloc::<f64>(rows * c).unwrap();
-        let (l, _) = R.softmax_xent(m.logits(), &labels, rows, c, 0.0, 1.0, &mut d).unwrap();
+        let (l, _) = R
+            .softmax_xent(m.logits(), &labels, rows, c, 0.0, 1.0, &mut d)
+            .unwrap();
         (l, d.0)
     };
     let (_, dl) = loss(&mut m, &p0);
     let mut g = R.alloc::<f64>(p0.len()).unwrap();
     m.backward(&R, &buf(&p0), &mut g, &x, &buf(&dl), n).unwrap();
-    let mut idx: Vec<usize> = m.layout().slots.iter().flat_map(|s| [s.off, s.off + s.len() - 1, s.off + s.len() / 2]).collect();
+    let mut idx: Vec<usize> = m
+        .layout()
+        .slots
+        .iter()
+        .flat_map(|s| [s.off, s.off + s.len() - 1, s.off + s.len() / 2])
+        .collect();
     idx.extend((0..40).map(|_| rng.below(p0.len() as u64) as usize));
     let mut xp = p0.clone();
     for &i in &idx {
@@ -210,8 +305,19 @@ fn model_fd(mut m: Box<dyn Model<Reference, f64>>, x: Vec<f64>, n: usize, labels
         xp[i] = o;
         let num = (fp - fm) / (2.0 * H);
         let err = (num - g.0[i]).abs() / num.abs().max(g.0[i].abs()).max(1e-3);
-        let name = m.layout().slots.iter().find(|s| i >= s.off && i < s.off + s.len()).map(|s| s.name.clone()).unwrap_or_default();
-        assert!(err < 3e-5, "{} {name}[{i}]: numeric {num}, analytic {}, err {err}", m.name(), g.0[i]);
+        let name = m
+            .layout()
+            .slots
+            .iter()
+            .find(|s| i >= s.off && i < s.off + s.len())
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        assert!(
+            err < 3e-5,
+            "{} {name}[{i}]: numeric {num}, analytic {}, err {err}",
+            m.name(),
+            g.0[i]
+        );
     }
 }
 
@@ -219,18 +325,41 @@ fn model_fd(mut m: Box<dyn Model<Reference, f64>>, x: Vec<f64>, n: usize, labels
 fn language_models_gradients() {
     let (vocab, ctx, n) = (11, 5, 2);
     let mut rng = Rng::new(9);
-    let toks: Vec<f64> = (0..n * ctx).map(|_| rng.below(vocab as u64) as f64).collect();
-    let tgts: Vec<f64> = (0..n * ctx).map(|_| rng.below(vocab as u64) as f64).collect();
-    let base = TransformerConfig { vocab, d: 8, heads: 2, layers: 2, ffn: 12, ctx, act: Ffn::Relu, norm: NormKind::Layer,
-        pre_norm: false, pos: Positional::Sinusoidal, bias: true, tie: false };
+    let toks: Vec<f64> = (0..n * ctx)
+        .map(|_| rng.below(vocab as u64) as f64)
+        .collect();
+    let tgts: Vec<f64> = (0..n * ctx)
+        .map(|_| rng.below(vocab as u64) as f64)
+        .collect();
+    let base = TransformerConfig {
+        vocab,
+        d: 8,
+        heads: 2,
+        layers: 2,
+        ffn: 12,
+        ctx,
+        act: Ffn::Relu,
+        norm: NormKind::Layer,
+        pre_norm: false,
+        pos: Positional::Sinusoidal,
+        bias: true,
+        tie: false,
+    };
     let configs = [
         ("paper post-LN", base),
-        ("paper quirk", TransformerConfig { pos: Positional::SinusoidalBatchQuirk, ..base }),
+        (
+            "paper quirk",
+            TransformerConfig {
+                pos: Positional::SinusoidalBatchQuirk,
+                ..base
+            },
+        ),
         ("llama", TransformerConfig::llama(vocab, 8, 2, 2, 12, ctx)),
         ("gpt tied", TransformerConfig::gpt(vocab, 8, 2, 2, ctx)),
     ];
     for (i, (name, cfg)) in configs.into_iter().enumerate() {
-        let m: Box<dyn Model<Reference, f64>> = Box::new(Transformer::lm(&R, name.into(), cfg).unwrap());
+        let m: Box<dyn Model<Reference, f64>> =
+            Box::new(Transformer::lm(&R, name.into(), cfg).unwrap());
         model_fd(m, toks.clone(), n, tgts.clone(), 20 + i as u64);
     }
 }
@@ -238,9 +367,22 @@ fn language_models_gradients() {
 #[test]
 fn vit_gradients() {
     let mut rng = Rng::new(10);
-    let cfg = TransformerConfig { vocab: 0, d: 8, heads: 2, layers: 2, ffn: 16, ctx: 0, act: Ffn::Gelu, norm: NormKind::Layer,
-        pre_norm: true, pos: Positional::Learned, bias: true, tie: false };
-    let m: Box<dyn Model<Reference, f64>> = Box::new(Transformer::vit(&R, "vit".into(), cfg, (2, 4), 2, 3).unwrap());
+    let cfg = TransformerConfig {
+        vocab: 0,
+        d: 8,
+        heads: 2,
+        layers: 2,
+        ffn: 16,
+        ctx: 0,
+        act: Ffn::Gelu,
+        norm: NormKind::Layer,
+        pre_norm: true,
+        pos: Positional::Learned,
+        bias: true,
+        tie: false,
+    };
+    let m: Box<dyn Model<Reference, f64>> =
+        Box::new(Transformer::vit(&R, "vit".into(), cfg, (2, 4), 2, 3).unwrap());
     let n = 2;
     let x: Vec<f64> = (0..n * 2 * 16).map(|_| rng.normal()).collect();
     model_fd(m, x, n, vec![0.0, 2.0], 30);
@@ -250,11 +392,14 @@ fn vit_gradients() {
 fn causal_lm_ignores_the_future() {
     // Changing the last token must not change the logits of earlier positions.
     let cfg = TransformerConfig::llama(7, 8, 2, 2, 12, 4);
-    let mut m: Box<dyn Model<Reference, f64>> = Box::new(Transformer::lm(&R, "llama".into(), cfg).unwrap());
+    let mut m: Box<dyn Model<Reference, f64>> =
+        Box::new(Transformer::lm(&R, "llama".into(), cfg).unwrap());
     let p = buf(&m.layout().init::<f64>(&mut Rng::new(1)));
-    m.forward(&R, &p, &buf(&[1.0, 2.0, 3.0, 4.0]), 1, BnMode::Eval).unwrap();
+    m.forward(&R, &p, &buf(&[1.0, 2.0, 3.0, 4.0]), 1, BnMode::Eval)
+        .unwrap();
     let a = m.logits().0.clone();
-    m.forward(&R, &p, &buf(&[1.0, 2.0, 3.0, 6.0]), 1, BnMode::Eval).unwrap();
+    m.forward(&R, &p, &buf(&[1.0, 2.0, 3.0, 6.0]), 1, BnMode::Eval)
+        .unwrap();
     let b = m.logits().0.clone();
     assert_eq!(&a[..3 * 7], &b[..3 * 7]);
     assert_ne!(&a[3 * 7..], &b[3 * 7..]);

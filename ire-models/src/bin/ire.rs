@@ -119,6 +119,21 @@ struct TrainArgs {
     /// Log a metrics line every N steps.
     #[arg(long)]
     log_every: Option<u64>,
+    /// Text: tokenizer (char, word, gpt2).
+    #[arg(long)]
+    tokenizer: Option<String>,
+    /// Text: context length.
+    #[arg(long)]
+    context: Option<usize>,
+    /// Evaluate on at most this many batches.
+    #[arg(long)]
+    eval_batches: Option<usize>,
+    /// Cosine floor as a fraction of the peak learning rate (the paper's LMs: 0.05).
+    #[arg(long)]
+    lr_min_ratio: Option<f64>,
+    /// AdamW β2.
+    #[arg(long)]
+    beta2: Option<f64>,
     /// Output folder.
     #[arg(long, default_value = "runs/train")]
     out: PathBuf,
@@ -177,7 +192,11 @@ impl TrainArgs {
             test_limit,
             eval_every,
             checkpoint_every,
-            log_every
+            log_every,
+            tokenizer,
+            context,
+            eval_batches,
+            lr_min_ratio
         );
         set_opt!(
             kappa,
@@ -186,7 +205,8 @@ impl TrainArgs {
             ire_warmup,
             rho,
             momentum,
-            weight_decay
+            weight_decay,
+            beta2
         );
         if self.kappa_decay {
             c.opt.kappa_decay = true;
@@ -226,7 +246,7 @@ fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
     let s = out?;
     eprintln!("backend: {name} ({why})");
     println!(
-        "steps {} ({}), {:.1} s, {:.0} images/s, {:.1} s/epoch",
+        "steps {} ({}), {:.1} s, {:.0} {}/s, {:.1} s/epoch",
         s.steps,
         if s.finished {
             "finished"
@@ -235,15 +255,22 @@ fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
         },
         s.seconds,
         s.images_per_sec,
+        s.unit,
         s.seconds_per_epoch
     );
     if let Some(e) = s.eval {
         println!(
-            "final train loss {:.4}; test loss {:.4}, test accuracy {:.2}% ({} images)",
+            "final train loss {:.4}; test loss {:.4} (perplexity {:.2}), test accuracy {:.2}% ({} {})",
             s.train_loss,
             e.loss,
+            e.loss.exp(),
             100.0 * e.acc,
-            e.n
+            e.n,
+            if s.unit == "tokens" {
+                "tokens"
+            } else {
+                "images"
+            }
         );
     }
     for f in &s.files {
@@ -446,11 +473,10 @@ impl NnTask for TrainRun {
     fn run<B: NnOps + 'static>(self, b: B) -> Self::Output {
         let mut t = Trainer::new(b, self.cfg.clone()).map_err(|e| e.to_string())?;
         eprintln!(
-            "model {} ({} parameters), {} training / {} test images, {} steps of batch {}",
+            "model {} ({} parameters), {}, {} steps of batch {}",
             t.cfg.model,
             t.param_count(),
-            t.data().0.len(),
-            t.data().1.len(),
+            t.data().describe(),
             t.total_steps(),
             t.cfg.batch_size
         );
@@ -474,7 +500,8 @@ struct EvalRun {
 impl NnTask for EvalRun {
     type Output = std::result::Result<(u64, EvalMetrics), String>;
     fn run<B: NnOps + 'static>(self, b: B) -> Self::Output {
-        let mut t = ire_models::train::run::trainer_from_checkpoint(b, &self.checkpoint, self.data).map_err(|e| e.to_string())?;
+        let mut t = ire_models::train::run::trainer_from_checkpoint(b, &self.checkpoint, self.data)
+            .map_err(|e| e.to_string())?;
         let e = t.evaluate().map_err(|e| e.to_string())?;
         Ok((t.step, e))
     }

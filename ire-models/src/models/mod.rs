@@ -93,7 +93,10 @@ impl LmPreset {
     pub fn config(self, vocab: usize, ctx: usize) -> TransformerConfig {
         match self {
             LmPreset::Paper => TransformerConfig::paper_lm(vocab, ctx),
-            LmPreset::PaperQuirk => TransformerConfig { pos: Positional::SinusoidalBatchQuirk, ..TransformerConfig::paper_lm(vocab, ctx) },
+            LmPreset::PaperQuirk => TransformerConfig {
+                pos: Positional::SinusoidalBatchQuirk,
+                ..TransformerConfig::paper_lm(vocab, ctx)
+            },
             LmPreset::GptNano => TransformerConfig::gpt(vocab, 128, 4, 4, ctx),
             LmPreset::LlamaTiny => TransformerConfig::llama(vocab, 64, 4, 2, 172, ctx),
             LmPreset::Llama60m => TransformerConfig::llama(vocab, 410, 10, 16, 4 * 410, ctx),
@@ -114,7 +117,41 @@ impl ModelSpec {
         "wrn-small",
         "wrn-16-8",
         "wrn-28-10",
+        "vit-mini",
+        "vit-t",
+        "vit-s",
+        "lm-paper",
+        "lm-paper-quirk",
+        "gpt-nano",
+        "llama-tiny",
+        "llama-60m",
+        "llama-119m",
+        "llama-229m",
     ];
+
+    /// Whether this is a language model (built with [`ModelSpec::build_lm`]).
+    pub fn is_lm(&self) -> bool {
+        matches!(self, ModelSpec::Lm(_))
+    }
+
+    /// Builds a language model over `vocab` tokens with context `ctx`.
+    pub fn build_lm<B: NnOps + 'static, T: Scalar>(
+        &self,
+        b: &B,
+        vocab: usize,
+        ctx: usize,
+    ) -> Result<Box<dyn Model<B, T>>> {
+        match self {
+            ModelSpec::Lm(p) => Ok(Box::new(Transformer::lm(
+                b,
+                self.to_string(),
+                p.config(vocab, ctx),
+            )?)),
+            _ => Err(ire_core::Error::Protocol(format!(
+                "`{self}` is not a language model"
+            ))),
+        }
+    }
 
     /// Builds the model for inputs of shape `(C, H, W)` and `classes` classes.
     pub fn build<B: NnOps + 'static, T: Scalar>(
@@ -127,11 +164,34 @@ impl ModelSpec {
             ModelSpec::Mlp(h) => Box::new(Mlp::new(b, self.to_string(), input, h, classes)?),
             ModelSpec::ResNet(c) => Box::new(ResNet::new(b, self.to_string(), c, input, classes)?),
             ModelSpec::Vit(d, h, l, p) => {
-                let cfg = TransformerConfig { vocab: 0, d: *d, heads: *h, layers: *l, ffn: 4 * d, ctx: 0, act: Ffn::Gelu,
-                    norm: crate::nn::NormKind::Layer, pre_norm: true, pos: Positional::Learned, bias: true, tie: false };
-                Box::new(Transformer::vit(b, self.to_string(), cfg, (input.0, input.1), *p, classes)?)
+                let cfg = TransformerConfig {
+                    vocab: 0,
+                    d: *d,
+                    heads: *h,
+                    layers: *l,
+                    ffn: 4 * d,
+                    ctx: 0,
+                    act: Ffn::Gelu,
+                    norm: crate::nn::NormKind::Layer,
+                    pre_norm: true,
+                    pos: Positional::Learned,
+                    bias: true,
+                    tie: false,
+                };
+                Box::new(Transformer::vit(
+                    b,
+                    self.to_string(),
+                    cfg,
+                    (input.0, input.1),
+                    *p,
+                    classes,
+                )?)
             }
-            ModelSpec::Lm(_) => return Err(ire_core::Error::Protocol(format!("`{self}` is a language model: use build_lm"))),
+            ModelSpec::Lm(_) => {
+                return Err(ire_core::Error::Protocol(format!(
+                    "`{self}` is a language model: use build_lm"
+                )));
+            }
         })
     }
 }

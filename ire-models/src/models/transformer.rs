@@ -84,7 +84,14 @@ impl TransformerConfig {
     }
 
     /// Llama: pre-RMSNorm, RoPE, SwiGLU, no biases, untied output.
-    pub fn llama(vocab: usize, d: usize, heads: usize, layers: usize, ffn: usize, ctx: usize) -> Self {
+    pub fn llama(
+        vocab: usize,
+        d: usize,
+        heads: usize,
+        layers: usize,
+        ffn: usize,
+        ctx: usize,
+    ) -> Self {
         TransformerConfig {
             vocab,
             d,
@@ -128,7 +135,8 @@ struct Norm {
 impl Norm {
     fn new(layout: &mut Layout, name: &str, d: usize, kind: NormKind) -> Self {
         let g = layout.add(format!("{name}.weight"), &[d], Init::Const(1.0), false);
-        let b = (kind == NormKind::Layer).then(|| layout.add(format!("{name}.bias"), &[d], Init::Const(0.0), false));
+        let b = (kind == NormKind::Layer)
+            .then(|| layout.add(format!("{name}.bias"), &[d], Init::Const(0.0), false));
         Norm { g, b }
     }
 }
@@ -202,7 +210,11 @@ impl<B: NnOps, T: Scalar> Block<B, T> {
         let qkv = Linear::new(layout, &format!("{name}.attn.qkv"), d, 3 * d, c.bias);
         let proj = Linear::new(layout, &format!("{name}.attn.proj"), d, d, c.bias);
         let n2 = Norm::new(layout, &format!("{name}.norm2"), d, c.norm);
-        let f1w = if c.act == Ffn::SwiGlu { 2 * c.ffn } else { c.ffn };
+        let f1w = if c.act == Ffn::SwiGlu {
+            2 * c.ffn
+        } else {
+            c.ffn
+        };
         let w1 = Linear::new(layout, &format!("{name}.mlp.fc1"), d, f1w, c.bias);
         let w2 = Linear::new(layout, &format!("{name}.mlp.fc2"), c.ffn, d, c.bias);
         let t = c.ctx;
@@ -233,12 +245,32 @@ impl<B: NnOps, T: Scalar> Block<B, T> {
 
     fn acts(&mut self) -> [&mut Act<B, T>; 15] {
         [
-            &mut self.h, &mut self.m1, &mut self.s1, &mut self.q, &mut self.probs, &mut self.att, &mut self.o, &mut self.x1,
-            &mut self.h2, &mut self.m2, &mut self.s2, &mut self.f1, &mut self.a, &mut self.f2, &mut self.out,
+            &mut self.h,
+            &mut self.m1,
+            &mut self.s1,
+            &mut self.q,
+            &mut self.probs,
+            &mut self.att,
+            &mut self.o,
+            &mut self.x1,
+            &mut self.h2,
+            &mut self.m2,
+            &mut self.s2,
+            &mut self.f1,
+            &mut self.a,
+            &mut self.f2,
+            &mut self.out,
         ]
     }
 
-    fn ffn_forward(&mut self, b: &B, p: &B::Buffer<T>, c: &TransformerConfig, input: &B::Buffer<T>, rows: usize) -> Result<()> {
+    fn ffn_forward(
+        &mut self,
+        b: &B,
+        p: &B::Buffer<T>,
+        c: &TransformerConfig,
+        input: &B::Buffer<T>,
+        rows: usize,
+    ) -> Result<()> {
         self.w1.forward(b, p, input, rows, &mut self.f1.buf)?;
         match c.act {
             Ffn::Relu => b.relu(&self.f1.buf, &mut self.a.buf, rows * c.ffn)?,
@@ -248,31 +280,70 @@ impl<B: NnOps, T: Scalar> Block<B, T> {
         self.w2.forward(b, p, &self.a.buf, rows, &mut self.f2.buf)
     }
 
-    fn attn_forward(&mut self, b: &B, p: &B::Buffer<T>, c: &TransformerConfig, s: AttnShape, input: &B::Buffer<T>) -> Result<()> {
+    fn attn_forward(
+        &mut self,
+        b: &B,
+        p: &B::Buffer<T>,
+        c: &TransformerConfig,
+        s: AttnShape,
+        input: &B::Buffer<T>,
+    ) -> Result<()> {
         let rows = s.b * s.t;
         self.qkv.forward(b, p, input, rows, &mut self.q.buf)?;
         if c.pos == Positional::Rope {
             b.rope(&mut self.q.buf, s, ROPE_BASE, false)?;
         }
         b.attention(&self.q.buf, s, &mut self.probs.buf, &mut self.att.buf)?;
-        self.proj.forward(b, p, &self.att.buf, rows, &mut self.o.buf)
+        self.proj
+            .forward(b, p, &self.att.buf, rows, &mut self.o.buf)
     }
 
-    fn forward(&mut self, b: &B, p: &B::Buffer<T>, c: &TransformerConfig, s: AttnShape, x: &B::Buffer<T>) -> Result<()> {
+    fn forward(
+        &mut self,
+        b: &B,
+        p: &B::Buffer<T>,
+        c: &TransformerConfig,
+        s: AttnShape,
+        x: &B::Buffer<T>,
+    ) -> Result<()> {
         let rows = s.b * s.t;
         for a in self.acts() {
             a.ensure(b, s.b)?;
         }
         let d = c.d;
         if c.pre_norm {
-            b.norm_rows(c.norm, x, &mut self.h.buf, rows, d, p, self.n1.g.off, self.n1.b.as_ref().map(|s| s.off), &mut self.m1.buf, &mut self.s1.buf, NORM_EPS)?;
+            b.norm_rows(
+                c.norm,
+                x,
+                &mut self.h.buf,
+                rows,
+                d,
+                p,
+                self.n1.g.off,
+                self.n1.b.as_ref().map(|s| s.off),
+                &mut self.m1.buf,
+                &mut self.s1.buf,
+                NORM_EPS,
+            )?;
             let h = std::mem::replace(&mut self.h.buf, b.alloc(0)?);
             let r = self.attn_forward(b, p, c, s, &h);
             self.h.buf = h;
             r?;
             b.copy(x, &mut self.x1.buf)?;
             b.axpy(&mut self.x1.buf, T::one(), &self.o.buf)?;
-            b.norm_rows(c.norm, &self.x1.buf, &mut self.h2.buf, rows, d, p, self.n2.g.off, self.n2.b.as_ref().map(|s| s.off), &mut self.m2.buf, &mut self.s2.buf, NORM_EPS)?;
+            b.norm_rows(
+                c.norm,
+                &self.x1.buf,
+                &mut self.h2.buf,
+                rows,
+                d,
+                p,
+                self.n2.g.off,
+                self.n2.b.as_ref().map(|s| s.off),
+                &mut self.m2.buf,
+                &mut self.s2.buf,
+                NORM_EPS,
+            )?;
             let h2 = std::mem::replace(&mut self.h2.buf, b.alloc(0)?);
             let r = self.ffn_forward(b, p, c, &h2, rows);
             self.h2.buf = h2;
@@ -284,58 +355,150 @@ impl<B: NnOps, T: Scalar> Block<B, T> {
             self.attn_forward(b, p, c, s, x)?;
             b.copy(x, &mut self.h.buf)?;
             b.axpy(&mut self.h.buf, T::one(), &self.o.buf)?;
-            b.norm_rows(c.norm, &self.h.buf, &mut self.x1.buf, rows, d, p, self.n1.g.off, self.n1.b.as_ref().map(|s| s.off), &mut self.m1.buf, &mut self.s1.buf, NORM_EPS)?;
+            b.norm_rows(
+                c.norm,
+                &self.h.buf,
+                &mut self.x1.buf,
+                rows,
+                d,
+                p,
+                self.n1.g.off,
+                self.n1.b.as_ref().map(|s| s.off),
+                &mut self.m1.buf,
+                &mut self.s1.buf,
+                NORM_EPS,
+            )?;
             let x1 = std::mem::replace(&mut self.x1.buf, b.alloc(0)?);
             let r = self.ffn_forward(b, p, c, &x1, rows);
             self.x1.buf = x1;
             r?;
             b.copy(&self.x1.buf, &mut self.h2.buf)?;
             b.axpy(&mut self.h2.buf, T::one(), &self.f2.buf)?;
-            b.norm_rows(c.norm, &self.h2.buf, &mut self.out.buf, rows, d, p, self.n2.g.off, self.n2.b.as_ref().map(|s| s.off), &mut self.m2.buf, &mut self.s2.buf, NORM_EPS)
+            b.norm_rows(
+                c.norm,
+                &self.h2.buf,
+                &mut self.out.buf,
+                rows,
+                d,
+                p,
+                self.n2.g.off,
+                self.n2.b.as_ref().map(|s| s.off),
+                &mut self.m2.buf,
+                &mut self.s2.buf,
+                NORM_EPS,
+            )
         }
     }
 
     /// Backward of the feed-forward: `dinput = ∂/∂(its input)` from `dout`.
     #[allow(clippy::too_many_arguments)]
-    fn ffn_backward(&self, b: &B, p: &B::Buffer<T>, g: &mut B::Buffer<T>, c: &TransformerConfig, input: &B::Buffer<T>, dout: &B::Buffer<T>, rows: usize, sc: &mut Scratch<B, T>, dinput: &mut B::Buffer<T>) -> Result<()> {
+    fn ffn_backward(
+        &self,
+        b: &B,
+        p: &B::Buffer<T>,
+        g: &mut B::Buffer<T>,
+        c: &TransformerConfig,
+        input: &B::Buffer<T>,
+        dout: &B::Buffer<T>,
+        rows: usize,
+        sc: &mut Scratch<B, T>,
+        dinput: &mut B::Buffer<T>,
+    ) -> Result<()> {
         let [w0, w1] = &mut sc.wide;
-        self.w2.backward(b, p, g, &self.a.buf, dout, rows, Some(&mut w0.buf))?;
+        self.w2
+            .backward(b, p, g, &self.a.buf, dout, rows, Some(&mut w0.buf))?;
         match c.act {
             Ffn::Relu => b.relu_backward(&self.a.buf, &w0.buf, &mut w1.buf, rows * c.ffn)?,
             Ffn::Gelu => b.gelu_backward(&self.f1.buf, &w0.buf, &mut w1.buf, rows * c.ffn)?,
             Ffn::SwiGlu => b.swiglu_backward(&self.f1.buf, &w0.buf, &mut w1.buf, rows, c.ffn)?,
         }
-        self.w1.backward(b, p, g, input, &w1.buf, rows, Some(dinput))
+        self.w1
+            .backward(b, p, g, input, &w1.buf, rows, Some(dinput))
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn attn_backward(&self, b: &B, p: &B::Buffer<T>, g: &mut B::Buffer<T>, c: &TransformerConfig, s: AttnShape, input: &B::Buffer<T>, dout: &B::Buffer<T>, sc: &mut Scratch<B, T>, dinput: &mut B::Buffer<T>) -> Result<()> {
+    fn attn_backward(
+        &self,
+        b: &B,
+        p: &B::Buffer<T>,
+        g: &mut B::Buffer<T>,
+        c: &TransformerConfig,
+        s: AttnShape,
+        input: &B::Buffer<T>,
+        dout: &B::Buffer<T>,
+        sc: &mut Scratch<B, T>,
+        dinput: &mut B::Buffer<T>,
+    ) -> Result<()> {
         let rows = s.b * s.t;
         let [d0, _, _] = &mut sc.d;
-        self.proj.backward(b, p, g, &self.att.buf, dout, rows, Some(&mut d0.buf))?;
+        self.proj
+            .backward(b, p, g, &self.att.buf, dout, rows, Some(&mut d0.buf))?;
         b.attention_backward(&self.q.buf, &self.probs.buf, &d0.buf, s, &mut sc.qkv.buf)?;
         if c.pos == Positional::Rope {
             b.rope(&mut sc.qkv.buf, s, ROPE_BASE, true)?;
         }
-        self.qkv.backward(b, p, g, input, &sc.qkv.buf, rows, Some(dinput))
+        self.qkv
+            .backward(b, p, g, input, &sc.qkv.buf, rows, Some(dinput))
     }
 
     /// `dout` → `dx` (model-level buffers).
     #[allow(clippy::too_many_arguments)]
-    fn backward(&self, b: &B, p: &B::Buffer<T>, g: &mut B::Buffer<T>, c: &TransformerConfig, s: AttnShape, x: &B::Buffer<T>, dout: &B::Buffer<T>, dx: &mut B::Buffer<T>, sc: &mut Scratch<B, T>) -> Result<()> {
+    fn backward(
+        &self,
+        b: &B,
+        p: &B::Buffer<T>,
+        g: &mut B::Buffer<T>,
+        c: &TransformerConfig,
+        s: AttnShape,
+        x: &B::Buffer<T>,
+        dout: &B::Buffer<T>,
+        dx: &mut B::Buffer<T>,
+        sc: &mut Scratch<B, T>,
+    ) -> Result<()> {
         let rows = s.b * s.t;
         let d = c.d;
-        let (nb1, nb2) = (self.n1.b.as_ref().map(|s| s.off), self.n2.b.as_ref().map(|s| s.off));
+        let (nb1, nb2) = (
+            self.n1.b.as_ref().map(|s| s.off),
+            self.n2.b.as_ref().map(|s| s.off),
+        );
         if c.pre_norm {
             // out = x1 + ffn(norm2(x1)); x1 = x + attn(norm1(x)).
             let mut dh2 = std::mem::replace(&mut sc.d[1].buf, b.alloc(0)?);
             let mut dx1 = std::mem::replace(&mut sc.d[2].buf, b.alloc(0)?);
             let r = (|| {
                 self.ffn_backward(b, p, g, c, &self.h2.buf, dout, rows, sc, &mut dh2)?;
-                b.norm_rows_backward(c.norm, &self.x1.buf, &dh2, &mut dx1, rows, d, p, self.n2.g.off, &self.m2.buf, &self.s2.buf, g, self.n2.g.off, nb2)?;
+                b.norm_rows_backward(
+                    c.norm,
+                    &self.x1.buf,
+                    &dh2,
+                    &mut dx1,
+                    rows,
+                    d,
+                    p,
+                    self.n2.g.off,
+                    &self.m2.buf,
+                    &self.s2.buf,
+                    g,
+                    self.n2.g.off,
+                    nb2,
+                )?;
                 b.axpy(&mut dx1, T::one(), dout)?;
                 self.attn_backward(b, p, g, c, s, &self.h.buf, &dx1, sc, &mut dh2)?;
-                b.norm_rows_backward(c.norm, x, &dh2, dx, rows, d, p, self.n1.g.off, &self.m1.buf, &self.s1.buf, g, self.n1.g.off, nb1)?;
+                b.norm_rows_backward(
+                    c.norm,
+                    x,
+                    &dh2,
+                    dx,
+                    rows,
+                    d,
+                    p,
+                    self.n1.g.off,
+                    &self.m1.buf,
+                    &self.s1.buf,
+                    g,
+                    self.n1.g.off,
+                    nb1,
+                )?;
                 b.axpy(dx, T::one(), &dx1)
             })();
             sc.d[1].buf = dh2;
@@ -345,10 +508,38 @@ impl<B: NnOps, T: Scalar> Block<B, T> {
             let mut dh2 = std::mem::replace(&mut sc.d[1].buf, b.alloc(0)?);
             let mut dx1 = std::mem::replace(&mut sc.d[2].buf, b.alloc(0)?);
             let r = (|| {
-                b.norm_rows_backward(c.norm, &self.h2.buf, dout, &mut dh2, rows, d, p, self.n2.g.off, &self.m2.buf, &self.s2.buf, g, self.n2.g.off, nb2)?;
+                b.norm_rows_backward(
+                    c.norm,
+                    &self.h2.buf,
+                    dout,
+                    &mut dh2,
+                    rows,
+                    d,
+                    p,
+                    self.n2.g.off,
+                    &self.m2.buf,
+                    &self.s2.buf,
+                    g,
+                    self.n2.g.off,
+                    nb2,
+                )?;
                 self.ffn_backward(b, p, g, c, &self.x1.buf, &dh2, rows, sc, &mut dx1)?;
                 b.axpy(&mut dx1, T::one(), &dh2)?;
-                b.norm_rows_backward(c.norm, &self.h.buf, &dx1, &mut dh2, rows, d, p, self.n1.g.off, &self.m1.buf, &self.s1.buf, g, self.n1.g.off, nb1)?;
+                b.norm_rows_backward(
+                    c.norm,
+                    &self.h.buf,
+                    &dx1,
+                    &mut dh2,
+                    rows,
+                    d,
+                    p,
+                    self.n1.g.off,
+                    &self.m1.buf,
+                    &self.s1.buf,
+                    g,
+                    self.n1.g.off,
+                    nb1,
+                )?;
                 self.attn_backward(b, p, g, c, s, x, &dh2, sc, dx)?;
                 b.axpy(dx, T::one(), &dh2)
             })();
@@ -372,31 +563,65 @@ impl<B: NnOps, T: Scalar> Transformer<B, T> {
 
     /// A ViT over `(channels, side, side)` images cut into `patch × patch` patches, with a CLS
     /// token and learned positions; `cfg.ctx` is set to patches + 1.
-    pub fn vit(b: &B, name: String, mut cfg: TransformerConfig, image: (usize, usize), patch: usize, classes: usize) -> Result<Self> {
+    pub fn vit(
+        b: &B,
+        name: String,
+        mut cfg: TransformerConfig,
+        image: (usize, usize),
+        patch: usize,
+        classes: usize,
+    ) -> Result<Self> {
         let (ch, side) = image;
         if patch == 0 || side % patch != 0 {
-            return Err(ire_core::Error::InvalidHyperParameter { field: "patch", value: patch as f64, allowed: "a divisor of the image side" });
+            return Err(ire_core::Error::InvalidHyperParameter {
+                field: "patch",
+                value: patch as f64,
+                allowed: "a divisor of the image side",
+            });
         }
         cfg.ctx = (side / patch) * (side / patch) + 1;
         Self::build(b, name, cfg, Some((ch, side, patch, classes)))
     }
 
-    fn build(b: &B, name: String, cfg: TransformerConfig, vit: Option<(usize, usize, usize, usize)>) -> Result<Self> {
-        if cfg.heads == 0 || cfg.d % cfg.heads != 0 || (cfg.pos == Positional::Rope && (cfg.d / cfg.heads) % 2 != 0) {
-            return Err(ire_core::Error::InvalidHyperParameter { field: "heads", value: cfg.heads as f64, allowed: "a divisor of d (with an even head size for RoPE)" });
+    fn build(
+        b: &B,
+        name: String,
+        cfg: TransformerConfig,
+        vit: Option<(usize, usize, usize, usize)>,
+    ) -> Result<Self> {
+        if cfg.heads == 0
+            || cfg.d % cfg.heads != 0
+            || (cfg.pos == Positional::Rope && (cfg.d / cfg.heads) % 2 != 0)
+        {
+            return Err(ire_core::Error::InvalidHyperParameter {
+                field: "heads",
+                value: cfg.heads as f64,
+                allowed: "a divisor of d (with an even head size for RoPE)",
+            });
         }
         let mut layout = Layout::default();
         let d = cfg.d;
         let t = cfg.ctx;
         let (embed, patch, cls) = match vit {
-            None => (Some(layout.add("embed.weight", &[cfg.vocab, d], Init::Normal(0.02), true)), None, None),
+            None => (
+                Some(layout.add("embed.weight", &[cfg.vocab, d], Init::Normal(0.02), true)),
+                None,
+                None,
+            ),
             Some((ch, _, ps, _)) => (
                 None,
-                Some(Linear::new(&mut layout, "patch_embed", ch * ps * ps, d, true)),
+                Some(Linear::new(
+                    &mut layout,
+                    "patch_embed",
+                    ch * ps * ps,
+                    d,
+                    true,
+                )),
                 Some(layout.add("cls_token", &[d], Init::Normal(0.02), false)),
             ),
         };
-        let pos = (cfg.pos == Positional::Learned || vit.is_some()).then(|| layout.add("pos_embed", &[t, d], Init::Normal(0.02), false));
+        let pos = (cfg.pos == Positional::Learned || vit.is_some())
+            .then(|| layout.add("pos_embed", &[t, d], Init::Normal(0.02), false));
         let fixed_pos = match cfg.pos {
             Positional::Sinusoidal if vit.is_none() => {
                 let tab: Vec<T> = sinusoidal_table(t, d).into_iter().map(T::of).collect();
@@ -404,14 +629,25 @@ impl<B: NnOps, T: Scalar> Transformer<B, T> {
             }
             _ => None,
         };
-        let blocks = (0..cfg.layers).map(|i| Block::new(b, &mut layout, &format!("blocks.{i}"), &cfg)).collect::<Result<Vec<_>>>()?;
-        let final_norm = cfg.pre_norm.then(|| Norm::new(&mut layout, "norm_final", d, cfg.norm));
+        let blocks = (0..cfg.layers)
+            .map(|i| Block::new(b, &mut layout, &format!("blocks.{i}"), &cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let final_norm = cfg
+            .pre_norm
+            .then(|| Norm::new(&mut layout, "norm_final", d, cfg.norm));
         let (head, classes) = match vit {
             Some((.., k)) => (Some(Linear::new(&mut layout, "head", d, k, true)), k),
             None if cfg.tie => (None, cfg.vocab),
-            None => (Some(Linear::new(&mut layout, "lm_head", d, cfg.vocab, cfg.bias)), cfg.vocab),
+            None => (
+                Some(Linear::new(&mut layout, "lm_head", d, cfg.vocab, cfg.bias)),
+                cfg.vocab,
+            ),
         };
-        let f1w = if cfg.act == Ffn::SwiGlu { 2 * cfg.ffn } else { cfg.ffn };
+        let f1w = if cfg.act == Ffn::SwiGlu {
+            2 * cfg.ffn
+        } else {
+            cfg.ffn
+        };
         let wide = f1w.max(cfg.ffn) * t;
         let out_per = if vit.is_some() { classes } else { t * classes };
         Ok(Transformer {
@@ -435,7 +671,11 @@ impl<B: NnOps, T: Scalar> Transformer<B, T> {
             logits: Act::new(b, out_per)?,
             g: [Act::new(b, t * d)?, Act::new(b, t * d)?],
             scratch: Scratch {
-                d: [Act::new(b, t * d)?, Act::new(b, t * d)?, Act::new(b, t * d)?],
+                d: [
+                    Act::new(b, t * d)?,
+                    Act::new(b, t * d)?,
+                    Act::new(b, t * d)?,
+                ],
                 wide: [Act::new(b, wide)?, Act::new(b, wide)?],
                 qkv: Act::new(b, t * 3 * d)?,
             },
@@ -451,7 +691,13 @@ impl<B: NnOps, T: Scalar> Transformer<B, T> {
     }
 
     fn shape(&self, n: usize) -> AttnShape {
-        AttnShape { b: n, t: self.cfg.ctx, h: self.cfg.heads, dh: self.cfg.d / self.cfg.heads, causal: self.causal }
+        AttnShape {
+            b: n,
+            t: self.cfg.ctx,
+            h: self.cfg.heads,
+            dh: self.cfg.d / self.cfg.heads,
+            causal: self.causal,
+        }
     }
 
     /// Rows of logits per example: `ctx` for an LM, 1 for ViT.
@@ -462,7 +708,9 @@ impl<B: NnOps, T: Scalar> Transformer<B, T> {
     /// Host-side patch extraction for ViT: `n × C × S × S` images → `n × t × (C·p·p)` rows,
     /// row 0 of each image left zero for the CLS token.
     fn patchify(&self, b: &B, x: &B::Buffer<T>, n: usize, out: &mut B::Buffer<T>) -> Result<()> {
-        let Some((ch, side, ps, _)) = self.vit else { return Ok(()) };
+        let Some((ch, side, ps, _)) = self.vit else {
+            return Ok(());
+        };
         let xs = b.to_vec(x)?;
         let g = side / ps;
         let per = ch * ps * ps;
@@ -474,7 +722,8 @@ impl<B: NnOps, T: Scalar> Transformer<B, T> {
                     for c in 0..ch {
                         for yy in 0..ps {
                             for xx in 0..ps {
-                                v[row + (c * ps + yy) * ps + xx] = xs[((i * ch + c) * side + py * ps + yy) * side + px * ps + xx];
+                                v[row + (c * ps + yy) * ps + xx] =
+                                    xs[((i * ch + c) * side + py * ps + yy) * side + px * ps + xx];
                             }
                         }
                     }
@@ -502,12 +751,27 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Transformer<B, T> {
         Transformer::rows_per_example(self)
     }
 
-    fn forward(&mut self, b: &B, p: &B::Buffer<T>, x: &B::Buffer<T>, n: usize, _mode: BnMode) -> Result<()> {
+    fn forward(
+        &mut self,
+        b: &B,
+        p: &B::Buffer<T>,
+        x: &B::Buffer<T>,
+        n: usize,
+        _mode: BnMode,
+    ) -> Result<()> {
         self.n = n;
         let s = self.shape(n);
         let (t, d) = (self.cfg.ctx, self.cfg.d);
         let rows = n * t;
-        for a in [&mut self.x0, &mut self.fin, &mut self.fm, &mut self.fs, &mut self.logits, &mut self.patches, &mut self.cls_rows] {
+        for a in [
+            &mut self.x0,
+            &mut self.fin,
+            &mut self.fm,
+            &mut self.fs,
+            &mut self.logits,
+            &mut self.patches,
+            &mut self.cls_rows,
+        ] {
             a.ensure(b, n)?;
         }
         match (&self.embed, &self.patch) {
@@ -562,7 +826,19 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Transformer<B, T> {
         let last = self.blocks.last().map_or(&self.x0.buf, |blk| &blk.out.buf);
         let feat = match &self.final_norm {
             Some(nm) => {
-                b.norm_rows(self.cfg.norm, last, &mut self.fin.buf, rows, d, p, nm.g.off, nm.b.as_ref().map(|s| s.off), &mut self.fm.buf, &mut self.fs.buf, NORM_EPS)?;
+                b.norm_rows(
+                    self.cfg.norm,
+                    last,
+                    &mut self.fin.buf,
+                    rows,
+                    d,
+                    p,
+                    nm.g.off,
+                    nm.b.as_ref().map(|s| s.off),
+                    &mut self.fm.buf,
+                    &mut self.fs.buf,
+                    NORM_EPS,
+                )?;
                 &self.fin.buf
             }
             None => last,
@@ -575,8 +851,24 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Transformer<B, T> {
             }
             (None, Some(h), _) => h.forward(b, p, feat, rows, &mut self.logits.buf),
             (None, None, Some(e)) => {
-                let g = crate::nn::Gemm { trans_a: false, trans_b: true, m: rows, n: self.cfg.vocab, k: d };
-                b.gemm(g, T::one(), feat, 0, p, e.off, T::zero(), &mut self.logits.buf, 0)
+                let g = crate::nn::Gemm {
+                    trans_a: false,
+                    trans_b: true,
+                    m: rows,
+                    n: self.cfg.vocab,
+                    k: d,
+                };
+                b.gemm(
+                    g,
+                    T::one(),
+                    feat,
+                    0,
+                    p,
+                    e.off,
+                    T::zero(),
+                    &mut self.logits.buf,
+                    0,
+                )
             }
             _ => Ok(()),
         }
@@ -586,16 +878,33 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Transformer<B, T> {
         &self.logits.buf
     }
 
-    fn backward(&mut self, b: &B, p: &B::Buffer<T>, g: &mut B::Buffer<T>, _x: &B::Buffer<T>, dlogits: &B::Buffer<T>, n: usize) -> Result<()> {
+    fn backward(
+        &mut self,
+        b: &B,
+        p: &B::Buffer<T>,
+        g: &mut B::Buffer<T>,
+        _x: &B::Buffer<T>,
+        dlogits: &B::Buffer<T>,
+        n: usize,
+    ) -> Result<()> {
         let s = self.shape(n);
         let (t, d) = (self.cfg.ctx, self.cfg.d);
         let rows = n * t;
-        for a in self.g.iter_mut().chain(self.scratch.d.iter_mut()).chain(self.scratch.wide.iter_mut()) {
+        for a in self
+            .g
+            .iter_mut()
+            .chain(self.scratch.d.iter_mut())
+            .chain(self.scratch.wide.iter_mut())
+        {
             a.ensure(b, n)?;
         }
         self.scratch.qkv.ensure(b, n)?;
         let last = self.blocks.last().map_or(&self.x0.buf, |blk| &blk.out.buf);
-        let feat = if self.final_norm.is_some() { &self.fin.buf } else { last };
+        let feat = if self.final_norm.is_some() {
+            &self.fin.buf
+        } else {
+            last
+        };
         let [g0, g1] = &mut self.g;
         // Head → dfeat in g0.
         match (self.vit, &self.head, &self.embed) {
@@ -606,20 +915,70 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Transformer<B, T> {
             }
             (None, Some(h), _) => h.backward(b, p, g, feat, dlogits, rows, Some(&mut g0.buf))?,
             (None, None, Some(e)) => {
-                let gw = crate::nn::Gemm { trans_a: true, trans_b: false, m: self.cfg.vocab, n: d, k: rows };
+                let gw = crate::nn::Gemm {
+                    trans_a: true,
+                    trans_b: false,
+                    m: self.cfg.vocab,
+                    n: d,
+                    k: rows,
+                };
                 b.gemm(gw, T::one(), dlogits, 0, feat, 0, T::one(), g, e.off)?;
-                let gx = crate::nn::Gemm { trans_a: false, trans_b: false, m: rows, n: d, k: self.cfg.vocab };
-                b.gemm(gx, T::one(), dlogits, 0, p, e.off, T::zero(), &mut g0.buf, 0)?;
+                let gx = crate::nn::Gemm {
+                    trans_a: false,
+                    trans_b: false,
+                    m: rows,
+                    n: d,
+                    k: self.cfg.vocab,
+                };
+                b.gemm(
+                    gx,
+                    T::one(),
+                    dlogits,
+                    0,
+                    p,
+                    e.off,
+                    T::zero(),
+                    &mut g0.buf,
+                    0,
+                )?;
             }
             _ => {}
         }
         if let Some(nm) = &self.final_norm {
-            b.norm_rows_backward(self.cfg.norm, last, &g0.buf, &mut g1.buf, rows, d, p, nm.g.off, &self.fm.buf, &self.fs.buf, g, nm.g.off, nm.b.as_ref().map(|s| s.off))?;
+            b.norm_rows_backward(
+                self.cfg.norm,
+                last,
+                &g0.buf,
+                &mut g1.buf,
+                rows,
+                d,
+                p,
+                nm.g.off,
+                &self.fm.buf,
+                &self.fs.buf,
+                g,
+                nm.g.off,
+                nm.b.as_ref().map(|s| s.off),
+            )?;
             std::mem::swap(g0, g1);
         }
         for i in (0..self.blocks.len()).rev() {
-            let input = if i == 0 { &self.x0.buf } else { &self.blocks[i - 1].out.buf };
-            self.blocks[i].backward(b, p, g, &self.cfg, s, input, &g0.buf, &mut g1.buf, &mut self.scratch)?;
+            let input = if i == 0 {
+                &self.x0.buf
+            } else {
+                &self.blocks[i - 1].out.buf
+            };
+            self.blocks[i].backward(
+                b,
+                p,
+                g,
+                &self.cfg,
+                s,
+                input,
+                &g0.buf,
+                &mut g1.buf,
+                &mut self.scratch,
+            )?;
             std::mem::swap(g0, g1);
         }
         // g0 = ∂/∂x0.
@@ -655,7 +1014,13 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Transformer<B, T> {
 }
 
 /// Rows `i·t` (the CLS tokens) of `x` → `n × d`.
-fn gather_cls<B: NnOps, T: Scalar>(b: &B, x: &B::Buffer<T>, n: usize, t: usize, d: usize) -> Result<B::Buffer<T>> {
+fn gather_cls<B: NnOps, T: Scalar>(
+    b: &B,
+    x: &B::Buffer<T>,
+    n: usize,
+    t: usize,
+    d: usize,
+) -> Result<B::Buffer<T>> {
     let xs = b.to_vec(x)?;
     let mut v = Vec::with_capacity(n * d);
     for i in 0..n {
@@ -665,7 +1030,14 @@ fn gather_cls<B: NnOps, T: Scalar>(b: &B, x: &B::Buffer<T>, n: usize, t: usize, 
 }
 
 /// The adjoint of [`gather_cls`]: `out` = zeros except the CLS rows.
-fn scatter_cls<B: NnOps, T: Scalar>(b: &B, dcls: &B::Buffer<T>, n: usize, t: usize, d: usize, out: &mut B::Buffer<T>) -> Result<()> {
+fn scatter_cls<B: NnOps, T: Scalar>(
+    b: &B,
+    dcls: &B::Buffer<T>,
+    n: usize,
+    t: usize,
+    d: usize,
+    out: &mut B::Buffer<T>,
+) -> Result<()> {
     let dc = b.to_vec(dcls)?;
     let mut v = vec![T::zero(); b.len(out)];
     for i in 0..n {

@@ -13,7 +13,14 @@ pub enum NormKind {
 }
 
 /// Normalizes one row; returns `(mean, rstd)` (mean 0 for RMSNorm). Statistics in `f64`.
-pub fn norm_row<T: Scalar>(kind: NormKind, x: &[T], y: &mut [T], gamma: &[T], beta: Option<&[T]>, eps: f64) -> (T, T) {
+pub fn norm_row<T: Scalar>(
+    kind: NormKind,
+    x: &[T],
+    y: &mut [T],
+    gamma: &[T],
+    beta: Option<&[T]>,
+    eps: f64,
+) -> (T, T) {
     let d = x.len() as f64;
     let mean = match kind {
         NormKind::Layer => x.iter().map(|v| v.as_f64()).sum::<f64>() / d,
@@ -105,7 +112,14 @@ impl AttnShape {
 
 /// Attention of sequence `bi`, head `hi`: `P = softmax(q kᵀ/√dh)`, `out = P v`; `probs` is this
 /// head's `t × t` block and `out` the sequence's `t × d` rows.
-pub fn attention_head<T: Scalar>(s: &AttnShape, qkv: &[T], bi: usize, hi: usize, probs: &mut [T], out: &mut [T]) {
+pub fn attention_head<T: Scalar>(
+    s: &AttnShape,
+    qkv: &[T],
+    bi: usize,
+    hi: usize,
+    probs: &mut [T],
+    out: &mut [T],
+) {
     let (t, d, dh) = (s.t, s.d(), s.dh);
     let scale = 1.0 / (dh as f64).sqrt();
     let mut row = vec![0.0f64; t];
@@ -115,7 +129,12 @@ pub fn attention_head<T: Scalar>(s: &AttnShape, qkv: &[T], bi: usize, hi: usize,
         let mut max = f64::NEG_INFINITY;
         for (j, r) in row.iter_mut().enumerate().take(last) {
             let k = &qkv[s.q(bi, j, hi) + d..s.q(bi, j, hi) + d + dh];
-            *r = q.iter().zip(k).map(|(a, b)| a.as_f64() * b.as_f64()).sum::<f64>() * scale;
+            *r = q
+                .iter()
+                .zip(k)
+                .map(|(a, b)| a.as_f64() * b.as_f64())
+                .sum::<f64>()
+                * scale;
             max = max.max(*r);
         }
         let mut sum = 0.0;
@@ -125,7 +144,11 @@ pub fn attention_head<T: Scalar>(s: &AttnShape, qkv: &[T], bi: usize, hi: usize,
         }
         let p = &mut probs[(i) * t..(i + 1) * t];
         for j in 0..t {
-            p[j] = if j < last { T::of(row[j] / sum) } else { T::zero() };
+            p[j] = if j < last {
+                T::of(row[j] / sum)
+            } else {
+                T::zero()
+            };
         }
         let o = &mut out[i * d + hi * dh..i * d + hi * dh + dh];
         for (c, ov) in o.iter_mut().enumerate() {
@@ -141,7 +164,15 @@ pub fn attention_head<T: Scalar>(s: &AttnShape, qkv: &[T], bi: usize, hi: usize,
 /// Backward of [`attention_head`]: ACCUMULATES into the q, k, v parts of `dqkv` for this head
 /// (`dV = Pᵀ dO`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))` with `dP = dO Vᵀ`, `dQ = dS K/√dh`,
 /// `dK = dSᵀ Q/√dh`). `probs` is this head's block, `dout` and `dqkv` the sequence's rows.
-pub fn attention_head_backward<T: Scalar>(s: &AttnShape, qkv: &[T], probs: &[T], dout: &[T], bi: usize, hi: usize, dqkv: &mut [T]) {
+pub fn attention_head_backward<T: Scalar>(
+    s: &AttnShape,
+    qkv: &[T],
+    probs: &[T],
+    dout: &[T],
+    bi: usize,
+    hi: usize,
+    dqkv: &mut [T],
+) {
     let (t, d, dh) = (s.t, s.d(), s.dh);
     let base = bi * s.t * 3 * d;
     let scale = 1.0 / (dh as f64).sqrt();
@@ -167,11 +198,11 @@ pub fn attention_head_backward<T: Scalar>(s: &AttnShape, qkv: &[T], probs: &[T],
             *dsj = pj.as_f64() * (*dsj - dot) * scale;
         }
         let qi = s.q(bi, i, hi);
-        for j in 0..last {
+        for (j, &dsj) in ds.iter().enumerate().take(last) {
             let kj = s.q(bi, j, hi) + d;
             for c in 0..dh {
-                dqkv[qi - base + c] = dqkv[qi - base + c] + T::of(ds[j] * qkv[kj + c].as_f64());
-                dqkv[kj - base + c] = dqkv[kj - base + c] + T::of(ds[j] * qkv[qi + c].as_f64());
+                dqkv[qi - base + c] = dqkv[qi - base + c] + T::of(dsj * qkv[kj + c].as_f64());
+                dqkv[kj - base + c] = dqkv[kj - base + c] + T::of(dsj * qkv[qi + c].as_f64());
             }
         }
     }

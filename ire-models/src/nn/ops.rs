@@ -246,33 +246,127 @@ pub trait NnOps: Backend {
     /// Row normalization (LayerNorm or RMSNorm) of `rows × d`, affine `γ` at `g_off` (and `β`
     /// at `b_off`); saves each row's mean and 1/std for the backward.
     #[allow(clippy::too_many_arguments)]
-    fn norm_rows<T: Scalar>(&self, kind: NormKind, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, rows: usize, d: usize, params: &Self::Buffer<T>, g_off: usize, b_off: Option<usize>, mean: &mut Self::Buffer<T>, rstd: &mut Self::Buffer<T>, eps: f64) -> Result<()>;
+    fn norm_rows<T: Scalar>(
+        &self,
+        kind: NormKind,
+        x: &Self::Buffer<T>,
+        y: &mut Self::Buffer<T>,
+        rows: usize,
+        d: usize,
+        params: &Self::Buffer<T>,
+        g_off: usize,
+        b_off: Option<usize>,
+        mean: &mut Self::Buffer<T>,
+        rstd: &mut Self::Buffer<T>,
+        eps: f64,
+    ) -> Result<()>;
     /// Backward of [`NnOps::norm_rows`]: `dx =`, `dγ +=`, `dβ +=`.
     #[allow(clippy::too_many_arguments)]
-    fn norm_rows_backward<T: Scalar>(&self, kind: NormKind, x: &Self::Buffer<T>, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, rows: usize, d: usize, params: &Self::Buffer<T>, g_off: usize, mean: &Self::Buffer<T>, rstd: &Self::Buffer<T>, grads: &mut Self::Buffer<T>, dg_off: usize, db_off: Option<usize>) -> Result<()>;
+    fn norm_rows_backward<T: Scalar>(
+        &self,
+        kind: NormKind,
+        x: &Self::Buffer<T>,
+        dy: &Self::Buffer<T>,
+        dx: &mut Self::Buffer<T>,
+        rows: usize,
+        d: usize,
+        params: &Self::Buffer<T>,
+        g_off: usize,
+        mean: &Self::Buffer<T>,
+        rstd: &Self::Buffer<T>,
+        grads: &mut Self::Buffer<T>,
+        dg_off: usize,
+        db_off: Option<usize>,
+    ) -> Result<()>;
     /// Multi-head attention over `qkv` rows `[q | k | v]`: `out = softmax(q kᵀ/√dh) v`, saving
     /// the probabilities (`b × h × t × t`).
-    fn attention<T: Scalar>(&self, qkv: &Self::Buffer<T>, s: AttnShape, probs: &mut Self::Buffer<T>, out: &mut Self::Buffer<T>) -> Result<()>;
+    fn attention<T: Scalar>(
+        &self,
+        qkv: &Self::Buffer<T>,
+        s: AttnShape,
+        probs: &mut Self::Buffer<T>,
+        out: &mut Self::Buffer<T>,
+    ) -> Result<()>;
     /// Backward of attention: `dqkv =`.
-    fn attention_backward<T: Scalar>(&self, qkv: &Self::Buffer<T>, probs: &Self::Buffer<T>, dout: &Self::Buffer<T>, s: AttnShape, dqkv: &mut Self::Buffer<T>) -> Result<()>;
+    fn attention_backward<T: Scalar>(
+        &self,
+        qkv: &Self::Buffer<T>,
+        probs: &Self::Buffer<T>,
+        dout: &Self::Buffer<T>,
+        s: AttnShape,
+        dqkv: &mut Self::Buffer<T>,
+    ) -> Result<()>;
     /// Rotary position embedding of the q and k parts of `qkv` in place (`inverse`: backward).
-    fn rope<T: Scalar>(&self, qkv: &mut Self::Buffer<T>, s: AttnShape, base: f64, inverse: bool) -> Result<()>;
+    fn rope<T: Scalar>(
+        &self,
+        qkv: &mut Self::Buffer<T>,
+        s: AttnShape,
+        base: f64,
+        inverse: bool,
+    ) -> Result<()>;
     /// SwiGLU: rows `[a | b]` of `2f` → `silu(a) ⊙ b` of `f`.
-    fn swiglu<T: Scalar>(&self, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, rows: usize, f: usize) -> Result<()>;
+    fn swiglu<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        y: &mut Self::Buffer<T>,
+        rows: usize,
+        f: usize,
+    ) -> Result<()>;
     /// Backward of SwiGLU: `dx =`.
-    fn swiglu_backward<T: Scalar>(&self, x: &Self::Buffer<T>, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, rows: usize, f: usize) -> Result<()>;
+    fn swiglu_backward<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        dy: &Self::Buffer<T>,
+        dx: &mut Self::Buffer<T>,
+        rows: usize,
+        f: usize,
+    ) -> Result<()>;
     /// Embedding lookup: `y[i] = table[ids[i]]` (ids stored as floats), table `V × d` at `off`.
     #[allow(clippy::too_many_arguments)]
-    fn embedding<T: Scalar>(&self, ids: &Self::Buffer<T>, n: usize, table: &Self::Buffer<T>, off: usize, vocab: usize, d: usize, y: &mut Self::Buffer<T>) -> Result<()>;
+    fn embedding<T: Scalar>(
+        &self,
+        ids: &Self::Buffer<T>,
+        n: usize,
+        table: &Self::Buffer<T>,
+        off: usize,
+        vocab: usize,
+        d: usize,
+        y: &mut Self::Buffer<T>,
+    ) -> Result<()>;
     /// Backward of the lookup: `dtable[ids[i]] += dy[i]`.
     #[allow(clippy::too_many_arguments)]
-    fn embedding_backward<T: Scalar>(&self, ids: &Self::Buffer<T>, n: usize, dy: &Self::Buffer<T>, d: usize, vocab: usize, dtable: &mut Self::Buffer<T>, off: usize) -> Result<()>;
+    fn embedding_backward<T: Scalar>(
+        &self,
+        ids: &Self::Buffer<T>,
+        n: usize,
+        dy: &Self::Buffer<T>,
+        d: usize,
+        vocab: usize,
+        dtable: &mut Self::Buffer<T>,
+        off: usize,
+    ) -> Result<()>;
     /// `x[b, t, :] += table[t, :]` (positional embeddings), table at `off`.
     #[allow(clippy::too_many_arguments)]
-    fn add_positions<T: Scalar>(&self, x: &mut Self::Buffer<T>, b: usize, t: usize, d: usize, table: &Self::Buffer<T>, off: usize) -> Result<()>;
+    fn add_positions<T: Scalar>(
+        &self,
+        x: &mut Self::Buffer<T>,
+        b: usize,
+        t: usize,
+        d: usize,
+        table: &Self::Buffer<T>,
+        off: usize,
+    ) -> Result<()>;
     /// Backward: `dtable[t, :] += Σ_b dy[b, t, :]`.
     #[allow(clippy::too_many_arguments)]
-    fn add_positions_backward<T: Scalar>(&self, dy: &Self::Buffer<T>, b: usize, t: usize, d: usize, dtable: &mut Self::Buffer<T>, off: usize) -> Result<()>;
+    fn add_positions_backward<T: Scalar>(
+        &self,
+        dy: &Self::Buffer<T>,
+        b: usize,
+        t: usize,
+        d: usize,
+        dtable: &mut Self::Buffer<T>,
+        off: usize,
+    ) -> Result<()>;
 }
 
 fn need(what: &str, have: usize, want: usize) -> Result<()> {
@@ -910,7 +1004,20 @@ impl<B: HostMemory + Sync> NnOps for B {
         self.dropout(dy, dx, len, p, seed)
     }
 
-    fn norm_rows<T: Scalar>(&self, kind: NormKind, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, rows: usize, d: usize, params: &Self::Buffer<T>, g_off: usize, b_off: Option<usize>, mean: &mut Self::Buffer<T>, rstd: &mut Self::Buffer<T>, eps: f64) -> Result<()> {
+    fn norm_rows<T: Scalar>(
+        &self,
+        kind: NormKind,
+        x: &Self::Buffer<T>,
+        y: &mut Self::Buffer<T>,
+        rows: usize,
+        d: usize,
+        params: &Self::Buffer<T>,
+        g_off: usize,
+        b_off: Option<usize>,
+        mean: &mut Self::Buffer<T>,
+        rstd: &mut Self::Buffer<T>,
+        eps: f64,
+    ) -> Result<()> {
         let (x, y, p) = (B::host(x), B::host_mut(y), B::host(params));
         let (mean, rstd) = (B::host_mut(mean), B::host_mut(rstd));
         need("norm_rows", x.len().min(y.len()), rows * d)?;
@@ -922,25 +1029,73 @@ impl<B: HostMemory + Sync> NnOps for B {
         let gamma = &p[g_off..g_off + d];
         let beta = b_off.map(|o| &p[o..o + d]);
         for r in 0..rows {
-            let (m, s) = host_tf::norm_row(kind, &x[r * d..(r + 1) * d], &mut y[r * d..(r + 1) * d], gamma, beta, eps);
+            let (m, s) = host_tf::norm_row(
+                kind,
+                &x[r * d..(r + 1) * d],
+                &mut y[r * d..(r + 1) * d],
+                gamma,
+                beta,
+                eps,
+            );
             mean[r] = m;
             rstd[r] = s;
         }
         Ok(())
     }
 
-    fn norm_rows_backward<T: Scalar>(&self, kind: NormKind, x: &Self::Buffer<T>, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, rows: usize, d: usize, params: &Self::Buffer<T>, g_off: usize, mean: &Self::Buffer<T>, rstd: &Self::Buffer<T>, grads: &mut Self::Buffer<T>, dg_off: usize, db_off: Option<usize>) -> Result<()> {
+    fn norm_rows_backward<T: Scalar>(
+        &self,
+        kind: NormKind,
+        x: &Self::Buffer<T>,
+        dy: &Self::Buffer<T>,
+        dx: &mut Self::Buffer<T>,
+        rows: usize,
+        d: usize,
+        params: &Self::Buffer<T>,
+        g_off: usize,
+        mean: &Self::Buffer<T>,
+        rstd: &Self::Buffer<T>,
+        grads: &mut Self::Buffer<T>,
+        dg_off: usize,
+        db_off: Option<usize>,
+    ) -> Result<()> {
         let (x, dy, dx, p) = (B::host(x), B::host(dy), B::host_mut(dx), B::host(params));
         let (mean, rstd, g) = (B::host(mean), B::host(rstd), B::host_mut(grads));
-        need("norm_rows_backward", x.len().min(dy.len()).min(dx.len()), rows * d)?;
-        need("norm_rows_backward: statistics", mean.len().min(rstd.len()), rows)?;
-        need("norm_rows_backward: gamma", p.len().saturating_sub(g_off), d)?;
-        need("norm_rows_backward: grads", g.len().saturating_sub(dg_off.max(db_off.unwrap_or(0))), d)?;
+        need(
+            "norm_rows_backward",
+            x.len().min(dy.len()).min(dx.len()),
+            rows * d,
+        )?;
+        need(
+            "norm_rows_backward: statistics",
+            mean.len().min(rstd.len()),
+            rows,
+        )?;
+        need(
+            "norm_rows_backward: gamma",
+            p.len().saturating_sub(g_off),
+            d,
+        )?;
+        need(
+            "norm_rows_backward: grads",
+            g.len().saturating_sub(dg_off.max(db_off.unwrap_or(0))),
+            d,
+        )?;
         let gamma = &p[g_off..g_off + d];
         let mut dgamma = vec![T::zero(); d];
         let mut dbeta = vec![T::zero(); d];
         for r in 0..rows {
-            host_tf::norm_row_backward(kind, &x[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d], gamma, mean[r], rstd[r], &mut dx[r * d..(r + 1) * d], &mut dgamma, db_off.map(|_| &mut dbeta[..]));
+            host_tf::norm_row_backward(
+                kind,
+                &x[r * d..(r + 1) * d],
+                &dy[r * d..(r + 1) * d],
+                gamma,
+                mean[r],
+                rstd[r],
+                &mut dx[r * d..(r + 1) * d],
+                &mut dgamma,
+                db_off.map(|_| &mut dbeta[..]),
+            );
         }
         for j in 0..d {
             g[dg_off + j] = g[dg_off + j] + dgamma[j];
@@ -953,7 +1108,13 @@ impl<B: HostMemory + Sync> NnOps for B {
         Ok(())
     }
 
-    fn attention<T: Scalar>(&self, qkv: &Self::Buffer<T>, s: AttnShape, probs: &mut Self::Buffer<T>, out: &mut Self::Buffer<T>) -> Result<()> {
+    fn attention<T: Scalar>(
+        &self,
+        qkv: &Self::Buffer<T>,
+        s: AttnShape,
+        probs: &mut Self::Buffer<T>,
+        out: &mut Self::Buffer<T>,
+    ) -> Result<()> {
         let (qkv, probs, out) = (B::host(qkv), B::host_mut(probs), B::host_mut(out));
         need("attention: qkv", qkv.len(), s.qkv_len())?;
         need("attention: probs", probs.len(), s.probs_len())?;
@@ -961,21 +1122,50 @@ impl<B: HostMemory + Sync> NnOps for B {
         let (tt, td) = (s.h * s.t * s.t, s.t * s.d());
         let work = |bi: usize, pr: &mut [T], o: &mut [T]| {
             for hi in 0..s.h {
-                host_tf::attention_head(&s, qkv, bi, hi, &mut pr[hi * s.t * s.t..(hi + 1) * s.t * s.t], o);
+                host_tf::attention_head(
+                    &s,
+                    qkv,
+                    bi,
+                    hi,
+                    &mut pr[hi * s.t * s.t..(hi + 1) * s.t * s.t],
+                    o,
+                );
             }
         };
-        let pairs = probs[..s.probs_len()].chunks_mut(tt.max(1)).zip(out[..s.out_len()].chunks_mut(td.max(1))).enumerate();
+        let pairs = probs[..s.probs_len()]
+            .chunks_mut(tt.max(1))
+            .zip(out[..s.out_len()].chunks_mut(td.max(1)))
+            .enumerate();
         if self.parallel() && s.b > 1 {
-            pairs.collect::<Vec<_>>().into_par_iter().for_each(|(bi, (pr, o))| work(bi, pr, o));
+            pairs
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .for_each(|(bi, (pr, o))| work(bi, pr, o));
         } else {
             pairs.for_each(|(bi, (pr, o))| work(bi, pr, o));
         }
         Ok(())
     }
 
-    fn attention_backward<T: Scalar>(&self, qkv: &Self::Buffer<T>, probs: &Self::Buffer<T>, dout: &Self::Buffer<T>, s: AttnShape, dqkv: &mut Self::Buffer<T>) -> Result<()> {
-        let (qkv, probs, dout, dqkv) = (B::host(qkv), B::host(probs), B::host(dout), B::host_mut(dqkv));
-        need("attention_backward: qkv", qkv.len().min(dqkv.len()), s.qkv_len())?;
+    fn attention_backward<T: Scalar>(
+        &self,
+        qkv: &Self::Buffer<T>,
+        probs: &Self::Buffer<T>,
+        dout: &Self::Buffer<T>,
+        s: AttnShape,
+        dqkv: &mut Self::Buffer<T>,
+    ) -> Result<()> {
+        let (qkv, probs, dout, dqkv) = (
+            B::host(qkv),
+            B::host(probs),
+            B::host(dout),
+            B::host_mut(dqkv),
+        );
+        need(
+            "attention_backward: qkv",
+            qkv.len().min(dqkv.len()),
+            s.qkv_len(),
+        )?;
         need("attention_backward: probs", probs.len(), s.probs_len())?;
         need("attention_backward: dout", dout.len(), s.out_len())?;
         let (tt, td, t3d) = (s.h * s.t * s.t, s.t * s.d(), s.t * 3 * s.d());
@@ -983,26 +1173,49 @@ impl<B: HostMemory + Sync> NnOps for B {
             dq.iter_mut().for_each(|v| *v = T::zero());
             for hi in 0..s.h {
                 let p = &probs[bi * tt + hi * s.t * s.t..bi * tt + (hi + 1) * s.t * s.t];
-                host_tf::attention_head_backward(&s, qkv, p, &dout[bi * td..(bi + 1) * td], bi, hi, dq);
+                host_tf::attention_head_backward(
+                    &s,
+                    qkv,
+                    p,
+                    &dout[bi * td..(bi + 1) * td],
+                    bi,
+                    hi,
+                    dq,
+                );
             }
         };
         let chunks = dqkv[..s.qkv_len()].chunks_mut(t3d.max(1)).enumerate();
         if self.parallel() && s.b > 1 {
-            chunks.collect::<Vec<_>>().into_par_iter().for_each(|(bi, dq)| work(bi, dq));
+            chunks
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .for_each(|(bi, dq)| work(bi, dq));
         } else {
             chunks.for_each(|(bi, dq)| work(bi, dq));
         }
         Ok(())
     }
 
-    fn rope<T: Scalar>(&self, qkv: &mut Self::Buffer<T>, s: AttnShape, base: f64, inverse: bool) -> Result<()> {
+    fn rope<T: Scalar>(
+        &self,
+        qkv: &mut Self::Buffer<T>,
+        s: AttnShape,
+        base: f64,
+        inverse: bool,
+    ) -> Result<()> {
         let q = B::host_mut(qkv);
         need("rope", q.len(), s.qkv_len())?;
         host_tf::rope(&s, q, base, inverse);
         Ok(())
     }
 
-    fn swiglu<T: Scalar>(&self, x: &Self::Buffer<T>, y: &mut Self::Buffer<T>, rows: usize, f: usize) -> Result<()> {
+    fn swiglu<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        y: &mut Self::Buffer<T>,
+        rows: usize,
+        f: usize,
+    ) -> Result<()> {
         let (x, y) = (B::host(x), B::host_mut(y));
         need("swiglu: x", x.len(), rows * 2 * f)?;
         need("swiglu: y", y.len(), rows * f)?;
@@ -1012,17 +1225,37 @@ impl<B: HostMemory + Sync> NnOps for B {
         Ok(())
     }
 
-    fn swiglu_backward<T: Scalar>(&self, x: &Self::Buffer<T>, dy: &Self::Buffer<T>, dx: &mut Self::Buffer<T>, rows: usize, f: usize) -> Result<()> {
+    fn swiglu_backward<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        dy: &Self::Buffer<T>,
+        dx: &mut Self::Buffer<T>,
+        rows: usize,
+        f: usize,
+    ) -> Result<()> {
         let (x, dy, dx) = (B::host(x), B::host(dy), B::host_mut(dx));
         need("swiglu_backward", x.len().min(dx.len()), rows * 2 * f)?;
         need("swiglu_backward: dy", dy.len(), rows * f)?;
         for r in 0..rows {
-            host_tf::swiglu_row_backward(&x[r * 2 * f..(r + 1) * 2 * f], &dy[r * f..(r + 1) * f], &mut dx[r * 2 * f..(r + 1) * 2 * f]);
+            host_tf::swiglu_row_backward(
+                &x[r * 2 * f..(r + 1) * 2 * f],
+                &dy[r * f..(r + 1) * f],
+                &mut dx[r * 2 * f..(r + 1) * 2 * f],
+            );
         }
         Ok(())
     }
 
-    fn embedding<T: Scalar>(&self, ids: &Self::Buffer<T>, n: usize, table: &Self::Buffer<T>, off: usize, vocab: usize, d: usize, y: &mut Self::Buffer<T>) -> Result<()> {
+    fn embedding<T: Scalar>(
+        &self,
+        ids: &Self::Buffer<T>,
+        n: usize,
+        table: &Self::Buffer<T>,
+        off: usize,
+        vocab: usize,
+        d: usize,
+        y: &mut Self::Buffer<T>,
+    ) -> Result<()> {
         let (ids, tab, y) = (B::host(ids), B::host(table), B::host_mut(y));
         need("embedding: ids", ids.len(), n)?;
         need("embedding: table", tab.len().saturating_sub(off), vocab * d)?;
@@ -1038,11 +1271,24 @@ impl<B: HostMemory + Sync> NnOps for B {
         Ok(())
     }
 
-    fn embedding_backward<T: Scalar>(&self, ids: &Self::Buffer<T>, n: usize, dy: &Self::Buffer<T>, d: usize, vocab: usize, dtable: &mut Self::Buffer<T>, off: usize) -> Result<()> {
+    fn embedding_backward<T: Scalar>(
+        &self,
+        ids: &Self::Buffer<T>,
+        n: usize,
+        dy: &Self::Buffer<T>,
+        d: usize,
+        vocab: usize,
+        dtable: &mut Self::Buffer<T>,
+        off: usize,
+    ) -> Result<()> {
         let (ids, dy, g) = (B::host(ids), B::host(dy), B::host_mut(dtable));
         need("embedding_backward: ids", ids.len(), n)?;
         need("embedding_backward: dy", dy.len(), n * d)?;
-        need("embedding_backward: table", g.len().saturating_sub(off), vocab * d)?;
+        need(
+            "embedding_backward: table",
+            g.len().saturating_sub(off),
+            vocab * d,
+        )?;
         for i in 0..n {
             let id = ids[i].as_f64();
             if !(id >= 0.0 && id < vocab as f64) {
@@ -1056,7 +1302,15 @@ impl<B: HostMemory + Sync> NnOps for B {
         Ok(())
     }
 
-    fn add_positions<T: Scalar>(&self, x: &mut Self::Buffer<T>, b: usize, t: usize, d: usize, table: &Self::Buffer<T>, off: usize) -> Result<()> {
+    fn add_positions<T: Scalar>(
+        &self,
+        x: &mut Self::Buffer<T>,
+        b: usize,
+        t: usize,
+        d: usize,
+        table: &Self::Buffer<T>,
+        off: usize,
+    ) -> Result<()> {
         let (x, tab) = (B::host_mut(x), B::host(table));
         need("add_positions: x", x.len(), b * t * d)?;
         need("add_positions: table", tab.len().saturating_sub(off), t * d)?;
@@ -1066,10 +1320,22 @@ impl<B: HostMemory + Sync> NnOps for B {
         Ok(())
     }
 
-    fn add_positions_backward<T: Scalar>(&self, dy: &Self::Buffer<T>, b: usize, t: usize, d: usize, dtable: &mut Self::Buffer<T>, off: usize) -> Result<()> {
+    fn add_positions_backward<T: Scalar>(
+        &self,
+        dy: &Self::Buffer<T>,
+        b: usize,
+        t: usize,
+        d: usize,
+        dtable: &mut Self::Buffer<T>,
+        off: usize,
+    ) -> Result<()> {
         let (dy, g) = (B::host(dy), B::host_mut(dtable));
         need("add_positions_backward: dy", dy.len(), b * t * d)?;
-        need("add_positions_backward: table", g.len().saturating_sub(off), t * d)?;
+        need(
+            "add_positions_backward: table",
+            g.len().saturating_sub(off),
+            t * d,
+        )?;
         for (k, &v) in dy[..b * t * d].iter().enumerate() {
             let j = off + k % (t * d);
             g[j] = g[j] + v;

@@ -395,7 +395,10 @@ impl WordTokenizer {
             return Err(bad_file(path, "a word is listed twice".into()));
         }
         if t.eos == u32::MAX || t.unk == u32::MAX {
-            return Err(bad_file(path, format!("the vocabulary lacks {EOS} or {UNK}")));
+            return Err(bad_file(
+                path,
+                format!("the vocabulary lacks {EOS} or {UNK}"),
+            ));
         }
         Ok(t)
     }
@@ -452,9 +455,7 @@ impl Tokenizer for WordTokenizer {
     fn encode(&self, text: &str) -> Result<Vec<u32>, TextError> {
         let mut ids = Vec::with_capacity(text.len() / 5);
         for line in python_lines(text) {
-            ids.extend(
-                python_words(line).map(|w| self.index.get(w).copied().unwrap_or(self.unk)),
-            );
+            ids.extend(python_words(line).map(|w| self.index.get(w).copied().unwrap_or(self.unk)));
             ids.push(self.eos);
         }
         Ok(ids)

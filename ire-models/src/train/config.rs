@@ -21,6 +21,8 @@ pub enum DatasetKind {
     Folder,
     /// scikit-learn's 8×8 digits CSV (a file); the last 297 images are the test split.
     Digits,
+    /// A plain-text corpus (a file) for language models; the last `val_fraction` is validation.
+    Text,
 }
 
 impl std::str::FromStr for DatasetKind {
@@ -32,6 +34,7 @@ impl std::str::FromStr for DatasetKind {
             "idx" | "mnist" | "fashion-mnist" => DatasetKind::Idx,
             "folder" => DatasetKind::Folder,
             "digits" => DatasetKind::Digits,
+            "text" => DatasetKind::Text,
             o => {
                 return Err(format!(
                     "unknown dataset `{o}`: expected cifar10, cifar100, idx, folder or digits"
@@ -94,6 +97,14 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// Log a metrics line every this many steps.
     pub log_every: u64,
+    /// Text: tokenizer (`char`, `word` — the paper's WikiText-2 tokenizer —, or `gpt2`).
+    pub tokenizer: String,
+    /// Text: context length in tokens.
+    pub context: usize,
+    /// Text: fraction of the corpus (its end) held out for validation.
+    pub val_fraction: f64,
+    /// Evaluate on at most this many batches (0 = the whole split).
+    pub eval_batches: usize,
 }
 
 impl Default for TrainConfig {
@@ -123,6 +134,10 @@ impl Default for TrainConfig {
             eval_every: 0,
             checkpoint_every: 0,
             log_every: 10,
+            tokenizer: "char".into(),
+            context: 64,
+            val_fraction: 0.1,
+            eval_batches: 0,
         }
     }
 }
@@ -165,6 +180,12 @@ impl TrainConfig {
         if !matches!(self.estimator_batch.as_str(), "current" | "fixed") {
             return Err(bad("estimator_batch", "must be `current` or `fixed`"));
         }
+        if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
+            return Err(bad("val_fraction", "must be in (0, 1)"));
+        }
+        if self.context == 0 {
+            return Err(bad("context", "must be >= 1"));
+        }
         if self.log_every == 0 {
             return Err(bad("log_every", "must be >= 1"));
         }
@@ -191,6 +212,7 @@ impl TrainConfig {
             DatasetKind::Idx => "idx",
             DatasetKind::Folder => "folder",
             DatasetKind::Digits => "digits",
+            DatasetKind::Text => "text",
         }
     }
 
@@ -242,6 +264,11 @@ impl TrainConfig {
                 let mut all = data::load_digits_csv(d)?;
                 let test = all.split_off(297);
                 (all, test)
+            }
+            DatasetKind::Text => {
+                return Err(DataError::Inconsistent(
+                    "a text corpus is not an image dataset".into(),
+                ));
             }
         };
         if self.train_limit > 0 {

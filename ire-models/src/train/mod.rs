@@ -3,6 +3,7 @@
 pub mod config;
 pub mod optimizer;
 pub mod run;
+pub mod source;
 pub mod trainer;
 
 pub use config::{DatasetKind, TrainConfig};

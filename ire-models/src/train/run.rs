@@ -54,6 +54,8 @@ pub struct RunSummary {
     pub seconds_per_epoch: f64,
     /// Files written (plots, checkpoint, weights).
     pub files: Vec<PathBuf>,
+    /// What `images_per_sec` counts: `images` or `tokens`.
+    pub unit: &'static str,
 }
 
 /// The checkpoint file of a run folder.
@@ -271,7 +273,7 @@ pub fn run<B: NnOps>(
             break;
         }
         let m = t.train_step()?;
-        images += m.n;
+        images += m.n * t.model().rows_per_example();
         win_loss.push(m.loss);
         win_acc.push(m.acc);
         win_refresh += m.refreshed as usize;
@@ -319,7 +321,8 @@ pub fn run<B: NnOps>(
     }
     let seconds = start.elapsed().as_secs_f64();
     let images_per_sec = images as f64 / seconds.max(1e-9);
-    let per_epoch = t.data().0.len() as f64 / images_per_sec.max(1e-9);
+    let per_epoch = (t.data().train_examples() * t.model().rows_per_example()) as f64
+        / images_per_sec.max(1e-9);
     let mut files = Vec::new();
     let mut eval = None;
     if finished {
@@ -351,6 +354,11 @@ pub fn run<B: NnOps>(
         images_per_sec,
         seconds_per_epoch: per_epoch,
         files,
+        unit: if matches!(t.data(), super::source::Source::Text { .. }) {
+            "tokens"
+        } else {
+            "images"
+        },
     })
 }
 
@@ -426,7 +434,11 @@ pub fn plots(
 
 /// A trainer restored from a checkpoint file (for evaluation, sharpness, sampling);
 /// `data` overrides the dataset location when it moved.
-pub fn trainer_from_checkpoint<B: NnOps>(b: B, path: &Path, data: Option<PathBuf>) -> Result<Trainer<B>, TrainError> {
+pub fn trainer_from_checkpoint<B: NnOps>(
+    b: B,
+    path: &Path,
+    data: Option<PathBuf>,
+) -> Result<Trainer<B>, TrainError> {
     let (ck, mut cfg, meta) = read_checkpoint(path)?;
     if let Some(d) = data {
         cfg.data = d;

@@ -10,7 +10,8 @@ use ire_core::{LrSchedule, Result as CoreResult};
 
 use super::config::TrainConfig;
 use super::optimizer::AnyOptimizer;
-use crate::data::{Augment, Batch, BatchLoader, DataError, ImageDataset, Normalize};
+use super::source::{Input, Source};
+use crate::data::{Batch, DataError, ImageDataset};
 use crate::models::{Model, ModelSpec};
 use crate::nn::{BnMode, NnOps};
 use crate::rng::Rng;
@@ -83,11 +84,7 @@ pub struct Trainer<B: NnOps + 'static> {
     grads: Vec<B::Buffer<f32>>,
     est_grads: Vec<B::Buffer<f32>>,
     opt: AnyOptimizer<B>,
-    train: ImageDataset,
-    test: ImageDataset,
-    norm: Normalize,
-    aug: Augment,
-    loader: BatchLoader,
+    data: Source,
     x: B::Buffer<f32>,
     y: B::Buffer<f32>,
     dlogits: B::Buffer<f32>,
@@ -104,11 +101,15 @@ impl<B: NnOps + 'static> Trainer<B> {
     /// Loads the data, builds and initializes the model and the optimizer.
     pub fn new(b: B, cfg: TrainConfig) -> Result<Self, TrainError> {
         cfg.validate().map_err(TrainError::Config)?;
+        if cfg.dataset == super::config::DatasetKind::Text {
+            let src = Source::text(&cfg)?;
+            return Self::with_source(b, cfg, src);
+        }
         let (train, test) = cfg.load_data()?;
         Self::with_data(b, cfg, train, test)
     }
 
-    /// As [`Trainer::new`], with datasets already in memory.
+    /// As [`Trainer::new`], with image datasets already in memory.
     pub fn with_data(
         b: B,
         cfg: TrainConfig,
@@ -119,10 +120,29 @@ impl<B: NnOps + 'static> Trainer<B> {
         if train.is_empty() {
             return Err(TrainError::Config("the training split is empty".into()));
         }
+        let src = Source::images(&cfg, train, test);
+        Self::with_source(b, cfg, src)
+    }
+
+    /// As [`Trainer::new`], with a data source.
+    pub fn with_source(b: B, cfg: TrainConfig, data: Source) -> Result<Self, TrainError> {
+        cfg.validate().map_err(TrainError::Config)?;
         let spec: ModelSpec = cfg.model.parse().map_err(TrainError::Config)?;
-        let classes = train.num_classes.max(test.num_classes);
-        let model =
-            spec.build::<B, f32>(&b, (train.channels, train.height, train.width), classes)?;
+        let model = match data.input() {
+            Input::Image { shape, classes } if !spec.is_lm() => {
+                spec.build::<B, f32>(&b, shape, classes)?
+            }
+            Input::Tokens { vocab, context } if spec.is_lm() => {
+                spec.build_lm::<B, f32>(&b, vocab, context)?
+            }
+            _ => {
+                return Err(TrainError::Config(format!(
+                    "model `{}` does not fit the {} data (language models need --dataset text)",
+                    cfg.model,
+                    if spec.is_lm() { "image" } else { "text" }
+                )));
+            }
+        };
         let init: Vec<f32> = model
             .layout()
             .init(&mut Rng::derive(cfg.seed, INIT_STREAM, 0));
@@ -134,9 +154,7 @@ impl<B: NnOps + 'static> Trainer<B> {
         } else {
             Vec::new()
         };
-        let drop_last = train.len() >= cfg.batch_size;
-        let loader = BatchLoader::new(train.len(), cfg.batch_size, cfg.seed, true, drop_last);
-        let spe = loader.batches_per_epoch().max(1) as u64;
+        let spe = data.steps_per_epoch();
         let total_steps = if cfg.steps > 0 {
             cfg.steps
         } else {
@@ -154,12 +172,6 @@ impl<B: NnOps + 'static> Trainer<B> {
         };
         schedule.validate()?;
         let opt = AnyOptimizer::new(cfg.optimizer, &cfg.opt, cfg.lr)?;
-        let norm = if train.channels == 3 && train.height == 32 {
-            Normalize::cifar10()
-        } else {
-            Normalize::from_dataset(&train)
-        };
-        let aug = cfg.augment();
         let (x, y, dlogits, uniforms, sampled) = (
             b.alloc(0)?,
             b.alloc(0)?,
@@ -174,9 +186,7 @@ impl<B: NnOps + 'static> Trainer<B> {
             grads,
             est_grads,
             opt,
-            norm,
-            aug,
-            loader,
+            data,
             x,
             y,
             dlogits,
@@ -186,8 +196,6 @@ impl<B: NnOps + 'static> Trainer<B> {
             schedule,
             total_steps,
             step: 0,
-            train,
-            test,
             cfg,
         })
     }
@@ -209,7 +217,7 @@ impl<B: NnOps + 'static> Trainer<B> {
 
     /// Steps per epoch.
     pub fn steps_per_epoch(&self) -> u64 {
-        self.loader.batches_per_epoch().max(1) as u64
+        self.data.steps_per_epoch()
     }
 
     /// Number of parameters.
@@ -217,9 +225,9 @@ impl<B: NnOps + 'static> Trainer<B> {
         self.model.layout().len()
     }
 
-    /// The training and test splits.
-    pub fn data(&self) -> (&ImageDataset, &ImageDataset) {
-        (&self.train, &self.test)
+    /// The data source.
+    pub fn data(&self) -> &Source {
+        &self.data
     }
 
     /// The model's non-parameter state (batch-norm running statistics), on the host.
@@ -284,9 +292,9 @@ impl<B: NnOps + 'static> Trainer<B> {
 
     /// Uploads a batch into the input and label buffers.
     fn upload(&mut self, batch: &Batch) -> CoreResult<()> {
-        if self.b.len(&self.x) != batch.x.len() {
+        if self.b.len(&self.x) != batch.x.len() || self.b.len(&self.y) != batch.y.len() {
             self.x = self.b.alloc(batch.x.len())?;
-            self.y = self.b.alloc(batch.n)?;
+            self.y = self.b.alloc(batch.y.len())?;
         }
         self.b.upload(&mut self.x, &batch.x)?;
         let labels: Vec<f32> = batch.y.iter().map(|&l| l as f32).collect();
@@ -303,9 +311,16 @@ impl<B: NnOps + 'static> Trainer<B> {
         Ok(())
     }
 
+    /// Logit rows of `n` examples.
+    fn rows(&self, n: usize) -> usize {
+        n * self.model.rows_per_example()
+    }
+
     /// Forward + loss + backward into `self.grads` (zeroed first), labels from `self.y`.
+    /// Returns the mean loss per logit row and the number of correct rows.
     fn loss_and_grad(&mut self, n: usize, mode: BnMode) -> Result<(f64, usize), TrainError> {
         let c = self.model.num_classes();
+        let rows = self.rows(n);
         self.model
             .forward(&self.b, &self.params[0], &self.x, n, mode)?;
         let (loss, correct) = self
@@ -313,10 +328,10 @@ impl<B: NnOps + 'static> Trainer<B> {
             .softmax_xent(
                 self.model.logits(),
                 &self.y,
-                n,
+                rows,
                 c,
                 self.cfg.label_smoothing,
-                1.0 / n as f64,
+                1.0 / rows as f64,
                 &mut self.dlogits,
             )
             .map_err(|e| TrainError::Diverged {
@@ -332,7 +347,7 @@ impl<B: NnOps + 'static> Trainer<B> {
             &self.dlogits,
             n,
         )?;
-        Ok((loss / n as f64, correct))
+        Ok((loss / rows as f64, correct))
     }
 
     /// Scales the training gradient to the clipping norm when it is larger.
@@ -356,6 +371,7 @@ impl<B: NnOps + 'static> Trainer<B> {
     /// batch, batch-norm statistics frozen; written into `est_grads`.
     fn estimator_pass(&mut self, batch: &Batch) -> Result<(), TrainError> {
         let n = batch.n;
+        let rows = self.rows(n);
         let c = self.model.num_classes();
         self.model.forward(
             &self.b,
@@ -367,18 +383,23 @@ impl<B: NnOps + 'static> Trainer<B> {
             },
         )?;
         let mut rng = Rng::derive(self.cfg.seed, SAMPLE_STREAM, self.step);
-        let u: Vec<f32> = (0..n).map(|_| rng.uniform() as f32).collect();
+        let u: Vec<f32> = (0..rows).map(|_| rng.uniform() as f32).collect();
         self.b.upload(&mut self.uniforms, &u)?;
-        self.b
-            .sample_labels(self.model.logits(), n, c, &self.uniforms, &mut self.sampled)?;
+        self.b.sample_labels(
+            self.model.logits(),
+            rows,
+            c,
+            &self.uniforms,
+            &mut self.sampled,
+        )?;
         self.b
             .softmax_xent(
                 self.model.logits(),
                 &self.sampled,
-                n,
+                rows,
                 c,
                 0.0,
-                1.0 / n as f64,
+                1.0 / rows as f64,
                 &mut self.dlogits,
             )
             .map_err(|e| TrainError::Diverged {
@@ -400,12 +421,11 @@ impl<B: NnOps + 'static> Trainer<B> {
     /// One optimizer step on the next batch.
     pub fn train_step(&mut self) -> Result<StepMetrics, TrainError> {
         let spe = self.steps_per_epoch();
-        let (epoch, index) = (self.step / spe, (self.step % spe) as usize);
-        let batch = self
-            .loader
-            .batch(&self.train, epoch, index, &self.norm, self.aug);
+        let epoch = self.step / spe;
+        let batch = self.data.train_batch(self.step);
         let n = batch.n;
-        self.ensure_logit_buffers(n)?;
+        let rows = self.rows(n);
+        self.ensure_logit_buffers(rows)?;
         let lr = self.schedule.lr_at(self.step);
         // 1. The IRE estimator pass, when a refresh is due.
         let want_est = self.opt.wants_estimate();
@@ -413,15 +433,14 @@ impl<B: NnOps + 'static> Trainer<B> {
             if self.cfg.estimator_batch == "fixed" {
                 let fixed = match self.fixed.take() {
                     Some(f) => f,
-                    None => self
-                        .loader
-                        .batch(&self.train, 0, 0, &self.norm, Augment::NONE),
+                    None => self.data.fixed_batch(),
                 };
-                self.ensure_logit_buffers(fixed.n)?;
+                let fixed_rows = self.rows(fixed.n);
+                self.ensure_logit_buffers(fixed_rows)?;
                 self.upload(&fixed)?;
                 self.estimator_pass(&fixed)?;
                 self.fixed = Some(fixed);
-                self.ensure_logit_buffers(n)?;
+                self.ensure_logit_buffers(rows)?;
             } else {
                 self.upload(&batch)?;
                 self.estimator_pass(&batch)?;
@@ -468,7 +487,7 @@ impl<B: NnOps + 'static> Trainer<B> {
             epoch,
             lr,
             loss,
-            acc: correct as f64 / n as f64,
+            acc: correct as f64 / rows as f64,
             kappa,
             refreshed: refreshed || (want_est && self.cfg.optimizer.is_sam()),
             n,
@@ -482,50 +501,65 @@ impl<B: NnOps + 'static> Trainer<B> {
     /// statistics without updating the running ones, so this is a deterministic function of
     /// `theta` (what Hessian-vector products by finite differences need). The trainer's own
     /// parameters are left unchanged.
-    pub fn loss_grad_at(&mut self, theta: &[f32], batches: usize) -> Result<(f64, Vec<f32>), TrainError> {
+    pub fn loss_grad_at(
+        &mut self,
+        theta: &[f32],
+        batches: usize,
+    ) -> Result<(f64, Vec<f32>), TrainError> {
         let n_params = self.param_count();
         if theta.len() != n_params {
-            return Err(TrainError::Config(format!("theta has {} values, the model {n_params}", theta.len())));
+            return Err(TrainError::Config(format!(
+                "theta has {} values, the model {n_params}",
+                theta.len()
+            )));
         }
         let saved = self.params_host()?;
         self.b.upload(&mut self.params[0], theta)?;
-        let bs = self.cfg.batch_size.max(1);
-        let mut loader = BatchLoader::new(self.train.len(), bs, 0, false, false);
-        let nb = batches.clamp(1, loader.batches_per_epoch().max(1));
+        let probe = self.data.probe_batches(self.cfg.batch_size.max(1), batches);
         let mut total = vec![0f64; n_params];
         let mut loss = 0.0;
         let mut seen = 0usize;
         let result = (|| -> Result<(), TrainError> {
-            for i in 0..nb {
-                let batch = loader.batch(&self.train, 0, i, &self.norm, Augment::NONE);
-                self.ensure_logit_buffers(batch.n)?;
-                self.upload(&batch)?;
-                let (l, _) = self.loss_and_grad(batch.n, BnMode::Train { update_running: false })?;
+            for batch in &probe {
+                let rows = self.rows(batch.n);
+                self.ensure_logit_buffers(rows)?;
+                self.upload(batch)?;
+                let (l, _) = self.loss_and_grad(
+                    batch.n,
+                    BnMode::Train {
+                        update_running: false,
+                    },
+                )?;
                 let g = self.b.to_vec(&self.grads[0])?;
                 for (t, v) in total.iter_mut().zip(&g) {
-                    *t += *v as f64 * batch.n as f64;
+                    *t += *v as f64 * rows as f64;
                 }
-                loss += l * batch.n as f64;
-                seen += batch.n;
+                loss += l * rows as f64;
+                seen += rows;
             }
             Ok(())
         })();
         self.b.upload(&mut self.params[0], &saved)?;
         result?;
         let inv = 1.0 / seen.max(1) as f64;
-        Ok((loss * inv, total.into_iter().map(|v| (v * inv) as f32).collect()))
+        Ok((
+            loss * inv,
+            total.into_iter().map(|v| (v * inv) as f32).collect(),
+        ))
     }
 
-    /// Loss and accuracy on the test split (batch norm in evaluation mode).
+    /// Loss and accuracy on the test split (images) or the validation split (text: per token,
+    /// perplexity = exp(loss)); batch norm in evaluation mode.
     pub fn evaluate(&mut self) -> Result<EvalMetrics, TrainError> {
-        let bs = self.cfg.batch_size.max(1);
-        let mut loader = BatchLoader::new(self.test.len(), bs, 0, false, false);
+        let batches = self
+            .data
+            .eval_batches(self.cfg.batch_size.max(1), self.cfg.eval_batches);
         let (mut loss, mut correct, mut seen) = (0.0, 0usize, 0usize);
         let c = self.model.num_classes();
-        for i in 0..loader.batches_per_epoch() {
-            let batch = loader.batch(&self.test, 0, i, &self.norm, Augment::NONE);
-            self.ensure_logit_buffers(batch.n)?;
-            self.upload(&batch)?;
+        for batch in &batches {
+            let rows = self.rows(batch.n);
+            self.ensure_logit_buffers(rows)?;
+            self.upload(batch)?;
             self.model
                 .forward(&self.b, &self.params[0], &self.x, batch.n, BnMode::Eval)?;
             let (l, k) = self
@@ -533,7 +567,7 @@ impl<B: NnOps + 'static> Trainer<B> {
                 .softmax_xent(
                     self.model.logits(),
                     &self.y,
-                    batch.n,
+                    rows,
                     c,
                     0.0,
                     1.0,
@@ -545,7 +579,7 @@ impl<B: NnOps + 'static> Trainer<B> {
                 })?;
             loss += l;
             correct += k;
-            seen += batch.n;
+            seen += rows;
         }
         Ok(EvalMetrics {
             loss: loss / seen.max(1) as f64,
