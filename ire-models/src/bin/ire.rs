@@ -31,8 +31,63 @@ enum Command {
     Train(Box<TrainArgs>),
     /// Evaluates a checkpoint on the test split of its dataset.
     Eval(EvalArgs),
+    /// Sharpness of a checkpoint: Tr(∇²L) by Hutchinson (± standard error), λ_max by Lanczos.
+    Sharpness(SharpnessArgs),
+    /// Generates text from a language-model checkpoint.
+    Sample(SampleArgs),
     /// Lists the backends compiled in and the devices they see.
     Devices,
+}
+
+#[derive(clap::Args)]
+struct SharpnessArgs {
+    /// The checkpoint.
+    checkpoint: PathBuf,
+    /// Training batches the loss is averaged over.
+    #[arg(long, default_value_t = 4)]
+    batches: usize,
+    /// Rademacher probes of the trace estimate.
+    #[arg(long, default_value_t = 32)]
+    probes: usize,
+    /// Lanczos steps for λ_max and the top eigenvalues.
+    #[arg(long, default_value_t = 20)]
+    lanczos_steps: usize,
+    /// Seed of the probes.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The dataset location, if it moved since training.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Writes the report as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// auto, cpu or reference.
+    #[arg(long, default_value = "auto")]
+    backend: BackendKind,
+}
+
+#[derive(clap::Args)]
+struct SampleArgs {
+    /// The checkpoint of a language model.
+    checkpoint: PathBuf,
+    /// The text to continue.
+    #[arg(long, default_value = "\n")]
+    prompt: String,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 200)]
+    tokens: usize,
+    /// Softmax temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Seed of the sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The corpus location, if it moved since training.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// auto, cpu or reference.
+    #[arg(long, default_value = "auto")]
+    backend: BackendKind,
 }
 
 /// Flags of `ire train`; each one overrides the config file.
@@ -450,6 +505,8 @@ fn main() -> ExitCode {
         Command::Toy(a) => toy_command(a),
         Command::Train(a) => train_command(&a),
         Command::Eval(a) => eval_command(&a),
+        Command::Sharpness(a) => sharpness_command(&a),
+        Command::Sample(a) => sample_command(&a),
         Command::Devices => Ok(devices_command()),
     };
     match r {
@@ -505,4 +562,75 @@ impl NnTask for EvalRun {
         let e = t.evaluate().map_err(|e| e.to_string())?;
         Ok((t.step, e))
     }
+}
+
+struct SharpnessRun {
+    a: (PathBuf, Option<PathBuf>, usize, usize, usize, u64),
+}
+
+impl NnTask for SharpnessRun {
+    type Output = std::result::Result<ire_models::sharpness::SharpnessReport, String>;
+    fn run<B: NnOps + 'static>(self, b: B) -> Self::Output {
+        let (ck, data, batches, probes, steps, seed) = self.a;
+        let mut t = ire_models::train::run::trainer_from_checkpoint(b, &ck, data)
+            .map_err(|e| e.to_string())?;
+        ire_models::sharpness::measure(&mut t, batches, probes, steps, seed)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn sharpness_command(a: &SharpnessArgs) -> std::result::Result<ExitCode, String> {
+    let task = SharpnessRun {
+        a: (
+            a.checkpoint.clone(),
+            a.data.clone(),
+            a.batches,
+            a.probes,
+            a.lanczos_steps,
+            a.seed,
+        ),
+    };
+    let (name, out) = run_on_nn(a.backend, task).map_err(|e| e.to_string())?;
+    let report = out?;
+    eprintln!("backend: {name}");
+    println!("{report}");
+    if let Some(p) = &a.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct SampleRun {
+    a: (PathBuf, Option<PathBuf>, String, usize, f64, u64),
+}
+
+impl NnTask for SampleRun {
+    type Output = std::result::Result<String, String>;
+    fn run<B: NnOps + 'static>(self, b: B) -> Self::Output {
+        let (ck, data, prompt, tokens, temperature, seed) = self.a;
+        let mut t = ire_models::train::run::trainer_from_checkpoint(b, &ck, data)
+            .map_err(|e| e.to_string())?;
+        t.sample(&prompt.replace("\\n", "\n"), tokens, temperature, seed)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn sample_command(a: &SampleArgs) -> std::result::Result<ExitCode, String> {
+    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
+        return Err("invalid `temperature`: must be >= 0".into());
+    }
+    let task = SampleRun {
+        a: (
+            a.checkpoint.clone(),
+            a.data.clone(),
+            a.prompt.clone(),
+            a.tokens,
+            a.temperature,
+            a.seed,
+        ),
+    };
+    let (_, out) = run_on_nn(a.backend, task).map_err(|e| e.to_string())?;
+    println!("{}", out?);
+    Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,8 @@ use crate::data::{Augment, Batch, BatchLoader, ImageDataset, Normalize};
 use crate::text::{self, TokenBatches, Tokenizer};
 
 /// The data of a run.
+// One per run, never moved in a hot loop: the size difference of the variants is irrelevant.
+#[allow(clippy::large_enum_variant)]
 pub enum Source {
     /// Images: train and test splits, normalization, augmentation, batch order.
     Images {

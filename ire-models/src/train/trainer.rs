@@ -587,4 +587,68 @@ impl<B: NnOps + 'static> Trainer<B> {
             n: seen,
         })
     }
+
+    /// Continues `prompt` by `tokens` tokens sampled from a language model at `temperature`
+    /// (0: greedy). The model takes full windows: the last `context` tokens are placed at the
+    /// start of the window and the prediction is read at the last real position, which causal
+    /// attention makes independent of the filler after it.
+    pub fn sample(
+        &mut self,
+        prompt: &str,
+        tokens: usize,
+        temperature: f64,
+        seed: u64,
+    ) -> Result<String, TrainError> {
+        let tok = self.data.tokenizer().ok_or_else(|| {
+            TrainError::Config("sampling needs a language-model checkpoint".into())
+        })?;
+        let mut ids = tok
+            .encode(prompt)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let ctx = self.model.rows_per_example();
+        let c = self.model.num_classes();
+        let mut rng = Rng::new(seed);
+        let start = ids.len();
+        for _ in 0..tokens {
+            let window: Vec<u32> = ids[ids.len().saturating_sub(ctx)..].to_vec();
+            let last = window.len().max(1) - 1;
+            let mut x: Vec<f32> = window.iter().map(|&v| v as f32).collect();
+            x.resize(ctx, 0.0);
+            if self.b.len(&self.x) != ctx {
+                self.x = self.b.alloc(ctx)?;
+            }
+            self.b.upload(&mut self.x, &x)?;
+            self.model
+                .forward(&self.b, &self.params[0], &self.x, 1, BnMode::Eval)?;
+            let logits = self.b.to_vec(self.model.logits())?;
+            let row = &logits[last * c..(last + 1) * c];
+            let next = if temperature == 0.0 {
+                row.iter()
+                    .enumerate()
+                    .fold(
+                        (0, f32::NEG_INFINITY),
+                        |a, (i, &v)| if v > a.1 { (i, v) } else { a },
+                    )
+                    .0
+            } else {
+                let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let p: Vec<f64> = row
+                    .iter()
+                    .map(|&v| ((v as f64 - m) / temperature).exp())
+                    .collect();
+                let z: f64 = p.iter().sum();
+                let probs: Vec<f32> = p.iter().map(|v| (v / z) as f32).collect();
+                rng.categorical(&probs)
+            };
+            ids.push(next as u32);
+        }
+        let tok = self
+            .data
+            .tokenizer()
+            .ok_or_else(|| TrainError::Config("no tokenizer".into()))?;
+        let text = tok
+            .decode(&ids[start..])
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        Ok(format!("{prompt}{text}"))
+    }
 }
