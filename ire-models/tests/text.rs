@@ -12,11 +12,27 @@ use ire_models::text::{
     tokenize_cached_status, tokenize_text_cached,
 };
 
-fn tmp(name: &str) -> PathBuf {
+/// A fresh folder under the system's temporary folder, removed when dropped.
+struct TmpDir(PathBuf);
+
+impl std::ops::Deref for TmpDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tmp(name: &str) -> TmpDir {
     let d = std::env::temp_dir().join(format!("ire-text-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TmpDir(d)
 }
 
 fn shared(file: &str) -> Option<PathBuf> {
