@@ -255,6 +255,11 @@ pub fn run<B: NnOps>(
     } else {
         None
     };
+    let unit = if matches!(t.data(), super::source::Source::Text { .. }) {
+        "tokens"
+    } else {
+        "images"
+    };
     let start = Instant::now();
     let start_step = t.step;
     let mut images = 0usize;
@@ -288,7 +293,7 @@ pub fn run<B: NnOps>(
             )?;
             if let Some(pb) = &bar {
                 pb.set_message(format!(
-                    "loss {last_loss:.4} acc {:.3} {ips:.0} img/s",
+                    "loss {last_loss:.4} acc {:.3} {ips:.0} {unit}/s",
                     mean(&win_acc)
                 ));
             }
@@ -354,11 +359,7 @@ pub fn run<B: NnOps>(
         images_per_sec,
         seconds_per_epoch: per_epoch,
         files,
-        unit: if matches!(t.data(), super::source::Source::Text { .. }) {
-            "tokens"
-        } else {
-            "images"
-        },
+        unit,
     })
 }
 
