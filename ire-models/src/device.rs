@@ -73,6 +73,7 @@ pub fn compiled_backends() -> Vec<BackendKind> {
     v
 }
 
+#[cfg(not(all(feature = "opencl", feature = "cuda")))]
 fn not_compiled(kind: BackendKind) -> Error {
     Error::Unavailable {
         backend: kind.to_string(),
