@@ -233,7 +233,10 @@ where
         orthogonalise(&mut w, &basis);
         let b = dot(&w, &w).sqrt();
         let j = basis.len();
-        let scale = alpha.iter().chain(&beta).fold(0.0f64, |m, x| m.max(x.abs()));
+        let scale = alpha
+            .iter()
+            .chain(&beta)
+            .fold(0.0f64, |m, x| m.max(x.abs()));
         let breakdown = b <= 1e-12 * scale.max(f64::MIN_POSITIVE);
         if j >= next_check || j == max_dim || breakdown {
             let (vals, vecs) = tridiagonal_eigen(&alpha, &beta)?;

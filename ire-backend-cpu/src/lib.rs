@@ -5,12 +5,15 @@
 //! over memory, split into chunks that rayon spreads over all cores.
 //!
 //! - Element-wise operations call the canonical formulas of [`ire_core::formulas`], so their
-//!   results are bit-identical to [`ire_core::Reference`] whatever the number of threads.
+//!   results are bit-identical to [`ire_core::Reference`] whatever the number of threads. On
+//!   x86-64 the loops are also compiled for AVX2 and picked at run time (the same IEEE
+//!   operations and no FMA contraction, hence the same bits).
 //! - Reductions (`sum_squares`, `sum_squares_product`) add in a fixed tree that depends only
 //!   on the length, so they are deterministic across thread counts; they differ from the
 //!   reference's pairwise order by a few ulps (see [`reduce`] for the bound).
-//! - The global k-th-largest selection is exact and O(N): one sampled-bracket pass with a
-//!   radix-select fallback (see [`select`]); never a full sort.
+//! - The global k-th-largest selection is exact and O(N): a sampled bracket, one counting and
+//!   copying pass, the same on the copies, and a radix-select fallback (see [`select`]); never
+//!   a full sort.
 //! - Feature `lapack`: the exact eigen-projection from a dense Hessian (LAPACK `eigh`) and
 //!   Lanczos for the top eigenpairs of a Hessian-vector product (module `lapack`). It links
 //!   the system OpenBLAS (`libopenblas-dev` on Debian).
@@ -24,12 +27,12 @@ use ire_core::formulas::{AdamWScalars, SgdScalars};
 use ire_core::{Backend, DType, Element, Error, Result, Scalar};
 use rayon::prelude::*;
 
+mod kernels;
 #[cfg(feature = "lapack")]
 pub mod lapack;
 pub mod reduce;
 pub mod select;
 mod simd;
-mod kernels;
 
 /// Elements per parallel task: buffers up to this length run on the calling thread.
 ///
@@ -156,9 +159,10 @@ impl CpuBackend {
         self
     }
 
-    /// The same backend with the wide-vector kernels (AVX2, detected at run time) allowed or
-    /// not. Results are bit-identical either way (the same IEEE operations, no contraction
-    /// into FMA); only the speed differs.
+    /// The same backend with the wide-vector element-wise and reduction kernels (AVX2,
+    /// detected at run time) allowed or not. Results are bit-identical either way (the same
+    /// IEEE operations, no contraction into FMA); only the speed differs. The selection's
+    /// counting pass (integer compares, exact either way) uses AVX2 whenever the CPU has it.
     pub fn with_wide_simd(mut self, allowed: bool) -> Self {
         self.simd = allowed;
         self
@@ -486,12 +490,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn ema_square<T: Scalar>(
-        &self,
-        h: &mut CpuBuffer<T>,
-        g: &CpuBuffer<T>,
-        beta: T,
-    ) -> Result<()> {
+    fn ema_square<T: Scalar>(&self, h: &mut CpuBuffer<T>, g: &CpuBuffer<T>, beta: T) -> Result<()> {
         same("ema_square", &h.0, &g.0)?;
         let (w, c) = (self.wide_simd(), T::one() - beta);
         self.zip_mr(&mut h.0, &g.0, |h, g| kernels::ema_square(w, h, g, beta, c));
@@ -521,12 +520,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn mask_le<T: Scalar>(
-        &self,
-        h: &CpuBuffer<T>,
-        tau: T,
-        mask: &mut CpuBuffer<u8>,
-    ) -> Result<()> {
+    fn mask_le<T: Scalar>(&self, h: &CpuBuffer<T>, tau: T, mask: &mut CpuBuffer<u8>) -> Result<()> {
         same("mask_le", &h.0, &mask.0)?;
         let w = self.wide_simd();
         self.zip_mr(&mut mask.0, &h.0, |n, h| kernels::mask_le(w, n, h, tau));
@@ -545,7 +539,12 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn sam_perturb<T: Scalar>(&self, theta: &mut CpuBuffer<T>, g: &CpuBuffer<T>, s: T) -> Result<()> {
+    fn sam_perturb<T: Scalar>(
+        &self,
+        theta: &mut CpuBuffer<T>,
+        g: &CpuBuffer<T>,
+        s: T,
+    ) -> Result<()> {
         same("sam_perturb", &theta.0, &g.0)?;
         let w = self.wide_simd();
         self.zip_mr(&mut theta.0, &g.0, |p, g| kernels::sam_perturb(w, p, g, s));
@@ -581,7 +580,8 @@ impl Backend for CpuBackend {
         let parts: Vec<&[T]> = bufs.iter().map(|b| b.as_slice()).collect();
         let mut scratch = self.take_scratch::<T>();
         let strategy = select::Strategy::SampledBracket;
-        let r = self.install(|| select::kth_largest_in(&parts, k, self.chunk, strategy, &mut scratch));
+        let r =
+            self.install(|| select::kth_largest_in(&parts, k, self.chunk, strategy, &mut scratch));
         self.keep_scratch(scratch);
         r
     }
@@ -618,9 +618,13 @@ impl Backend for CpuBackend {
         same("sgd_momentum_ire_step: momentum", &theta.0, &momentum.0)?;
         same("sgd_momentum_ire_step: mask", &theta.0, &mask.0)?;
         let (w, s) = (self.wide_simd(), *s);
-        self.zip_mmrr(&mut theta.0, &mut momentum.0, &grad.0, &mask.0, |p, b, g, n| {
-            kernels::sgd_momentum_ire(w, p, b, g, n, &s, kappa)
-        });
+        self.zip_mmrr(
+            &mut theta.0,
+            &mut momentum.0,
+            &grad.0,
+            &mask.0,
+            |p, b, g, n| kernels::sgd_momentum_ire(w, p, b, g, n, &s, kappa),
+        );
         Ok(())
     }
 
@@ -639,9 +643,14 @@ impl Backend for CpuBackend {
         same("adamw_ire_step: v", &theta.0, &v.0)?;
         same("adamw_ire_step: mask", &theta.0, &mask.0)?;
         let (w, s) = (self.wide_simd(), *s);
-        self.zip_mmmrr(&mut theta.0, &mut m.0, &mut v.0, &grad.0, &mask.0, |p, m, v, g, n| {
-            kernels::adamw_ire(w, p, m, v, g, n, &s, kappa)
-        });
+        self.zip_mmmrr(
+            &mut theta.0,
+            &mut m.0,
+            &mut v.0,
+            &grad.0,
+            &mask.0,
+            |p, m, v, g, n| kernels::adamw_ire(w, p, m, v, g, n, &s, kappa),
+        );
         Ok(())
     }
 }

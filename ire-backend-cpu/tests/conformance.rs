@@ -1,6 +1,6 @@
-//! The conformance suite of `ire-core`, on the CPU backend: once on rayon's global pool with
-//! the default task size, once on a two-thread pool with tiny tasks, so that every size of
-//! the suite crosses many task boundaries.
+//! The conformance suite of `ire-core`, on the CPU backend: on rayon's global pool with the
+//! default task size; on a two-thread pool with tiny tasks, so that every size of the suite
+//! crosses many task boundaries; and with the AVX2 kernels turned off.
 
 ire_core::conformance_tests!(Some(ire_backend_cpu::CpuBackend::new()));
 
@@ -9,6 +9,13 @@ mod small_tasks {
         ire_backend_cpu::CpuBackend::with_threads(2)
             .ok()
             .map(|b| b.with_chunk_len(100))
+    }
+    ire_core::conformance_tests!(backend());
+}
+
+mod base_target_kernels {
+    fn backend() -> Option<ire_backend_cpu::CpuBackend> {
+        Some(ire_backend_cpu::CpuBackend::new().with_wide_simd(false))
     }
     ire_core::conformance_tests!(backend());
 }

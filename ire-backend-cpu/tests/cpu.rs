@@ -94,50 +94,81 @@ fn elementwise_big<T: Scalar>(cpu: &CpuBackend, n: usize) {
         let (y, x) = split2(&mut x);
         b.axpy(y, a, x).unwrap()
     });
-    check_op!("sam_perturb", cpu, &[th.clone(), g.clone()], &[], |b, x, _m| {
-        let (y, x) = split2(&mut x);
-        b.sam_perturb(y, x, a).unwrap()
-    });
-    check_op!("asam_perturb", cpu, &[th.clone(), g.clone()], &[], |b, x, _m| {
-        let (y, x) = split2(&mut x);
-        b.asam_perturb(y, x, a).unwrap()
-    });
+    check_op!(
+        "sam_perturb",
+        cpu,
+        &[th.clone(), g.clone()],
+        &[],
+        |b, x, _m| {
+            let (y, x) = split2(&mut x);
+            b.sam_perturb(y, x, a).unwrap()
+        }
+    );
+    check_op!(
+        "asam_perturb",
+        cpu,
+        &[th.clone(), g.clone()],
+        &[],
+        |b, x, _m| {
+            let (y, x) = split2(&mut x);
+            b.asam_perturb(y, x, a).unwrap()
+        }
+    );
     for (nesterov, first) in [(false, false), (true, false), (false, true)] {
         let s = sgd_scalars::<T>(nesterov, first);
         check_op!("sgd", cpu, &[th.clone(), g.clone()], &[], |b, x, _m| {
             let (p, g) = split2(&mut x);
             b.sgd_step(p, g, &s).unwrap()
         });
-        check_op!("sgd_momentum", cpu, &[th.clone(), g.clone(), m.clone()], &[], |b, x, _m| {
-            let (p, g, mo) = split3(&mut x);
-            b.sgd_momentum_step(p, g, mo, &s).unwrap()
-        });
-        check_op!("sgd_ire", cpu, &[th.clone(), g.clone()], &[mask.clone()], |b, x, mk| {
-            let (p, g) = split2(&mut x);
-            b.sgd_ire_step(p, g, &s, &mk[0], kappa).unwrap()
-        });
+        check_op!(
+            "sgd_momentum",
+            cpu,
+            &[th.clone(), g.clone(), m.clone()],
+            &[],
+            |b, x, _m| {
+                let (p, g, mo) = split3(&mut x);
+                b.sgd_momentum_step(p, g, mo, &s).unwrap()
+            }
+        );
+        check_op!(
+            "sgd_ire",
+            cpu,
+            &[th.clone(), g.clone()],
+            std::slice::from_ref(&mask),
+            |b, x, mk| {
+                let (p, g) = split2(&mut x);
+                b.sgd_ire_step(p, g, &s, &mk[0], kappa).unwrap()
+            }
+        );
         check_op!(
             "sgd_momentum_ire",
             cpu,
             &[th.clone(), g.clone(), m.clone()],
-            &[mask.clone()],
+            std::slice::from_ref(&mask),
             |b, x, mk| {
                 let (p, g, mo) = split3(&mut x);
-                b.sgd_momentum_ire_step(p, g, mo, &s, &mk[0], kappa).unwrap()
+                b.sgd_momentum_ire_step(p, g, mo, &s, &mk[0], kappa)
+                    .unwrap()
             }
         );
     }
-    check_op!("adamw", cpu, &[th.clone(), g.clone(), m.clone(), v.clone()], &[], |b, x, _m| {
-        let (p, rest) = x.split_at_mut(1);
-        let (gm, v) = rest.split_at_mut(2);
-        let (g, m) = split2(gm);
-        b.adamw_step(&mut p[0], g, m, &mut v[0], &sa).unwrap()
-    });
+    check_op!(
+        "adamw",
+        cpu,
+        &[th.clone(), g.clone(), m.clone(), v.clone()],
+        &[],
+        |b, x, _m| {
+            let (p, rest) = x.split_at_mut(1);
+            let (gm, v) = rest.split_at_mut(2);
+            let (g, m) = split2(gm);
+            b.adamw_step(&mut p[0], g, m, &mut v[0], &sa).unwrap()
+        }
+    );
     check_op!(
         "adamw_ire",
         cpu,
         &[th.clone(), g.clone(), m.clone(), v.clone()],
-        &[mask.clone()],
+        std::slice::from_ref(&mask),
         |b, x, mk| {
             let (p, rest) = x.split_at_mut(1);
             let (gm, v) = rest.split_at_mut(2);
@@ -146,27 +177,45 @@ fn elementwise_big<T: Scalar>(cpu: &CpuBackend, n: usize) {
                 .unwrap()
         }
     );
-    check_op!("ire_boost", cpu, &[th.clone(), g.clone()], &[mask.clone()], |b, x, mk| {
-        let (p, o) = split2(&mut x);
-        b.ire_boost(p, o, &mk[0], kappa).unwrap()
-    });
-    check_op!("ema_square", cpu, &[v.clone(), g.clone()], &[], |b, x, _m| {
-        let (h, g) = split2(&mut x);
-        b.ema_square(h, g, beta).unwrap()
-    });
+    check_op!(
+        "ire_boost",
+        cpu,
+        &[th.clone(), g.clone()],
+        std::slice::from_ref(&mask),
+        |b, x, mk| {
+            let (p, o) = split2(&mut x);
+            b.ire_boost(p, o, &mk[0], kappa).unwrap()
+        }
+    );
+    check_op!(
+        "ema_square",
+        cpu,
+        &[v.clone(), g.clone()],
+        &[],
+        |b, x, _m| {
+            let (h, g) = split2(&mut x);
+            b.ema_square(h, g, beta).unwrap()
+        }
+    );
     check_op!("ema_abs", cpu, &[v.clone(), g.clone()], &[], |b, x, _m| {
         let (h, g) = split2(&mut x);
         b.ema_abs(h, g, beta).unwrap()
     });
-    check_op!("ema_product", cpu, &[v.clone(), g.clone(), m.clone()], &[], |b, x, _m| {
-        let (h, a, c) = split3(&mut x);
-        b.ema_product(h, a, c, beta).unwrap()
-    });
+    check_op!(
+        "ema_product",
+        cpu,
+        &[v.clone(), g.clone(), m.clone()],
+        &[],
+        |b, x, _m| {
+            let (h, a, c) = split3(&mut x);
+            b.ema_product(h, a, c, beta).unwrap()
+        }
+    );
     check_op!("copy", cpu, &[th.clone(), g.clone()], &[], |b, x, _m| {
         let (d, s) = split2(&mut x);
         b.copy(s, d).unwrap()
     });
-    check_op!("fill", cpu, &[th.clone()], &[], |b, x, _m| b
+    check_op!("fill", cpu, std::slice::from_ref(&th), &[], |b, x, _m| b
         .fill(&mut x[0], T::of(-1.5))
         .unwrap());
 
@@ -199,7 +248,8 @@ fn elementwise_big<T: Scalar>(cpu: &CpuBackend, n: usize) {
         };
     }
     assert_eq!(
-        cpu.count_non_finite(&cpu.alloc_from(&bad).unwrap()).unwrap(),
+        cpu.count_non_finite(&cpu.alloc_from(&bad).unwrap())
+            .unwrap(),
         n.div_ceil(4_999)
     );
 
@@ -227,6 +277,11 @@ fn elementwise_ops_cross_task_boundaries_bit_for_bit() {
     let cpu = CpuBackend::new();
     elementwise_big::<f32>(&cpu, BIG);
     elementwise_big::<f64>(&cpu, BIG);
+    // The base-target (SSE2) kernels, without the run-time AVX2 dispatch.
+    let narrow = CpuBackend::new().with_wide_simd(false);
+    assert!(!narrow.wide_simd());
+    elementwise_big::<f32>(&narrow, BIG);
+    elementwise_big::<f64>(&narrow, 20_001);
     // Tiny tasks on a private pool: hundreds of boundaries, one of them inside a vector.
     let small = CpuBackend::with_threads(2).unwrap().with_chunk_len(1_001);
     elementwise_big::<f32>(&small, 50_000);
@@ -254,8 +309,14 @@ fn reductions_do_not_depend_on_threads_or_tasks() {
     let ints: Vec<f64> = (0..300_000).map(|i| i as f64).collect();
     let n = 300_000f64;
     let want = (n - 1.0) * n * (2.0 * n - 1.0) / 6.0;
-    assert_eq!(one.sum_squares(&one.alloc_from(&ints).unwrap()).unwrap(), want);
-    assert_eq!(two.sum_squares(&two.alloc_from(&ints).unwrap()).unwrap(), want);
+    assert_eq!(
+        one.sum_squares(&one.alloc_from(&ints).unwrap()).unwrap(),
+        want
+    );
+    assert_eq!(
+        two.sum_squares(&two.alloc_from(&ints).unwrap()).unwrap(),
+        want
+    );
 }
 
 /// Values from a small set (massive ties, both zeros, infinities) or a continuous spread.
@@ -315,6 +376,24 @@ fn selection_big<T: Scalar>() {
     three.extend(vec![T::zero(); 50_000]);
     let ks: Vec<usize> = [1, 99_999, 100_000, 100_001, 150_000, 150_001, 200_000].to_vec();
     check_selection(&cpu, &[three], &ks);
+    // Half the values tied at 1, the other half spread just above (then just below) it: the
+    // answer sits on the lower (then upper) end of the sampled bracket, found by counting the
+    // ties there.
+    let n = 200_000;
+    for above in [true, false] {
+        let v: Vec<T> = (0..n)
+            .map(|i| {
+                if i % 2 == 0 {
+                    T::one()
+                } else {
+                    let u = rng.uniform() * 0.5 + 0.25;
+                    T::of(if above { 1.0 + u } else { u })
+                }
+            })
+            .collect();
+        let ks = [n / 2 - 1, n / 2, n / 2 + 1, n / 2 + 2, n - 1];
+        check_selection(&cpu, &[v], &ks);
+    }
     // Outliers the sample cannot see: the bracket misses and the radix select answers.
     let mut spiky = vec![T::one(); 300_000];
     for i in [5usize, 77_777, 123_456, 299_999] {
@@ -338,7 +417,10 @@ fn kth_largest_rejects_nan_anywhere() {
         let b = cpu.alloc_from(&v).unwrap();
         for k in [1, 100_000, 200_000] {
             let r = cpu.kth_largest(&[&b], k);
-            assert!(matches!(r, Err(Error::NonFinite { .. })), "{pos} {k}: {r:?}");
+            assert!(
+                matches!(r, Err(Error::NonFinite { .. })),
+                "{pos} {k}: {r:?}"
+            );
         }
         for strategy in [Strategy::Radix, Strategy::SampledBracket] {
             let r = kth_largest_with(&[&v[..]], 3, 4_096, strategy);
