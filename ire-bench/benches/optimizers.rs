@@ -20,7 +20,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let cpu = CpuBackend::new();
     for n in SIZES {
-        bench_backend(&mut c, &mut report, "cpu", &cpu, n)?;
+        bench_backend(&mut c, &mut report, "cpu", &cpu, n, &|| Ok(()))?;
+    }
+    #[cfg(feature = "opencl")]
+    match ire_backend_opencl::OpenClBackend::optional()? {
+        Some(ocl) => {
+            println!("opencl device: {}", ocl.device());
+            for n in SIZES {
+                bench_backend(&mut c, &mut report, "opencl", &ocl, n, &|| {
+                    ocl.synchronize()
+                })?;
+            }
+        }
+        None => println!("opencl: no device, OpenCL benchmarks skipped"),
+    }
+    #[cfg(feature = "cuda")]
+    match ire_backend_cuda::CudaBackend::from_env() {
+        Ok(cuda) => {
+            for n in SIZES {
+                bench_backend(&mut c, &mut report, "cuda", &cuda, n, &|| {
+                    cuda.synchronize()
+                })?;
+            }
+        }
+        Err(e) => println!("cuda: {e}; CUDA benchmarks skipped"),
     }
 
     // Measured again at the end: the table uses the better of the two (the machine may have

@@ -296,6 +296,7 @@ pub fn bench_backend<B: Backend>(
     name: &str,
     backend: &B,
     n: usize,
+    sync: &dyn Fn() -> Result<()>,
 ) -> Result<()> {
     let b = backend;
     let mut group = c.benchmark_group(format!("{name}/{}", label(n)));
@@ -305,6 +306,7 @@ pub fn bench_backend<B: Backend>(
         report,
         name,
         n,
+        sync,
     };
 
     let mut theta = b.alloc_from(&random_f32(n, 1, 1.0))?;
@@ -414,6 +416,8 @@ struct Ctx<'a, 'g> {
     report: &'a mut Report,
     name: &'a str,
     n: usize,
+    /// Waits for the device's queue (device backends launch asynchronously); a no-op on the CPU.
+    sync: &'a dyn Fn() -> Result<()>,
 }
 
 impl Ctx<'_, '_> {
@@ -429,8 +433,13 @@ impl Ctx<'_, '_> {
         let mut samples = Samples::default();
         let bytes = bytes_per_param * self.n as f64 * ops_per_iter;
         self.group.throughput(Throughput::Bytes(bytes as u64));
+        let sync = self.sync;
+        let mut timed = || -> Result<()> {
+            f()?;
+            sync()
+        };
         self.group.bench_function(op, |bencher| {
-            bencher.iter_custom(|iters| samples.time(iters, &mut *f))
+            bencher.iter_custom(|iters| samples.time(iters, &mut timed))
         });
         if let Some((median_s, best_s)) = samples.stats(ops_per_iter)? {
             self.report.push(Entry {
