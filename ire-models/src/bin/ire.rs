@@ -314,19 +314,24 @@ fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
         s.seconds_per_epoch
     );
     if let Some(e) = s.eval {
-        println!(
-            "final train loss {:.4}; test loss {:.4} (perplexity {:.2}), test accuracy {:.2}% ({} {})",
-            s.train_loss,
-            e.loss,
-            e.loss.exp(),
-            100.0 * e.acc,
-            e.n,
-            if s.unit == "tokens" {
-                "tokens"
-            } else {
-                "images"
-            }
-        );
+        if s.unit == "tokens" {
+            println!(
+                "final train loss {:.4}; validation loss {:.4} (perplexity {:.2}), next-token accuracy {:.2}% ({} tokens)",
+                s.train_loss,
+                e.loss,
+                e.loss.exp(),
+                100.0 * e.acc,
+                e.n
+            );
+        } else {
+            println!(
+                "final train loss {:.4}; test loss {:.4}, test accuracy {:.2}% ({} images)",
+                s.train_loss,
+                e.loss,
+                100.0 * e.acc,
+                e.n
+            );
+        }
     }
     for f in &s.files {
         println!("wrote {}", f.display());
