@@ -61,23 +61,18 @@ impl Source {
     }
 
     /// A text corpus from `cfg.data`, split by `cfg.val_fraction` (the last part, at a line
-    /// boundary), tokenized once with a cache in `<corpus folder>/.ire-token-cache`.
+    /// boundary), tokenized once with a cache in `$IRE_CACHE_DIR` (default: the system's
+    /// temporary folder, `ire-token-cache`).
     pub fn text(cfg: &TrainConfig) -> Result<Self, TrainError> {
         let t = |e: text::TextError| TrainError::Config(e.to_string());
         let corpus = text::Corpus::load(&cfg.data).map_err(t)?;
         let (train_text, val_text) = corpus.split(cfg.val_fraction);
         let kind = text::TokenizerKind::from_name(&cfg.tokenizer).map_err(t)?;
         let tokenizer = kind.build(&train_text).map_err(t)?;
-        let cache = cfg
-            .data
-            .parent()
-            .map(|p| p.join(".ire-token-cache"))
-            .unwrap_or_else(|| ".ire-token-cache".into());
-        let cache = if std::fs::create_dir_all(&cache).is_ok() {
-            cache
-        } else {
-            std::env::temp_dir().join("ire-token-cache")
-        };
+        // The cache never goes next to the data (data folders are often read-only or shared).
+        let cache = std::env::var_os("IRE_CACHE_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("ire-token-cache"));
         let (train_ids, _) = text::tokenize_text_cached(
             &train_text,
             &format!("{}-train", corpus.name),
