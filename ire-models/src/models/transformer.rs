@@ -197,6 +197,8 @@ pub struct Transformer<B: Backend, T: Scalar> {
     fs: Act<B, T>,
     fin: Act<B, T>,
     cls_rows: Act<B, T>,
+    /// A one-element buffer holding 1: the left factor of the row copies of the CLS token.
+    ones: B::Buffer<T>,
     logits: Act<B, T>,
     g: [Act<B, T>; 2],
     scratch: Scratch<B, T>,
@@ -668,6 +670,7 @@ impl<B: NnOps, T: Scalar> Transformer<B, T> {
             fs: Act::new(b, t)?,
             fin: Act::new(b, t * d)?,
             cls_rows: Act::new(b, d)?,
+            ones: b.alloc_from(&[T::one()])?,
             logits: Act::new(b, out_per)?,
             g: [Act::new(b, t * d)?, Act::new(b, t * d)?],
             scratch: Scratch {
@@ -782,14 +785,20 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Transformer<B, T> {
                 self.patches.buf = pb;
                 pl.forward(b, p, &self.patches.buf, rows, &mut self.x0.buf)?;
                 if let Some(c) = &self.cls {
-                    // The CLS row of each image: the patch layer saw zeros there (its bias
-                    // only), so CLS = token + bias; subtracting nothing keeps it simple and
-                    // the token learns around the bias.
-                    let mut cls_tab = vec![T::zero(); t * d];
-                    let ps = b.to_vec(p)?;
-                    cls_tab[..d].copy_from_slice(&ps[c.off..c.off + d]);
-                    let tab = b.alloc_from(&cls_tab)?;
-                    b.add_positions(&mut self.x0.buf, n, t, d, &tab, 0)?;
+                    // Row 0 of each image is the CLS token: the patch layer saw zeros there,
+                    // so the row is the patch bias plus the token.
+                    for i in 0..n {
+                        copy_row(
+                            b,
+                            &self.ones,
+                            p,
+                            c.off,
+                            &mut self.x0.buf,
+                            i * t * d,
+                            d,
+                            true,
+                        )?;
+                    }
                 }
             }
             _ => {}
@@ -845,8 +854,18 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Transformer<B, T> {
         };
         match (self.vit, &self.head, &self.embed) {
             (Some(_), Some(h), _) => {
-                let rows_cls = gather_cls(b, feat, n, t, d)?;
-                self.cls_rows.buf = rows_cls;
+                for i in 0..n {
+                    copy_row(
+                        b,
+                        &self.ones,
+                        feat,
+                        i * t * d,
+                        &mut self.cls_rows.buf,
+                        i * d,
+                        d,
+                        false,
+                    )?;
+                }
                 h.forward(b, p, &self.cls_rows.buf, n, &mut self.logits.buf)
             }
             (None, Some(h), _) => h.forward(b, p, feat, rows, &mut self.logits.buf),
@@ -911,7 +930,20 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Transformer<B, T> {
             (Some(_), Some(h), _) => {
                 let mut dcls = b.alloc::<T>(n * d)?;
                 h.backward(b, p, g, &self.cls_rows.buf, dlogits, n, Some(&mut dcls))?;
-                scatter_cls(b, &dcls, n, t, d, &mut g0.buf)?;
+                // Only the CLS rows receive a gradient from the head.
+                b.fill(&mut g0.buf, T::zero())?;
+                for i in 0..n {
+                    copy_row(
+                        b,
+                        &self.ones,
+                        &dcls,
+                        i * d,
+                        &mut g0.buf,
+                        i * t * d,
+                        d,
+                        false,
+                    )?;
+                }
             }
             (None, Some(h), _) => h.backward(b, p, g, feat, dlogits, rows, Some(&mut g0.buf))?,
             (None, None, Some(e)) => {
@@ -990,14 +1022,9 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Transformer<B, T> {
             (None, Some(pl)) => {
                 if let Some(c) = &self.cls {
                     // ∂/∂cls = Σ_images ∂x0[image, 0].
-                    let gx = b.to_vec(&g0.buf)?;
-                    let mut gs = b.to_vec(g)?;
                     for i in 0..n {
-                        for j in 0..d {
-                            gs[c.off + j] = gs[c.off + j] + gx[i * t * d + j];
-                        }
+                        copy_row(b, &self.ones, &g0.buf, i * t * d, g, c.off, d, true)?;
                     }
-                    b.upload(g, &gs)?;
                 }
                 pl.backward(b, p, g, &self.patches.buf, &g0.buf, rows, None)
             }
@@ -1013,35 +1040,26 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Transformer<B, T> {
     }
 }
 
-/// Rows `i·t` (the CLS tokens) of `x` → `n × d`.
-fn gather_cls<B: NnOps, T: Scalar>(
+/// `dst[dst_off..+d] (+)= src[src_off..+d]` on the device, as the 1×d product `ones · src`
+/// (the ops trait's GEMM), so no row goes through host memory.
+#[allow(clippy::too_many_arguments)]
+fn copy_row<B: NnOps, T: Scalar>(
     b: &B,
-    x: &B::Buffer<T>,
-    n: usize,
-    t: usize,
+    ones: &B::Buffer<T>,
+    src: &B::Buffer<T>,
+    src_off: usize,
+    dst: &mut B::Buffer<T>,
+    dst_off: usize,
     d: usize,
-) -> Result<B::Buffer<T>> {
-    let xs = b.to_vec(x)?;
-    let mut v = Vec::with_capacity(n * d);
-    for i in 0..n {
-        v.extend_from_slice(&xs[i * t * d..i * t * d + d]);
-    }
-    b.alloc_from(&v)
-}
-
-/// The adjoint of [`gather_cls`]: `out` = zeros except the CLS rows.
-fn scatter_cls<B: NnOps, T: Scalar>(
-    b: &B,
-    dcls: &B::Buffer<T>,
-    n: usize,
-    t: usize,
-    d: usize,
-    out: &mut B::Buffer<T>,
+    accumulate: bool,
 ) -> Result<()> {
-    let dc = b.to_vec(dcls)?;
-    let mut v = vec![T::zero(); b.len(out)];
-    for i in 0..n {
-        v[i * t * d..i * t * d + d].copy_from_slice(&dc[i * d..(i + 1) * d]);
-    }
-    b.upload(out, &v)
+    let g = crate::nn::Gemm {
+        trans_a: false,
+        trans_b: false,
+        m: 1,
+        n: d,
+        k: 1,
+    };
+    let beta = if accumulate { T::one() } else { T::zero() };
+    b.gemm(g, T::one(), ones, 0, src, src_off, beta, dst, dst_off)
 }
