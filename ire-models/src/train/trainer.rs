@@ -446,8 +446,11 @@ impl<B: NnOps + 'static> Trainer<B> {
                 self.estimator_pass(&batch)?;
             }
         }
-        // 2. The training gradient (batch-norm statistics move once per step, here).
-        self.upload(&batch)?;
+        // 2. The training gradient (batch-norm statistics move once per step, here). The
+        //    estimator pass on the current batch has already uploaded it.
+        if !(want_est && self.cfg.estimator_batch != "fixed") {
+            self.upload(&batch)?;
+        }
         let (loss, correct) = self.loss_and_grad(
             n,
             BnMode::Train {
