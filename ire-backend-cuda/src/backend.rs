@@ -34,7 +34,7 @@ pub const ENV_DEVICE: &str = "IRE_CUDA_DEVICE";
 /// the one chosen from the device's compute capability.
 pub const ENV_ARCH: &str = "IRE_CUDA_ARCH";
 
-fn internal(message: impl Into<String>) -> Error {
+pub(crate) fn internal(message: impl Into<String>) -> Error {
     Error::Device {
         backend: BACKEND.into(),
         message: format!("internal error: {}", message.into()),
@@ -103,7 +103,7 @@ fn elem_of<E: Element>() -> Result<Elem> {
 }
 
 /// The kernel program (`F32` or `F64`) that computes on `T`.
-fn program_of<T: Scalar>() -> Result<(DType, Elem)> {
+pub(crate) fn program_of<T: Scalar>() -> Result<(DType, Elem)> {
     match elem_of::<T>()? {
         Elem::F32 => Ok((DType::F32, Elem::F32)),
         Elem::F64 => Ok((DType::F64, Elem::F64)),
@@ -135,7 +135,7 @@ fn bytes_of_mut<E: Element>(s: &mut [E]) -> Result<&mut [u8]> {
 /// A zero-length buffer holds no device memory. Buffers must only be used with the backend
 /// that allocated them.
 pub struct CudaBuffer<E> {
-    mem: Option<Mem>,
+    pub(crate) mem: Option<Mem>,
     len: usize,
     _elem: PhantomData<E>,
 }
@@ -209,7 +209,16 @@ pub(crate) enum Arg<'a> {
 
 /// Checks a launch against the kernel's parameter list in the source.
 pub(crate) fn check_args(program: DType, kernel: &str, args: &[Arg<'_>]) -> Result<()> {
-    let sig = signature(kernel).map_err(internal)?;
+    check_args_with(signature(kernel).map_err(internal)?, program, kernel, args)
+}
+
+/// Checks a launch against the parameter list `sig`.
+pub(crate) fn check_args_with(
+    sig: &crate::signature::Signature,
+    program: DType,
+    kernel: &str,
+    args: &[Arg<'_>],
+) -> Result<()> {
     if sig.params.len() != args.len() {
         return Err(internal(format!(
             "{kernel} takes {} arguments, {} given",
@@ -293,33 +302,12 @@ struct Program {
 impl Program {
     fn load(ctx: &Arc<CudaContext>, dtype: DType, target: &str) -> Result<Self> {
         let compiled = nvrtc::compile_cached(dtype, target)?;
-        let from_ptx = || ctx.load_module(Ptx::from_src(compiled.ptx.clone()));
-        let module = match &compiled.cubin {
-            Some(cubin) => match ctx.load_module(Ptx::from_binary(cubin.clone())) {
-                Ok(m) => m,
-                // Device code the driver refuses (from an NVRTC newer than it): try the PTX.
-                Err(e_bin) => from_ptx().map_err(|e| {
-                    driver_error(
-                        &format!(
-                            "loading the {} kernels for {target} (device code: {e_bin:?}; \
-                             PTX needs a driver at least as new as NVRTC)",
-                            dtype.name()
-                        ),
-                        e,
-                    )
-                })?,
-            },
-            None => from_ptx().map_err(|e| {
-                driver_error(
-                    &format!(
-                        "loading the {} kernels' PTX for {target} (PTX needs a driver at least \
-                         as new as NVRTC)",
-                        dtype.name()
-                    ),
-                    e,
-                )
-            })?,
-        };
+        let module = load_module(
+            ctx,
+            &compiled,
+            &format!("the {} kernels", dtype.name()),
+            target,
+        )?;
         let mut functions = HashMap::new();
         for name in kernel_names() {
             let f = module
@@ -334,16 +322,53 @@ impl Program {
     }
 }
 
-/// The driver state of a backend: context, its one stream, the two programs.
-#[derive(Debug)]
-struct Driver {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    f32: Program,
-    f64: Program,
+/// Loads compiled kernels: the device code when there is some and the driver takes it, else
+/// the PTX (which needs a driver at least as new as NVRTC).
+pub(crate) fn load_module(
+    ctx: &Arc<CudaContext>,
+    compiled: &nvrtc::Compiled,
+    what: &str,
+    target: &str,
+) -> Result<Arc<CudaModule>> {
+    let from_ptx = || ctx.load_module(Ptx::from_src(compiled.ptx.clone()));
+    match &compiled.cubin {
+        Some(cubin) => match ctx.load_module(Ptx::from_binary(cubin.clone())) {
+            Ok(m) => Ok(m),
+            // Device code the driver refuses (from an NVRTC newer than it): try the PTX.
+            Err(e_bin) => from_ptx().map_err(|e| {
+                driver_error(
+                    &format!(
+                        "loading {what} for {target} (device code: {e_bin:?}; \
+                         PTX needs a driver at least as new as NVRTC)"
+                    ),
+                    e,
+                )
+            }),
+        },
+        None => from_ptx().map_err(|e| {
+            driver_error(
+                &format!(
+                    "loading the PTX of {what} for {target} (PTX needs a driver at least \
+                     as new as NVRTC)"
+                ),
+                e,
+            )
+        }),
+    }
 }
 
-fn cuda_mem(m: &Mem) -> Result<&CudaSlice<u8>> {
+/// The driver state of a backend: context, its one stream, the two programs.
+#[derive(Debug)]
+pub(crate) struct Driver {
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    f32: Program,
+    f64: Program,
+    /// Extension programs and cuBLAS, created on first use.
+    pub(crate) extra: crate::launch::Extras,
+}
+
+pub(crate) fn cuda_mem(m: &Mem) -> Result<&CudaSlice<u8>> {
     match m {
         Mem::Cuda(s) => Ok(s),
         #[cfg(test)]
@@ -415,6 +440,19 @@ impl Driver {
         let f = functions
             .get(kernel)
             .ok_or_else(|| internal(format!("kernel {kernel} was not loaded")))?;
+        self.launch_function(f, program, kernel, grid, block, args)
+    }
+
+    /// Launches `f` (kernel `kernel` of a `program`-typed source) with checked arguments.
+    pub(crate) fn launch_function(
+        &self,
+        f: &CudaFunction,
+        program: DType,
+        kernel: &str,
+        grid: u32,
+        block: u32,
+        args: &[Arg<'_>],
+    ) -> Result<()> {
         // Every value is stored first, then pushed by reference: the builder keeps pointers
         // to them until the launch, so the vectors must not grow in between.
         let n = args.len();
@@ -555,6 +593,7 @@ impl CudaBackend {
                 stream,
                 f32,
                 f64,
+                extra: crate::launch::Extras::default(),
             })),
             info,
             target,
@@ -629,7 +668,7 @@ impl CudaBackend {
         }
     }
 
-    fn driver(&self) -> Result<&Driver> {
+    pub(crate) fn driver(&self) -> Result<&Driver> {
         match &self.dev {
             Dev::Cuda(d) => Ok(d),
             #[cfg(test)]

@@ -57,11 +57,13 @@ mod backend;
 mod driver;
 #[cfg(test)]
 mod emulator;
+mod launch;
 mod nvrtc;
 mod signature;
 
 pub use backend::{CudaBackend, CudaBuffer, ENV_ARCH, ENV_DEVICE};
 pub use driver::{DeviceInfo, driver_version, probe};
+pub use launch::check_extension_source;
 pub use nvrtc::{
     Compiled, compile_program, compile_ptx, compile_source, nvrtc_available, nvrtc_version,
     supported_archs,

@@ -174,6 +174,10 @@ impl OpenClBackend {
         self.dev.finish()
     }
 
+    pub(crate) fn device_handle(&self) -> &Device {
+        &self.dev
+    }
+
     fn prog(&self, dtype: DType) -> Result<&Program, Error> {
         self.dev.program(dtype)
     }

@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fmt::Display;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use ire_core::kernels::{self, Dialect, REDUCE_WG};
+use ire_core::kernels::{self, Dialect, Extension, REDUCE_WG};
 use ire_core::{DType, Error};
 use ocl::core::{self, ArgVal, CommandQueue, Context, ContextProperties, DeviceId, Kernel, Mem};
 
@@ -24,6 +24,8 @@ pub(crate) fn dev_err(what: &str, e: impl Display) -> Error {
 /// One kernel argument.
 pub(crate) enum Arg<'a> {
     Mem(&'a Mem),
+    /// No buffer (an empty one: OpenCL has no zero-sized buffers).
+    NullMem,
     F32(f32),
     F64(f64),
     U64(u64),
@@ -35,6 +37,7 @@ impl Arg<'_> {
     fn val(&self) -> ArgVal<'_> {
         match self {
             Arg::Mem(m) => ArgVal::mem(m),
+            Arg::NullMem => ArgVal::mem_null(),
             Arg::F32(x) => ArgVal::scalar(x),
             Arg::F64(x) => ArgVal::scalar(x),
             Arg::U64(x) => ArgVal::scalar(x),
@@ -54,13 +57,32 @@ pub(crate) struct Program {
 impl Program {
     fn build(context: &Context, device: DeviceId, dtype: DType) -> Result<Program, Error> {
         let source = kernels::program_source(Dialect::OpenCl, dtype);
+        Self::build_source(
+            context,
+            device,
+            dtype,
+            "IRE",
+            source,
+            kernels::kernel_names(),
+        )
+    }
+
+    /// Builds `source` and creates the kernels `names`; `what` names the program in errors.
+    fn build_source(
+        context: &Context,
+        device: DeviceId,
+        dtype: DType,
+        what: &str,
+        source: String,
+        names: impl Iterator<Item = &'static str>,
+    ) -> Result<Program, Error> {
         let src = CString::new(source).map_err(|e| dev_err("kernel source", e))?;
         let opts =
             CString::new(kernels::OPENCL_BUILD_OPTIONS).map_err(|e| dev_err("build options", e))?;
         let program = core::create_build_program(context, &[src], Some(&[device]), &opts)
-            .map_err(|e| dev_err(&format!("building the {} program", dtype.name()), e))?;
+            .map_err(|e| dev_err(&format!("building the {what} {} program", dtype.name()), e))?;
         let mut table = HashMap::new();
-        for name in kernels::kernel_names() {
+        for name in names {
             let k = core::create_kernel(&program, name)
                 .map_err(|e| dev_err(&format!("creating kernel {name}"), e))?;
             table.insert(name, k);
@@ -117,6 +139,8 @@ pub(crate) struct Device {
     device: DeviceId,
     f32: Program,
     f64: OnceLock<Result<Program, Error>>,
+    /// Extension programs by (name, dtype), built on first use.
+    extensions: Mutex<HashMap<(&'static str, DType), Arc<Program>>>,
 }
 
 impl Device {
@@ -151,6 +175,7 @@ impl Device {
             device,
             f32,
             f64: OnceLock::new(),
+            extensions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -172,6 +197,45 @@ impl Device {
                     .map_err(Clone::clone)
             }
         }
+    }
+
+    /// The program of `ext` for `dtype` (`F32` or `F64`), built on first use.
+    pub(crate) fn extension(
+        &self,
+        ext: &'static Extension,
+        dtype: DType,
+    ) -> Result<Arc<Program>, Error> {
+        if dtype == DType::F64 && !self.info.fp64 {
+            return Err(Error::UnsupportedDType {
+                backend: BACKEND.into(),
+                dtype,
+            });
+        }
+        let key = (ext.name, dtype);
+        if let Some(p) = self
+            .extensions
+            .lock()
+            .map_err(|_| dev_err(ext.name, "program cache lock poisoned"))?
+            .get(&key)
+        {
+            return Ok(Arc::clone(p));
+        }
+        // Built outside the lock: a first build takes seconds and must not block launches of
+        // programs already built. Two threads racing here build twice and keep one.
+        let source = kernels::extension_source(Dialect::OpenCl, dtype, ext);
+        let built = Arc::new(Program::build_source(
+            &self.context,
+            self.device,
+            dtype,
+            ext.name,
+            source,
+            kernels::kernel_names_in(ext.source),
+        )?);
+        let mut cache = self
+            .extensions
+            .lock()
+            .map_err(|_| dev_err(ext.name, "program cache lock poisoned"))?;
+        Ok(Arc::clone(cache.entry(key).or_insert(built)))
     }
 
     /// Waits for every enqueued command.

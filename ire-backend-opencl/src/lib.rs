@@ -98,6 +98,7 @@ mod backend;
 mod buffer;
 mod device;
 mod discovery;
+mod launch;
 
 pub use backend::{OpenClBackend, SelectionPath};
 pub use buffer::ClBuffer;

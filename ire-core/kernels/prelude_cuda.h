@@ -24,3 +24,27 @@
 #endif
 #define BITS_F32(x) __float_as_uint(x)
 #define BITS_F64(x) ((unsigned long long)__double_as_longlong(x))
+/* Math for extension programs (the neural-network kernels); not used by the IRE ops. These
+ * are not correctly rounded, so results that go through them match the host within a
+ * tolerance, not bit for bit. */
+#ifdef IRE_F64
+#define EXP(x) exp(x)
+#define LOG(x) log(x)
+#define ERF(x) erf(x)
+#define TANH(x) tanh(x)
+#define SIN(x) sin(x)
+#define COS(x) cos(x)
+#define POW(x, y) pow((x), (y))
+#define FMAX(x, y) fmax((x), (y))
+#define FLOOR(x) floor(x)
+#else
+#define EXP(x) expf(x)
+#define LOG(x) logf(x)
+#define ERF(x) erff(x)
+#define TANH(x) tanhf(x)
+#define SIN(x) sinf(x)
+#define COS(x) cosf(x)
+#define POW(x, y) powf((x), (y))
+#define FMAX(x, y) fmaxf((x), (y))
+#define FLOOR(x) floorf(x)
+#endif

@@ -24,3 +24,15 @@
 #define FABS(x) fabs(x)
 #define BITS_F32(x) as_uint(x)
 #define BITS_F64(x) as_ulong(x)
+/* Math for extension programs (the neural-network kernels); not used by the IRE ops. These
+ * are not correctly rounded, so results that go through them match the host within a
+ * tolerance, not bit for bit. */
+#define EXP(x) exp(x)
+#define LOG(x) log(x)
+#define ERF(x) erf(x)
+#define TANH(x) tanh(x)
+#define SIN(x) sin(x)
+#define COS(x) cos(x)
+#define POW(x, y) pow((x), (y))
+#define FMAX(x, y) fmax((x), (y))
+#define FLOOR(x) floor(x)

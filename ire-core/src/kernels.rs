@@ -38,6 +38,26 @@ pub const NVRTC_OPTIONS: &[&str] = &["--fmad=false", "--prec-div=true", "--prec-
 /// Byte kernels (`fill_u8`, `count_nonzero_partial`) are in every program; backends use the
 /// `F32` program for them so that they work on devices without `f64`.
 pub fn program_source(dialect: Dialect, dtype: DType) -> String {
+    with_prelude(dialect, dtype, OPS_SOURCE)
+}
+
+/// A program of kernels beyond the IRE ops, in the same portable dialect, compiled by device
+/// backends on first use (see [`crate::launch::DeviceKernels`]).
+#[derive(Debug)]
+pub struct Extension {
+    /// A unique name (device backends cache the compiled program under it).
+    pub name: &'static str,
+    /// The kernel source, without the dtype header and prelude (added by
+    /// [`extension_source`]).
+    pub source: &'static str,
+}
+
+/// The full program text of `ext` for one dialect and one floating-point dtype.
+pub fn extension_source(dialect: Dialect, dtype: DType, ext: &Extension) -> String {
+    with_prelude(dialect, dtype, ext.source)
+}
+
+fn with_prelude(dialect: Dialect, dtype: DType, body: &str) -> String {
     let header = match dtype {
         DType::F64 => "#define IRE_F64\n#define T double\n",
         _ => "#define IRE_F32\n#define T float\n",
@@ -46,12 +66,20 @@ pub fn program_source(dialect: Dialect, dtype: DType) -> String {
         Dialect::OpenCl => OPENCL_PRELUDE,
         Dialect::Cuda => CUDA_PRELUDE,
     };
-    let mut s = String::with_capacity(header.len() + prelude.len() + OPS_SOURCE.len() + 2);
+    let mut s = String::with_capacity(header.len() + prelude.len() + body.len() + 2);
     s.push_str(header);
     s.push_str(prelude);
     s.push('\n');
-    s.push_str(OPS_SOURCE);
+    s.push_str(body);
     s
+}
+
+/// Every kernel entry point (`KERNEL void name(`) defined in `source`, in order.
+pub fn kernel_names_in(source: &'static str) -> impl Iterator<Item = &'static str> {
+    source
+        .split("KERNEL void ")
+        .skip(1)
+        .filter_map(|rest| rest.split('(').next())
 }
 
 /// A `Backend` operation and the kernels that implement it on a device.
@@ -162,10 +190,7 @@ pub const PLUMBING: &[&str] = &[
 
 /// Every kernel entry point defined in the source, in order.
 pub fn kernel_names() -> impl Iterator<Item = &'static str> {
-    OPS_SOURCE
-        .split("KERNEL void ")
-        .skip(1)
-        .filter_map(|rest| rest.split('(').next())
+    kernel_names_in(OPS_SOURCE)
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ mod error;
 pub mod formulas;
 pub mod host;
 pub mod kernels;
+pub mod launch;
 pub mod optim;
 pub mod projector;
 pub mod reference;
@@ -37,6 +38,7 @@ pub mod conformance;
 
 pub use backend::Backend;
 pub use error::{Error, Result};
+pub use launch::{DeviceKernels, GemmShape, KernelArg};
 pub use optim::{
     AdamW, AdamWConfig, Ire, IreConfig, IreStep, Optimizer, Sam, SamConfig, Sgd, SgdConfig,
 };
