@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2317  # step functions run through run_step, indirectly
 # Checks the CUDA backend on a machine with an NVIDIA GPU, from nothing pre-built, in one
-# command (under 8 minutes on an H100-class machine):
+# command (about 9 minutes on an H100-class machine):
 #
 #   scripts/gpu-check.sh OUT_DIR
 #
@@ -9,14 +9,15 @@
 # loader's path, else the PyPI wheel nvidia-cuda-nvrtc-cu12 installed into .venv-nvrtc);
 # release build; the device report (examples/cuda_info); every test of ire-backend-cuda with
 # IRE_REQUIRE=cuda,nvrtc (so the conformance suite fails instead of skipping without a GPU);
-# the `ire` command on CUDA; the cross-backend equivalence runner and the CUDA benches when
-# they exist (skipped with a note otherwise).
+# the `ire` command on CUDA; every small preset's neural-network ops on CUDA against the CPU
+# backend, and its training throughput on both (train.md); the cross-backend equivalence runner
+# and the CUDA benches when they exist (skipped with a note otherwise).
 #
 # Writes OUT_DIR/summary.md (step, status, seconds, note), one log per step and env.txt.
 # Exits 0 when every step passed or was skipped for a stated reason; otherwise non-zero and
 # names the failing steps.
 #
-# Environment: GPU_CHECK_BUDGET_S (total seconds for the steps, default 450),
+# Environment: GPU_CHECK_BUDGET_S (total seconds for the steps, default 540),
 # GPU_CHECK_CARGO_FLAGS (extra cargo flags, e.g. --offline), CARGO_TARGET_DIR, NVRTC_WHEEL
 # (default nvidia-cuda-nvrtc-cu12==12.9.86).
 set -u -o pipefail
@@ -30,7 +31,7 @@ ROOT=$PWD
 mkdir -p "$1" || { echo "cannot create $1" >&2; exit 2; }
 OUT=$(cd "$1" && pwd)
 SUMMARY=$OUT/summary.md
-BUDGET=${GPU_CHECK_BUDGET_S:-450}
+BUDGET=${GPU_CHECK_BUDGET_S:-540}
 NVRTC_WHEEL=${NVRTC_WHEEL:-nvidia-cuda-nvrtc-cu12==12.9.86}
 read -r -a CARGO_FLAGS <<< "${GPU_CHECK_CARGO_FLAGS:-}"
 export CARGO_TERM_COLOR=never
@@ -222,6 +223,48 @@ if grep -q '^cuda *=' ire-models/Cargo.toml 2> /dev/null; then
 else
     record ire-toy skip 0 "ire-models has no cuda feature"
 fi
+
+# ---- the neural-network ops on CUDA: every small preset against the CPU backend ---------------
+run_step nn-models 300 "NN kernels by NVRTC; each small preset on CUDA vs CPU (1 step, 50 steps); ire train --backend cuda" \
+    env IRE_REQUIRE=cuda,nvrtc cargo test "${CARGO_FLAGS[@]}" --release -p ire-models \
+    --features cuda --test device_models --test device_nvrtc -- --nocapture
+
+# Training throughput of each small preset: a few hundred steps on CUDA, a few dozen on the CPU
+# backend of the same machine. Language models read the shared corpus when it is beside the
+# repository, else this repository's own text (throughput does not depend on the words).
+train_throughput() {
+    cargo build "${CARGO_FLAGS[@]}" --release -q -p ire-models --features cuda --bin ire || return 1
+    local ire=${CARGO_TARGET_DIR:-$ROOT/target}/release/ire tmp text model backend steps line
+    tmp=$(mktemp -d)
+    text=$ROOT/../shared/data/text/moby-dick.txt
+    if [ ! -f "$text" ]; then
+        text=$tmp/corpus.txt
+        find "$ROOT" -name '*.rs' -not -path '*/target/*' -exec cat {} + > "$text"
+    fi
+    echo "| model | backend | steps | seconds | throughput |"
+    echo "| --- | --- | ---: | ---: | --- |"
+    for model in mlp-small resnet-small wrn-small vit-mini gpt-nano llama-tiny lm-paper; do
+        for backend in cuda cpu; do
+            steps=300; [ "$backend" = cpu ] && steps=30
+            local data=(--dataset digits --data "$ROOT/data/digits.csv.gz")
+            case $model in
+                gpt-nano|llama-tiny|lm-paper)
+                    data=(--dataset text --data "$text" --tokenizer char --context 64) ;;
+            esac
+            line=$("$ire" train --backend "$backend" --quiet --model "$model" --optimizer admire \
+                --steps "$steps" --batch-size 32 --eval-batches 1 "${data[@]}" \
+                --out "$tmp/$model-$backend" 2> "$tmp/err" | grep '^steps ') \
+                || { cat "$tmp/err"; return 1; }
+            # "steps N (finished), S s, R unit/s, E s/epoch"
+            awk -v m="$model" -v b="$backend" -v n="$steps" -F', ' \
+                '{ printf "| %s | %s | %d | %s | %s |\n", m, b, n, $2, $3 }' <<< "$line"
+        done
+    done
+    rm -rf "$tmp"
+}
+run_step train 240 "each small preset trained on CUDA (300 steps) and on the CPU backend (30)" \
+    train_throughput
+cp "$OUT/train.log" "$OUT/train.md" 2> /dev/null
 
 # ---- equivalence runner and benches (when they exist) -----------------------------------------
 has_bin() { # package bin

@@ -46,6 +46,27 @@ pub fn check_extension_source(source: &'static str) -> Result<usize> {
     })
 }
 
+type CompiledKey = (&'static str, DType, String);
+
+/// Compiled extension programs are shared by every backend of the process (NVRTC takes
+/// seconds on a large program; tests open many backends).
+fn compile_extension(
+    ext: &'static Extension,
+    dtype: DType,
+    target: &str,
+) -> Result<Arc<nvrtc::Compiled>> {
+    static CACHE: Mutex<Vec<(CompiledKey, Arc<nvrtc::Compiled>)>> = Mutex::new(Vec::new());
+    let key = (ext.name, dtype, target.to_owned());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, c)) = cache.iter().find(|(k, _)| *k == key) {
+        return Ok(Arc::clone(c));
+    }
+    let source = extension_source(Dialect::Cuda, dtype, ext);
+    let compiled = Arc::new(nvrtc::compile_source(&source, Some(target))?);
+    cache.push((key, Arc::clone(&compiled)));
+    Ok(compiled)
+}
+
 impl CudaBackend {
     fn extension(&self, ext: &'static Extension, dtype: DType) -> Result<Arc<ExtProgram>> {
         let d = self.driver()?;
@@ -61,8 +82,7 @@ impl CudaBackend {
             backend: BACKEND.into(),
             message: format!("kernel program {}: {e}", ext.name),
         })?;
-        let source = extension_source(Dialect::Cuda, dtype, ext);
-        let compiled = nvrtc::compile_source(&source, Some(self.target()))?;
+        let compiled = compile_extension(ext, dtype, self.target())?;
         let what = format!("the {} {} kernels", ext.name, dtype.name());
         let module = load_module(&d.ctx, &compiled, &what, self.target())?;
         let mut functions = HashMap::new();

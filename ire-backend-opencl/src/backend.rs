@@ -133,6 +133,10 @@ impl OpenClBackend {
     /// Opens the device `selector` names: `P:D`, an index into [`crate::probe`]'s list, a
     /// name substring, or `auto`/empty.
     pub fn with_selector(selector: &str) -> Result<Self, Error> {
+        // PoCL initialises its device lazily and not thread-safely: two threads opening a
+        // backend at once can see no device, or crash. Opening is rare; serialise it.
+        static OPENING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = OPENING.lock().unwrap_or_else(|e| e.into_inner());
         let found = discovery::find(selector)?;
         let dev = Device::open(found)?;
         let selection = default_selection(&dev.info);

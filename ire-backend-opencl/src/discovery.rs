@@ -239,6 +239,10 @@ pub(crate) struct Found {
 }
 
 fn discover() -> Result<Vec<Found>, Error> {
+    // PoCL's lazy device initialisation is not thread-safe (a concurrent second query can
+    // report no device): one discovery at a time.
+    static DISCOVERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = DISCOVERING.lock().unwrap_or_else(|e| e.into_inner());
     let count = platform_count()
         .map_err(|s| unavailable(format!("clGetPlatformIDs failed with status {s}")))?;
     if count == 0 {

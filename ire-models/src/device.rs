@@ -6,7 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use ire_core::{Backend, Error, Result};
+use ire_core::{Backend, Result};
 
 /// A backend name as given on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,8 +74,8 @@ pub fn compiled_backends() -> Vec<BackendKind> {
 }
 
 #[cfg(not(all(feature = "opencl", feature = "cuda")))]
-fn not_compiled(kind: BackendKind) -> Error {
-    Error::Unavailable {
+fn not_compiled(kind: BackendKind) -> ire_core::Error {
+    ire_core::Error::Unavailable {
         backend: kind.to_string(),
         reason: format!("this build has no {kind} backend; rebuild with `--features {kind}`"),
     }
@@ -169,19 +169,36 @@ pub trait NnTask {
     fn run<B: crate::nn::NnOps + 'static>(self, b: B) -> Self::Output;
 }
 
-/// Runs `task` on a backend that has the neural-network ops (the CPU and reference backends
-/// today; the device backends gain them later); returns the backend's name too.
+/// Runs `task` on the backend `kind` (resolving `auto` like [`resolve`]); returns the
+/// backend's name too. Every backend has the neural-network ops: the host backends through
+/// [`crate::nn::HostMemory`], OpenCL and CUDA through their kernels.
 pub fn run_on_nn<T: NnTask>(kind: BackendKind, task: T) -> Result<(String, T::Output)> {
-    // `auto` means the CPU backend here: it is the only one with the neural-network ops yet.
+    let (kind, _) = resolve(kind);
     match kind {
         BackendKind::Reference => Ok(("reference".into(), task.run(ire_core::Reference))),
         BackendKind::Cpu | BackendKind::Auto => {
             let b = ire_backend_cpu::CpuBackend::new();
             Ok(("cpu".into(), task.run(b)))
         }
-        other => Err(Error::Unsupported {
-            backend: other.to_string(),
-            what: "the neural-network operations (training runs on the cpu backend; use --backend cpu)".into(),
-        }),
+        BackendKind::OpenCl => {
+            #[cfg(feature = "opencl")]
+            {
+                let b = ire_backend_opencl::OpenClBackend::new()?;
+                let name = format!("opencl ({})", b.device().name);
+                Ok((name, task.run(b)))
+            }
+            #[cfg(not(feature = "opencl"))]
+            Err(not_compiled(kind))
+        }
+        BackendKind::Cuda => {
+            #[cfg(feature = "cuda")]
+            {
+                let b = ire_backend_cuda::CudaBackend::from_env()?;
+                let name = format!("cuda ({})", b.device().name);
+                Ok((name, task.run(b)))
+            }
+            #[cfg(not(feature = "cuda"))]
+            Err(not_compiled(kind))
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! always there) and at run time by `--backend auto|cpu|opencl|cuda|reference`.
 
 pub mod artifacts;
+pub mod crosscheck;
 pub mod data;
 pub mod device;
 pub mod models;

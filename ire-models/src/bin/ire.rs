@@ -61,7 +61,7 @@ struct SharpnessArgs {
     /// Writes the report as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// auto, cpu or reference.
+    /// auto, cpu, opencl, cuda or reference.
     #[arg(long, default_value = "auto")]
     backend: BackendKind,
 }
@@ -85,7 +85,7 @@ struct SampleArgs {
     /// The corpus location, if it moved since training.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// auto, cpu or reference.
+    /// auto, cpu, opencl, cuda or reference.
     #[arg(long, default_value = "auto")]
     backend: BackendKind,
 }
@@ -276,13 +276,7 @@ impl TrainArgs {
 
 fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
     let cfg = a.config()?;
-    let (kind, why) = match a.backend {
-        BackendKind::Auto => (
-            BackendKind::Auto,
-            "auto: the CPU backend has the neural-network ops".to_string(),
-        ),
-        k => (k, "asked for".to_string()),
-    };
+    let (kind, why) = resolve(a.backend);
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = stop.clone();
     // Ctrl-C: finish the current step, write a checkpoint, exit.

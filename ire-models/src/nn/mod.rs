@@ -1,6 +1,8 @@
 //! Neural-network building blocks: the ops trait over backend buffers, its host
 //! implementation, and layers with hand-written backward passes over a flat parameter arena.
 
+#[cfg(any(feature = "opencl", feature = "cuda"))]
+pub mod device;
 mod gemm_fast;
 pub mod host;
 pub mod host_tf;

@@ -369,7 +369,7 @@ pub trait NnOps: Backend {
     ) -> Result<()>;
 }
 
-fn need(what: &str, have: usize, want: usize) -> Result<()> {
+pub(crate) fn need(what: &str, have: usize, want: usize) -> Result<()> {
     if have < want {
         Err(Error::SizeMismatch {
             what: what.into(),
@@ -381,7 +381,8 @@ fn need(what: &str, have: usize, want: usize) -> Result<()> {
     }
 }
 
-fn bad_label(label: f64, c: usize) -> Error {
+/// The error for a label or id that is not a class index below `c` (every backend's).
+pub(crate) fn bad_label(label: f64, c: usize) -> Error {
     Error::NonFinite {
         what: format!("label {label} (expected a class index below {c})"),
     }

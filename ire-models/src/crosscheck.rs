@@ -1,0 +1,241 @@
+//! Cross-backend checks of whole models: the same training run on two backends, compared.
+//!
+//! For a preset, [`check_model`] builds two trainers with one configuration and seed (so the
+//! same initial parameters and batches), then compares
+//! 1. the loss and gradient at the initial parameters (forward + backward),
+//! 2. the parameters after one AdmIRE step (forward, backward, estimator pass, mask refresh,
+//!    boosted AdamW update), and
+//! 3. the training-loss curves of `steps` steps.
+//!
+//! The bounds are in [`BOUNDS`], each with the reason for its size. Device sums add in a
+//! different order than the host's, so nothing here is bit-exact; per-op tolerances are in
+//! `nn::device::{CNN_TOLERANCES, TF_TOLERANCES}`.
+
+use std::path::{Path, PathBuf};
+
+use crate::nn::NnOps;
+use crate::train::{DatasetKind, OptimizerKind, TrainConfig, TrainError, Trainer};
+
+/// One bound of the model checks.
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    /// What is compared.
+    pub what: &'static str,
+    /// The largest value that passes.
+    pub limit: f64,
+    /// Why the bound has this size.
+    pub why: &'static str,
+}
+
+/// Loss at the initial parameters: relative difference.
+pub const LOSS_REL: Bound = Bound {
+    what: "loss at θ₀, relative",
+    limit: 1e-5,
+    why: "f32 sums over a batch in another order: a few ulp per op, about 1e-6 after a network",
+};
+/// Gradient at the initial parameters: `‖g_b − g_a‖₂ / ‖g_a‖₂`.
+pub const GRAD_REL: Bound = Bound {
+    what: "gradient at θ₀, relative L2",
+    limit: 1e-4,
+    why: "backward passes sum over batch and spatial positions in another order (f32)",
+};
+/// After one AdmIRE step: the fraction of parameters that moved differently by over 1e-5.
+pub const STEP_FRACTION: Bound = Bound {
+    what: "after 1 AdmIRE step, share of |Δθ| > 1e-5",
+    limit: 5e-3,
+    why: "Adam's first step is ±lr·g/(|g|+ε), flipped only where g ≈ 0; the top-k mask can \
+          swap the few coordinates tied at the threshold",
+};
+/// Mean training loss of the last 10 steps: relative difference.
+pub const CURVE_REL: Bound = Bound {
+    what: "mean loss of the last 10 of the steps, relative",
+    limit: 0.02,
+    why: "f32 rounding differences grow along a trajectory; 2% leaves room for that and \
+          catches a wrong op (which moves the curve by far more)",
+};
+/// Every bound, in the order of the report.
+pub const BOUNDS: [Bound; 4] = [LOSS_REL, GRAD_REL, STEP_FRACTION, CURVE_REL];
+
+/// What [`check_model`] measured.
+#[derive(Clone, Debug)]
+pub struct ModelCheck {
+    /// Model preset.
+    pub model: String,
+    /// Loss at θ₀ on backend a and b.
+    pub loss: (f64, f64),
+    /// `‖g_b − g_a‖₂ / ‖g_a‖₂` at θ₀.
+    pub grad_rel: f64,
+    /// After one step: largest `|θ_b − θ_a|`.
+    pub step_max_abs: f64,
+    /// After one step: share of parameters with `|θ_b − θ_a| > 1e-5`.
+    pub step_fraction: f64,
+    /// Training losses of each step on a and b.
+    pub curves: (Vec<f64>, Vec<f64>),
+    /// Parameters.
+    pub params: usize,
+}
+
+impl ModelCheck {
+    /// Relative difference of the losses at θ₀.
+    pub fn loss_rel(&self) -> f64 {
+        rel(self.loss.0, self.loss.1)
+    }
+
+    /// Relative difference of the mean losses of the last 10 steps.
+    pub fn curve_rel(&self) -> f64 {
+        let tail = |c: &[f64]| {
+            let k = c.len().clamp(1, 10);
+            c[c.len().saturating_sub(k)..].iter().sum::<f64>() / k as f64
+        };
+        rel(tail(&self.curves.0), tail(&self.curves.1))
+    }
+
+    /// `(bound, measured)` for each bound.
+    pub fn measured(&self) -> [(Bound, f64); 4] {
+        [
+            (LOSS_REL, self.loss_rel()),
+            (GRAD_REL, self.grad_rel),
+            (STEP_FRACTION, self.step_fraction),
+            (CURVE_REL, self.curve_rel()),
+        ]
+    }
+
+    /// The bounds this check violates (empty: it passes).
+    pub fn violations(&self) -> Vec<(Bound, f64)> {
+        self.measured()
+            .into_iter()
+            .filter(|(b, v)| v.is_nan() || *v > b.limit)
+            .collect()
+    }
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / a.abs().max(1e-30)
+}
+
+/// The small preset of each model family and the data it is checked on.
+pub const SMALL_PRESETS: [&str; 7] = [
+    "mlp-small",
+    "resnet-small",
+    "wrn-small",
+    "vit-mini",
+    "gpt-nano",
+    "llama-tiny",
+    "lm-paper",
+];
+
+/// The configuration [`check_model`] uses for `model`: AdmIRE (κ 2, γ 0.8, a refresh every 5
+/// steps), batch 16, on the digits shipped in `data/` (image models) or `text` with the
+/// character tokenizer and context 32 (language models). `root` is the repository root.
+pub fn check_config(model: &str, root: &Path, text: &Path) -> TrainConfig {
+    let lm = matches!(
+        model,
+        "gpt-nano" | "llama-tiny" | "lm-paper" | "lm-paper-quirk"
+    );
+    let mut c = TrainConfig {
+        model: model.into(),
+        optimizer: OptimizerKind::Admire,
+        lr: 2e-3,
+        steps: 1000,
+        warmup_steps: 0,
+        batch_size: 16,
+        seed: 11,
+        ..TrainConfig::default()
+    };
+    if lm {
+        c.dataset = DatasetKind::Text;
+        c.data = text.to_path_buf();
+        c.tokenizer = "char".into();
+        c.context = 32;
+        c.eval_batches = 2;
+    } else {
+        c.dataset = DatasetKind::Digits;
+        c.data = root.join("data/digits.csv.gz");
+        c.crop_padding = Some(1);
+        c.hflip = Some(false);
+    }
+    c.opt.weight_decay = 0.01;
+    c.opt.refresh_every = 5;
+    c
+}
+
+/// The text corpus the language models are checked on, when it is beside the repository.
+pub fn default_text(root: &Path) -> Option<PathBuf> {
+    let p = root.join("../shared/data/text/moby-dick.txt");
+    p.exists().then_some(p)
+}
+
+/// Runs `cfg` on backends `a` and `b` for `steps` steps and compares them (see the module).
+pub fn check_model<A: NnOps + 'static, B: NnOps + 'static>(
+    a: A,
+    b: B,
+    cfg: &TrainConfig,
+    steps: usize,
+) -> Result<ModelCheck, TrainError> {
+    let mut ta = Trainer::new(a, cfg.clone())?;
+    let mut tb = Trainer::new(b, cfg.clone())?;
+    let theta = ta.params_host()?;
+    let theta_b = tb.params_host()?;
+    if theta != theta_b {
+        return Err(TrainError::Config(
+            "the two backends initialised different parameters from one seed".into(),
+        ));
+    }
+    let (la, ga) = ta.loss_grad_at(&theta, 1)?;
+    let (lb, gb) = tb.loss_grad_at(&theta, 1)?;
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (x, y) in ga.iter().zip(&gb) {
+        diff += (f64::from(*y) - f64::from(*x)).powi(2);
+        norm += f64::from(*x).powi(2);
+    }
+    let grad_rel = (diff / norm.max(1e-300)).sqrt();
+    let mut curves = (Vec::with_capacity(steps), Vec::with_capacity(steps));
+    let (mut step_max_abs, mut step_fraction) = (0.0, 0.0);
+    for i in 0..steps.max(1) {
+        curves.0.push(ta.train_step()?.loss);
+        curves.1.push(tb.train_step()?.loss);
+        if i == 0 {
+            let (pa, pb) = (ta.params_host()?, tb.params_host()?);
+            let mut over = 0usize;
+            for (x, y) in pa.iter().zip(&pb) {
+                let d = f64::from((x - y).abs());
+                step_max_abs = f64::max(step_max_abs, d);
+                over += usize::from(d.is_nan() || d > 1e-5);
+            }
+            step_fraction = over as f64 / pa.len().max(1) as f64;
+        }
+    }
+    Ok(ModelCheck {
+        model: cfg.model.clone(),
+        loss: (la, lb),
+        grad_rel,
+        step_max_abs,
+        step_fraction,
+        curves,
+        params: theta.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn a_wrong_curve_is_a_violation() {
+        let mut c = ModelCheck {
+            model: "x".into(),
+            loss: (2.0, 2.0),
+            grad_rel: 0.0,
+            step_max_abs: 0.0,
+            step_fraction: 0.0,
+            curves: (vec![2.0; 20], vec![2.0; 20]),
+            params: 1,
+        };
+        assert!(c.violations().is_empty());
+        c.curves.1[19] = 2.5;
+        assert_eq!(c.violations().len(), 1);
+        c.grad_rel = f64::NAN;
+        assert_eq!(c.violations().len(), 2, "NaN must not pass");
+    }
+}

@@ -1,0 +1,1045 @@
+//! The image-network operations on device backends: GEMM, bias, convolution, activations,
+//! batch norm, pooling and scaling, as launches of the kernels in `kernels/nn_cnn.cl`.
+//!
+//! Every sum runs in a fixed order in one work-item or through a fixed tree in one work-group,
+//! never through atomics, so results are the same from run to run. Convolutions unfold a chunk
+//! of images at a time into a scratch buffer of at most [`SCRATCH_ELEMS`] values, so that one
+//! large matrix product covers the chunk.
+
+use ire_core::KernelArg::{In, Index, Out, Real, U32};
+use ire_core::{DeviceKernels, Error, GemmShape, KernelArg, Result, Scalar};
+
+use super::{NN_KERNELS, WG, groups_for};
+use crate::nn::host::{BnShape, ConvGeom, Gemm};
+use crate::nn::ops::{BnMode, BnState, need};
+
+/// How far each op's result on a device may be from the CPU backend's: `(op, f32, f64, why)`.
+///
+/// The bound is relative and norm-wise: `max |device − cpu| ≤ tol · max |cpu|` over each
+/// output buffer (weight gradients, saved and running statistics included). `0` means bit for
+/// bit.
+pub const CNN_TOLERANCES: &[(&str, f64, f64, &str)] = &[
+    (
+        "gemm",
+        1e-5,
+        2e-14,
+        "sums over k in order (in slices when C has few tiles and k ≥ 1024), matrixmultiply in blocks",
+    ),
+    (
+        "add_row_bias",
+        0.0,
+        0.0,
+        "one addition per element, as on the host",
+    ),
+    (
+        "row_bias_grad",
+        1e-5,
+        2e-14,
+        "bitwise up to 256 rows; past that, partial sums of 256 rows are added in order",
+    ),
+    (
+        "conv2d",
+        1e-5,
+        2e-14,
+        "one GEMM per chunk of images: as gemm",
+    ),
+    (
+        "conv2d_backward",
+        1e-5,
+        2e-14,
+        "dW sums over a chunk's images in one GEMM, the host image by image",
+    ),
+    ("relu", 0.0, 0.0, "a comparison"),
+    ("relu_backward", 0.0, 0.0, "a comparison"),
+    (
+        "gelu",
+        1e-6,
+        1e-15,
+        "the device's erf (erfc in f32) is not correctly rounded; the host works in f64",
+    ),
+    ("gelu_backward", 1e-6, 1e-15, "as gelu, and exp"),
+    (
+        "batch_norm",
+        1e-5,
+        2e-14,
+        "channel statistics by a tree sum in the dtype, the host's in order in f64",
+    ),
+    (
+        "batch_norm_backward",
+        1e-5,
+        2e-14,
+        "channel sums by a tree in the dtype, the host's in order in f64",
+    ),
+    (
+        "global_avg_pool",
+        0.0,
+        0.0,
+        "the host's sum in order, then one product",
+    ),
+    ("global_avg_pool_backward", 0.0, 0.0, "one product"),
+    ("max_pool2d", 0.0, 0.0, "comparisons"),
+    (
+        "max_pool2d_backward",
+        0.0,
+        0.0,
+        "the host's additions, in window order",
+    ),
+    ("scale", 0.0, 0.0, "one product"),
+];
+
+/// Values in one convolution scratch buffer (unfolded columns, their gradient): bounds the
+/// memory an op takes while giving the GEMM enough columns to fill a GPU.
+pub(crate) const SCRATCH_ELEMS: usize = 1 << 24;
+
+/// Side of the square C tile of one GEMM work-group, and the k-step (`CNN_TM`, `CNN_TK`).
+const TILE: usize = 64;
+const TILE_K: usize = 16;
+/// A GEMM with fewer tiles than this is split over k (deterministically: by shape only)...
+const SPLIT_GROUPS: usize = 128;
+/// ...into slices of at least this many values of k.
+const SPLIT_MIN_K: usize = 512;
+/// Rows summed directly (bit for bit as the host) by the bias gradient; more go through
+/// partial sums of this many rows.
+const BIAS_ROWS: usize = 256;
+
+fn launch<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    kernel: &'static str,
+    groups: usize,
+    args: &[KernelArg<'_, D, T>],
+) -> Result<()> {
+    dev.launch::<T>(&NN_KERNELS, kernel, groups, args)
+}
+
+/// `v` as a 32-bit kernel parameter, or an error naming what is too large.
+fn u32_of<D: DeviceKernels>(dev: &D, what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Unsupported {
+        backend: dev.name().into(),
+        what: format!("{what} of {v} values (the kernels index it in 32 bits)"),
+    })
+}
+
+/// A window that fits the padded image, with a stride: what `ConvGeom::oh`/`ow` assume.
+fn check_geom<D: DeviceKernels>(dev: &D, what: &str, g: &ConvGeom) -> Result<()> {
+    if g.k == 0 || g.stride == 0 || g.k > g.h + 2 * g.pad || g.k > g.w + 2 * g.pad {
+        return Err(Error::Unsupported {
+            backend: dev.name().into(),
+            what: format!(
+                "{what}: a {}×{} window with stride {} and padding {} on a {}×{} image",
+                g.k, g.k, g.stride, g.pad, g.h, g.w
+            ),
+        });
+    }
+    // Padded coordinates and positions in a plane are 32-bit in the kernels.
+    u32_of(dev, what, (g.h + 2 * g.pad).max(g.w + 2 * g.pad))?;
+    u32_of(dev, what, g.c_in * g.h * g.w)?;
+    Ok(())
+}
+
+/// Slices of k for a GEMM of `tiles` tiles (1: no split).
+fn k_slices(tiles: usize, k: usize) -> usize {
+    if tiles >= SPLIT_GROUPS || k < 2 * SPLIT_MIN_K {
+        return 1;
+    }
+    SPLIT_GROUPS.div_ceil(tiles).min(k / SPLIT_MIN_K).max(1)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    g: Gemm,
+    alpha: T,
+    a: &D::Buffer<T>,
+    a_off: usize,
+    b: &D::Buffer<T>,
+    b_off: usize,
+    beta: T,
+    c: &mut D::Buffer<T>,
+    c_off: usize,
+) -> Result<()> {
+    let (na, nb, nc) = g.sizes();
+    need("gemm: A", dev.len(a).saturating_sub(a_off), na)?;
+    need("gemm: B", dev.len(b).saturating_sub(b_off), nb)?;
+    need("gemm: C", dev.len(c).saturating_sub(c_off), nc)?;
+    if nc == 0 {
+        return Ok(());
+    }
+    let shape = GemmShape {
+        trans_a: g.trans_a,
+        trans_b: g.trans_b,
+        m: g.m,
+        n: g.n,
+        k: g.k,
+    };
+    if dev.vendor_gemm(shape, alpha, a, a_off, b, b_off, beta, c, c_off)? {
+        return Ok(());
+    }
+    let ((ar, ac), (br, bc)) = g.strides();
+    let tiles_n = g.n.div_ceil(TILE);
+    let tiles = g.m.div_ceil(TILE) * tiles_n;
+    let slices = k_slices(tiles, g.k);
+    let kslice = if slices > 1 {
+        g.k.div_ceil(slices).next_multiple_of(TILE_K)
+    } else {
+        g.k
+    };
+    let slices = if slices > 1 { g.k.div_ceil(kslice) } else { 1 };
+    let (alpha, beta) = (alpha.as_f64(), beta.as_f64());
+    let strides = [ar, ac, br, bc];
+    let shape = [g.m, g.n, g.k, kslice, tiles_n, tiles];
+    if slices == 1 {
+        let target = (c, c_off, alpha, beta);
+        return gemm_tiles(dev, tiles, a, a_off, b, b_off, strides, shape, target);
+    }
+    // Each slice's plain sum, then the slices added in order with α and β.
+    let mut part = dev.alloc::<T>(slices * nc)?;
+    let target = (&mut part, 0, 1.0, 0.0);
+    gemm_tiles(
+        dev,
+        slices * tiles,
+        a,
+        a_off,
+        b,
+        b_off,
+        strides,
+        shape,
+        target,
+    )?;
+    launch::<D, T>(
+        dev,
+        "cnn_gemm_reduce",
+        groups_for(nc),
+        &[
+            In(&part),
+            Index(slices),
+            Index(nc),
+            Out(c),
+            Index(c_off),
+            Real(alpha),
+            Real(beta),
+        ],
+    )
+}
+
+/// One launch of `cnn_gemm`: `strides` = `[ar, ac, br, bc]`, `shape` =
+/// `[m, n, k, kslice, tiles_n, tiles]`, `target` = `(C, c_off, α, β)`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_tiles<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    groups: usize,
+    a: &D::Buffer<T>,
+    a_off: usize,
+    b: &D::Buffer<T>,
+    b_off: usize,
+    strides: [usize; 4],
+    shape: [usize; 6],
+    target: (&mut D::Buffer<T>, usize, f64, f64),
+) -> Result<()> {
+    let [ar, ac, br, bc] = strides;
+    let (c, c_off, alpha, beta) = target;
+    let mut args: Vec<KernelArg<'_, D, T>> = vec![
+        In(a),
+        Index(a_off),
+        Index(ar),
+        Index(ac),
+        In(b),
+        Index(b_off),
+        Index(br),
+        Index(bc),
+        Out(c),
+        Index(c_off),
+    ];
+    args.extend(shape.map(Index));
+    args.extend([Real(alpha), Real(beta)]);
+    launch::<D, T>(dev, "cnn_gemm", groups, &args)
+}
+
+pub(crate) fn add_row_bias<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    y: &mut D::Buffer<T>,
+    rows: usize,
+    cols: usize,
+    bias: &D::Buffer<T>,
+    b_off: usize,
+) -> Result<()> {
+    need("add_row_bias: y", dev.len(y), rows * cols)?;
+    need(
+        "add_row_bias: bias",
+        dev.len(bias).saturating_sub(b_off),
+        cols,
+    )?;
+    let len = rows * cols;
+    if len == 0 {
+        return Ok(());
+    }
+    launch::<D, T>(
+        dev,
+        "cnn_add_row_bias",
+        groups_for(len),
+        &[Out(y), In(bias), Index(b_off), Index(cols), Index(len)],
+    )
+}
+
+pub(crate) fn row_bias_grad<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    dy: &D::Buffer<T>,
+    rows: usize,
+    cols: usize,
+    db: &mut D::Buffer<T>,
+    db_off: usize,
+) -> Result<()> {
+    need("row_bias_grad: dy", dev.len(dy), rows * cols)?;
+    need(
+        "row_bias_grad: db",
+        dev.len(db).saturating_sub(db_off),
+        cols,
+    )?;
+    if rows * cols == 0 {
+        return Ok(());
+    }
+    let acc = |src: &D::Buffer<T>, n: usize, db: &mut D::Buffer<T>| {
+        launch::<D, T>(
+            dev,
+            "cnn_col_sum_acc",
+            groups_for(cols),
+            &[In(src), Index(n), Index(cols), Out(db), Index(db_off)],
+        )
+    };
+    if rows <= BIAS_ROWS {
+        return acc(dy, rows, db);
+    }
+    // Many rows: partial sums of BIAS_ROWS rows spread the work over more work-groups.
+    let blocks = rows.div_ceil(BIAS_ROWS);
+    let col_blocks = cols.div_ceil(WG);
+    let mut part = dev.alloc::<T>(blocks * cols)?;
+    launch::<D, T>(
+        dev,
+        "cnn_col_sum_parts",
+        blocks * col_blocks,
+        &[
+            In(dy),
+            Index(rows),
+            Index(cols),
+            Index(BIAS_ROWS),
+            Index(col_blocks),
+            Out(&mut part),
+        ],
+    )?;
+    acc(&part, blocks, db)
+}
+
+/// The geometry as the convolution kernels' leading 32-bit parameters
+/// (`ch, h, w, k, stride, pad, oh, ow`).
+fn geom_args<'a, D: DeviceKernels, T: Scalar>(g: &ConvGeom) -> [KernelArg<'a, D, T>; 8] {
+    // check_geom has bounded every one of these by 32 bits.
+    let u = |v: usize| U32(v as u32);
+    [
+        u(g.c_in),
+        u(g.h),
+        u(g.w),
+        u(g.k),
+        u(g.stride),
+        u(g.pad),
+        u(g.oh()),
+        u(g.ow()),
+    ]
+}
+
+/// Images per chunk of a convolution, checking that a chunk's indices fit in 32 bits.
+fn conv_chunk<D: DeviceKernels>(
+    dev: &D,
+    what: &str,
+    n: usize,
+    g: &ConvGeom,
+    scratch: usize,
+) -> Result<usize> {
+    let per_img = g.col_rows() * g.col_cols();
+    let nb = (scratch / per_img.max(1)).clamp(1, n.max(1));
+    u32_of(dev, what, per_img * nb)?;
+    u32_of(dev, what, g.in_size() * nb)?;
+    Ok(nb)
+}
+
+/// Unfolds images `i0 .. i0 + nbc` of `x` into `cols` (the chunk layout of `nn_cnn.cl`).
+fn im2col<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    x: &D::Buffer<T>,
+    i0: usize,
+    nbc: usize,
+    g: &ConvGeom,
+    cols: &mut D::Buffer<T>,
+) -> Result<()> {
+    let ncols = nbc * g.col_cols();
+    let total = g.col_rows() * ncols;
+    let mut args: Vec<KernelArg<'_, D, T>> = vec![In(x), Index(i0 * g.in_size()), Out(cols)];
+    args.extend(geom_args(g));
+    args.extend([U32(ncols as u32), U32(total as u32)]);
+    launch::<D, T>(dev, "cnn_im2col", groups_for(total), &args)
+}
+
+/// `out[b, a, :] = in[a, b, :]` for an `na × nb × np` array at the given offsets.
+#[allow(clippy::too_many_arguments)]
+fn swap_outer<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    src: &D::Buffer<T>,
+    src_off: usize,
+    dst: &mut D::Buffer<T>,
+    dst_off: usize,
+    na: usize,
+    nb: usize,
+    np: usize,
+) -> Result<()> {
+    let total = na * nb * np;
+    launch::<D, T>(
+        dev,
+        "cnn_swap_outer",
+        groups_for(total),
+        &[
+            In(src),
+            Index(src_off),
+            Out(dst),
+            Index(dst_off),
+            Index(na),
+            Index(nb),
+            Index(np),
+            Index(total),
+        ],
+    )
+}
+
+pub(crate) fn conv2d<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    x: &D::Buffer<T>,
+    n: usize,
+    g: &ConvGeom,
+    w: &D::Buffer<T>,
+    w_off: usize,
+    y: &mut D::Buffer<T>,
+) -> Result<()> {
+    conv2d_in(dev, x, n, g, w, w_off, y, SCRATCH_ELEMS)
+}
+
+/// [`conv2d`] with chunks of at most `scratch` unfolded values (unless one image has more).
+#[allow(clippy::too_many_arguments)]
+fn conv2d_in<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    x: &D::Buffer<T>,
+    n: usize,
+    g: &ConvGeom,
+    w: &D::Buffer<T>,
+    w_off: usize,
+    y: &mut D::Buffer<T>,
+    scratch: usize,
+) -> Result<()> {
+    check_geom(dev, "conv2d", g)?;
+    need("conv2d: x", dev.len(x), n * g.in_size())?;
+    need(
+        "conv2d: w",
+        dev.len(w).saturating_sub(w_off),
+        g.weight_size(),
+    )?;
+    need("conv2d: y", dev.len(y), n * g.out_size())?;
+    if n * g.out_size() == 0 {
+        return Ok(());
+    }
+    let (rows, p) = (g.col_rows(), g.col_cols());
+    let nb = conv_chunk(dev, "conv2d: a chunk", n, g, scratch)?;
+    let direct = g.k == 1 && g.stride == 1 && g.pad == 0;
+    // A single image needs neither unfolding (1×1) nor reordering of its output.
+    let mut cols = if direct && nb == 1 {
+        None
+    } else {
+        Some(dev.alloc::<T>(rows * nb * p)?)
+    };
+    let mut tmp = if nb > 1 {
+        Some(dev.alloc::<T>(g.c_out * nb * p)?)
+    } else {
+        None
+    };
+    let mut i0 = 0;
+    while i0 < n {
+        let nbc = nb.min(n - i0);
+        if let Some(cols) = cols.as_mut() {
+            im2col(dev, x, i0, nbc, g, cols)?;
+        }
+        let (bsrc, boff) = match cols.as_ref() {
+            Some(c) => (c, 0),
+            None => (x, i0 * g.in_size()),
+        };
+        // Y_chunk (c_out × nbc·P) = W · cols.
+        let gm = Gemm {
+            trans_a: false,
+            trans_b: false,
+            m: g.c_out,
+            n: nbc * p,
+            k: rows,
+        };
+        match tmp.as_mut() {
+            Some(t) if nbc > 1 => {
+                gemm(dev, gm, T::one(), w, w_off, bsrc, boff, T::zero(), t, 0)?;
+                swap_outer(dev, t, 0, y, i0 * g.out_size(), g.c_out, nbc, p)?;
+            }
+            _ => gemm(
+                dev,
+                gm,
+                T::one(),
+                w,
+                w_off,
+                bsrc,
+                boff,
+                T::zero(),
+                y,
+                i0 * g.out_size(),
+            )?,
+        }
+        i0 += nbc;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv2d_backward<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    x: &D::Buffer<T>,
+    n: usize,
+    g: &ConvGeom,
+    w: &D::Buffer<T>,
+    w_off: usize,
+    dy: &D::Buffer<T>,
+    dx: Option<&mut D::Buffer<T>>,
+    dw: &mut D::Buffer<T>,
+    dw_off: usize,
+) -> Result<()> {
+    let out = (dx, dw, dw_off);
+    conv2d_backward_in(dev, x, n, g, w, w_off, dy, out, SCRATCH_ELEMS)
+}
+
+/// [`conv2d_backward`] with chunks of at most `scratch` unfolded values; `out` is
+/// `(dx, dw, dw_off)`.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn conv2d_backward_in<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    x: &D::Buffer<T>,
+    n: usize,
+    g: &ConvGeom,
+    w: &D::Buffer<T>,
+    w_off: usize,
+    dy: &D::Buffer<T>,
+    out: (Option<&mut D::Buffer<T>>, &mut D::Buffer<T>, usize),
+    scratch: usize,
+) -> Result<()> {
+    let (mut dx, dw, dw_off) = out;
+    check_geom(dev, "conv2d_backward", g)?;
+    need("conv2d_backward: x", dev.len(x), n * g.in_size())?;
+    need(
+        "conv2d_backward: w",
+        dev.len(w).saturating_sub(w_off),
+        g.weight_size(),
+    )?;
+    need("conv2d_backward: dy", dev.len(dy), n * g.out_size())?;
+    if let Some(d) = dx.as_deref() {
+        need("conv2d_backward: dx", dev.len(d), n * g.in_size())?;
+    }
+    need(
+        "conv2d_backward: dw",
+        dev.len(dw).saturating_sub(dw_off),
+        g.weight_size(),
+    )?;
+    if n == 0 {
+        return Ok(());
+    }
+    let (rows, p) = (g.col_rows(), g.col_cols());
+    let nb = conv_chunk(dev, "conv2d_backward: a chunk", n, g, scratch)?;
+    let direct = g.k == 1 && g.stride == 1 && g.pad == 0;
+    let single = direct && nb == 1;
+    let mut cols = if single {
+        None
+    } else {
+        Some(dev.alloc::<T>(rows * nb * p)?)
+    };
+    let mut dyw = if nb > 1 {
+        Some(dev.alloc::<T>(g.c_out * nb * p)?)
+    } else {
+        None
+    };
+    let mut dcols = if dx.is_some() && !single {
+        Some(dev.alloc::<T>(rows * nb * p)?)
+    } else {
+        None
+    };
+    let mut i0 = 0;
+    while i0 < n {
+        let nbc = nb.min(n - i0);
+        let ncols = nbc * p;
+        if let Some(cols) = cols.as_mut() {
+            im2col(dev, x, i0, nbc, g, cols)?;
+        }
+        let (bsrc, boff) = match cols.as_ref() {
+            Some(c) => (c, 0),
+            None => (x, i0 * g.in_size()),
+        };
+        // dY of the chunk as c_out × nbc·P (the columns' order).
+        let (asrc, aoff) = match dyw.as_mut() {
+            Some(t) if nbc > 1 => {
+                swap_outer(dev, dy, i0 * g.out_size(), t, 0, nbc, g.c_out, p)?;
+                (&*t, 0)
+            }
+            _ => (dy, i0 * g.out_size()),
+        };
+        // dW += dY · colsᵀ.
+        let gw = Gemm {
+            trans_a: false,
+            trans_b: true,
+            m: g.c_out,
+            n: rows,
+            k: ncols,
+        };
+        gemm(
+            dev,
+            gw,
+            T::one(),
+            asrc,
+            aoff,
+            bsrc,
+            boff,
+            T::one(),
+            dw,
+            dw_off,
+        )?;
+        if let Some(dx) = dx.as_deref_mut() {
+            // dcols = Wᵀ · dY, folded back by a gather.
+            let gx = Gemm {
+                trans_a: true,
+                trans_b: false,
+                m: rows,
+                n: ncols,
+                k: g.c_out,
+            };
+            match dcols.as_mut() {
+                Some(dc) => {
+                    gemm(dev, gx, T::one(), w, w_off, asrc, aoff, T::zero(), dc, 0)?;
+                    let total = nbc * g.in_size();
+                    let mut args: Vec<KernelArg<'_, D, T>> =
+                        vec![In(&*dc), Out(dx), Index(i0 * g.in_size())];
+                    args.extend(geom_args(g));
+                    args.extend([U32(ncols as u32), U32(total as u32)]);
+                    launch::<D, T>(dev, "cnn_col2im", groups_for(total), &args)?;
+                }
+                None => gemm(
+                    dev,
+                    gx,
+                    T::one(),
+                    w,
+                    w_off,
+                    asrc,
+                    aoff,
+                    T::zero(),
+                    dx,
+                    i0 * g.in_size(),
+                )?,
+            }
+        }
+        i0 += nbc;
+    }
+    Ok(())
+}
+
+/// One work-item per element: `kernel(a, b, n)` or `kernel(a, b, c, n)`.
+fn elementwise<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    kernel: &'static str,
+    len: usize,
+    args: Vec<KernelArg<'_, D, T>>,
+) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let mut args = args;
+    args.push(Index(len));
+    launch::<D, T>(dev, kernel, groups_for(len), &args)
+}
+
+pub(crate) fn relu<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    x: &D::Buffer<T>,
+    y: &mut D::Buffer<T>,
+    len: usize,
+) -> Result<()> {
+    need("relu", dev.len(x).min(dev.len(y)), len)?;
+    elementwise::<D, T>(dev, "cnn_relu", len, vec![In(x), Out(y)])
+}
+
+pub(crate) fn relu_backward<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    y: &D::Buffer<T>,
+    dy: &D::Buffer<T>,
+    dx: &mut D::Buffer<T>,
+    len: usize,
+) -> Result<()> {
+    need(
+        "relu_backward",
+        dev.len(y).min(dev.len(dy)).min(dev.len(dx)),
+        len,
+    )?;
+    elementwise::<D, T>(dev, "cnn_relu_backward", len, vec![In(y), In(dy), Out(dx)])
+}
+
+/// `1/√2` and `1/√(2π)` as the host computes them.
+fn gelu_consts() -> (f64, f64) {
+    let inv_sqrt2 = std::f64::consts::FRAC_1_SQRT_2;
+    (
+        inv_sqrt2,
+        0.5 * std::f64::consts::FRAC_2_SQRT_PI * inv_sqrt2,
+    )
+}
+
+pub(crate) fn gelu<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    x: &D::Buffer<T>,
+    y: &mut D::Buffer<T>,
+    len: usize,
+) -> Result<()> {
+    need("gelu", dev.len(x).min(dev.len(y)), len)?;
+    let (c1, _) = gelu_consts();
+    elementwise::<D, T>(dev, "cnn_gelu", len, vec![In(x), Out(y), Real(c1)])
+}
+
+pub(crate) fn gelu_backward<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    x: &D::Buffer<T>,
+    dy: &D::Buffer<T>,
+    dx: &mut D::Buffer<T>,
+    len: usize,
+) -> Result<()> {
+    need(
+        "gelu_backward",
+        dev.len(x).min(dev.len(dy)).min(dev.len(dx)),
+        len,
+    )?;
+    let (c1, c2) = gelu_consts();
+    elementwise::<D, T>(
+        dev,
+        "cnn_gelu_backward",
+        len,
+        vec![In(x), In(dy), Out(dx), Real(c1), Real(c2)],
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn batch_norm<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    x: &D::Buffer<T>,
+    y: &mut D::Buffer<T>,
+    s: BnShape,
+    params: &D::Buffer<T>,
+    g_off: usize,
+    b_off: usize,
+    st: BnState<'_, D, T>,
+    mode: BnMode,
+    momentum: f64,
+    eps: f64,
+) -> Result<()> {
+    let BnState {
+        running_mean,
+        running_var,
+        save_mean,
+        save_invstd,
+    } = st;
+    let len = s.n * s.c * s.hw;
+    need("batch_norm: x", dev.len(x).min(dev.len(y)), len)?;
+    need(
+        "batch_norm: gamma",
+        dev.len(params).saturating_sub(g_off),
+        s.c,
+    )?;
+    need(
+        "batch_norm: beta",
+        dev.len(params).saturating_sub(b_off),
+        s.c,
+    )?;
+    need(
+        "batch_norm: statistics",
+        dev.len(running_mean)
+            .min(dev.len(running_var))
+            .min(dev.len(save_mean))
+            .min(dev.len(save_invstd)),
+        s.c,
+    )?;
+    if len == 0 {
+        return Ok(());
+    }
+    let (mean, second, eval) = match mode {
+        BnMode::Eval => (&*running_mean, &*running_var, 1),
+        BnMode::Train { update_running } => {
+            launch::<D, T>(
+                dev,
+                "cnn_bn_stats",
+                s.c,
+                &[
+                    In(x),
+                    Index(s.n),
+                    Index(s.c),
+                    Index(s.hw),
+                    Out(&mut *save_mean),
+                    Out(&mut *save_invstd),
+                    Out(&mut *running_mean),
+                    Out(&mut *running_var),
+                    Real(eps),
+                    Real(momentum),
+                    Real(1.0 - momentum),
+                    U32(update_running as u32),
+                ],
+            )?;
+            (&*save_mean, &*save_invstd, 0)
+        }
+    };
+    launch::<D, T>(
+        dev,
+        "cnn_bn_apply",
+        groups_for(len),
+        &[
+            In(x),
+            Out(y),
+            In(mean),
+            In(second),
+            In(params),
+            Index(g_off),
+            Index(b_off),
+            Real(eps),
+            U32(eval),
+            Index(s.c),
+            Index(s.hw),
+            Index(len),
+        ],
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn batch_norm_backward<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    x: &D::Buffer<T>,
+    dy: &D::Buffer<T>,
+    dx: &mut D::Buffer<T>,
+    s: BnShape,
+    params: &D::Buffer<T>,
+    g_off: usize,
+    save_mean: &D::Buffer<T>,
+    save_invstd: &D::Buffer<T>,
+    grads: &mut D::Buffer<T>,
+    dg_off: usize,
+    db_off: usize,
+) -> Result<()> {
+    let len = s.n * s.c * s.hw;
+    need(
+        "batch_norm_backward",
+        dev.len(x).min(dev.len(dy)).min(dev.len(dx)),
+        len,
+    )?;
+    need(
+        "batch_norm_backward: gamma",
+        dev.len(params).saturating_sub(g_off),
+        s.c,
+    )?;
+    need(
+        "batch_norm_backward: grads",
+        dev.len(grads).saturating_sub(dg_off.max(db_off)),
+        s.c,
+    )?;
+    need(
+        "batch_norm_backward: statistics",
+        dev.len(save_mean).min(dev.len(save_invstd)),
+        s.c,
+    )?;
+    if len == 0 {
+        return Ok(());
+    }
+    launch::<D, T>(
+        dev,
+        "cnn_bn_backward",
+        s.c,
+        &[
+            In(x),
+            In(dy),
+            Out(dx),
+            Index(s.n),
+            Index(s.c),
+            Index(s.hw),
+            In(params),
+            Index(g_off),
+            In(save_mean),
+            In(save_invstd),
+            Out(grads),
+            Index(dg_off),
+            Index(db_off),
+        ],
+    )
+}
+
+pub(crate) fn global_avg_pool<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    x: &D::Buffer<T>,
+    y: &mut D::Buffer<T>,
+    s: BnShape,
+) -> Result<()> {
+    need("global_avg_pool: x", dev.len(x), s.n * s.c * s.hw)?;
+    need("global_avg_pool: y", dev.len(y), s.n * s.c)?;
+    let nc = s.n * s.c;
+    if nc * s.hw == 0 {
+        return Ok(());
+    }
+    launch::<D, T>(
+        dev,
+        "cnn_avg_pool",
+        groups_for(nc),
+        &[
+            In(x),
+            Out(y),
+            Index(s.hw),
+            Index(nc),
+            Real(1.0 / s.hw as f64),
+        ],
+    )
+}
+
+pub(crate) fn global_avg_pool_backward<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    dy: &D::Buffer<T>,
+    dx: &mut D::Buffer<T>,
+    s: BnShape,
+) -> Result<()> {
+    need("global_avg_pool_backward: dy", dev.len(dy), s.n * s.c)?;
+    need(
+        "global_avg_pool_backward: dx",
+        dev.len(dx),
+        s.n * s.c * s.hw,
+    )?;
+    let inv = 1.0 / s.hw.max(1) as f64;
+    elementwise::<D, T>(
+        dev,
+        "cnn_avg_pool_backward",
+        s.n * s.c * s.hw,
+        vec![In(dy), Out(dx), Index(s.hw), Real(inv)],
+    )
+}
+
+/// The pooling kernels' 32-bit geometry (`h, w, k, stride, pad, oh, ow`).
+fn pool_args<'a, D: DeviceKernels, T: Scalar>(g: &ConvGeom) -> Vec<KernelArg<'a, D, T>> {
+    geom_args(g).into_iter().skip(1).collect()
+}
+
+pub(crate) fn max_pool2d<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    x: &D::Buffer<T>,
+    n: usize,
+    g: &ConvGeom,
+    y: &mut D::Buffer<T>,
+) -> Result<()> {
+    check_geom(dev, "max_pool2d", g)?;
+    let (oh, ow) = (g.oh(), g.ow());
+    need("max_pool2d: x", dev.len(x), n * g.in_size())?;
+    need("max_pool2d: y", dev.len(y), n * g.c_in * oh * ow)?;
+    let total = n * g.c_in * oh * ow;
+    if total == 0 {
+        return Ok(());
+    }
+    let mut args: Vec<KernelArg<'_, D, T>> = vec![In(x), Out(y)];
+    args.extend(pool_args(g));
+    args.extend([Index(total), Real(f64::NEG_INFINITY)]);
+    launch::<D, T>(dev, "cnn_max_pool", groups_for(total), &args)
+}
+
+pub(crate) fn max_pool2d_backward<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    x: &D::Buffer<T>,
+    n: usize,
+    g: &ConvGeom,
+    dy: &D::Buffer<T>,
+    dx: &mut D::Buffer<T>,
+) -> Result<()> {
+    check_geom(dev, "max_pool2d_backward", g)?;
+    let (oh, ow) = (g.oh(), g.ow());
+    need(
+        "max_pool2d_backward",
+        dev.len(x).min(dev.len(dx)),
+        n * g.in_size(),
+    )?;
+    need("max_pool2d_backward: dy", dev.len(dy), n * g.c_in * oh * ow)?;
+    let total = n * g.in_size();
+    if total == 0 {
+        return Ok(());
+    }
+    let mut args: Vec<KernelArg<'_, D, T>> = vec![In(x), In(dy), Out(dx)];
+    args.extend(pool_args(g));
+    args.extend([Index(total), Real(f64::NEG_INFINITY)]);
+    launch::<D, T>(dev, "cnn_max_pool_backward", groups_for(total), &args)
+}
+
+pub(crate) fn scale<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    x: &mut D::Buffer<T>,
+    s: T,
+) -> Result<()> {
+    let len = dev.len(x);
+    elementwise::<D, T>(dev, "cnn_scale", len, vec![Out(x), Real(s.as_f64())])
+}
+
+#[cfg(all(test, feature = "opencl"))]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::rng::Rng;
+    use ire_backend_opencl::OpenClBackend;
+    use ire_core::Backend;
+
+    /// Splitting a batch into chunks (of one image, of two, or none) changes no output value
+    /// but the order in which dW sums over images.
+    #[test]
+    fn convolution_chunks_agree() {
+        let Some(dev) = OpenClBackend::optional().unwrap() else {
+            println!("skipped convolution_chunks_agree: no OpenCL device");
+            return;
+        };
+        let mut rng = Rng::new(11);
+        let mut rand = |len: usize| -> Vec<f64> { (0..len).map(|_| rng.normal()).collect() };
+        for (k, stride, pad) in [(3, 2, 1), (1, 1, 0)] {
+            let g = ConvGeom {
+                c_in: 3,
+                h: 6,
+                w: 5,
+                c_out: 4,
+                k,
+                stride,
+                pad,
+            };
+            let n = 5;
+            let x = dev.alloc_from(&rand(n * g.in_size())).unwrap();
+            let w = dev.alloc_from(&rand(g.weight_size())).unwrap();
+            let dy = dev.alloc_from(&rand(n * g.out_size())).unwrap();
+            let dw0 = rand(g.weight_size());
+            let per_img = g.col_rows() * g.col_cols();
+            let mut outs = Vec::new();
+            for scratch in [per_img, 2 * per_img, SCRATCH_ELEMS] {
+                let mut y = dev.alloc::<f64>(n * g.out_size()).unwrap();
+                conv2d_in(&dev, &x, n, &g, &w, 0, &mut y, scratch).unwrap();
+                let mut dx = dev.alloc::<f64>(n * g.in_size()).unwrap();
+                let mut dw = dev.alloc_from(&dw0).unwrap();
+                let out = (Some(&mut dx), &mut dw, 0);
+                conv2d_backward_in(&dev, &x, n, &g, &w, 0, &dy, out, scratch).unwrap();
+                let v = |b: &<OpenClBackend as Backend>::Buffer<f64>| dev.to_vec(b).unwrap();
+                outs.push((v(&y), v(&dx), v(&dw)));
+            }
+            let (y0, dx0, dw0) = &outs[2];
+            for (y, dx, dw) in &outs[..2] {
+                assert_eq!(y, y0, "k{k}: y");
+                assert_eq!(dx, dx0, "k{k}: dx");
+                for (a, b) in dw.iter().zip(dw0) {
+                    assert!(
+                        (a - b).abs() <= 1e-12 * b.abs().max(1.0),
+                        "k{k}: dw {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+}
