@@ -21,6 +21,9 @@ use ire_core::optim::{
 use ire_core::{Backend, Error, Result};
 use rayon::prelude::*;
 
+pub mod equivalence;
+pub mod model_equivalence;
+
 /// Parameter counts of the benches: 1M and 10M.
 pub const SIZES: [usize; 2] = [1_000_000, 10_000_000];
 

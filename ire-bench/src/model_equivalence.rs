@@ -1,0 +1,164 @@
+//! Whole-model equivalence: each small preset trained on a device backend against the CPU
+//! backend, with the bounds of `ire_models::crosscheck` (loss and gradient at θ₀, parameters
+//! after one AdmIRE step, a 50-step loss curve).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use ire_models::crosscheck::{
+    BOUNDS, ModelCheck, SMALL_PRESETS, check_config, check_model, default_text,
+};
+use ire_models::nn::NnOps;
+
+/// One preset on one device backend.
+#[derive(Debug)]
+pub struct ModelRow {
+    /// The device backend compared with the CPU backend.
+    pub backend: &'static str,
+    /// What was measured.
+    pub check: ModelCheck,
+}
+
+/// Runs every small preset (language models only when the text corpus is beside the
+/// repository at `root`) on each device backend of the build that has a device, `steps`
+/// steps each. Returns the rows and a note per skipped case.
+pub fn run_models(root: &Path, steps: usize) -> (Vec<ModelRow>, Vec<String>) {
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    #[cfg(feature = "opencl")]
+    match ire_backend_opencl::OpenClBackend::optional() {
+        Ok(Some(cl)) => each_preset(
+            root,
+            steps,
+            "opencl",
+            || Ok(cl.clone()),
+            &mut rows,
+            &mut notes,
+        ),
+        Ok(None) => notes.push("opencl: no device".into()),
+        Err(e) => notes.push(format!("opencl: {e}")),
+    }
+    #[cfg(feature = "cuda")]
+    match ire_backend_cuda::CudaBackend::from_env() {
+        Ok(_) => each_preset(
+            root,
+            steps,
+            "cuda",
+            ire_backend_cuda::CudaBackend::from_env,
+            &mut rows,
+            &mut notes,
+        ),
+        Err(e) => notes.push(format!("cuda: {e}")),
+    }
+    if !cfg!(any(feature = "opencl", feature = "cuda")) {
+        notes.push("no device backend in this build (features opencl, cuda)".into());
+    }
+    (rows, notes)
+}
+
+#[cfg_attr(not(any(feature = "opencl", feature = "cuda")), allow(dead_code))]
+fn each_preset<D: NnOps + 'static>(
+    root: &Path,
+    steps: usize,
+    backend: &'static str,
+    open: impl Fn() -> ire_core::Result<D>,
+    rows: &mut Vec<ModelRow>,
+    notes: &mut Vec<String>,
+) {
+    let text = default_text(root);
+    for model in SMALL_PRESETS {
+        let lm = matches!(model, "gpt-nano" | "llama-tiny" | "lm-paper");
+        if lm && text.is_none() {
+            notes.push(format!(
+                "{model}: the shared text corpora are not beside the repository"
+            ));
+            continue;
+        }
+        let cfg = check_config(model, root, text.as_deref().unwrap_or(Path::new("")));
+        let dev = match open() {
+            Ok(d) => d,
+            Err(e) => {
+                notes.push(format!("{backend} {model}: {e}"));
+                continue;
+            }
+        };
+        match check_model(ire_backend_cpu::CpuBackend::new(), dev, &cfg, steps) {
+            Ok(check) => rows.push(ModelRow { backend, check }),
+            Err(e) => notes.push(format!("{backend} {model}: FAILED to run: {e}")),
+        }
+    }
+}
+
+/// The per-op tolerances of the device neural-network kernels against the CPU backend, as
+/// one Markdown table (empty without a device backend in the build).
+pub fn op_tolerances() -> String {
+    let mut s = String::new();
+    #[cfg(any(feature = "opencl", feature = "cuda"))]
+    {
+        use ire_models::nn::device::{CNN_TOLERANCES, TF_TOLERANCES};
+        let _ = writeln!(s, "| op | f32 | f64 | why |");
+        let _ = writeln!(s, "| --- | ---: | ---: | --- |");
+        for (op, t32, t64, why) in CNN_TOLERANCES.iter().chain(TF_TOLERANCES) {
+            let fmt = |t: f64| {
+                if t == 0.0 {
+                    "0 (bitwise)".to_string()
+                } else {
+                    format!("{t:.0e}")
+                }
+            };
+            let _ = writeln!(
+                s,
+                "| {op} | {} | {} | {} |",
+                fmt(*t32),
+                fmt(*t64),
+                why.replace('|', "\\|")
+            );
+        }
+    }
+    s
+}
+
+/// The rows as one Markdown table, with the bounds under it.
+pub fn markdown(rows: &[ModelRow]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| model | backends | params | loss at θ₀ (rel) | gradient (rel L2) | 1 AdmIRE step: share moved > 1e-5 | last-10 mean loss of the curve (rel) | verdict |"
+    );
+    let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |");
+    for r in rows {
+        let c = &r.check;
+        let _ = writeln!(
+            s,
+            "| {} | {} vs cpu | {} | {:.1e} | {:.1e} | {:.1e} (max abs {:.1e}) | {:.1e} ({} steps) | {} |",
+            c.model,
+            r.backend,
+            c.params,
+            c.loss_rel(),
+            c.grad_rel,
+            c.step_fraction,
+            c.step_max_abs,
+            c.curve_rel(),
+            c.curves.0.len(),
+            if c.violations().is_empty() {
+                "pass"
+            } else {
+                "FAIL"
+            }
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "| bound | limit | why |");
+    let _ = writeln!(s, "| --- | ---: | --- |");
+    for b in BOUNDS {
+        let cell = |t: &str| t.replace('|', "\\|");
+        let _ = writeln!(
+            s,
+            "| {} | {:.0e} | {} |",
+            cell(b.what),
+            b.limit,
+            cell(b.why)
+        );
+    }
+    s
+}
