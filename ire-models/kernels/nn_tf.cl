@@ -594,3 +594,25 @@ KERNEL void tf_add_positions_backward(GLOBAL const T* dy, INDEX b, INDEX td, GLO
         dtable[off + j] = v;
     }
 }
+
+/* ViT patch rows, one work-item per output value: image i, row r (0 is the CLS slot, zero),
+ * value k = (c, y, x) of patch r - 1 in row-major patch order. */
+KERNEL void tf_patchify(GLOBAL const T* x, GLOBAL T* out, INDEX ch, INDEX side, INDEX p,
+                        INDEX total) {
+    INDEX j = GLOBAL_ID;
+    if (j < total) {
+        INDEX g = side / p;
+        INDEX per = ch * p * p;
+        INDEX t = g * g + 1;
+        INDEX k = j % per;
+        INDEX r = (j / per) % t;
+        INDEX i = j / (per * t);
+        T v = (T)0;
+        if (r > 0) {
+            INDEX py = (r - 1) / g, px = (r - 1) % g;
+            INDEX c = k / (p * p), yy = (k / p) % p, xx = k % p;
+            v = x[((i * ch + c) * side + py * p + yy) * side + px * p + xx];
+        }
+        out[j] = v;
+    }
+}

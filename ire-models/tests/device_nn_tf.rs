@@ -726,6 +726,52 @@ fn add_positions_matches_host_bit_for_bit() {
     }
 }
 
+fn patchify_case<D: NnOps, T: Scalar>(dev: &D) {
+    // 3 images of 2 channels, 6 × 6, patches of 3: 4 patches + the CLS row.
+    let (n, ch, side, p) = (3, 2, 6, 3);
+    let mut rng = Rng::new(83);
+    let x = randn(&mut rng, n * ch * side * side, 1.0);
+    let run = |b: &dyn Fn(&[f64]) -> Vec<T>| b(&x);
+    let h = run(&|x| {
+        let b = cpu();
+        // Garbage in `out` must be overwritten, CLS rows included.
+        let mut out = up::<_, T>(&b, &vec![7.0; n * 5 * ch * p * p + 3]);
+        b.patchify(&up::<_, T>(&b, x), n, ch, side, p, &mut out)
+            .unwrap();
+        down(&b, &out)
+    });
+    let mut out = up::<_, T>(dev, &vec![7.0; n * 5 * ch * p * p + 3]);
+    dev.patchify(&up::<_, T>(dev, &x), n, ch, side, p, &mut out)
+        .unwrap();
+    let g = down(dev, &out);
+    check("patchify", "rows", &g, &h);
+    // Row 0 of each image is zero; patch (0, 1) of image 0 starts at x[0][0][0][3].
+    let per = ch * p * p;
+    assert!(h[..per].iter().all(|v| *v == T::zero()));
+    assert_eq!(h[2 * per].as_f64(), T::of(x[3]).as_f64());
+    let mut small = up::<_, T>(dev, &[0.0; 4]);
+    assert!(
+        dev.patchify(&up::<_, T>(dev, &x), n, ch, side, p, &mut small)
+            .is_err()
+    );
+    assert!(
+        dev.patchify(&up::<_, T>(dev, &x), n, ch, side, 4, &mut out)
+            .is_err()
+    );
+}
+
+fn patchify_matches_host_bit_for_bit_on<D: NnOps>(dev: &D) {
+    patchify_case::<_, f32>(dev);
+    patchify_case::<_, f64>(dev);
+}
+
+#[test]
+fn patchify_matches_host_bit_for_bit() {
+    if let Some(dev) = device("patchify_matches_host_bit_for_bit") {
+        patchify_matches_host_bit_for_bit_on(&dev);
+    }
+}
+
 // ---------------------------------------------------------------- CUDA
 
 /// The whole NN program (both kernel files) compiles with NVRTC for Hopper without a
@@ -808,4 +854,5 @@ fn cuda_matches_host() {
     swiglu_matches_host_on(&dev);
     embedding_matches_host_bit_for_bit_on(&dev);
     add_positions_matches_host_bit_for_bit_on(&dev);
+    patchify_matches_host_bit_for_bit_on(&dev);
 }

@@ -708,35 +708,13 @@ impl<B: NnOps, T: Scalar> Transformer<B, T> {
         if self.vit.is_some() { 1 } else { self.cfg.ctx }
     }
 
-    /// Host-side patch extraction for ViT: `n × C × S × S` images → `n × t × (C·p·p)` rows,
-    /// row 0 of each image left zero for the CLS token.
+    /// Patch extraction for ViT on the backend: `n × C × S × S` images → `n × t × (C·p·p)`
+    /// rows, row 0 of each image left zero for the CLS token.
     fn patchify(&self, b: &B, x: &B::Buffer<T>, n: usize, out: &mut B::Buffer<T>) -> Result<()> {
         let Some((ch, side, ps, _)) = self.vit else {
             return Ok(());
         };
-        let xs = b.to_vec(x)?;
-        let g = side / ps;
-        let per = ch * ps * ps;
-        let mut v = vec![T::zero(); n * self.cfg.ctx * per];
-        for i in 0..n {
-            for py in 0..g {
-                for px in 0..g {
-                    let row = (i * self.cfg.ctx + 1 + py * g + px) * per;
-                    for c in 0..ch {
-                        for yy in 0..ps {
-                            for xx in 0..ps {
-                                v[row + (c * ps + yy) * ps + xx] =
-                                    xs[((i * ch + c) * side + py * ps + yy) * side + px * ps + xx];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        b.upload(out, &v[..]).or_else(|_| {
-            *out = b.alloc_from(&v)?;
-            Ok(())
-        })
+        b.patchify(x, n, ch, side, ps, out)
     }
 }
 
@@ -781,8 +759,9 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Transformer<B, T> {
             (Some(e), _) => b.embedding(x, rows, p, e.off, self.cfg.vocab, d, &mut self.x0.buf)?,
             (None, Some(pl)) => {
                 let mut pb = std::mem::replace(&mut self.patches.buf, b.alloc(0)?);
-                self.patchify(b, x, n, &mut pb)?;
+                let done = self.patchify(b, x, n, &mut pb);
                 self.patches.buf = pb;
+                done?;
                 pl.forward(b, p, &self.patches.buf, rows, &mut self.x0.buf)?;
                 if let Some(c) = &self.cls {
                     // Row 0 of each image is the CLS token: the patch layer saw zeros there,

@@ -367,6 +367,19 @@ pub trait NnOps: Backend {
         dtable: &mut Self::Buffer<T>,
         off: usize,
     ) -> Result<()>;
+    /// ViT patch rows: `n × ch × side × side` images → `n × t × (ch·p·p)` rows, `t = (side/p)² + 1`,
+    /// patch `(py, px)` in row `1 + py·side/p + px` as `(c, y, x)`; row 0 (the CLS slot) is zero.
+    /// Writes the first `n·t·ch·p·p` values of `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn patchify<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        n: usize,
+        ch: usize,
+        side: usize,
+        p: usize,
+        out: &mut Self::Buffer<T>,
+    ) -> Result<()>;
 }
 
 pub(crate) fn need(what: &str, have: usize, want: usize) -> Result<()> {
@@ -379,6 +392,19 @@ pub(crate) fn need(what: &str, have: usize, want: usize) -> Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// `(side / p, ch·p·p)` of a patch extraction, or an error for a patch size that does not
+/// divide the image.
+pub(crate) fn patch_geometry(side: usize, p: usize, ch: usize) -> Result<(usize, usize)> {
+    if p == 0 || side % p != 0 {
+        return Err(Error::InvalidHyperParameter {
+            field: "patch size",
+            value: p as f64,
+            allowed: "a divisor of the image side",
+        });
+    }
+    Ok((side / p, ch * p * p))
 }
 
 /// The error for a label or id that is not a class index below `c` (every backend's).
@@ -1340,6 +1366,33 @@ impl<B: HostMemory + Sync> NnOps for B {
         for (k, &v) in dy[..b * t * d].iter().enumerate() {
             let j = off + k % (t * d);
             g[j] = g[j] + v;
+        }
+        Ok(())
+    }
+
+    fn patchify<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        n: usize,
+        ch: usize,
+        side: usize,
+        p: usize,
+        out: &mut Self::Buffer<T>,
+    ) -> Result<()> {
+        let (xs, out) = (B::host(x), B::host_mut(out));
+        let (g, per) = patch_geometry(side, p, ch)?;
+        let t = g * g + 1;
+        need("patchify: x", xs.len(), n * ch * side * side)?;
+        need("patchify: out", out.len(), n * t * per)?;
+        for (i, img) in out[..n * t * per].chunks_exact_mut(t * per).enumerate() {
+            img[..per].fill(T::zero());
+            for (r, row) in img[per..].chunks_exact_mut(per).enumerate() {
+                let (py, px) = (r / g, r % g);
+                for (k, v) in row.iter_mut().enumerate() {
+                    let (c, yy, xx) = (k / (p * p), k / p % p, k % p);
+                    *v = xs[((i * ch + c) * side + py * p + yy) * side + px * p + xx];
+                }
+            }
         }
         Ok(())
     }

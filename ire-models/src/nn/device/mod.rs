@@ -445,6 +445,19 @@ macro_rules! device_nn_ops {
             ) -> ire_core::Result<()> {
                 $crate::nn::device::tf::add_positions_backward(self, dy, b, t, d, dtable, off)
             }
+
+            #[allow(clippy::too_many_arguments)]
+            fn patchify<T: ire_core::Scalar>(
+                &self,
+                x: &Self::Buffer<T>,
+                n: usize,
+                ch: usize,
+                side: usize,
+                p: usize,
+                out: &mut Self::Buffer<T>,
+            ) -> ire_core::Result<()> {
+                $crate::nn::device::tf::patchify(self, x, n, ch, side, p, out)
+            }
         }
     };
 }

@@ -14,7 +14,7 @@ use ire_core::{DeviceKernels, Error, KernelArg, Result, Scalar};
 
 use super::{NN_KERNELS, groups_for, unsupported};
 use crate::nn::host_tf::{AttnShape, NormKind};
-use crate::nn::ops::{bad_label, need};
+use crate::nn::ops::{bad_label, need, patch_geometry};
 
 /// How closely each op matches the host (CPU/reference) implementation:
 /// `(op, f32 tolerance, f64 tolerance, why)`. A tolerance bounds the largest absolute
@@ -96,6 +96,7 @@ pub const TF_TOLERANCES: &[(&str, f64, f64, &str)] = &[
         0.0,
         "each table element sums the batch in the host's order",
     ),
+    ("patchify", 0.0, 0.0, "a copy"),
 ];
 
 type Arg<'a, D, T> = KernelArg<'a, D, T>;
@@ -718,6 +719,35 @@ pub(crate) fn add_positions_backward<D: DeviceKernels, T: Scalar>(
             Arg::Index(t * d),
             Arg::Out(dtable),
             Arg::Index(off),
+        ],
+    )
+}
+
+pub(crate) fn patchify<D: DeviceKernels, T: Scalar>(
+    dev: &D,
+    x: &D::Buffer<T>,
+    n: usize,
+    ch: usize,
+    side: usize,
+    p: usize,
+    out: &mut D::Buffer<T>,
+) -> Result<()> {
+    let (g, per) = patch_geometry(side, p, ch)?;
+    let t = g * g + 1;
+    need("patchify: x", dev.len(x), prod(&[n, ch, side, side]))?;
+    let total = prod(&[n, t, per]);
+    need("patchify: out", dev.len(out), total)?;
+    launch(
+        dev,
+        "tf_patchify",
+        groups_for(total),
+        &[
+            Arg::In(x),
+            Arg::Out(out),
+            Arg::Index(ch),
+            Arg::Index(side),
+            Arg::Index(p),
+            Arg::Index(total),
         ],
     )
 }
