@@ -630,3 +630,29 @@ fn sequential_batches_cover_every_target_once() {
     );
     assert_eq!(b.num_sequential_batches(), 2);
 }
+
+#[test]
+fn a_character_only_in_the_held_out_part_still_tokenizes() {
+    use ire_models::train::source::Source;
+    use ire_models::train::{DatasetKind, TrainConfig};
+    let dir = tmp("heldout-char");
+    let path = dir.0.join("naive.txt");
+    // The last tenth (the validation part) holds the only `ï`.
+    let mut text = "the cat sat on the mat\n".repeat(40);
+    text.push_str("a naïve cat\n".repeat(4).as_str());
+    std::fs::write(&path, &text).unwrap();
+    let cfg = TrainConfig {
+        dataset: DatasetKind::Text,
+        data: path,
+        tokenizer: "char".into(),
+        context: 8,
+        batch_size: 2,
+        ..TrainConfig::default()
+    };
+    let src = Source::text(&cfg).unwrap();
+    // Vocabulary: the distinct characters of the whole text, `ï` included.
+    let mut chars: Vec<char> = text.chars().collect();
+    chars.sort_unstable();
+    chars.dedup();
+    assert_eq!(src.tokenizer().unwrap().vocab_size(), chars.len());
+}

@@ -330,13 +330,19 @@ impl Bounds {
 
     /// A non-empty positive range around the (positive) values (`0.1..10` when there are none).
     fn padded_log(&self) -> (f64, f64) {
-        match self.0 {
+        let (lo, hi) = match self.0 {
             None => (0.1, 10.0),
             Some((lo, hi)) if hi > lo => (lo / 1.25, hi * 1.25),
             Some((v, _)) => (v / 2.0, v * 2.0),
-        }
+        };
+        // At most LOG_DECADES decades, the lowest cut off: the axis code walks every decade
+        // of the range, and a value near 1e-320 would make that hundreds of subnormal steps.
+        (lo.max(hi / 10f64.powi(LOG_DECADES)), hi)
     }
 }
+
+/// Decades a logarithmic axis spans at most.
+const LOG_DECADES: i32 = 40;
 
 fn render_png(chart: &Chart<'_>, text: bool) -> Result<Vec<u8>, String> {
     let (w, h) = SIZE;
@@ -385,6 +391,20 @@ mod tests {
             assert!(svg.contains("<svg"));
             assert!(!svg.contains("<text"));
         }
+    }
+
+    #[test]
+    fn a_log_axis_spans_at_most_40_decades() {
+        // The toy's v falls to 7e-321 (subnormal): the axis keeps the top 40 decades.
+        let series = [Series {
+            label: "v".into(),
+            points: vec![(0.0, 1e-2), (50.0, 1e-100), (99.0, 7e-321)],
+        }];
+        let chart = Chart::new("t", "x", "y", &series, true);
+        let (lo, hi) = chart.y_range;
+        assert_eq!(hi, 1.25e-2);
+        assert!((lo / (hi * 1e-40) - 1.0).abs() < 1e-12, "{lo}");
+        assert!(render_png(&chart, false).is_ok());
     }
 
     #[test]

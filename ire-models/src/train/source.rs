@@ -68,7 +68,15 @@ impl Source {
         let corpus = text::Corpus::load(&cfg.data).map_err(t)?;
         let (train_text, val_text) = corpus.split(cfg.val_fraction);
         let kind = text::TokenizerKind::from_name(&cfg.tokenizer).map_err(t)?;
-        let tokenizer = kind.build(&train_text).map_err(t)?;
+        // Characters are fitted on the whole text (nanoGPT's `sorted(set(data))`): a character
+        // seen only in the held-out part must not make it untokenizable, and the character set
+        // says nothing about the text's statistics. Words are fitted on the training part and
+        // unseen ones become `<unk>`, as WikiText does.
+        let fit_on = match kind {
+            text::TokenizerKind::Char => corpus.text.as_str(),
+            _ => train_text.as_str(),
+        };
+        let tokenizer = kind.build(fit_on).map_err(t)?;
         // The cache never goes next to the data (data folders are often read-only or shared).
         let cache = std::env::var_os("IRE_CACHE_DIR")
             .map(std::path::PathBuf::from)
