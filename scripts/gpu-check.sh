@@ -225,9 +225,10 @@ else
 fi
 
 # ---- the neural-network ops on CUDA: every small preset against the CPU backend ---------------
-run_step nn-models 300 "NN kernels by NVRTC; each small preset on CUDA vs CPU (1 step, 50 steps); ire train --backend cuda" \
+run_step nn-models 300 "NN kernels by NVRTC; every NN op and each small preset on CUDA vs CPU; ire train --backend cuda" \
     env IRE_REQUIRE=cuda,nvrtc cargo test "${CARGO_FLAGS[@]}" --release -p ire-models \
-    --features cuda --test device_models --test device_nvrtc -- --nocapture
+    --features cuda --test device_models --test device_nvrtc --test device_nn_cnn \
+    --test device_nn_tf -- --nocapture
 
 # Training throughput of each small preset: a few hundred steps on CUDA, a few dozen on the CPU
 # backend of the same machine. Language models read the shared corpus when it is beside the
