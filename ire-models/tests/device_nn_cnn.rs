@@ -1,20 +1,23 @@
-//! The image-network ops on the OpenCL backend against the CPU backend, in f32 and f64, on
-//! seeded random inputs of odd sizes, within the tolerances of `CNN_TOLERANCES` (0: bit for
-//! bit). Without an OpenCL device each test prints a skip line and passes, unless
-//! `IRE_REQUIRE` names `opencl`.
-#![cfg(feature = "opencl")]
+//! The image-network ops on the OpenCL and CUDA backends against the CPU backend, in f32 and
+//! f64, on seeded random inputs of odd sizes, within the tolerances of `CNN_TOLERANCES` (0: bit
+//! for bit). Without an OpenCL device each OpenCL test prints a skip line and passes, unless
+//! `IRE_REQUIRE` names `opencl`; likewise the CUDA test without a GPU, unless it names `cuda`.
+#![cfg(any(feature = "opencl", feature = "cuda"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[cfg(feature = "opencl")]
 use std::sync::OnceLock;
 
 use ire_backend_cpu::CpuBackend;
+#[cfg(feature = "opencl")]
 use ire_backend_opencl::OpenClBackend;
-use ire_core::{Backend, DType, Error, Reference, Scalar};
+use ire_core::{Backend, DType, Error, Scalar};
 use ire_models::nn::device::CNN_TOLERANCES;
 use ire_models::nn::{BnMode, BnShape, BnState, ConvGeom, Gemm, NnOps};
 use ire_models::rng::Rng;
 
 /// One device for every test (its program is compiled once per dtype).
+#[cfg(feature = "opencl")]
 fn device(test: &str) -> Option<&'static OpenClBackend> {
     static DEV: OnceLock<Option<OpenClBackend>> = OnceLock::new();
     let dev = DEV
@@ -27,7 +30,7 @@ fn device(test: &str) -> Option<&'static OpenClBackend> {
 }
 
 /// Runs `case` in f32 and, where the device has it, f64.
-fn both(dev: &OpenClBackend, case: impl Fn(&OpenClBackend, DType)) {
+fn both<D: NnOps>(dev: &D, case: impl Fn(&D, DType)) {
     case(dev, DType::F32);
     if dev.supports_dtype(DType::F64) {
         case(dev, DType::F64);
@@ -145,11 +148,7 @@ fn run_gemm<B: NnOps, T: Scalar>(
     vec![down(b, &cb)]
 }
 
-#[test]
-fn gemm_matches_the_cpu_backend() {
-    let Some(dev) = device("gemm_matches_the_cpu_backend") else {
-        return;
-    };
+fn gemm_matches_the_cpu_backend_on<D: NnOps>(dev: &D) {
     both(dev, |dev, dt| {
         let mut rng = Rng::new(1);
         let o = Offs(3, 5, 7);
@@ -187,12 +186,17 @@ fn gemm_matches_the_cpu_backend() {
     });
 }
 
-/// Unsplit, the kernel sums over k in the naive loop's order: the reference's bits.
+#[cfg(feature = "opencl")]
 #[test]
-fn gemm_equals_the_reference_bit_for_bit() {
-    let Some(dev) = device("gemm_equals_the_reference_bit_for_bit") else {
-        return;
-    };
+fn gemm_matches_the_cpu_backend() {
+    if let Some(dev) = device("gemm_matches_the_cpu_backend") {
+        gemm_matches_the_cpu_backend_on(dev);
+    }
+}
+
+/// Unsplit, the kernel sums over k in the naive loop's order: the reference's bits.
+#[cfg(feature = "opencl")]
+fn gemm_equals_the_reference_bit_for_bit_on<D: NnOps>(dev: &D) {
     let mut rng = Rng::new(2);
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
         let g = Gemm {
@@ -206,7 +210,7 @@ fn gemm_equals_the_reference_bit_for_bit() {
         let b = randn(&mut rng, g.k * g.n);
         let c = randn(&mut rng, g.m * g.n);
         let o = Offs(0, 0, 0);
-        let want = run_gemm::<_, f32>(&Reference, g, 0.5, &a, &b, 2.0, &c, o);
+        let want = run_gemm::<_, f32>(&ire_core::Reference, g, 0.5, &a, &b, 2.0, &c, o);
         let got = run_gemm::<_, f32>(dev, g, 0.5, &a, &b, 2.0, &c, o);
         assert!(
             got[0]
@@ -215,6 +219,14 @@ fn gemm_equals_the_reference_bit_for_bit() {
                 .all(|(x, y)| x.to_bits() == y.to_bits()),
             "ta={ta} tb={tb}"
         );
+    }
+}
+
+#[cfg(feature = "opencl")]
+#[test]
+fn gemm_equals_the_reference_bit_for_bit() {
+    if let Some(dev) = device("gemm_equals_the_reference_bit_for_bit") {
+        gemm_equals_the_reference_bit_for_bit_on(dev);
     }
 }
 
@@ -247,11 +259,7 @@ fn run_row_bias_grad<B: NnOps, T: Scalar>(
     vec![down(b, &dbb)]
 }
 
-#[test]
-fn bias_ops_match_the_cpu_backend() {
-    let Some(dev) = device("bias_ops_match_the_cpu_backend") else {
-        return;
-    };
+fn bias_ops_match_the_cpu_backend_on<D: NnOps>(dev: &D) {
     both(dev, |dev, dt| {
         let mut rng = Rng::new(3);
         // 600 rows: partial sums of 256 rows; 300 columns: two column blocks.
@@ -283,6 +291,14 @@ fn bias_ops_match_the_cpu_backend() {
             );
         }
     });
+}
+
+#[cfg(feature = "opencl")]
+#[test]
+fn bias_ops_match_the_cpu_backend() {
+    if let Some(dev) = device("bias_ops_match_the_cpu_backend") {
+        bias_ops_match_the_cpu_backend_on(dev);
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -325,11 +341,7 @@ fn run_conv_backward<B: NnOps, T: Scalar>(
     }
 }
 
-#[test]
-fn convolutions_match_the_cpu_backend() {
-    let Some(dev) = device("convolutions_match_the_cpu_backend") else {
-        return;
-    };
+fn convolutions_match_the_cpu_backend_on<D: NnOps>(dev: &D) {
     both(dev, |dev, dt| {
         let mut rng = Rng::new(4);
         for (k, stride, pad) in [(1, 1, 0), (3, 1, 1), (3, 2, 1), (1, 2, 0), (3, 2, 0)] {
@@ -371,6 +383,14 @@ fn convolutions_match_the_cpu_backend() {
     });
 }
 
+#[cfg(feature = "opencl")]
+#[test]
+fn convolutions_match_the_cpu_backend() {
+    if let Some(dev) = device("convolutions_match_the_cpu_backend") {
+        convolutions_match_the_cpu_backend_on(dev);
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // Element-wise ops
 
@@ -407,11 +427,7 @@ fn run_elementwise<B: NnOps, T: Scalar>(
     vec![down(b, &out)]
 }
 
-#[test]
-fn elementwise_ops_match_the_cpu_backend() {
-    let Some(dev) = device("elementwise_ops_match_the_cpu_backend") else {
-        return;
-    };
+fn elementwise_ops_match_the_cpu_backend_on<D: NnOps>(dev: &D) {
     both(dev, |dev, dt| {
         let mut rng = Rng::new(5);
         let len = 1001;
@@ -431,6 +447,14 @@ fn elementwise_ops_match_the_cpu_backend() {
             compare!(dev, dt, name, "1001", run_elementwise, op, len, &x, &d);
         }
     });
+}
+
+#[cfg(feature = "opencl")]
+#[test]
+fn elementwise_ops_match_the_cpu_backend() {
+    if let Some(dev) = device("elementwise_ops_match_the_cpu_backend") {
+        elementwise_ops_match_the_cpu_backend_on(dev);
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -492,11 +516,7 @@ fn run_batch_norm<B: NnOps, T: Scalar>(
     out
 }
 
-#[test]
-fn batch_norm_matches_the_cpu_backend() {
-    let Some(dev) = device("batch_norm_matches_the_cpu_backend") else {
-        return;
-    };
+fn batch_norm_matches_the_cpu_backend_on<D: NnOps>(dev: &D) {
     both(dev, |dev, dt| {
         let mut rng = Rng::new(6);
         // hw > WG, hw = 1 with many images, and a small odd shape.
@@ -562,6 +582,14 @@ fn batch_norm_matches_the_cpu_backend() {
     });
 }
 
+#[cfg(feature = "opencl")]
+#[test]
+fn batch_norm_matches_the_cpu_backend() {
+    if let Some(dev) = device("batch_norm_matches_the_cpu_backend") {
+        batch_norm_matches_the_cpu_backend_on(dev);
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // Pooling
 
@@ -590,11 +618,7 @@ fn run_max_pool<B: NnOps, T: Scalar>(
     vec![down(b, &y), down(b, &dx)]
 }
 
-#[test]
-fn pooling_matches_the_cpu_backend() {
-    let Some(dev) = device("pooling_matches_the_cpu_backend") else {
-        return;
-    };
+fn pooling_matches_the_cpu_backend_on<D: NnOps>(dev: &D) {
     both(dev, |dev, dt| {
         let mut rng = Rng::new(7);
         for (n, c, hw) in [(3, 5, 7), (2, 3, 49)] {
@@ -629,14 +653,18 @@ fn pooling_matches_the_cpu_backend() {
     });
 }
 
+#[cfg(feature = "opencl")]
+#[test]
+fn pooling_matches_the_cpu_backend() {
+    if let Some(dev) = device("pooling_matches_the_cpu_backend") {
+        pooling_matches_the_cpu_backend_on(dev);
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // Sizes
 
-#[test]
-fn wrong_sizes_are_errors_and_empty_ops_do_nothing() {
-    let Some(dev) = device("wrong_sizes_are_errors_and_empty_ops_do_nothing") else {
-        return;
-    };
+fn wrong_sizes_are_errors_and_empty_ops_do_nothing_on<D: NnOps>(dev: &D) {
     let buf = |len: usize| dev.alloc::<f32>(len).unwrap();
     let is_size = |r: ire_core::Result<()>| matches!(r, Err(Error::SizeMismatch { .. }));
     let g = Gemm {
@@ -738,4 +766,50 @@ fn wrong_sizes_are_errors_and_empty_ops_do_nothing() {
         .unwrap();
     dev.scale(&mut buf(0), 2.0).unwrap();
     dev.conv2d(&buf(0), 0, &cg, &w, 0, &mut buf(0)).unwrap();
+}
+
+#[cfg(feature = "opencl")]
+#[test]
+fn wrong_sizes_are_errors_and_empty_ops_do_nothing() {
+    if let Some(dev) = device("wrong_sizes_are_errors_and_empty_ops_do_nothing") {
+        wrong_sizes_are_errors_and_empty_ops_do_nothing_on(dev);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// CUDA
+
+/// Whether `IRE_REQUIRE` (comma-separated) names `what`.
+#[cfg(feature = "cuda")]
+fn required(what: &str) -> bool {
+    std::env::var("IRE_REQUIRE")
+        .unwrap_or_default()
+        .split(',')
+        .any(|s| s.trim().eq_ignore_ascii_case(what))
+}
+
+/// Every case above on the first CUDA device, when there is one (a skip line otherwise,
+/// unless `IRE_REQUIRE` names `cuda`).
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_matches_the_cpu_backend() {
+    let dev = match ire_backend_cuda::CudaBackend::from_env() {
+        Ok(d) => d,
+        Err(e) => {
+            assert!(
+                !required("cuda"),
+                "IRE_REQUIRE names cuda but no GPU is usable: {e}"
+            );
+            println!("skipped cuda_matches_the_cpu_backend: {e}");
+            return;
+        }
+    };
+    // Not the bit-for-bit GEMM case: CUDA's GEMM may go to cuBLAS, which is not bit-identical.
+    gemm_matches_the_cpu_backend_on(&dev);
+    bias_ops_match_the_cpu_backend_on(&dev);
+    convolutions_match_the_cpu_backend_on(&dev);
+    elementwise_ops_match_the_cpu_backend_on(&dev);
+    batch_norm_matches_the_cpu_backend_on(&dev);
+    pooling_matches_the_cpu_backend_on(&dev);
+    wrong_sizes_are_errors_and_empty_ops_do_nothing_on(&dev);
 }

@@ -1,20 +1,23 @@
-//! The transformer and loss ops on the OpenCL backend against the CPU backend, f32 and f64,
-//! on seeded random inputs of odd sizes, within `TF_TOLERANCES` (0 = bit-identical).
+//! The transformer and loss ops on the OpenCL and CUDA backends against the CPU backend, f32
+//! and f64, on seeded random inputs of odd sizes, within `TF_TOLERANCES` (0 = bit-identical).
 //!
-//! Without an OpenCL device each test prints a skip line and passes, unless `IRE_REQUIRE`
-//! names `opencl`.
-#![cfg(feature = "opencl")]
+//! Without an OpenCL device each OpenCL test prints a skip line and passes, unless
+//! `IRE_REQUIRE` names `opencl`; likewise the CUDA tests, unless it names `cuda` (or `nvrtc`).
+#![cfg(any(feature = "opencl", feature = "cuda"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[cfg(feature = "opencl")]
 use std::sync::OnceLock;
 
 use ire_backend_cpu::CpuBackend;
+#[cfg(feature = "opencl")]
 use ire_backend_opencl::OpenClBackend;
 use ire_core::{Backend, Error, Result, Scalar};
 use ire_models::nn::device::TF_TOLERANCES;
 use ire_models::nn::{AttnShape, NnOps, NormKind};
 use ire_models::rng::Rng;
 
+#[cfg(feature = "opencl")]
 fn device(test: &str) -> Option<OpenClBackend> {
     static DEV: OnceLock<Option<OpenClBackend>> = OnceLock::new();
     let d = DEV
@@ -134,6 +137,7 @@ fn softmax_xent_matches_host_on<D: NnOps>(dev: &D) {
     }
 }
 
+#[cfg(feature = "opencl")]
 #[test]
 fn softmax_xent_matches_host() {
     if let Some(dev) = device("softmax_xent_matches_host") {
@@ -175,6 +179,7 @@ fn softmax_xent_errors_like_host_on<D: NnOps>(dev: &D) {
     xent_errors::<_, f64>(dev);
 }
 
+#[cfg(feature = "opencl")]
 #[test]
 fn softmax_xent_errors_like_host() {
     if let Some(dev) = device("softmax_xent_errors_like_host") {
@@ -208,6 +213,7 @@ fn sample_labels_matches_host_on<D: NnOps>(dev: &D) {
     }
 }
 
+#[cfg(feature = "opencl")]
 #[test]
 fn sample_labels_matches_host() {
     if let Some(dev) = device("sample_labels_matches_host") {
@@ -256,6 +262,7 @@ fn dropout_matches_host_bit_for_bit_on<D: NnOps>(dev: &D) {
     dropout_case::<_, f64>(dev);
 }
 
+#[cfg(feature = "opencl")]
 #[test]
 fn dropout_matches_host_bit_for_bit() {
     if let Some(dev) = device("dropout_matches_host_bit_for_bit") {
@@ -389,6 +396,7 @@ fn norm_rows_match_host_on<D: NnOps>(dev: &D) {
     }
 }
 
+#[cfg(feature = "opencl")]
 #[test]
 fn norm_rows_match_host() {
     if let Some(dev) = device("norm_rows_match_host") {
@@ -443,6 +451,7 @@ fn wrong_sizes_are_errors_on<D: NnOps>(dev: &D) {
     dev.add_positions(&mut ye, 0, 4, 4, &table, 0).unwrap();
 }
 
+#[cfg(feature = "opencl")]
 #[test]
 fn wrong_sizes_are_errors() {
     if let Some(dev) = device("wrong_sizes_are_errors") {
@@ -530,6 +539,7 @@ fn attention_matches_host_on<D: NnOps>(dev: &D) {
     }
 }
 
+#[cfg(feature = "opencl")]
 #[test]
 fn attention_matches_host() {
     if let Some(dev) = device("attention_matches_host") {
@@ -572,6 +582,7 @@ fn rope_matches_host_on<D: NnOps>(dev: &D) {
     }
 }
 
+#[cfg(feature = "opencl")]
 #[test]
 fn rope_matches_host() {
     if let Some(dev) = device("rope_matches_host") {
@@ -613,6 +624,7 @@ fn swiglu_matches_host_on<D: NnOps>(dev: &D) {
     swiglu_case::<_, f64>(dev);
 }
 
+#[cfg(feature = "opencl")]
 #[test]
 fn swiglu_matches_host() {
     if let Some(dev) = device("swiglu_matches_host") {
@@ -681,6 +693,7 @@ fn embedding_matches_host_bit_for_bit_on<D: NnOps>(dev: &D) {
     embedding_case::<_, f64>(dev);
 }
 
+#[cfg(feature = "opencl")]
 #[test]
 fn embedding_matches_host_bit_for_bit() {
     if let Some(dev) = device("embedding_matches_host_bit_for_bit") {
@@ -719,6 +732,7 @@ fn add_positions_matches_host_bit_for_bit_on<D: NnOps>(dev: &D) {
     positions_case::<_, f64>(dev);
 }
 
+#[cfg(feature = "opencl")]
 #[test]
 fn add_positions_matches_host_bit_for_bit() {
     if let Some(dev) = device("add_positions_matches_host_bit_for_bit") {
@@ -765,6 +779,7 @@ fn patchify_matches_host_bit_for_bit_on<D: NnOps>(dev: &D) {
     patchify_case::<_, f64>(dev);
 }
 
+#[cfg(feature = "opencl")]
 #[test]
 fn patchify_matches_host_bit_for_bit() {
     if let Some(dev) = device("patchify_matches_host_bit_for_bit") {
