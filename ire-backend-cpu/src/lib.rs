@@ -159,8 +159,8 @@ impl CpuBackend {
         self
     }
 
-    /// The same backend with the wide-vector element-wise and reduction kernels (AVX2,
-    /// detected at run time) allowed or not. Results are bit-identical either way (the same
+    /// The same backend with the wide-vector element-wise and reduction kernels (AVX-512F or
+    /// AVX2, the widest the CPU has, detected at run time) allowed or not. Results are bit-identical either way (the same
     /// IEEE operations, no contraction into FMA); only the speed differs. The selection's
     /// counting pass (integer compares, exact either way) uses AVX2 whenever the CPU has it.
     pub fn with_wide_simd(mut self, allowed: bool) -> Self {
@@ -168,7 +168,7 @@ impl CpuBackend {
         self
     }
 
-    /// Whether the element-wise kernels run with AVX2 (allowed and present on this CPU).
+    /// Whether the element-wise kernels run with AVX2 or wider (allowed and present).
     pub fn wide_simd(&self) -> bool {
         self.simd && simd::has_avx2()
     }
