@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use ire_models::crosscheck::{
-    BOUNDS, ModelCheck, SMALL_PRESETS, check_config, check_model, default_text,
+    BOUNDS, ModelCheck, SMALL_PRESETS, check_config, check_model, default_text, is_language_model,
 };
 use ire_models::nn::NnOps;
 
@@ -67,7 +67,7 @@ fn each_preset<D: NnOps + 'static>(
 ) {
     let text = default_text(root);
     for model in SMALL_PRESETS {
-        let lm = matches!(model, "gpt-nano" | "llama-tiny" | "lm-paper");
+        let lm = is_language_model(model);
         if lm && text.is_none() {
             notes.push(format!(
                 "{model}: the shared text corpora are not beside the repository"

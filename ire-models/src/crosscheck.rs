@@ -128,10 +128,7 @@ pub const SMALL_PRESETS: [&str; 7] = [
 /// steps), batch 16, on the digits shipped in `data/` (image models) or `text` with the
 /// character tokenizer and context 32 (language models). `root` is the repository root.
 pub fn check_config(model: &str, root: &Path, text: &Path) -> TrainConfig {
-    let lm = matches!(
-        model,
-        "gpt-nano" | "llama-tiny" | "lm-paper" | "lm-paper-quirk"
-    );
+    let lm = is_language_model(model);
     let mut c = TrainConfig {
         model: model.into(),
         optimizer: OptimizerKind::Admire,
@@ -157,6 +154,13 @@ pub fn check_config(model: &str, root: &Path, text: &Path) -> TrainConfig {
     c.opt.weight_decay = 0.01;
     c.opt.refresh_every = 5;
     c
+}
+
+/// Whether the preset `model` is a language model (trained on text); unknown names are not.
+pub fn is_language_model(model: &str) -> bool {
+    model
+        .parse::<crate::models::ModelSpec>()
+        .is_ok_and(|m| m.is_lm())
 }
 
 /// The text corpus the language models are checked on, when it is beside the repository.
@@ -220,6 +224,22 @@ pub fn check_model<A: NnOps + 'static, B: NnOps + 'static>(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    #[test]
+    fn language_models_are_told_by_their_spec() {
+        for m in ["gpt-nano", "llama-tiny", "lm-paper", "lm-paper-quirk"] {
+            assert!(is_language_model(m), "{m}");
+        }
+        for m in [
+            "mlp-small",
+            "resnet-small",
+            "wrn-small",
+            "vit-mini",
+            "no-such-model",
+        ] {
+            assert!(!is_language_model(m), "{m}");
+        }
+    }
 
     #[test]
     fn a_wrong_curve_is_a_violation() {

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ire_backend_cpu::CpuBackend;
-use ire_models::crosscheck::{SMALL_PRESETS, check_config, check_model, default_text};
+use ire_models::crosscheck::{
+    SMALL_PRESETS, check_config, check_model, default_text, is_language_model,
+};
 use ire_models::nn::NnOps;
 
 fn root() -> PathBuf {
@@ -51,7 +53,7 @@ fn presets(test: &str) -> Vec<(&'static str, PathBuf)> {
     SMALL_PRESETS
         .iter()
         .filter_map(|&m| {
-            let lm = matches!(m, "gpt-nano" | "llama-tiny" | "lm-paper");
+            let lm = is_language_model(m);
             match (&text, lm) {
                 (None, true) => {
                     println!("skipped {test} for {m}: the shared text corpora are not beside the repository");
