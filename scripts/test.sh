@@ -8,6 +8,15 @@ ROOT=$PWD
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# ---- disk --------------------------------------------------------------------------------------
+# A clean build of everything below takes about BUILD_GB of disk under target/; when the disk
+# fills up, the linker dies with SIGBUS and says nothing about space, so say it here first.
+BUILD_GB=5
+avail_mb=$(df -Pm "$ROOT" | awk 'NR == 2 {print $4}')
+if [ "${avail_mb:-0}" -lt $((BUILD_GB * 1024)) ]; then
+    echo "warning: only ${avail_mb} MiB free on the disk of $ROOT; a clean build needs about ${BUILD_GB} GiB" >&2
+fi
+
 # ---- system packages -------------------------------------------------------------------------
 APT_PKGS=(pocl-opencl-icd ocl-icd-opencl-dev libopenblas-dev pkg-config dataset-fashion-mnist fonts-dejavu-core)
 missing=()
