@@ -59,6 +59,8 @@ cargo fmt --all -- --check
 
 step "cargo clippy (all targets, all features)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+step "cargo clippy (all targets, default features: the main job's build)"
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "no_std build of ire-core for thumbv7em-none-eabihf"
 cargo build -p ire-core --target thumbv7em-none-eabihf --no-default-features --features libm

@@ -22,6 +22,10 @@ pub struct ModelRow {
 /// Runs every small preset (language models only when the text corpus is beside the
 /// repository at `root`) on each device backend of the build that has a device, `steps`
 /// steps each. Returns the rows and a note per skipped case.
+#[cfg_attr(
+    not(any(feature = "opencl", feature = "cuda")),
+    allow(unused_mut, unused_variables)
+)]
 pub fn run_models(root: &Path, steps: usize) -> (Vec<ModelRow>, Vec<String>) {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
@@ -91,6 +95,7 @@ fn each_preset<D: NnOps + 'static>(
 
 /// The per-op tolerances of the device neural-network kernels against the CPU backend, as
 /// one Markdown table (empty without a device backend in the build).
+#[cfg_attr(not(any(feature = "opencl", feature = "cuda")), allow(unused_mut))]
 pub fn op_tolerances() -> String {
     let mut s = String::new();
     #[cfg(any(feature = "opencl", feature = "cuda"))]
