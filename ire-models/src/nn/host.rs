@@ -300,36 +300,7 @@ pub fn bn_channel_backward<T: Scalar>(
     (T::of(sdyx), T::of(sdy))
 }
 
-/// Numerically stable softmax cross-entropy of one row with label smoothing `eps`:
-/// target `q = (1 − eps)·onehot(label) + eps/C`. Writes `d = scale·(softmax − q)` and returns
-/// `(loss, argmax == label)`.
-pub fn softmax_xent_row<T: Scalar>(
-    z: &[T],
-    label: usize,
-    eps: f64,
-    scale: f64,
-    d: &mut [T],
-) -> (f64, bool) {
-    let c = z.len();
-    let mut max = f64::NEG_INFINITY;
-    let mut arg = 0;
-    for (j, v) in z.iter().enumerate() {
-        if v.as_f64() > max {
-            max = v.as_f64();
-            arg = j;
-        }
-    }
-    let sum: f64 = z.iter().map(|v| (v.as_f64() - max).exp()).sum();
-    let lse = max + sum.ln();
-    let mut loss = 0.0;
-    for j in 0..c {
-        let q = eps / c as f64 + if j == label { 1.0 - eps } else { 0.0 };
-        let zj = z[j].as_f64();
-        loss -= q * (zj - lse);
-        d[j] = T::of(scale * ((zj - lse).exp() - q));
-    }
-    (loss, arg == label)
-}
+pub use super::xent::softmax_xent_row;
 
 /// Draws a label from `softmax(z)` with the uniform number `u ∈ [0, 1)`.
 pub fn sample_row<T: Scalar>(z: &[T], u: f64) -> usize {

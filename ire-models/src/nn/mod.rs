@@ -8,6 +8,7 @@ pub mod host;
 pub mod host_tf;
 pub mod layers;
 pub mod ops;
+mod xent;
 
 pub use host::{BnShape, ConvGeom, Gemm};
 pub use host_tf::{AttnShape, NormKind};

@@ -958,22 +958,26 @@ impl<B: HostMemory + Sync> NnOps for B {
                 what: "logits".into(),
             });
         }
-        let (mut loss, mut correct) = (0.0, 0);
-        for i in 0..n {
-            let lab = l[i].as_f64();
+        let mut labels = Vec::with_capacity(n);
+        for &li in &l[..n] {
+            let lab = li.as_f64();
             if !(lab >= 0.0 && lab < c as f64 && lab.fract() == 0.0) {
                 return Err(bad_label(lab, c));
             }
-            let (li, ok) = host::softmax_xent_row(
-                &z[i * c..(i + 1) * c],
-                lab as usize,
-                eps,
-                scale,
-                &mut d[i * c..(i + 1) * c],
-            );
-            loss += li;
-            correct += ok as usize;
+            labels.push(lab as usize);
         }
+        let row = |(i, di): (usize, &mut [T])| {
+            host::softmax_xent_row(&z[i * c..(i + 1) * c], labels[i], eps, scale, di)
+        };
+        let d = &mut d[..n * c];
+        // Rows in parallel, then the losses summed in row order: the same bits either way.
+        let rows: Vec<(f64, bool)> = if self.parallel() && n > 1 && c > 0 {
+            d.par_chunks_mut(c).enumerate().map(row).collect()
+        } else {
+            d.chunks_mut(c.max(1)).enumerate().map(row).collect()
+        };
+        let loss = rows.iter().fold(0.0, |acc, r| acc + r.0);
+        let correct = rows.iter().filter(|r| r.1).count();
         Ok((loss, correct))
     }
 
