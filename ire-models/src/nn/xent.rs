@@ -20,9 +20,9 @@ const LANES: usize = 8;
 #[inline(always)]
 pub fn exp_nonpositive(x: f64) -> f64 {
     const LOG2E: f64 = std::f64::consts::LOG2_E;
-    // ln 2 split so that n·LN2_HI is exact for |n| < 2^11 (fdlibm's constants).
-    const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    // ln 2 split so that n·LN2_HI is exact for |n| < 2^11 (fdlibm's ln2_hi, ln2_lo).
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
     // Adding 1.5·2^52 rounds to an integer (ties to even) and leaves it in the low mantissa bits.
     const SHIFT: f64 = 6_755_399_441_055_744.0;
     let xc = x.clamp(-708.0, 0.0);
