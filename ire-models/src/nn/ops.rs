@@ -626,7 +626,9 @@ impl<B: HostMemory + Sync> NnOps for B {
         }
         let (rows, cols_n) = (g.col_rows(), g.col_cols());
         let direct = g.k == 1 && g.stride == 1 && g.pad == 0;
-        // dW_chunk = Σ_i dY_i · cols_iᵀ; dcols_i = Wᵀ · dY_i, folded into dx_i.
+        // dW_chunkᵀ = Σ_i cols_i · dY_iᵀ (`rows × c_out`: the faster GEMM layout, see
+        // gemm_fast; the same products summed in the same order as dY_i · cols_iᵀ);
+        // dcols_i = Wᵀ · dY_i, folded into dx_i.
         let chunk_grad = |xs: &[T], dys: &[T], mut dxs: Option<&mut [T]>| -> Vec<T> {
             let mut dwp = vec![T::zero(); g.weight_size()];
             let mut cols = vec![T::zero(); if direct { 0 } else { rows * cols_n }];
@@ -643,11 +645,11 @@ impl<B: HostMemory + Sync> NnOps for B {
                 let gw = Gemm {
                     trans_a: false,
                     trans_b: true,
-                    m: g.c_out,
-                    n: rows,
+                    m: rows,
+                    n: g.c_out,
                     k: cols_n,
                 };
-                self.host_gemm(gw, T::one(), dyi, ci, T::one(), &mut dwp);
+                self.host_gemm(gw, T::one(), ci, dyi, T::one(), &mut dwp);
                 if let Some(dxs) = dxs.as_deref_mut() {
                     let dxi = &mut dxs[i * g.in_size()..(i + 1) * g.in_size()];
                     let gx = Gemm {
@@ -700,9 +702,13 @@ impl<B: HostMemory + Sync> NnOps for B {
             dw.len().saturating_sub(dw_off),
             g.weight_size(),
         )?;
+        let dw = &mut dw[dw_off..dw_off + g.weight_size()];
         for p in partials {
-            for (d, v) in dw[dw_off..dw_off + g.weight_size()].iter_mut().zip(p) {
-                *d = *d + v;
+            // p is dWᵀ (rows × c_out).
+            for (r, pr) in p.chunks_exact(g.c_out.max(1)).enumerate() {
+                for (o, &v) in pr.iter().enumerate() {
+                    dw[o * rows + r] = dw[o * rows + r] + v;
+                }
             }
         }
         Ok(())
