@@ -232,79 +232,125 @@ pub struct BnShape {
     pub hw: usize,
 }
 
-/// Batch statistics of channel `ch`: mean and biased variance, accumulated in `f64`.
+/// Partial sums per [`lane_sum`]: a fixed summation order, CPU-independent, that vectorizes.
+pub const LANES: usize = 8;
+
+/// `Σ f(vᵢ)` in `f64`, element `i` into partial sum `i mod LANES`, the partial sums added
+/// pairwise at the end. The canonical order of the host sums over long runs (batch-norm
+/// statistics, softmax normalizers): independent accumulators keep the loop from waiting on
+/// each addition. `f` is mapped over blocks into a buffer first, which vectorizes.
+#[inline(always)]
+pub fn lane_sum<T: Scalar>(v: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    const BLOCK: usize = 32 * LANES;
+    let mut acc = [0.0f64; LANES];
+    let mut tmp = [0.0f64; BLOCK];
+    for block in v.chunks(BLOCK) {
+        let tmp = &mut tmp[..block.len()];
+        for (t, x) in tmp.iter_mut().zip(block) {
+            *t = f(x.as_f64());
+        }
+        add_lanes(&mut acc, tmp);
+    }
+    fold_lanes(&acc)
+}
+
+/// `Σ f(aᵢ, bᵢ)` in the order of [`lane_sum`] (`a` and `b` of the same length).
+#[inline(always)]
+pub fn lane_sum2<T: Scalar>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> f64) -> f64 {
+    const BLOCK: usize = 32 * LANES;
+    let mut acc = [0.0f64; LANES];
+    let mut tmp = [0.0f64; BLOCK];
+    for (ba, bb) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+        let tmp = &mut tmp[..ba.len()];
+        for ((t, x), y) in tmp.iter_mut().zip(ba).zip(bb) {
+            *t = f(x.as_f64(), y.as_f64());
+        }
+        add_lanes(&mut acc, tmp);
+    }
+    fold_lanes(&acc)
+}
+
+#[inline(always)]
+fn add_lanes(acc: &mut [f64; LANES], v: &[f64]) {
+    let mut lanes = v.chunks_exact(LANES);
+    for c in &mut lanes {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    for (l, x) in lanes.remainder().iter().enumerate() {
+        acc[l] += x;
+    }
+}
+
+#[inline(always)]
+fn fold_lanes(acc: &[f64; LANES]) -> f64 {
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+}
+
+/// The `hw` values of channel `ch` of image `i`.
+fn plane<T>(x: &[T], s: BnShape, i: usize, ch: usize) -> &[T] {
+    let o = (i * s.c + ch) * s.hw;
+    &x[o..o + s.hw]
+}
+
+/// Batch statistics of channel `ch`: mean and biased variance, in `f64` (per image a
+/// [`lane_sum`], the images in order).
 pub fn bn_channel_stats<T: Scalar>(x: &[T], s: BnShape, ch: usize) -> (f64, f64) {
     let m = (s.n * s.hw) as f64;
-    let mut sum = 0.0;
-    for i in 0..s.n {
-        let o = (i * s.c + ch) * s.hw;
-        sum += x[o..o + s.hw].iter().map(|v| v.as_f64()).sum::<f64>();
-    }
+    let sum: f64 = (0..s.n).map(|i| lane_sum(plane(x, s, i, ch), |v| v)).sum();
     let mean = sum / m;
-    let mut var = 0.0;
-    for i in 0..s.n {
-        let o = (i * s.c + ch) * s.hw;
-        var += x[o..o + s.hw]
-            .iter()
-            .map(|v| (v.as_f64() - mean).powi(2))
-            .sum::<f64>();
-    }
+    let var: f64 = (0..s.n)
+        .map(|i| lane_sum(plane(x, s, i, ch), |v| (v - mean) * (v - mean)))
+        .sum();
     (mean, var / m)
 }
 
-#[allow(clippy::too_many_arguments)]
-/// `y = γ·(x − μ)·invstd + β` on channel `ch` with the given statistics.
-pub fn bn_channel_apply<T: Scalar>(
-    x: &[T],
-    y: &mut [T],
-    s: BnShape,
-    ch: usize,
-    mean: T,
-    invstd: T,
-    gamma: T,
-    beta: T,
-) {
-    for i in 0..s.n {
-        let o = (i * s.c + ch) * s.hw;
-        for j in o..o + s.hw {
-            y[j] = gamma * ((x[j] - mean) * invstd) + beta;
-        }
+/// `y = γ·(x − μ)·invstd + β` on one channel plane.
+pub fn bn_plane_apply<T: Scalar>(x: &[T], y: &mut [T], mean: T, invstd: T, gamma: T, beta: T) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = gamma * ((x - mean) * invstd) + beta;
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-/// Backward of batch norm on channel `ch` in training mode. Returns `(dγ, dβ)` and writes `dx`:
-/// `dx = invstd/M · (M·g − Σg − x̂·Σ(g·x̂))`, `g = γ·dy`, `x̂ = (x − μ)·invstd`.
-pub fn bn_channel_backward<T: Scalar>(
+/// The sums the backward of batch norm needs on channel `ch`: `(Σ dy·x̂, Σ dy)` = `(dγ, dβ)`,
+/// `x̂ = (x − μ)·invstd` (in `T`, then widened), in the order of [`bn_channel_stats`].
+pub fn bn_channel_grad_sums<T: Scalar>(
     x: &[T],
     dy: &[T],
-    dx: &mut [T],
     s: BnShape,
     ch: usize,
     mean: T,
     invstd: T,
+) -> (f64, f64) {
+    let (mut sdyx, mut sdy) = (0.0, 0.0);
+    for i in 0..s.n {
+        let (xp, dyp) = (plane(x, s, i, ch), plane(dy, s, i, ch));
+        sdy += lane_sum(dyp, |g| g);
+        sdyx += lane_sum2(xp, dyp, |x, g| g * ((T::of(x) - mean) * invstd).as_f64());
+    }
+    (sdyx, sdy)
+}
+
+/// Backward of training-mode batch norm on one channel plane, given the channel's sums from
+/// [`bn_channel_grad_sums`] over `m = N·HW` values:
+/// `dx = γ·invstd/m · (m·dy − Σdy − x̂·Σ(dy·x̂))`.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_plane_backward<T: Scalar>(
+    x: &[T],
+    dy: &[T],
+    dx: &mut [T],
+    m: f64,
+    mean: T,
+    invstd: T,
     gamma: T,
-) -> (T, T) {
-    let m = (s.n * s.hw) as f64;
-    let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
-    for i in 0..s.n {
-        let o = (i * s.c + ch) * s.hw;
-        for j in o..o + s.hw {
-            let xh = ((x[j] - mean) * invstd).as_f64();
-            sdy += dy[j].as_f64();
-            sdyx += dy[j].as_f64() * xh;
-        }
+    (sdyx, sdy): (f64, f64),
+) {
+    let k = gamma.as_f64() * invstd.as_f64() / m;
+    for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
+        let xh = ((x - mean) * invstd).as_f64();
+        *dx = T::of(k * (m * g.as_f64() - sdy - xh * sdyx));
     }
-    let g = gamma.as_f64();
-    let inv = invstd.as_f64();
-    for i in 0..s.n {
-        let o = (i * s.c + ch) * s.hw;
-        for j in o..o + s.hw {
-            let xh = ((x[j] - mean) * invstd).as_f64();
-            dx[j] = T::of(g * inv / m * (m * dy[j].as_f64() - sdy - xh * sdyx));
-        }
-    }
-    (T::of(sdyx), T::of(sdy))
 }
 
 pub use super::xent::softmax_xent_row;
@@ -495,6 +541,41 @@ mod tests {
             let lhs: f64 = cols.iter().zip(&cvec).map(|(a, b)| a * b).sum();
             let rhs: f64 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
             assert!((lhs - rhs).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn lane_sums_follow_their_stated_order() {
+        // Values whose sum depends on the order: the definition, written out, must match bits.
+        for len in [0usize, 1, 7, 8, 9, 255, 256, 257, 1000] {
+            let v: Vec<f32> = (0..len)
+                .map(|i| {
+                    if i % 3 == 0 {
+                        1e8
+                    } else {
+                        1.0 + i as f32 * 1e-3
+                    }
+                })
+                .collect();
+            let mut acc = [0.0f64; LANES];
+            for (i, x) in v.iter().enumerate() {
+                acc[i % LANES] += (*x as f64) * 2.0;
+            }
+            let want =
+                ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+            assert_eq!(lane_sum(&v, |x| 2.0 * x).to_bits(), want.to_bits(), "{len}");
+            let w: Vec<f32> = v.iter().rev().copied().collect();
+            let mut acc2 = [0.0f64; LANES];
+            for (i, (x, y)) in v.iter().zip(&w).enumerate() {
+                acc2[i % LANES] += (*x as f64) * (*y as f64);
+            }
+            let want2 = ((acc2[0] + acc2[1]) + (acc2[2] + acc2[3]))
+                + ((acc2[4] + acc2[5]) + (acc2[6] + acc2[7]));
+            assert_eq!(
+                lane_sum2(&v, &w, |x, y| x * y).to_bits(),
+                want2.to_bits(),
+                "{len}"
+            );
         }
     }
 

@@ -790,12 +790,26 @@ impl<B: HostMemory + Sync> NnOps for B {
             s.c,
         )?;
         let m = (s.n * s.hw) as f64;
+        // Per channel (mean, invstd): the statistics read x channel by channel (in parallel),
+        // the normalization then writes y image by image (in parallel).
+        let stats: Vec<(f64, f64)> = match mode {
+            BnMode::Eval => Vec::new(),
+            BnMode::Train { .. } => {
+                let one = |ch| host::bn_channel_stats(x, s, ch);
+                if self.parallel() {
+                    (0..s.c).into_par_iter().map(one).collect()
+                } else {
+                    (0..s.c).map(one).collect()
+                }
+            }
+        };
+        let mut coef = Vec::with_capacity(s.c);
         for ch in 0..s.c {
             let (gamma, beta) = (p[g_off + ch], p[b_off + ch]);
             let (mean, invstd) = match mode {
                 BnMode::Eval => (rm[ch], T::of(1.0 / (rv[ch].as_f64() + eps).sqrt())),
                 BnMode::Train { update_running } => {
-                    let (mean, var) = host::bn_channel_stats(x, s, ch);
+                    let (mean, var) = stats[ch];
                     if update_running {
                         let unbiased = if m > 1.0 { var * m / (m - 1.0) } else { var };
                         rm[ch] = T::of((1.0 - momentum) * rm[ch].as_f64() + momentum * mean);
@@ -807,7 +821,27 @@ impl<B: HostMemory + Sync> NnOps for B {
                     (T::of(mean), invstd)
                 }
             };
-            host::bn_channel_apply(x, y, s, ch, mean, invstd, gamma, beta);
+            coef.push((mean, invstd, gamma, beta));
+        }
+        let image = |(yi, xi): (&mut [T], &[T])| {
+            let planes = yi
+                .chunks_exact_mut(s.hw.max(1))
+                .zip(xi.chunks_exact(s.hw.max(1)));
+            for ((yp, xp), &(mean, invstd, gamma, beta)) in planes.zip(&coef) {
+                host::bn_plane_apply(xp, yp, mean, invstd, gamma, beta);
+            }
+        };
+        let per = (s.c * s.hw).max(1);
+        if self.parallel() {
+            y[..len]
+                .par_chunks_mut(per)
+                .zip(x[..len].par_chunks(per))
+                .for_each(image);
+        } else {
+            y[..len]
+                .chunks_mut(per)
+                .zip(x[..len].chunks(per))
+                .for_each(image);
         }
         Ok(())
     }
@@ -849,11 +883,41 @@ impl<B: HostMemory + Sync> NnOps for B {
             sm.len().min(si.len()),
             s.c,
         )?;
-        for ch in 0..s.c {
-            let (dg, db) =
-                host::bn_channel_backward(x, dy, dx, s, ch, sm[ch], si[ch], p[g_off + ch]);
-            gr[dg_off + ch] = gr[dg_off + ch] + dg;
-            gr[db_off + ch] = gr[db_off + ch] + db;
+        // The sums read channel by channel (in parallel); dx is written image by image.
+        let one = |ch| host::bn_channel_grad_sums(x, dy, s, ch, sm[ch], si[ch]);
+        let sums: Vec<(f64, f64)> = if self.parallel() {
+            (0..s.c).into_par_iter().map(one).collect()
+        } else {
+            (0..s.c).map(one).collect()
+        };
+        let m = (s.n * s.hw) as f64;
+        let image = |((dxi, xi), dyi): ((&mut [T], &[T]), &[T])| {
+            let hw = s.hw.max(1);
+            let planes = dxi
+                .chunks_exact_mut(hw)
+                .zip(xi.chunks_exact(hw))
+                .zip(dyi.chunks_exact(hw));
+            for (ch, ((dxp, xp), dyp)) in planes.enumerate() {
+                host::bn_plane_backward(xp, dyp, dxp, m, sm[ch], si[ch], p[g_off + ch], sums[ch]);
+            }
+        };
+        let per = (s.c * s.hw).max(1);
+        if self.parallel() {
+            dx[..len]
+                .par_chunks_mut(per)
+                .zip(x[..len].par_chunks(per))
+                .zip(dy[..len].par_chunks(per))
+                .for_each(image);
+        } else {
+            dx[..len]
+                .chunks_mut(per)
+                .zip(x[..len].chunks(per))
+                .zip(dy[..len].chunks(per))
+                .for_each(image);
+        }
+        for (ch, &(dg, db)) in sums.iter().enumerate() {
+            gr[dg_off + ch] = gr[dg_off + ch] + T::of(dg);
+            gr[db_off + ch] = gr[db_off + ch] + T::of(db);
         }
         Ok(())
     }

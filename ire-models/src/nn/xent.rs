@@ -8,8 +8,7 @@
 
 use ire_core::Scalar;
 
-/// Partial sums per row: a fixed, CPU-independent summation order that still vectorizes.
-const LANES: usize = 8;
+use super::host::{LANES, lane_sum};
 
 /// `e^x` in `f64` for `x ≤ 0` (the softmax's arguments `z − max` and `z − lse`), within 2 ulp
 /// of the correctly rounded value for `x ≥ −708`; results below `2^−1022` (`x < −708.39`) are
@@ -58,32 +57,6 @@ pub fn exp_nonpositive(x: f64) -> f64 {
     } else {
         y
     }
-}
-
-/// `Σ f(v)` over `v` in [`LANES`] partial sums (element `j` into sum `j mod LANES`), added
-/// pairwise at the end. `f` is mapped over blocks into a buffer first: that loop vectorizes,
-/// where the map fused into the lane sums did not.
-#[inline(always)]
-fn lane_sum<T: Scalar>(v: &[T], f: impl Fn(f64) -> f64) -> f64 {
-    const BLOCK: usize = 32 * LANES;
-    let mut acc = [0.0f64; LANES];
-    let mut tmp = [0.0f64; BLOCK];
-    for block in v.chunks(BLOCK) {
-        let tmp = &mut tmp[..block.len()];
-        for (t, x) in tmp.iter_mut().zip(block) {
-            *t = f(x.as_f64());
-        }
-        let mut lanes = tmp.chunks_exact(LANES);
-        for c in &mut lanes {
-            for l in 0..LANES {
-                acc[l] += c[l];
-            }
-        }
-        for (l, x) in lanes.remainder().iter().enumerate() {
-            acc[l] += x;
-        }
-    }
-    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 }
 
 /// The maximum and the index of its first occurrence (ties go to the lowest index, as on every
