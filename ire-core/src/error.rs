@@ -35,6 +35,11 @@ pub enum Error {
         /// Where it was found.
         what: String,
     },
+    /// Data that is not what the operation takes (a class label or token id out of range).
+    InvalidInput {
+        /// What was wrong, and what was expected.
+        what: String,
+    },
     /// The backend cannot do this (a missing dtype, an operation the device lacks).
     Unsupported {
         /// The backend's name.
@@ -89,6 +94,7 @@ impl fmt::Display for Error {
                 "size mismatch in {what}: expected {expected}, found {found}"
             ),
             Error::NonFinite { what } => write!(f, "non-finite value (NaN or infinity) in {what}"),
+            Error::InvalidInput { what } => write!(f, "invalid input: {what}"),
             Error::Unsupported { backend, what } => {
                 write!(f, "backend `{backend}` does not support {what}")
             }

@@ -164,3 +164,60 @@ fn ire_train_runs_every_small_preset_on_cuda() {
         ire_train_runs_every_small_preset("cuda", test);
     }
 }
+
+/// A token id outside the vocabulary fails the step with an error naming it, before anything
+/// reaches the device (the device embedding could only produce NaN), and leaves θ as it was.
+fn bad_token_id_is_an_error<D: NnOps + 'static>(b: D) {
+    use ire_models::text::{CharTokenizer, TokenBatches};
+    use ire_models::train::source::Source;
+    use ire_models::train::{DatasetKind, OptimizerKind, TrainConfig, TrainError, Trainer};
+    let tok = CharTokenizer::fit("abcdefgh");
+    let vocab = 8;
+    let (ctx, batch) = (4, 2);
+    // Every window holds the bad id (the inputs are checked before the labels would be).
+    let ids = vec![vocab + 3; 64];
+    let src = Source::Text {
+        train: TokenBatches::new(ids.clone(), ctx, batch, 0).unwrap(),
+        val: TokenBatches::new(ids, ctx, batch, 0).unwrap(),
+        tokenizer: Box::new(tok),
+    };
+    let cfg = TrainConfig {
+        model: "llama-tiny".into(),
+        dataset: DatasetKind::Text,
+        context: ctx,
+        batch_size: batch,
+        optimizer: OptimizerKind::Admire,
+        steps: 1,
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::with_source(b, cfg, src).unwrap();
+    let before = t.params_host().unwrap();
+    let err = t.train_step().unwrap_err();
+    assert!(
+        matches!(err, TrainError::Core(ire_core::Error::InvalidInput { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("token id 11"), "{err}");
+    assert_eq!(t.params_host().unwrap(), before);
+}
+
+#[test]
+fn bad_token_id_is_an_error_on_the_cpu_backend() {
+    bad_token_id_is_an_error(CpuBackend::new());
+}
+
+#[cfg(feature = "opencl")]
+#[test]
+fn bad_token_id_is_an_error_on_opencl() {
+    if let Some(b) = opencl("bad_token_id_is_an_error_on_opencl") {
+        bad_token_id_is_an_error(b);
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn bad_token_id_is_an_error_on_cuda() {
+    if let Some(b) = cuda("bad_token_id_is_an_error_on_cuda") {
+        bad_token_id_is_an_error(b);
+    }
+}

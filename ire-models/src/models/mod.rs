@@ -50,6 +50,11 @@ pub trait Model<B: NnOps, T: Scalar> {
     fn rows_per_example(&self) -> usize {
         1
     }
+    /// The vocabulary size when the input is token ids (language models), else `None`; the
+    /// trainer checks ids against it on the host before they reach a device.
+    fn token_vocab(&self) -> Option<usize> {
+        None
+    }
     /// Non-parameter state (batch-norm running statistics), named, for checkpoints.
     fn state(&self) -> Vec<(String, &B::Buffer<T>)>;
     /// The same, mutably (to restore a checkpoint).

@@ -728,6 +728,9 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Transformer<B, T> {
     fn num_classes(&self) -> usize {
         self.vit.map_or(self.cfg.vocab, |v| v.3)
     }
+    fn token_vocab(&self) -> Option<usize> {
+        self.vit.is_none().then_some(self.cfg.vocab)
+    }
     fn rows_per_example(&self) -> usize {
         Transformer::rows_per_example(self)
     }

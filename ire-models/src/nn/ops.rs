@@ -409,8 +409,26 @@ pub(crate) fn patch_geometry(side: usize, p: usize, ch: usize) -> Result<(usize,
 
 /// The error for a label or id that is not a class index below `c` (every backend's).
 pub(crate) fn bad_label(label: f64, c: usize) -> Error {
-    Error::NonFinite {
+    Error::InvalidInput {
         what: format!("label {label} (expected a class index below {c})"),
+    }
+}
+
+/// Checks token ids (stored as floats) against a vocabulary of `vocab` ids, on the host: the
+/// device embedding kernels cannot return an error without a download inside the step, so
+/// ids are checked before they are uploaded.
+pub fn check_token_ids<T: Scalar>(ids: &[T], vocab: usize) -> Result<()> {
+    match ids.iter().position(|v| {
+        let id = v.as_f64();
+        !(id >= 0.0 && id < vocab as f64 && id.fract() == 0.0)
+    }) {
+        None => Ok(()),
+        Some(i) => Err(Error::InvalidInput {
+            what: format!(
+                "token id {} at position {i} (expected an id below the vocabulary size {vocab})",
+                ids[i].as_f64()
+            ),
+        }),
     }
 }
 
@@ -1361,12 +1379,9 @@ impl<B: HostMemory + Sync> NnOps for B {
         need("embedding: ids", ids.len(), n)?;
         need("embedding: table", tab.len().saturating_sub(off), vocab * d)?;
         need("embedding: y", y.len(), n * d)?;
+        check_token_ids(&ids[..n], vocab)?;
         for i in 0..n {
-            let id = ids[i].as_f64();
-            if !(id >= 0.0 && id < vocab as f64 && id.fract() == 0.0) {
-                return Err(bad_label(id, vocab));
-            }
-            let r = off + id as usize * d;
+            let r = off + ids[i].as_f64() as usize * d;
             y[i * d..(i + 1) * d].copy_from_slice(&tab[r..r + d]);
         }
         Ok(())
@@ -1390,12 +1405,10 @@ impl<B: HostMemory + Sync> NnOps for B {
             g.len().saturating_sub(off),
             vocab * d,
         )?;
+        // Checked before anything is added: an error leaves the gradient untouched.
+        check_token_ids(&ids[..n], vocab)?;
         for i in 0..n {
-            let id = ids[i].as_f64();
-            if !(id >= 0.0 && id < vocab as f64) {
-                return Err(bad_label(id, vocab));
-            }
-            let r = off + id as usize * d;
+            let r = off + ids[i].as_f64() as usize * d;
             for (a, &b) in g[r..r + d].iter_mut().zip(&dy[i * d..(i + 1) * d]) {
                 *a = *a + b;
             }

@@ -13,6 +13,7 @@ use super::optimizer::AnyOptimizer;
 use super::source::{Input, Source};
 use crate::data::{Batch, DataError, ImageDataset};
 use crate::models::{Model, ModelSpec};
+use crate::nn::ops::check_token_ids;
 use crate::nn::{BnMode, NnOps};
 use crate::rng::Rng;
 
@@ -292,6 +293,9 @@ impl<B: NnOps + 'static> Trainer<B> {
 
     /// Uploads a batch into the input and label buffers.
     fn upload(&mut self, batch: &Batch) -> CoreResult<()> {
+        if let Some(vocab) = self.model.token_vocab() {
+            check_token_ids(&batch.x, vocab)?;
+        }
         if self.b.len(&self.x) != batch.x.len() || self.b.len(&self.y) != batch.y.len() {
             self.x = self.b.alloc(batch.x.len())?;
             self.y = self.b.alloc(batch.y.len())?;
@@ -617,6 +621,7 @@ impl<B: NnOps + 'static> Trainer<B> {
             let last = window.len().max(1) - 1;
             let mut x: Vec<f32> = window.iter().map(|&v| v as f32).collect();
             x.resize(ctx, 0.0);
+            check_token_ids(&x, c)?;
             if self.b.len(&self.x) != ctx {
                 self.x = self.b.alloc(ctx)?;
             }
