@@ -62,6 +62,9 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "cargo clippy (all targets, default features: the main job's build)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "cargo doc (workspace, all features; broken or private doc links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
+
 step "no_std build of ire-core for thumbv7em-none-eabihf"
 cargo build -p ire-core --target thumbv7em-none-eabihf --no-default-features --features libm
 cargo build -p ire-core --target thumbv7em-none-eabihf --no-default-features --features libm,serde
