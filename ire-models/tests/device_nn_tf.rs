@@ -159,11 +159,24 @@ fn xent_errors<D: NnOps, T: Scalar>(dev: &D) {
         assert!(matches!(ed, Error::InvalidInput { .. }), "{ed}");
         assert_eq!(ed.to_string(), eh.to_string());
     }
-    let mut zn = z.clone();
-    zn[40] = f64::INFINITY;
-    let ed = xent::<_, T>(dev, &zn, &good, c, 0.0).unwrap_err();
-    let eh = xent::<_, T>(&cpu(), &zn, &good, c, 0.0).unwrap_err();
-    assert_eq!(ed.to_string(), eh.to_string());
+    // Every kind of non-finite logit, off and on the label (position 34 is row 1's label,
+    // class 1; position 41 is not), with and without label smoothing.
+    for (at, bad) in [
+        (41, f64::INFINITY),
+        (34, f64::INFINITY),
+        (41, f64::NEG_INFINITY),
+        (34, f64::NEG_INFINITY),
+        (41, f64::NAN),
+    ] {
+        for eps in [0.0, 0.1] {
+            let mut zn = z.clone();
+            zn[at] = bad;
+            let ed = xent::<_, T>(dev, &zn, &good, c, eps).unwrap_err();
+            let eh = xent::<_, T>(&cpu(), &zn, &good, c, eps).unwrap_err();
+            assert!(matches!(eh, Error::NonFinite { .. }), "{bad} at {at}: {eh}");
+            assert_eq!(ed.to_string(), eh.to_string());
+        }
+    }
     // A dlogits buffer one row short.
     let zb = up::<_, T>(dev, &z);
     let lb = up::<_, T>(dev, &good);

@@ -241,20 +241,11 @@ pub const LANES: usize = 8;
 /// each addition. `f` is mapped over blocks into a buffer first, which vectorizes.
 #[inline(always)]
 pub fn lane_sum<T: Scalar>(v: &[T], f: impl Fn(f64) -> f64) -> f64 {
-    const BLOCK: usize = 32 * LANES;
-    let mut acc = [0.0f64; LANES];
-    let mut tmp = [0.0f64; BLOCK];
-    for block in v.chunks(BLOCK) {
-        let tmp = &mut tmp[..block.len()];
-        for (t, x) in tmp.iter_mut().zip(block) {
-            *t = f(x.as_f64());
-        }
-        add_lanes(&mut acc, tmp);
-    }
-    fold_lanes(&acc)
+    lane_sum2(v, v, |x, _| f(x))
 }
 
-/// `Σ f(aᵢ, bᵢ)` in the order of [`lane_sum`] (`a` and `b` of the same length).
+/// `Σ f(aᵢ, bᵢ)` in the order of [`lane_sum`] (`a` and `b` of the same length); the one
+/// implementation of that order.
 #[inline(always)]
 pub fn lane_sum2<T: Scalar>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> f64) -> f64 {
     const BLOCK: usize = 32 * LANES;

@@ -407,6 +407,11 @@ pub(crate) fn patch_geometry(side: usize, p: usize, ch: usize) -> Result<(usize,
     Ok((side / p, ch * p * p))
 }
 
+/// `v` as an index when it is a whole number in `0..n` (labels and token ids travel as floats).
+pub(crate) fn index_below(v: f64, n: usize) -> Option<usize> {
+    (v >= 0.0 && v < n as f64 && v.fract() == 0.0).then_some(v as usize)
+}
+
 /// The error for a label or id that is not a class index below `c` (every backend's).
 pub(crate) fn bad_label(label: f64, c: usize) -> Error {
     Error::InvalidInput {
@@ -418,10 +423,10 @@ pub(crate) fn bad_label(label: f64, c: usize) -> Error {
 /// device embedding kernels cannot return an error without a download inside the step, so
 /// ids are checked before they are uploaded.
 pub fn check_token_ids<T: Scalar>(ids: &[T], vocab: usize) -> Result<()> {
-    match ids.iter().position(|v| {
-        let id = v.as_f64();
-        !(id >= 0.0 && id < vocab as f64 && id.fract() == 0.0)
-    }) {
+    match ids
+        .iter()
+        .position(|v| index_below(v.as_f64(), vocab).is_none())
+    {
         None => Ok(()),
         Some(i) => Err(Error::InvalidInput {
             what: format!(
@@ -1041,19 +1046,10 @@ impl<B: HostMemory + Sync> NnOps for B {
         let (z, l, d) = (B::host(logits), B::host(labels), B::host_mut(dlogits));
         need("softmax_xent: logits", z.len().min(d.len()), n * c)?;
         need("softmax_xent: labels", l.len(), n)?;
-        if z[..n * c].iter().any(|v| !v.is_finite()) {
-            return Err(Error::NonFinite {
-                what: "logits".into(),
-            });
-        }
-        let mut labels = Vec::with_capacity(n);
-        for &li in &l[..n] {
-            let lab = li.as_f64();
-            if !(lab >= 0.0 && lab < c as f64 && lab.fract() == 0.0) {
-                return Err(bad_label(lab, c));
-            }
-            labels.push(lab as usize);
-        }
+        let labels = l[..n]
+            .iter()
+            .map(|v| index_below(v.as_f64(), c).ok_or_else(|| bad_label(v.as_f64(), c)))
+            .collect::<Result<Vec<_>>>()?;
         let row = |(i, di): (usize, &mut [T])| {
             host::softmax_xent_row(&z[i * c..(i + 1) * c], labels[i], eps, scale, di)
         };
@@ -1064,6 +1060,13 @@ impl<B: HostMemory + Sync> NnOps for B {
         } else {
             d.chunks_mut(c.max(1)).enumerate().map(row).collect()
         };
+        // A NaN or infinite logit always makes its row's loss non-finite, so the logits are
+        // scanned only then (not on every step) to tell that apart from an overflowing loss.
+        if rows.iter().any(|r| !r.0.is_finite()) && z[..n * c].iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "logits".into(),
+            });
+        }
         let loss = rows.iter().fold(0.0, |acc, r| acc + r.0);
         let correct = rows.iter().filter(|r| r.1).count();
         Ok((loss, correct))

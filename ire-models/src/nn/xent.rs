@@ -1,7 +1,7 @@
 //! The softmax cross-entropy row: the one host loop where the exponential dominates (a
 //! language model's output layer has tens of thousands of classes per row).
 //!
-//! `libm`'s `exp` is a scalar call; [`exp`] here is branch-free so a loop over a row
+//! `libm`'s `exp` is a scalar call; [`exp_nonpositive`] here is branch-free so a loop over a row
 //! vectorizes, and the row is compiled three times (base target, AVX2, AVX-512F) and
 //! dispatched on the CPU like the CPU backend's optimizer kernels. No FMA is enabled, so the
 //! three copies give the same bits.
