@@ -1197,6 +1197,7 @@ fn ire_config(plan: &Plan, estimator: Estimator, kappa_schedule: KappaSchedule) 
         beta: 0.5,
         kappa_schedule,
         estimator,
+        ..IreConfig::default()
     }
 }
 

@@ -551,6 +551,292 @@ pub fn mask_rule<B: Backend>(b: &B) {
     both_dtypes!(b, mask_rule_t);
 }
 
+// ------------------------------------------------------------------ threshold rules
+
+fn threshold_rules_t<B: Backend, T: Scalar>(b: &B) {
+    use crate::optim::ThresholdRule::{self, AdmIre, FlatKthSmallest, SharpTopK};
+    // h = |ĝ| (β = 0) over two tensors, N = 10, with ties:
+    // ascending 1 1 2 3 3 4 5 5 6 9, descending 9 6 5 5 4 3 3 2 1 1.
+    let g1 = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0].map(T::of);
+    let g2 = [2.0, 6.0, 5.0, 3.0].map(T::of);
+    let h: Vec<f64> = [&g1[..], &g2[..]]
+        .concat()
+        .iter()
+        .map(|x| x.as_f64())
+        .collect();
+    let params: Vec<B::Buffer<T>> = vec![up(b, &[T::zero(); 6]), up(b, &[T::zero(); 4])];
+    let grads = vec![up(b, &[T::zero(); 6]), up(b, &[T::zero(); 4])];
+    let est = vec![up(b, &g1), up(b, &g2)];
+    // (rule, γ, τ) with τ = None for "no selection" and `all` saying which way.
+    // Sharp: k = ⌊(1−γ)N⌋, τ = k-th largest. Flat: m = ⌊γN⌋, τ = m-th smallest.
+    #[derive(Debug)]
+    enum Want {
+        Tau(f64),
+        All,
+        None,
+    }
+    let table: &[(ThresholdRule, f64, Want)] = &[
+        (SharpTopK, 0.5, Want::Tau(4.0)),  // k = 5
+        (SharpTopK, 0.7, Want::Tau(5.0)),  // k = 3, ties at 5 flat
+        (SharpTopK, 0.25, Want::Tau(3.0)), // k = 7
+        (SharpTopK, 0.1, Want::Tau(1.0)),  // k = 9
+        (SharpTopK, 0.95, Want::All),      // k = 0
+        (SharpTopK, 1.0, Want::All),
+        (SharpTopK, 0.0, Want::None),            // k = N
+        (FlatKthSmallest, 0.5, Want::Tau(3.0)),  // m = 5
+        (FlatKthSmallest, 0.7, Want::Tau(5.0)),  // m = 7
+        (FlatKthSmallest, 0.25, Want::Tau(1.0)), // m = 2
+        (FlatKthSmallest, 0.1, Want::Tau(1.0)),  // m = 1
+        (FlatKthSmallest, 0.95, Want::Tau(6.0)), // m = 9
+        (FlatKthSmallest, 1.0, Want::Tau(9.0)),  // m = N: all flat
+        (FlatKthSmallest, 0.0, Want::None),      // m = 0
+        (AdmIre, 0.5, Want::Tau(3.0)),           // r = 0.5: flat rule
+        (AdmIre, 0.7, Want::Tau(5.0)),           // r = 0.3: sharp rule
+        (AdmIre, 0.25, Want::Tau(1.0)),          // r = 0.75: flat rule
+        (AdmIre, 0.1, Want::Tau(1.0)),           // r = 0.9: flat rule, m = 1
+        (AdmIre, 0.95, Want::All),               // r = 0.05: sharp rule, k = 0
+        (AdmIre, 1.0, Want::All),
+        (AdmIre, 0.0, Want::None), // r = 1: flat rule, m = 0
+    ];
+    for (rule, gamma, want) in table {
+        let cfg = IreConfig {
+            gamma: *gamma,
+            estimator: Estimator::AbsGradient,
+            threshold: *rule,
+            ..IreConfig::default()
+        };
+        let mut ire = Ire::new(Sgd::<B, T>::new(SgdConfig::default()).unwrap(), cfg).unwrap();
+        let tau = ire
+            .refresh(b, &params, &grads, Some(&EstimateInput::Gradient(&est)))
+            .unwrap();
+        let mask: Vec<u8> = [down(b, &ire.mask()[0]), down(b, &ire.mask()[1])].concat();
+        let expected: Vec<u8> = match want {
+            Want::Tau(t) => h.iter().map(|&x| (x <= *t) as u8).collect(),
+            Want::All => vec![1; 10],
+            Want::None => vec![0; 10],
+        };
+        let what = format!("{rule:?} γ = {gamma}");
+        assert_eq!(mask, expected, "{what}: mask");
+        match want {
+            Want::Tau(t) => assert_eq!(tau, Some(*t), "{what}: τ"),
+            _ => assert_eq!(tau, None, "{what}: no selection"),
+        }
+        assert_eq!(
+            ire.flat_count(b).unwrap(),
+            expected.iter().filter(|&&x| x == 1).count(),
+            "{what}: flat count"
+        );
+    }
+}
+
+/// Every official threshold rule (sharp top-k, flat k-th smallest, AdmIRE's switch) on
+/// hand-made data with ties, γ ∈ {0, 0.5, 1} and boundary counts: exact masks and τ.
+pub fn threshold_rules<B: Backend>(b: &B) {
+    both_dtypes!(b, threshold_rules_t);
+}
+
+// ------------------------------------------------------------------ groups and step forms
+
+/// AdmIRE and SGD-IRE over three tensors in two groups (the second without IRE, without
+/// weight decay, at half the learning rate), stepped four ways: whole steps, tensor by
+/// tensor, and (AdamW) as an external base step boosted afterwards. Returns each way's θ.
+fn grouped_runs<B: Backend, T: Scalar>(b: &B) -> Vec<(String, Vec<Vec<T>>)> {
+    use crate::optim::{External, ParamGroup, ParamGroups};
+    let sizes: &[usize] = &[300, 17, 64];
+    let groups = || {
+        ParamGroups::new(
+            vec![
+                ParamGroup::default(),
+                ParamGroup {
+                    lr_scale: 0.5,
+                    weight_decay: Some(0.0),
+                    ire: false,
+                },
+            ],
+            vec![0, 1, 0],
+        )
+        .unwrap()
+    };
+    let cfg = IreConfig {
+        gamma: 0.7,
+        refresh_every: 3,
+        warmup_steps: 1,
+        ..IreConfig::default()
+    };
+    let adamw = || {
+        AdamW::<B, T>::new(AdamWConfig {
+            weight_decay: 0.1,
+            ..AdamWConfig::default()
+        })
+        .unwrap()
+    };
+    let sgd = || {
+        Sgd::<B, T>::new(SgdConfig {
+            momentum: 0.9,
+            weight_decay: 1e-3,
+            ..SgdConfig::default()
+        })
+        .unwrap()
+    };
+    let init = || -> Vec<B::Buffer<T>> {
+        let mut rng = Rng::new(5);
+        sizes.iter().map(|&n| up(b, &rng.values::<T>(n))).collect()
+    };
+    let tensors = |t: u64, salt: u64| -> Vec<B::Buffer<T>> {
+        grads_at::<T>(t, sizes, salt)
+            .iter()
+            .map(|v| up(b, v))
+            .collect()
+    };
+    let inputs = |t: u64| (tensors(t, 0), tensors(t, 7));
+    let lr = |t: u64| 0.01 * (1.0 - t as f64 / 20.0);
+    let steps = 8u64;
+    let mut out = Vec::new();
+
+    // AdmIRE, whole steps.
+    let mut ire = Ire::new(adamw(), cfg)
+        .unwrap()
+        .with_groups(groups())
+        .unwrap();
+    let mut p = init();
+    for t in 0..steps {
+        let (g, e) = inputs(t);
+        let est = ire.refresh_due().then_some(EstimateInput::Gradient(&e));
+        ire.step(
+            b,
+            &mut p,
+            &g,
+            IreStep {
+                lr: lr(t),
+                estimate: est,
+            },
+        )
+        .unwrap();
+    }
+    out.push((
+        "admire whole".into(),
+        p.iter().map(|x| down(b, x)).collect(),
+    ));
+
+    // AdmIRE, tensor by tensor (a framework that hands out one tensor at a time).
+    let gr = groups();
+    let mut ire = Ire::new(adamw(), cfg)
+        .unwrap()
+        .with_groups(groups())
+        .unwrap();
+    let mut p = init();
+    for t in 0..steps {
+        let (g, e) = inputs(t);
+        let est = ire.refresh_due().then_some(EstimateInput::Gradient(&e));
+        ire.begin_step(
+            b,
+            sizes,
+            IreStep {
+                lr: lr(t),
+                estimate: est,
+            },
+        )
+        .unwrap();
+        for (i, (x, gi)) in p.iter_mut().zip(&g).enumerate() {
+            ire.step_tensor(b, i, x, gi, gr.tensor_step(i, lr(t)))
+                .unwrap();
+        }
+        ire.end_step().unwrap();
+    }
+    out.push((
+        "admire per tensor".into(),
+        p.iter().map(|x| down(b, x)).collect(),
+    ));
+
+    // AdmIRE around an AdamW stepped by someone else (unfused: copy, step, boost).
+    let mut ire = Ire::new(External, cfg)
+        .unwrap()
+        .with_groups(groups())
+        .unwrap();
+    let mut base = adamw();
+    let mut p = init();
+    for t in 0..steps {
+        let (g, e) = inputs(t);
+        let est = ire.refresh_due().then_some(EstimateInput::Gradient(&e));
+        ire.begin_external(
+            b,
+            &p,
+            IreStep {
+                lr: lr(t),
+                estimate: est,
+            },
+        )
+        .unwrap();
+        base.step_grouped(b, &mut p, &g, lr(t), Some(&gr)).unwrap();
+        ire.finish_external(b, &mut p).unwrap();
+    }
+    out.push((
+        "admire external".into(),
+        p.iter().map(|x| down(b, x)).collect(),
+    ));
+
+    // SGD-IRE with momentum, whole steps.
+    let mut ire = Ire::new(sgd(), cfg).unwrap().with_groups(groups()).unwrap();
+    let mut p = init();
+    for t in 0..steps {
+        let (g, e) = inputs(t);
+        let est = ire.refresh_due().then_some(EstimateInput::Gradient(&e));
+        ire.step(
+            b,
+            &mut p,
+            &g,
+            IreStep {
+                lr: lr(t),
+                estimate: est,
+            },
+        )
+        .unwrap();
+    }
+    out.push((
+        "sgd-ire whole".into(),
+        p.iter().map(|x| down(b, x)).collect(),
+    ));
+
+    // The tensor outside IRE follows its plain base optimizer at its group's settings.
+    let mut plain = sgd();
+    let mut q = init();
+    for t in 0..steps {
+        let (g, _) = inputs(t);
+        plain.step_grouped(b, &mut q, &g, lr(t), Some(&gr)).unwrap();
+    }
+    out.push(("sgd plain".into(), q.iter().map(|x| down(b, x)).collect()));
+    out
+}
+
+fn groups_t<B: Backend, T: Scalar>(b: &B) {
+    let mine = grouped_runs::<B, T>(b);
+    let oracle = grouped_runs::<Reference, T>(&Reference);
+    for ((what, got), (_, want)) in mine.iter().zip(&oracle) {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert_bitwise(&format!("{what}, tensor {i}"), g, w);
+        }
+    }
+    // Every way of stepping AdmIRE gives the same bits (the fused kernel equals copy, step,
+    // boost), and the tensor outside IRE moved exactly as under its plain optimizer.
+    for (a, c) in [(0, 1), (0, 2)] {
+        for (i, (x, y)) in mine[a].1.iter().zip(&mine[c].1).enumerate() {
+            assert_bitwise(&format!("{} vs {}, tensor {i}", mine[a].0, mine[c].0), x, y);
+        }
+    }
+    assert_bitwise("sgd-ire tensor 1 (no IRE)", &mine[3].1[1], &mine[4].1[1]);
+    assert!(
+        mine[3].1[0] != mine[4].1[0],
+        "IRE must move the participating tensors"
+    );
+}
+
+/// Parameter groups (learning-rate scale, weight decay, IRE participation with one global
+/// threshold) and the three ways to step (whole, per tensor, external base): all equal the
+/// reference bit for bit, and each other.
+pub fn groups_and_step_forms<B: Backend>(b: &B) {
+    both_dtypes!(b, groups_t);
+}
+
 // ------------------------------------------------------------------ trajectories
 
 /// Gradient tensors of step `t`, the same on every backend.
@@ -687,6 +973,7 @@ fn ire_cfg(estimator: Estimator, schedule: KappaSchedule) -> IreConfig {
         beta: 0.5,
         kappa_schedule: schedule,
         estimator,
+        ..IreConfig::default()
     }
 }
 
@@ -911,6 +1198,8 @@ pub fn all<B: Backend>(b: &B) {
     reductions(b);
     selection(b);
     mask_rule(b);
+    threshold_rules(b);
+    groups_and_step_forms(b);
     trajectories(b);
     save_load(b);
 }
@@ -928,6 +1217,8 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@one $make, conformance_reductions, reductions);
         $crate::conformance_tests!(@one $make, conformance_selection, selection);
         $crate::conformance_tests!(@one $make, conformance_mask_rule, mask_rule);
+        $crate::conformance_tests!(@one $make, conformance_threshold_rules, threshold_rules);
+        $crate::conformance_tests!(@one $make, conformance_groups, groups_and_step_forms);
         $crate::conformance_tests!(@one $make, conformance_trajectories, trajectories);
         $crate::conformance_tests!(@one $make, conformance_save_load, save_load);
     };

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::scalar::Element;
 
 /// Version of the state layout; bumped on any incompatible change.
-pub const STATE_FORMAT_VERSION: u32 = 1;
+pub const STATE_FORMAT_VERSION: u32 = 2;
 
 /// One value of an optimizer's state.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,6 +23,8 @@ pub enum StateValue {
     U64(u64),
     /// A flag.
     Bool(bool),
+    /// Counters, one per tensor (steps each tensor has taken).
+    U64s(Vec<u64>),
     /// A tensor of `f32`.
     F32(Vec<f32>),
     /// A tensor of `f64`.
@@ -38,6 +40,7 @@ impl StateValue {
         match self {
             StateValue::U64(_) => "u64",
             StateValue::Bool(_) => "bool",
+            StateValue::U64s(_) => "u64 list",
             StateValue::F32(_) => "f32 tensor",
             StateValue::F64(_) => "f64 tensor",
             StateValue::U8(_) => "u8 tensor",
@@ -141,6 +144,14 @@ impl StateDict {
         match self.get(name)? {
             StateValue::U64(x) => Ok(*x),
             v => Err(self.wrong_type(name, "u64", v)),
+        }
+    }
+
+    /// A list of counters.
+    pub fn get_u64s(&self, name: &str) -> Result<&[u64]> {
+        match self.get(name)? {
+            StateValue::U64s(x) => Ok(x),
+            v => Err(self.wrong_type(name, "u64 list", v)),
         }
     }
 
