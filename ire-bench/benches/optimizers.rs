@@ -23,9 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bench_backend(&mut c, &mut report, "cpu", &cpu, n, &|| Ok(()))?;
     }
     #[cfg(feature = "opencl")]
-    match ire_backend_opencl::OpenClBackend::optional()? {
+    match ire_backend_opencl::optional()? {
         Some(ocl) => {
-            println!("opencl device: {}", ocl.device());
+            println!("opencl device: {}", ocl.runtime().info());
             for n in SIZES {
                 bench_backend(&mut c, &mut report, "opencl", &ocl, n, &|| {
                     ocl.synchronize()
@@ -35,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => println!("opencl: no device, OpenCL benchmarks skipped"),
     }
     #[cfg(feature = "cuda")]
-    match ire_backend_cuda::CudaBackend::from_env() {
+    match ire_backend_cuda::from_env() {
         Ok(cuda) => {
             for n in SIZES {
                 bench_backend(&mut c, &mut report, "cuda", &cuda, n, &|| {

@@ -14,7 +14,7 @@
 //! Inputs come from the seeded [`Rng`] of the conformance suite, so every backend sees the same
 //! bits. Element-wise results must be bit-identical to the reference ("0 ulp"); counts and masks
 //! exact; reductions and the SAM trajectories within the relative bounds of
-//! [`ire_core::conformance::TOLERANCES`] (looked up by [`table_bound`], never restated here),
+//! [`ire_conformance::TOLERANCES`] (looked up by [`table_bound`], never restated here),
 //! except SAM trajectories longer than the suite's, bounded by [`LONG_SAM_TRAJECTORY`].
 //! One [`Row`] per operation or trajectory, dtype and backend aggregates every size.
 
@@ -23,7 +23,7 @@ use std::fmt;
 use std::fmt::Write as _;
 
 use ire_backend_cpu::CpuBackend;
-use ire_core::conformance::{Rng, TOLERANCES, Tolerance, ulp_distance};
+use ire_conformance::{Rng, TOLERANCES, Tolerance, ulp_distance};
 use ire_core::formulas::SgdScalars;
 use ire_core::optim::{
     AdamW, AdamWConfig, EstimateInput, Estimator, Ire, IreConfig, IreStep, KappaSchedule,
@@ -271,7 +271,7 @@ pub const LONG_SAM_TRAJECTORY: Tolerance = Tolerance {
              ulps of the parameters' scale, relative to a coordinate passing near zero it grows",
 };
 
-/// The tolerance entry `entry` of [`ire_core::conformance::TOLERANCES`], or
+/// The tolerance entry `entry` of [`ire_conformance::TOLERANCES`], or
 /// [`LONG_SAM_TRAJECTORY`].
 pub fn tolerance_entry(entry: &str) -> Option<&'static Tolerance> {
     TOLERANCES
@@ -287,9 +287,10 @@ pub fn table_bound(entry: &'static str, dtype: DType) -> Result<Bound, EquivErro
     let rel = match dtype {
         DType::F32 => t.rel_f32,
         DType::F64 => t.rel_f64,
-        DType::U8 => {
+        DType::U8 | DType::U32 => {
             return Err(EquivError::Table(format!(
-                "`{entry}` has no bound for u8 (integers compare exactly)"
+                "`{entry}` has no bound for {} (integers compare exactly)",
+                dtype.name()
             )));
         }
     };
@@ -534,10 +535,10 @@ impl Report {
         s.push_str(&self.table());
         let mut entries: Vec<&'static str> = Vec::new();
         for r in &self.rows {
-            if let Bound::Relative { entry, .. } = r.bound {
-                if !entries.contains(&entry) {
-                    entries.push(entry);
-                }
+            if let Bound::Relative { entry, .. } = r.bound
+                && !entries.contains(&entry)
+            {
+                entries.push(entry);
             }
         }
         if !entries.is_empty() || !self.notes.is_empty() {
@@ -1413,9 +1414,13 @@ impl Device {
                 if b.wide_simd() { "AVX2" } else { "no AVX2" }
             ),
             #[cfg(feature = "opencl")]
-            Device::OpenCl(b) => format!("opencl ({})", b.device()),
+            Device::OpenCl(b) => format!("opencl ({})", b.runtime().info()),
             #[cfg(feature = "cuda")]
-            Device::Cuda(b) => format!("cuda ({}, kernels for {})", b.device(), b.target()),
+            Device::Cuda(b) => format!(
+                "cuda ({}, kernels for {})",
+                b.runtime().info(),
+                b.runtime().target()
+            ),
         }
     }
 }
@@ -1440,7 +1445,7 @@ fn open(
     match kind {
         BackendKind::Cpu => Ok(Some(Device::Cpu(CpuBackend::new()))),
         #[cfg(feature = "opencl")]
-        BackendKind::OpenCl => match ire_backend_opencl::OpenClBackend::optional()? {
+        BackendKind::OpenCl => match ire_backend_opencl::optional()? {
             Some(b) => Ok(Some(Device::OpenCl(b))),
             None => absent(notes, "no OpenCL device was found".into()),
         },
@@ -1450,7 +1455,7 @@ fn open(
             "this build lacks it (build with `--features opencl`)".into(),
         ),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => match ire_backend_cuda::CudaBackend::from_env() {
+        BackendKind::Cuda => match ire_backend_cuda::from_env() {
             Ok(b) => Ok(Some(Device::Cuda(b))),
             Err(ire_core::Error::Unavailable { reason, .. }) => {
                 absent(notes, format!("no usable CUDA device ({reason})"))
@@ -1515,7 +1520,7 @@ fn dtype_index(d: DType) -> usize {
     match d {
         DType::F32 => 0,
         DType::F64 => 1,
-        DType::U8 => 2,
+        DType::U8 | DType::U32 => 2,
     }
 }
 

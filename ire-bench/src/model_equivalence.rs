@@ -30,7 +30,7 @@ pub fn run_models(root: &Path, steps: usize) -> (Vec<ModelRow>, Vec<String>) {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     #[cfg(feature = "opencl")]
-    match ire_backend_opencl::OpenClBackend::optional() {
+    match ire_backend_opencl::optional() {
         Ok(Some(cl)) => each_preset(
             root,
             steps,
@@ -43,12 +43,12 @@ pub fn run_models(root: &Path, steps: usize) -> (Vec<ModelRow>, Vec<String>) {
         Err(e) => notes.push(format!("opencl: {e}")),
     }
     #[cfg(feature = "cuda")]
-    match ire_backend_cuda::CudaBackend::from_env() {
+    match ire_backend_cuda::from_env() {
         Ok(_) => each_preset(
             root,
             steps,
             "cuda",
-            ire_backend_cuda::CudaBackend::from_env,
+            ire_backend_cuda::from_env,
             &mut rows,
             &mut notes,
         ),
