@@ -4,10 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use ire_bench::equivalence::{
-    BackendKind, Bound, Diff, Op, Options, Plan, Report, Row, Trajectory, compare_exact,
-    compare_floats, run, table_bound,
+    Bound, Diff, Op, Options, Plan, Report, Row, Trajectory, compare_exact, compare_floats, run,
+    table_bound,
 };
 use ire_core::DType;
+use ire_models::device::BackendKind;
 
 fn row(diff: Diff, bound: Bound) -> Row {
     Row {

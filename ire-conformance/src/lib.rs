@@ -19,13 +19,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod emulator;
+pub mod inputs;
+mod rng;
+
+pub use rng::Rng;
 
 use std::format;
 use std::string::String;
 use std::vec::Vec;
 
 use ire_core::backend::Backend;
-use ire_core::formulas::{AdamWScalars, SgdScalars};
 use ire_core::optim::{
     AdamW, AdamWConfig, EstimateInput, Estimator, Ire, IreConfig, IreStep, KappaSchedule,
     Optimizer, Sam, SamConfig, Sgd, SgdConfig,
@@ -33,6 +36,8 @@ use ire_core::optim::{
 use ire_core::reference::Reference;
 use ire_core::scalar::{DType, Scalar};
 use ire_core::state::StateDict;
+
+use inputs::{adamw_scalars, sgd_scalars, tied_parts};
 
 /// Sizes every element-wise op is checked on.
 pub const SIZES: &[usize] = &[0, 1, 2, 3, 7, 64, 255, 256, 257, 1000, 4099];
@@ -89,52 +94,6 @@ pub fn rel_tol<T: Scalar>(op: &str) -> f64 {
         t.rel_f64
     } else {
         t.rel_f32
-    }
-}
-
-/// A small deterministic generator (SplitMix64) for test data.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from a seed.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Values spread over several magnitudes and both signs, with exact zeros and repeats.
-    pub fn values<T: Scalar>(&mut self, n: usize) -> Vec<T> {
-        (0..n)
-            .map(|_| {
-                let r = self.next_u64() % 16;
-                let mag = [1e-3, 0.1, 1.0, 3.0, 50.0][(self.next_u64() % 5) as usize];
-                let x = match r {
-                    0 => 0.0,
-                    1 => 0.5,
-                    _ => (self.uniform() * 2.0 - 1.0) * mag,
-                };
-                T::of(x)
-            })
-            .collect()
-    }
-    /// Positive values (second moments).
-    pub fn positive<T: Scalar>(&mut self, n: usize) -> Vec<T> {
-        self.values::<T>(n).into_iter().map(|x| x * x).collect()
-    }
-    /// A 0/1 mask with about half ones.
-    pub fn mask(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| (self.next_u64() & 1) as u8).collect()
     }
 }
 
@@ -239,27 +198,6 @@ pub fn plumbing<B: Backend>(b: &B) {
 }
 
 // ------------------------------------------------------------------ element-wise ops
-
-fn sgd_scalars<T: Scalar>(rng: &mut Rng, first: bool, nesterov: bool) -> SgdScalars<T> {
-    SgdScalars {
-        lr: T::of(0.05 + rng.uniform() * 0.1),
-        weight_decay: T::of(rng.uniform() * 1e-3),
-        momentum: T::of(0.9),
-        dampening_complement: T::of(if nesterov { 1.0 } else { 0.9 }),
-        nesterov,
-        first_step: first,
-    }
-}
-
-fn adamw_scalars<T: Scalar>(t: u64) -> AdamWScalars<T> {
-    AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-    }
-    .scalars(6e-4, t)
-}
 
 fn elementwise_t<B: Backend, T: Scalar>(b: &B) {
     let r = Reference;
@@ -435,21 +373,7 @@ fn selection_t<B: Backend, T: Scalar>(b: &B) {
         vec![4099, 64, 7],
         vec![100_003],
     ] {
-        let parts: Vec<Vec<T>> = sizes
-            .iter()
-            .map(|&n| {
-                let mut v = rng.values::<T>(n);
-                for (i, x) in v.iter_mut().enumerate() {
-                    if i % 5 == 0 {
-                        *x = T::of(0.25);
-                    }
-                    if i % 11 == 0 {
-                        *x = T::of(-0.0);
-                    }
-                }
-                v
-            })
-            .collect();
+        let parts: Vec<Vec<T>> = tied_parts(&mut rng, &sizes);
         let bufs: Vec<B::Buffer<T>> = parts.iter().map(|p| up(b, p)).collect();
         let refs: Vec<&B::Buffer<T>> = bufs.iter().collect();
         let mut all: Vec<T> = parts.concat();

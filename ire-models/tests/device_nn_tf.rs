@@ -13,7 +13,7 @@ use ire_backend_cpu::CpuBackend;
 #[cfg(feature = "opencl")]
 use ire_backend_opencl::OpenClBackend;
 use ire_core::{Backend, Error, Result, Scalar};
-use ire_models::nn::device::TF_TOLERANCES;
+use ire_models::nn::device::{LOSS_TOLERANCES, TF_TOLERANCES};
 use ire_models::nn::{AttnShape, NnOps, NormKind, TransformerOps};
 use ire_models::rng::Rng;
 
@@ -56,8 +56,9 @@ fn is_f32<T: Scalar>() -> bool {
 fn tolerance<T: Scalar>(op: &str) -> f64 {
     let row = TF_TOLERANCES
         .iter()
+        .chain(LOSS_TOLERANCES)
         .find(|r| r.0 == op)
-        .unwrap_or_else(|| panic!("{op} has no row in TF_TOLERANCES"));
+        .unwrap_or_else(|| panic!("{op} has no row in TF_TOLERANCES or LOSS_TOLERANCES"));
     if is_f32::<T>() { row.1 } else { row.2 }
 }
 

@@ -130,11 +130,6 @@ impl<R: Runtime> DeviceBackend<R> {
         self
     }
 
-    /// Waits until every submitted operation has completed.
-    pub fn synchronize(&self) -> Result<()> {
-        self.shared.rt.synchronize()
-    }
-
     /// A scratch buffer of `len` elements, contents unspecified, from the pool (returned when
     /// dropped). Scratch memory is never zeroed: write it before reading it.
     pub fn scratch<E: Element>(&self, len: usize) -> Result<Scratch<'_, R, E>> {

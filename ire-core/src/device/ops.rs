@@ -101,6 +101,10 @@ impl<R: Runtime> Backend for DeviceBackend<R> {
         Ok(DeviceBuffer::new(Some(mem), len))
     }
 
+    fn synchronize(&self) -> Result<()> {
+        self.runtime().synchronize()
+    }
+
     fn len<E: Element>(&self, buf: &Buf<R, E>) -> usize {
         buf.len()
     }

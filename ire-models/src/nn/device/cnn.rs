@@ -280,10 +280,10 @@ fn conv2d_in<R: Runtime, T: Scalar>(
     let mut cols = if direct && nb == 1 {
         None
     } else {
-        Some(dev.alloc::<T>(rows * nb * p)?)
+        Some(dev.scratch::<T>(rows * nb * p)?)
     };
     let mut tmp = if nb > 1 {
-        Some(dev.alloc::<T>(g.c_out * nb * p)?)
+        Some(dev.scratch::<T>(g.c_out * nb * p)?)
     } else {
         None
     };
@@ -294,7 +294,7 @@ fn conv2d_in<R: Runtime, T: Scalar>(
             im2col(dev, x, i0, nbc, g, cols)?;
         }
         let (bsrc, boff) = match cols.as_ref() {
-            Some(c) => (c, 0),
+            Some(c) => (&**c, 0),
             None => (x, i0 * g.in_size()),
         };
         // Y_chunk (c_out × nbc·P) = W · cols.
@@ -372,15 +372,15 @@ fn conv2d_backward_in<R: Runtime, T: Scalar>(
     let mut cols = if single {
         None
     } else {
-        Some(dev.alloc::<T>(rows * nb * p)?)
+        Some(dev.scratch::<T>(rows * nb * p)?)
     };
     let mut dyw = if nb > 1 {
-        Some(dev.alloc::<T>(g.c_out * nb * p)?)
+        Some(dev.scratch::<T>(g.c_out * nb * p)?)
     } else {
         None
     };
     let mut dcols = if dx.is_some() && !single {
-        Some(dev.alloc::<T>(rows * nb * p)?)
+        Some(dev.scratch::<T>(rows * nb * p)?)
     } else {
         None
     };
@@ -392,14 +392,14 @@ fn conv2d_backward_in<R: Runtime, T: Scalar>(
             im2col(dev, x, i0, nbc, g, cols)?;
         }
         let (bsrc, boff) = match cols.as_ref() {
-            Some(c) => (c, 0),
+            Some(c) => (&**c, 0),
             None => (x, i0 * g.in_size()),
         };
         // dY of the chunk as c_out × nbc·P (the columns' order).
         let (asrc, aoff) = match dyw.as_mut() {
             Some(t) if nbc > 1 => {
                 swap_outer(dev, dy, i0 * g.out_size(), t, 0, nbc, g.c_out, p)?;
-                (&*t, 0)
+                (&**t, 0)
             }
             _ => (dy, i0 * g.out_size()),
         };
@@ -588,8 +588,8 @@ impl<R: Runtime> ConvNetOps for DeviceBackend<R> {
             return gemm_tiles(self, tiles, a, a_off, b, b_off, strides, shape, target);
         }
         // Each slice's plain sum, then the slices added in order with α and β.
-        let mut part = self.alloc::<T>(slices * nc)?;
-        let target = (&mut part, 0, 1.0, 0.0);
+        let mut part = self.scratch::<T>(slices * nc)?;
+        let target = (&mut *part, 0, 1.0, 0.0);
         gemm_tiles(
             self,
             slices * tiles,
@@ -686,7 +686,7 @@ impl<R: Runtime> ConvNetOps for DeviceBackend<R> {
         // Many rows: partial sums of BIAS_ROWS rows spread the work over more work-groups.
         let blocks = rows.div_ceil(BIAS_ROWS);
         let col_blocks = cols.div_ceil(WG);
-        let mut part = self.alloc::<T>(blocks * cols)?;
+        let mut part = self.scratch::<T>(blocks * cols)?;
         self.launch::<T>(
             &NN_KERNELS,
             "cnn_col_sum_parts",

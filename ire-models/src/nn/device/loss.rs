@@ -55,8 +55,8 @@ impl<R: Runtime> LossOps for DeviceBackend<R> {
             return Ok((0.0, 0));
         }
         exact_index::<T>("softmax_xent", n.max(c))?;
-        let mut info = self.alloc::<T>(3 * n)?;
-        let mut res = self.alloc::<T>(5)?;
+        let mut info = self.scratch::<T>(3 * n)?;
+        let mut res = self.scratch::<T>(5)?;
         self.launch::<T>(
             &NN_KERNELS,
             "tf_xent_rows",

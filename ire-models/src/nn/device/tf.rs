@@ -284,7 +284,7 @@ impl<R: Runtime> TransformerOps for DeviceBackend<R> {
             return Ok(());
         }
         // dS of every (sequence, head), the shape of the probabilities.
-        let mut ds = self.alloc::<T>(plen)?;
+        let mut ds = self.scratch::<T>(plen)?;
         self.launch::<T>(
             &NN_KERNELS,
             "tf_attn_ds",
@@ -451,7 +451,7 @@ impl<R: Runtime> TransformerOps for DeviceBackend<R> {
         }
         exact_index::<T>("embedding_backward", n.max(vocab))?;
         // For each position: the next one with the same id, and whether it is the first.
-        let mut chain = self.alloc::<T>(2 * n)?;
+        let mut chain = self.scratch::<T>(2 * n)?;
         self.launch::<T>(
             &NN_KERNELS,
             "tf_embed_chain",
