@@ -5,7 +5,7 @@
 mod common;
 
 use ire_backend_opencl::{ClMem, OpenCl};
-use ire_core::optim::{EstimateInput, Optimizer};
+use ire_core::optim::EstimateInput;
 use ire_core::{
     AdamW, AdamWConfig, Backend, DeviceBackend, DeviceBuffer, Ire, IreConfig, IreStep, Reference,
 };
