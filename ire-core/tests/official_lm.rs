@@ -8,9 +8,9 @@
 //!   (`NLP/LLM/ire_new.py`), with an AdamW base in both.
 //!
 //! Masks must match exactly; parameters within 1e-14 relative in f64 (8.9e-16 measured): the
-//! official boost
-//! multiplies `Δ·mask·prog·lr/base_lr` left to right in the tensor's dtype where `Ire` forms
-//! `κ_t` on the host, and PyTorch's AdamW updates its moments with `lerp`, so the last bits differ.
+//! official boost multiplies `Δ·mask·prog·lr/base_lr` left to right in the tensor's dtype where
+//! `Ire` forms `κ_t` on the host, and PyTorch's AdamW updates its moments with `lerp`, so the
+//! last bits differ.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use ire_core::optim::{EstimateInput, Estimator, GammaSchedule, KappaSchedule, ThresholdRule};
