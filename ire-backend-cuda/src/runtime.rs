@@ -12,7 +12,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 use ire_core::device::{
-    DeviceBackend, DeviceClass, GemmOperand, GemmShape, KernelArg, ProgramSource, Runtime,
+    DeviceBackend, DeviceClass, GemmOperand, GemmShape, KernelArg, Launch, ProgramSource, Runtime,
 };
 use ire_core::kernels::{Dialect, REDUCE_WG};
 use ire_core::{DType, Error, Result};
@@ -71,7 +71,7 @@ impl CudaMem {
 /// A loaded program and its functions.
 pub struct CudaProgram {
     _module: Arc<CudaModule>,
-    functions: Vec<(&'static str, CudaFunction)>,
+    functions: Vec<CudaFunction>,
 }
 
 /// One CUDA device: its context, the stream every operation runs on, and the compile target.
@@ -235,13 +235,7 @@ impl Runtime for Cuda {
     type Mem = CudaMem;
     type Program = CudaProgram;
 
-    fn name(&self) -> &'static str {
-        BACKEND
-    }
-
-    fn class(&self) -> DeviceClass {
-        DeviceClass::Gpu
-    }
+    const NAME: &'static str = BACKEND;
 
     fn dialect(&self) -> Dialect {
         Dialect::Cuda
@@ -249,6 +243,10 @@ impl Runtime for Cuda {
 
     fn supports(&self, _: DType) -> bool {
         true
+    }
+
+    fn class(&self) -> DeviceClass {
+        DeviceClass::Gpu
     }
 
     fn bytes(mem: &CudaMem) -> usize {
@@ -331,7 +329,7 @@ impl Runtime for Cuda {
             let f = module
                 .load_function(k)
                 .map_err(|e| driver_error(&format!("kernel {k} of {name}"), e))?;
-            functions.push((k, f));
+            functions.push(f);
         }
         Ok(CudaProgram {
             _module: module,
@@ -339,19 +337,11 @@ impl Runtime for Cuda {
         })
     }
 
-    fn launch(
-        &self,
-        program: &CudaProgram,
-        kernel: &'static str,
-        dtype: DType,
-        groups: usize,
-        args: &[KernelArg<'_, CudaMem>],
-    ) -> Result<()> {
+    fn launch(&self, program: &CudaProgram, l: &Launch<'_, '_, CudaMem>) -> Result<()> {
+        let (kernel, dtype, groups, args) = (l.kernel, l.dtype, l.groups, l.args);
         let f = program
             .functions
-            .iter()
-            .find(|(k, _)| *k == kernel)
-            .map(|(_, f)| f)
+            .get(l.index)
             .ok_or_else(|| internal(format!("kernel {kernel} was not loaded")))?;
         let grid = u32::try_from(groups)
             .ok()

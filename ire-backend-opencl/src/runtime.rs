@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::sync::Mutex;
 
-use ire_core::device::{DeviceBackend, DeviceClass, KernelArg, ProgramSource, Runtime};
+use ire_core::device::{DeviceBackend, DeviceClass, KernelArg, Launch, ProgramSource, Runtime};
 use ire_core::kernels::{Dialect, OPENCL_BUILD_OPTIONS, REDUCE_WG};
 use ire_core::{DType, Error, Result};
 use ocl::core::{
@@ -59,7 +59,7 @@ impl ClMem {
 /// enqueue of a shared kernel must not interleave between threads: one lock per kernel.
 pub struct ClProgram {
     _program: core::Program,
-    kernels: Vec<(&'static str, Mutex<Kernel>)>,
+    kernels: Vec<Mutex<Kernel>>,
 }
 
 /// One opened OpenCL device: context, queue, and what discovery reported about it.
@@ -166,9 +166,7 @@ impl Runtime for OpenCl {
     type Mem = ClMem;
     type Program = ClProgram;
 
-    fn name(&self) -> &'static str {
-        BACKEND
-    }
+    const NAME: &'static str = BACKEND;
 
     fn class(&self) -> DeviceClass {
         match self.info.kind {
@@ -272,7 +270,7 @@ impl Runtime for OpenCl {
         for &k in kernels {
             let kernel = core::create_kernel(&program, k)
                 .map_err(|e| dev_err(&format!("creating kernel {k} of {name}"), e))?;
-            table.push((k, Mutex::new(kernel)));
+            table.push(Mutex::new(kernel));
         }
         Ok(ClProgram {
             _program: program,
@@ -280,21 +278,12 @@ impl Runtime for OpenCl {
         })
     }
 
-    fn launch(
-        &self,
-        program: &ClProgram,
-        kernel: &'static str,
-        dtype: DType,
-        groups: usize,
-        args: &[KernelArg<'_, ClMem>],
-    ) -> Result<()> {
-        let slot = program
+    fn launch(&self, program: &ClProgram, l: &Launch<'_, '_, ClMem>) -> Result<()> {
+        let (kernel, dtype, groups, args) = (l.kernel, l.dtype, l.groups, l.args);
+        let k = program
             .kernels
-            .iter()
-            .find(|(k, _)| *k == kernel)
-            .ok_or_else(|| dev_err(kernel, "no such kernel in the program"))?;
-        let k = slot
-            .1
+            .get(l.index)
+            .ok_or_else(|| dev_err(kernel, "no such kernel in the program"))?
             .lock()
             .map_err(|_| dev_err(kernel, "kernel lock poisoned"))?;
         let f64_program = dtype == DType::F64;

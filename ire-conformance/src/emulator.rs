@@ -10,7 +10,7 @@
 use std::cell::Cell;
 use std::sync::{Mutex, MutexGuard};
 
-use ire_core::device::{DeviceClass, KernelArg, ProgramSource, Runtime};
+use ire_core::device::{DeviceClass, KernelArg, Launch, ProgramSource, Runtime};
 use ire_core::formulas as f;
 use ire_core::kernels::{Dialect, REDUCE_WG};
 use ire_core::{DType, Error, Result, Scalar};
@@ -40,9 +40,7 @@ impl Runtime for Emulator {
     type Mem = Mutex<Vec<u8>>;
     type Program = &'static str;
 
-    fn name(&self) -> &'static str {
-        "emulator"
-    }
+    const NAME: &'static str = "emulator";
     fn class(&self) -> DeviceClass {
         DeviceClass::Emulated
     }
@@ -95,17 +93,10 @@ impl Runtime for Emulator {
             })
         }
     }
-    fn launch(
-        &self,
-        _: &Self::Program,
-        kernel: &'static str,
-        dtype: DType,
-        groups: usize,
-        args: &[KernelArg<'_, Self::Mem>],
-    ) -> Result<()> {
-        match dtype {
-            DType::F32 => run::<f32>(kernel, groups, args),
-            DType::F64 => run::<f64>(kernel, groups, args),
+    fn launch(&self, _: &Self::Program, l: &Launch<'_, '_, Self::Mem>) -> Result<()> {
+        match l.dtype {
+            DType::F32 => run::<f32>(l.kernel, l.groups, l.args),
+            DType::F64 => run::<f64>(l.kernel, l.groups, l.args),
             d => Err(err(format!("there is no {} program", d.name()))),
         }
     }

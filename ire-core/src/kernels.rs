@@ -179,6 +179,7 @@ pub const KERNELS: &[KernelOp] = &[
 /// `Backend` methods that are buffer plumbing (device API calls, no kernel).
 pub const PLUMBING: &[&str] = &[
     "name",
+    "synchronize",
     "supports_dtype",
     "alloc",
     "len",

@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use super::args::KernelArg;
 use super::buffer::DeviceBuffer;
 use super::lock::SpinLock;
-use super::runtime::{DeviceClass, GemmShape, ProgramSource, Runtime};
+use super::runtime::{DeviceClass, GemmShape, Launch, ProgramSource, Runtime};
 use super::scratch::{self, Scratch, ScratchPool};
 use super::signature::{self, Signature};
 use crate::error::{Error, Result};
@@ -69,7 +69,7 @@ impl<R: Runtime> Clone for DeviceBackend<R> {
 impl<R: Runtime> core::fmt::Debug for DeviceBackend<R> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("DeviceBackend")
-            .field("runtime", &self.shared.rt.name())
+            .field("runtime", &R::NAME)
             .field("class", &self.shared.rt.class())
             .field("selection", &self.selection)
             .finish()
@@ -139,7 +139,7 @@ impl<R: Runtime> DeviceBackend<R> {
     /// A device error of this backend.
     pub(crate) fn error(&self, message: String) -> Error {
         Error::Device {
-            backend: self.shared.rt.name().into(),
+            backend: R::NAME.into(),
             message,
         }
     }
@@ -150,7 +150,7 @@ impl<R: Runtime> DeviceBackend<R> {
             Ok(())
         } else {
             Err(Error::UnsupportedDType {
-                backend: self.shared.rt.name().into(),
+                backend: R::NAME.into(),
                 dtype,
             })
         }
@@ -219,15 +219,22 @@ impl<R: Runtime> DeviceBackend<R> {
             return Ok(());
         }
         let compiled = self.program(ext, dtype)?;
-        let sig = compiled
+        // The signatures are parsed from the source in the order `build` received the names.
+        let (index, sig) = compiled
             .signatures
             .iter()
-            .find(|s| s.name == kernel)
+            .enumerate()
+            .find(|(_, s)| s.name == kernel)
             .ok_or_else(|| self.error(format!("kernel {kernel} is not in {}", ext.name)))?;
-        signature::check(self.shared.rt.name(), sig, dtype, args)?;
-        self.shared
-            .rt
-            .launch(&compiled.program, kernel, dtype, groups, args)
+        signature::check(R::NAME, sig, dtype, args)?;
+        let launch = Launch {
+            kernel,
+            index,
+            dtype,
+            groups,
+            args,
+        };
+        self.shared.rt.launch(&compiled.program, &launch)
     }
 
     /// `C = α·op(A)·op(B) + β·C` on row-major matrices at element offsets by the runtime's

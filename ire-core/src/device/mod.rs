@@ -19,7 +19,7 @@
 //!    caller lends), `alloc` / `write` / `read` / `copy` / `zero`, `build` (compile the text
 //!    with contraction off and correctly rounded `/` and `sqrt`, so element-wise results stay
 //!    bit-identical), `launch` (work-groups of [`crate::kernels::REDUCE_WG`] items; `Real` and
-//!    `Key` arguments take the program's width), `synchronize`, and `class`, `supports`,
+//!    `Key` arguments take the program's width), `synchronize`, and `NAME`, `class`, `supports`,
 //!    `bytes`. Nothing else: every operation then exists through `DeviceBackend<YourRuntime>`,
 //!    and the neural-network ops of `ire-models` too.
 //! 3. Stamp the conformance suite into the crate's tests:
@@ -41,5 +41,5 @@ pub mod signature;
 pub use args::KernelArg;
 pub use backend::{DeviceBackend, IRE_OPS, SelectionPath, groups_for};
 pub use buffer::DeviceBuffer;
-pub use runtime::{DeviceClass, GemmOperand, GemmShape, ProgramSource, Runtime};
+pub use runtime::{DeviceClass, GemmOperand, GemmShape, Launch, ProgramSource, Runtime};
 pub use scratch::Scratch;

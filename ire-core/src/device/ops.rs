@@ -81,7 +81,7 @@ impl<R: Runtime> Backend for DeviceBackend<R> {
     type Buffer<E: Element> = DeviceBuffer<R, E>;
 
     fn name(&self) -> &str {
-        self.runtime().name()
+        R::NAME
     }
 
     fn supports_dtype(&self, dtype: DType) -> bool {

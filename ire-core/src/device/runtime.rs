@@ -69,6 +69,20 @@ pub struct ProgramSource<'a> {
     pub kernels: &'a [&'static str],
 }
 
+/// One kernel launch for [`Runtime::launch`].
+pub struct Launch<'a, 'b, M> {
+    /// The kernel's name (for errors).
+    pub kernel: &'static str,
+    /// Its position in the `kernels` the program was built with.
+    pub index: usize,
+    /// The program's floating-point type.
+    pub dtype: DType,
+    /// Work-groups to launch.
+    pub groups: usize,
+    /// The arguments, in the kernel's parameter order.
+    pub args: &'b [KernelArg<'a, M>],
+}
+
 /// One operand of [`Runtime::gemm`]: memory and an element offset into it.
 pub type GemmOperand<'a, M> = (&'a M, usize);
 
@@ -85,7 +99,7 @@ pub trait Runtime: Send + Sync + 'static {
     type Program: Send + Sync;
 
     /// Short name (`opencl`, `cuda`, `emulator`): the backend's name in errors and listings.
-    fn name(&self) -> &'static str;
+    const NAME: &'static str;
     /// The kind of device.
     fn class(&self) -> DeviceClass;
     /// The dialect programs are compiled in (the prelude prepended to the portable source).
@@ -109,17 +123,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// Compiles a program (the portable dialect with this runtime's prelude) and prepares its
     /// entry points.
     fn build(&self, program: &ProgramSource<'_>) -> Result<Self::Program>;
-    /// Launches `kernel` of `program` (compiled for `dtype`) over `groups` work-groups of
+    /// Launches one kernel of `program` over `l.groups` work-groups of
     /// [`crate::kernels::REDUCE_WG`] work-items. The arguments have been checked against the
-    /// kernel's parameter list; `Real` and `Key` take the width of `dtype`.
-    fn launch(
-        &self,
-        program: &Self::Program,
-        kernel: &'static str,
-        dtype: DType,
-        groups: usize,
-        args: &[KernelArg<'_, Self::Mem>],
-    ) -> Result<()>;
+    /// kernel's parameter list; `Real` and `Key` take the width of `l.dtype`.
+    fn launch(&self, program: &Self::Program, l: &Launch<'_, '_, Self::Mem>) -> Result<()>;
     /// Waits for all submitted work and reports any asynchronous error.
     fn synchronize(&self) -> Result<()>;
 
