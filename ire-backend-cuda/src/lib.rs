@@ -34,7 +34,7 @@
 //! (default 0).
 //!
 //! ## Environment variables
-//! - `IRE_CUDA_DEVICE`: the ordinal [`CudaBackend::from_env`] opens.
+//! - `IRE_CUDA_DEVICE`: the ordinal [`from_env`] opens.
 //! - `IRE_CUDA_ARCH`: compile for this architecture instead (`sm_90`, or `compute_90` to
 //!   force PTX and the driver's compiler).
 //! - `LD_LIBRARY_PATH`: where `libnvrtc.so` (and, unusually placed, `libcuda.so`) are found.

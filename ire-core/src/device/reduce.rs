@@ -1,5 +1,5 @@
 //! Sums and counts on the device: one pass writes a partial per work-group, and the host adds
-//! the (at most [`MAX_GROUPS`]) partials in index order.
+//! the (at most `MAX_GROUPS`, 1024) partials in index order.
 //!
 //! Reading the partials costs the same round trip as reading one total, so a second device
 //! pass would only add a launch; on the host the partials of a count add in `u64` (no 32-bit

@@ -6,7 +6,7 @@
 //!   `2^127` (`f32`) or `2^1023` (`f64`); so NaN is looked for, with one counting pass, only
 //!   when the first histogram has keys there, and the common case costs nothing extra.
 //! - Infinities and huge values are ordinary keys.
-//! - The device's histogram counters are 32-bit: each launch covers at most [`CHUNK`]
+//! - The device's histogram counters are 32-bit: each launch covers at most `CHUNK` (2^31)
 //!   elements, and the histogram is read back and cleared before it could count more than its
 //!   budget (`u32::MAX`, or [`DeviceBackend::with_histogram_budget`]).
 //!

@@ -61,7 +61,7 @@ pub trait ConvNetOps: Backend {
         y: &mut Self::Buffer<T>,
     ) -> Result<()>;
 
-    /// Backward of [`NnOps::conv2d`]: `dw += ∂`, and `dx = ∂` when given.
+    /// Backward of [`ConvNetOps::conv2d`]: `dw += ∂`, and `dx = ∂` when given.
     #[allow(clippy::too_many_arguments)]
     fn conv2d_backward<T: Scalar>(
         &self,
@@ -197,7 +197,7 @@ pub trait TransformerOps: Backend {
         rstd: &mut Self::Buffer<T>,
         eps: f64,
     ) -> Result<()>;
-    /// Backward of [`NnOps::norm_rows`]: `dx =`, `dγ +=`, `dβ +=`.
+    /// Backward of [`TransformerOps::norm_rows`]: `dx =`, `dγ +=`, `dβ +=`.
     #[allow(clippy::too_many_arguments)]
     fn norm_rows_backward<T: Scalar>(
         &self,
