@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use ire_models::crosscheck::{
-    BOUNDS, ModelCheck, SMALL_PRESETS, check_config, check_model, default_text, is_language_model,
+    BOUNDS, ModelCheck, SMALL_PRESETS, check_config, check_model, default_text,
 };
 use ire_models::nn::NnOps;
 
@@ -19,9 +19,8 @@ pub struct ModelRow {
     pub check: ModelCheck,
 }
 
-/// Runs every small preset (language models only when the text corpus is beside the
-/// repository at `root`) on each device backend of the build that has a device, `steps`
-/// steps each. Returns the rows and a note per skipped case.
+/// Runs every small preset (the language models on the text shipped in `data/` under `root`)
+/// on each device backend of the build that has a device, `steps` steps each. Returns the rows and a note per skipped case.
 #[cfg_attr(
     not(any(feature = "opencl", feature = "cuda")),
     allow(unused_mut, unused_variables)
@@ -71,14 +70,7 @@ fn each_preset<D: NnOps + 'static>(
 ) {
     let text = default_text(root);
     for model in SMALL_PRESETS {
-        let lm = is_language_model(model);
-        if lm && text.is_none() {
-            notes.push(format!(
-                "{model}: the shared text corpora are not beside the repository"
-            ));
-            continue;
-        }
-        let cfg = check_config(model, root, text.as_deref().unwrap_or(Path::new("")));
+        let cfg = check_config(model, root, &text);
         let dev = match open() {
             Ok(d) => d,
             Err(e) => {
