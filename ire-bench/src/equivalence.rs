@@ -1659,7 +1659,7 @@ mod tests {
         assert_eq!(
             Op::SumSquares.bound(DType::F64).ok(),
             Some(Bound::Relative {
-                rel: 1e-13,
+                rel: 5e-15,
                 entry: "sum_squares"
             })
         );
