@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Peer benchmark against PyTorch on the CPU, in one command:
 #   bash scripts/peer-bench.sh
-# 1. creates (once) the Python virtual environment .venv-peer with a pinned PyTorch (the PyPI
-#    wheel: it brings about 5 GB of CUDA libraries it does not need here, and runs on the CPU);
+# 1. uses the shared PyTorch virtual environment outside the clone,
+#    ${IRE_TORCH_VENV:-$HOME/.cache/ire/venv-torch} (other tools of the project use it too),
+#    creating it with `pip install torch` when it is missing or has no torch (the PyPI wheel:
+#    about 5 GB with the CUDA libraries it does not need here; it runs on the CPU). The torch
+#    version it holds is recorded in the report;
 # 2. builds ire-bench's `peer` binary (release);
 # 3. times optimizer steps (1M and 10M f32 parameters) and one training step of `mlp`,
 #    `resnet20` and `lm-paper`, ours and PyTorch's, back to back in the same invocation, in
@@ -16,22 +19,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TORCH_VERSION=2.15.0
-VENV=.venv-peer
+VENV=${IRE_TORCH_VENV:-$HOME/.cache/ire/venv-torch}
 THREADS=${PEER_THREADS:-$(nproc)}
 ROUNDS=${PEER_ROUNDS:-2}
 OUT=${PEER_OUT:-target/peer-bench}
 DOC=${PEER_DOC:-docs/peer-bench.md}
 start=$(date +%s)
 
-if [ ! -x "$VENV/bin/python" ]; then
-    echo "==> creating $VENV"
-    python3 -m venv "$VENV"
-fi
-if ! "$VENV/bin/python" -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
-    echo "==> installing torch==$TORCH_VERSION into $VENV (a large download)"
-    "$VENV/bin/pip" install --disable-pip-version-check -q "torch==$TORCH_VERSION"
-fi
+# Created at most once, also when several scripts start at the same time (a lock beside it).
+mkdir -p "$(dirname "$VENV")"
+(
+    flock 9
+    if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+        echo "==> installing torch into $VENV (a large download)"
+        [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+        "$VENV/bin/pip" install --disable-pip-version-check -q torch
+    fi
+) 9>"$VENV.lock"
 
 echo "==> building the peer binary"
 cargo build --release -q -p ire-bench --bin peer

@@ -50,8 +50,10 @@ export LD_LIBRARY_PATH="$SITE/nvidia/cuda_nvrtc/lib${LD_LIBRARY_PATH:+:$LD_LIBRA
 export POCL_CACHE_DIR=$ROOT/target/pocl-cache
 mkdir -p "$POCL_CACHE_DIR"
 export OPENBLAS_NUM_THREADS=1
-# Absence of these is a failure here, not a skip.
-export IRE_REQUIRE=${IRE_REQUIRE:-opencl,nvrtc}
+# Absence of these is a failure here, not a skip: the OpenCL device (PoCL), NVRTC, and the data
+# the tests read beside the repository (`../shared/data`: CIFAR-10 and the text corpora) or
+# from the system (Debian's Fashion-MNIST, installed above).
+export IRE_REQUIRE=${IRE_REQUIRE:-opencl,nvrtc,data}
 export CARGO_TERM_COLOR=never
 
 step "cargo fmt --check"

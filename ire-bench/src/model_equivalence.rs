@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use ire_models::crosscheck::{
-    BOUNDS, ModelCheck, SMALL_PRESETS, check_config, check_model, default_text, is_language_model,
+    BOUNDS, ModelCheck, SMALL_PRESETS, check_config, check_model, default_text,
 };
 use ire_models::device::{BackendKind, NnTask, run_if_present};
 use ire_models::nn::NnOps;
@@ -21,22 +21,16 @@ pub struct ModelRow {
     pub check: ModelCheck,
 }
 
-/// Runs every small preset (language models only when the text corpus is beside the
-/// repository at `root`) on each device backend of the build that has a device, `steps`
-/// steps each. Returns the rows and a note per skipped case.
+/// Runs every small preset (the language models on the text shipped in `data/` under `root`)
+/// on each device backend of the build that has a device, `steps` steps each. Returns the
+/// rows and a note per skipped case.
 pub fn run_models(root: &Path, steps: usize) -> (Vec<ModelRow>, Vec<String>) {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     let text = default_text(root);
     for kind in [BackendKind::OpenCl, BackendKind::Cuda] {
         for model in SMALL_PRESETS {
-            if is_language_model(model) && text.is_none() {
-                notes.push(format!(
-                    "{model}: the shared text corpora are not beside the repository"
-                ));
-                continue;
-            }
-            let cfg = check_config(model, root, text.as_deref().unwrap_or(Path::new("")));
+            let cfg = check_config(model, root, &text);
             match run_if_present(kind, Check { cfg: &cfg, steps }) {
                 Ok(None) => {
                     notes.push(format!("{kind}: not compiled in or no device"));

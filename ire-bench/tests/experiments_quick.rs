@@ -59,10 +59,23 @@ fn quick_items_write_outputs_that_parse() {
     let text = root.join("corpus.txt");
     std::fs::write(&text, corpus()).unwrap();
     let out = root.join("out");
+    // A results document with a hand-written block that the driver must keep verbatim, and
+    // generated text around it that it must replace.
+    let doc = root.join("results.md");
+    let notes = "<!-- Hand-written notes: the experiments binary keeps this block verbatim. -->\n\
+                 \nA note | with *Markdown* and numbers 1.23 that no generator writes.\n\n\
+                 <!-- End of the hand-written notes. -->";
+    std::fs::write(
+        &doc,
+        format!("# stale\n\nold generated text\n\n## Notes\n\n{notes}\n"),
+    )
+    .unwrap();
 
     let status = Command::new(env!("CARGO_BIN_EXE_experiments"))
         .args(["toy", "speedup", "sharpness", "--quick", "--out"])
         .arg(&out)
+        .arg("--doc")
+        .arg(&doc)
         .arg("--lm-corpus")
         .arg(&text)
         .env("IRE_CACHE_DIR", root.join("cache"))
@@ -105,14 +118,26 @@ fn quick_items_write_outputs_that_parse() {
         assert!(lines.iter().any(|l| l["kind"] == "eval"), "{run}");
         assert!(out.join(format!("speedup/{run}/checkpoint.irec")).exists());
     }
+    // Levels and level checkpoints for every seed of the item (0 and the quick extra seed 1).
     let levels = json(&out.join("speedup/levels.json"));
-    assert_eq!(levels["levels"].as_array().unwrap().len(), 2);
-    assert!(!levels["reached"].as_array().unwrap().is_empty());
+    let seeds = levels["seeds"].as_array().unwrap();
+    assert_eq!(seeds.len(), 2);
+    for sd in seeds {
+        assert_eq!(sd["levels"].as_array().unwrap().len(), 2);
+        assert!(!sd["reached"].as_array().unwrap().is_empty());
+        for r in sd["reached"].as_array().unwrap() {
+            assert!(Path::new(r["path"].as_str().unwrap()).exists(), "{r}");
+        }
+    }
     assert_png(&out.join("speedup/speedup-loss.png"));
 
     // Item 5: one measurement per run and level reached, finite.
     let sharp = jsonl(&out.join("sharpness/sharpness.jsonl"));
     assert!(!sharp.is_empty());
+    assert!(
+        sharp.iter().any(|m| m["seed"] == 1),
+        "the second seed is measured too"
+    );
     for m in &sharp {
         assert!(m["trace"].as_f64().unwrap().is_finite());
         assert!(m["trace_std_error"].as_f64().unwrap().is_finite());
@@ -127,12 +152,22 @@ fn quick_items_write_outputs_that_parse() {
         assert!(out.join(format!("{item}/report.md")).exists());
     }
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
-    assert!(summary.starts_with("| claim |"));
+    assert!(summary.starts_with("| # | claim |"));
     assert_eq!(summary.lines().count(), 2 + 3);
+    // The document: generated around the hand-written block, which is kept verbatim; the one
+    // under --out is the same text.
+    let written = std::fs::read_to_string(&doc).unwrap();
     assert!(
-        std::fs::read_to_string(out.join("results.md"))
-            .unwrap()
-            .starts_with("## Summary")
+        written.starts_with("# The paper's claims at CPU scale"),
+        "{written}"
+    );
+    assert!(!written.contains("old generated text"));
+    assert!(written.contains("## Summary\n\n| # | claim |"));
+    assert!(written.contains(notes), "the notes block was not kept");
+    assert_eq!(written.matches("Hand-written notes:").count(), 1);
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.md")).unwrap(),
+        written
     );
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -1,6 +1,9 @@
 //! Loaders on small files written here (well-formed, truncated, corrupt) and on the real
-//! CIFAR-10 files when the shared data folder is beside the repository.
+//! CIFAR-10 files of the shared data folder beside the repository and Debian's Fashion-MNIST
+//! (each a skip when absent, a failure under `IRE_REQUIRE=data`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -235,17 +238,15 @@ fn batches_are_deterministic_and_augmented() {
     assert_eq!(plain.y, (0..10).collect::<Vec<u32>>());
 }
 
-fn shared_cifar() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cifar10");
-    p.join("data_batch_1.bin").exists().then_some(p)
-}
-
 #[test]
 fn real_cifar10_subset() {
-    let Some(dir) = shared_cifar() else {
-        println!("skipped: the shared CIFAR-10 files are not beside the repository");
-        return;
-    };
+    let test = "real_cifar10_subset";
+    for f in ["data_batch_1.bin", "test_batch.bin"] {
+        if common::shared_data(&format!("cifar10/{f}"), test).is_none() {
+            return;
+        }
+    }
+    let dir = common::root().join("../shared/data/cifar10");
     let train = load_cifar10_bin(&[dir.join("data_batch_1.bin")]).unwrap();
     let test = load_cifar10_bin(&[dir.join("test_batch.bin")]).unwrap();
     assert_eq!((train.len(), test.len()), (10_000, 10_000));
@@ -273,9 +274,15 @@ fn real_cifar10_subset() {
 #[test]
 fn real_fashion_mnist() {
     let dir = Path::new("/usr/share/datasets/fashion-mnist");
-    if !dir.join("train-images-idx3-ubyte.gz").exists() {
-        println!("skipped: dataset-fashion-mnist is not installed");
-        return;
+    for f in [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ] {
+        if common::data_file(dir.join(f), "real_fashion_mnist").is_none() {
+            return;
+        }
     }
     let cfg = ire_models::train::TrainConfig {
         dataset: ire_models::train::DatasetKind::Idx,
@@ -293,4 +300,49 @@ fn real_fashion_mnist() {
         counts[l as usize] += 1;
     }
     assert_eq!(counts, [1000; 10]);
+}
+
+/// Run by `missing_data_fails_under_ire_require` in a child process (does nothing otherwise):
+/// asks for a data file that does not exist.
+#[test]
+fn probe_missing_data() {
+    if std::env::var_os("IRE_TEST_PROBE_MISSING_DATA").is_some() {
+        let p = common::root().join("data/no-such-file.bin");
+        assert!(common::data_file(p, "probe_missing_data").is_none());
+    }
+}
+
+/// The skip policy of every data-dependent test: absent data is a printed skip, or a failure
+/// naming the file when `IRE_REQUIRE` names `data` (as the test command sets it).
+#[test]
+fn missing_data_fails_under_ire_require() {
+    let run = |require: &str| {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "probe_missing_data",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("IRE_TEST_PROBE_MISSING_DATA", "1")
+            .env("IRE_REQUIRE", require)
+            .output()
+            .unwrap()
+    };
+    let out = run("opencl,data");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("no-such-file.bin is missing and IRE_REQUIRE names `data`"),
+        "{text}"
+    );
+    let out = run("opencl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("skipped probe_missing_data:") && text.contains("no-such-file.bin"),
+        "{text}"
+    );
 }

@@ -1,8 +1,10 @@
-//! Every model family trains on the device backends and tracks the CPU backend: for each
-//! small preset, the loss and gradient at θ₀, the parameters after one AdmIRE step and a
-//! 50-step loss curve are within `ire_models::crosscheck::BOUNDS`; and `ire train --backend
-//! opencl|cuda` runs every preset through the command. OpenCL runs on PoCL in CI; the CUDA
-//! tests run on a GPU machine (`scripts/gpu-check.sh`).
+//! Every model family and every optimizer trains on the device backends and tracks the CPU
+//! backend: for each of the seven small presets (AdmIRE; the language models on the text
+//! shipped in `data/`), and for each of the six optimizers on `mlp-small` and `resnet-small`,
+//! the loss and gradient at θ₀, the parameters after one step and a 50-step loss curve are
+//! within `ire_models::crosscheck::BOUNDS`; and `ire train --backend opencl|cuda` runs every
+//! preset through the command. OpenCL runs on PoCL in the test command; the CUDA tests run
+//! only on a machine with a GPU (`scripts/gpu-check.sh`).
 //!
 //! Without a device each test prints a skip line and passes, unless `IRE_REQUIRE` names the
 //! backend (the test command sets `opencl`; the GPU check sets `cuda`).
@@ -13,9 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ire_backend_cpu::CpuBackend;
-use ire_models::crosscheck::{
-    SMALL_PRESETS, check_config, check_model, default_text, is_language_model,
-};
+use ire_models::crosscheck::{SMALL_PRESETS, check_config, check_model, default_text};
 use ire_models::nn::NnOps;
 
 fn root() -> PathBuf {
@@ -47,27 +47,18 @@ fn cuda(test: &str) -> Option<ire_backend_cuda::CudaBackend> {
     }
 }
 
-/// The presets to check: language models need the shared text corpora.
-fn presets(test: &str) -> Vec<(&'static str, PathBuf)> {
+/// The presets to check, all of them: the language models train on the text shipped in
+/// `data/`.
+fn presets() -> Vec<(&'static str, PathBuf)> {
     let text = default_text(&root());
-    SMALL_PRESETS
-        .iter()
-        .filter_map(|&m| {
-            let lm = is_language_model(m);
-            match (&text, lm) {
-                (None, true) => {
-                    println!("skipped {test} for {m}: the shared text corpora are not beside the repository");
-                    None
-                }
-                (t, _) => Some((m, t.clone().unwrap_or_default())),
-            }
-        })
-        .collect()
+    SMALL_PRESETS.iter().map(|&m| (m, text.clone())).collect()
 }
 
-fn tracks_the_cpu_backend<D: NnOps + 'static>(open: impl Fn() -> D, test: &str) {
+fn tracks_the_cpu_backend<D: NnOps + 'static>(open: impl Fn() -> D) {
     let mut failures = Vec::new();
-    for (model, text) in presets(test) {
+    let all = presets();
+    assert_eq!(all.len(), 7, "every small preset");
+    for (model, text) in all {
         let cfg = check_config(model, &root(), &text);
         let c = check_model(CpuBackend::new(), open(), &cfg, 50).unwrap();
         println!(
@@ -89,8 +80,50 @@ fn tracks_the_cpu_backend<D: NnOps + 'static>(open: impl Fn() -> D, test: &str) 
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-fn ire_train_runs_every_small_preset(backend: &str, test: &str) {
-    for (model, text) in presets(test) {
+/// Every optimizer of the trainer (SGD, SGD-IRE, SAM, SAM-IRE, AdamW, AdmIRE) trains a
+/// fully connected and a convolutional preset on the device within the bounds of the CPU
+/// backend: loss and gradient at θ₀, θ after one step, a 50-step loss curve.
+fn every_optimizer_tracks_the_cpu_backend<D: NnOps + 'static>(open: impl Fn() -> D) {
+    use ire_models::train::OptimizerKind as K;
+    let mut failures = Vec::new();
+    for model in ["mlp-small", "resnet-small"] {
+        for kind in [K::Sgd, K::SgdIre, K::Sam, K::SamIre, K::Adamw, K::Admire] {
+            let mut cfg = check_config(model, &root(), &default_text(&root()));
+            cfg.optimizer = kind;
+            if !matches!(kind, K::Adamw | K::Admire) {
+                // SGD's usual scale: lr 0.05, momentum 0.9 (weight decay 0.01 as configured).
+                cfg.lr = 0.05;
+                cfg.opt.momentum = 0.9;
+            }
+            let c = check_model(CpuBackend::new(), open(), &cfg, 50).unwrap();
+            println!(
+                "{model} {kind}: loss rel {:.1e}, grad rel {:.1e}, 1-step share {:.1e} (max \
+                 |Δθ| {:.1e}), 50-step curve rel {:.1e} (final loss {:.4})",
+                c.loss_rel(),
+                c.grad_rel,
+                c.step_fraction,
+                c.step_max_abs,
+                c.curve_rel(),
+                c.curves.1.last().copied().unwrap_or(f64::NAN)
+            );
+            // Each run trains: the loss of its last 10 steps is below that of its first 10.
+            let head: f64 = c.curves.1[..10].iter().sum();
+            let tail: f64 = c.curves.1[c.curves.1.len() - 10..].iter().sum();
+            if tail >= head || tail.is_nan() {
+                failures.push(format!(
+                    "{model} {kind}: the loss did not fall ({head} -> {tail})"
+                ));
+            }
+            if !c.violations().is_empty() {
+                failures.push(format!("{model} {kind}: {:?}", c.violations()));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+fn ire_train_runs_every_small_preset(backend: &str) {
+    for (model, text) in presets() {
         let out = std::env::temp_dir().join(format!(
             "ire-device-train-{backend}-{model}-{}",
             std::process::id()
@@ -104,7 +137,7 @@ fn ire_train_runs_every_small_preset(backend: &str, test: &str) {
             .arg(&cfg.data)
             .arg("--out")
             .arg(&out);
-        if text.as_os_str().is_empty() || cfg.dataset != ire_models::train::DatasetKind::Text {
+        if cfg.dataset != ire_models::train::DatasetKind::Text {
             cmd.args(["--dataset", "digits", "--test-limit", "64"]);
         } else {
             cmd.args([
@@ -134,7 +167,24 @@ fn ire_train_runs_every_small_preset(backend: &str, test: &str) {
 fn every_small_preset_tracks_the_cpu_backend_on_opencl() {
     let test = "every_small_preset_tracks_the_cpu_backend_on_opencl";
     if let Some(cl) = opencl(test) {
-        tracks_the_cpu_backend(|| cl.clone(), test);
+        tracks_the_cpu_backend(|| cl.clone());
+    }
+}
+
+#[cfg(feature = "opencl")]
+#[test]
+fn every_optimizer_tracks_the_cpu_backend_on_opencl() {
+    if let Some(cl) = opencl("every_optimizer_tracks_the_cpu_backend_on_opencl") {
+        every_optimizer_tracks_the_cpu_backend(|| cl.clone());
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn every_optimizer_tracks_the_cpu_backend_on_cuda() {
+    let test = "every_optimizer_tracks_the_cpu_backend_on_cuda";
+    if cuda(test).is_some() {
+        every_optimizer_tracks_the_cpu_backend(|| cuda(test).unwrap());
     }
 }
 
@@ -143,7 +193,7 @@ fn every_small_preset_tracks_the_cpu_backend_on_opencl() {
 fn ire_train_runs_every_small_preset_on_opencl() {
     let test = "ire_train_runs_every_small_preset_on_opencl";
     if opencl(test).is_some() {
-        ire_train_runs_every_small_preset("opencl", test);
+        ire_train_runs_every_small_preset("opencl");
     }
 }
 
@@ -152,7 +202,7 @@ fn ire_train_runs_every_small_preset_on_opencl() {
 fn every_small_preset_tracks_the_cpu_backend_on_cuda() {
     let test = "every_small_preset_tracks_the_cpu_backend_on_cuda";
     if cuda(test).is_some() {
-        tracks_the_cpu_backend(|| cuda(test).unwrap(), test);
+        tracks_the_cpu_backend(|| cuda(test).unwrap());
     }
 }
 
@@ -161,7 +211,7 @@ fn every_small_preset_tracks_the_cpu_backend_on_cuda() {
 fn ire_train_runs_every_small_preset_on_cuda() {
     let test = "ire_train_runs_every_small_preset_on_cuda";
     if cuda(test).is_some() {
-        ire_train_runs_every_small_preset("cuda", test);
+        ire_train_runs_every_small_preset("cuda");
     }
 }
 

@@ -2,15 +2,18 @@
 //! meter work on its checkpoint.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use ire_backend_cpu::CpuBackend;
 use ire_models::train::{DatasetKind, OptimizerKind, TrainConfig, Trainer};
 
-fn corpus() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/text/moby-dick.txt");
-    p.exists().then_some(p)
+mod common;
+
+/// The full *Moby Dick* of the shared data folder (a skip when absent, a failure under
+/// `IRE_REQUIRE=data`).
+fn corpus(test: &str) -> Option<PathBuf> {
+    common::shared_data("text/moby-dick.txt", test)
 }
 
 fn cfg(text: PathBuf, opt: OptimizerKind) -> TrainConfig {
@@ -37,8 +40,7 @@ fn cfg(text: PathBuf, opt: OptimizerKind) -> TrainConfig {
 
 #[test]
 fn lm_loss_falls_with_adamw_and_admire() {
-    let Some(text) = corpus() else {
-        println!("skipped: the shared text corpora are not beside the repository");
+    let Some(text) = corpus("lm_loss_falls_with_adamw_and_admire") else {
         return;
     };
     for opt in [OptimizerKind::Adamw, OptimizerKind::Admire] {
@@ -69,8 +71,7 @@ fn lm_loss_falls_with_adamw_and_admire() {
 
 #[test]
 fn sample_and_sharpness_commands() {
-    let Some(text) = corpus() else {
-        println!("skipped: the shared text corpora are not beside the repository");
+    let Some(text) = corpus("sample_and_sharpness_commands") else {
         return;
     };
     let out = std::env::temp_dir().join(format!("ire-lm-{}", std::process::id()));

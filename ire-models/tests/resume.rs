@@ -1,12 +1,16 @@
 //! Resuming from a checkpoint continues to the bit-identical result of an uninterrupted run,
-//! through the library and through the `ire` command; broken checkpoints are refused.
+//! through the library (on the CPU backend and on OpenCL) and through the `ire` command;
+//! broken checkpoints are refused.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 use ire_backend_cpu::CpuBackend;
+use ire_models::nn::NnOps;
 use ire_models::train::run::{
     RunOptions, check_resumable, checkpoint_path, read_checkpoint, restore, run,
 };
@@ -42,13 +46,15 @@ fn cfg(opt: OptimizerKind) -> TrainConfig {
     c
 }
 
-#[test]
-fn resume_is_bit_identical() {
+/// An uninterrupted run and one stopped after 7 steps and resumed from its checkpoint file in a
+/// fresh trainer end with the same bits (parameters, model state, optimizer state, metrics),
+/// on the backend `make` opens.
+fn resume_is_bit_identical_on<B: NnOps + 'static>(make: impl Fn() -> B, backend: &str) {
     for opt in [OptimizerKind::SamIre, OptimizerKind::Admire] {
         let stop = AtomicBool::new(false);
         // Uninterrupted.
-        let out_a = tmp(&format!("a-{opt}"));
-        let mut a = Trainer::new(CpuBackend::new(), cfg(opt)).unwrap();
+        let out_a = tmp(&format!("a-{backend}-{opt}"));
+        let mut a = Trainer::new(make(), cfg(opt)).unwrap();
         let sa = run(
             &mut a,
             &RunOptions {
@@ -63,8 +69,8 @@ fn resume_is_bit_identical() {
         assert!(sa.finished);
         // Interrupted after 7 steps (mid-way between refreshes and evaluations), then resumed
         // in a fresh trainer from the checkpoint file.
-        let out_b = tmp(&format!("b-{opt}"));
-        let mut b1 = Trainer::new(CpuBackend::new(), cfg(opt)).unwrap();
+        let out_b = tmp(&format!("b-{backend}-{opt}"));
+        let mut b1 = Trainer::new(make(), cfg(opt)).unwrap();
         let s1 = run(
             &mut b1,
             &RunOptions {
@@ -80,7 +86,7 @@ fn resume_is_bit_identical() {
         assert_eq!(s1.steps, 7);
         let (ck, ck_cfg, meta) = read_checkpoint(&checkpoint_path(&out_b)).unwrap();
         check_resumable(&ck_cfg, &cfg(opt)).unwrap();
-        let mut b2 = Trainer::new(CpuBackend::new(), cfg(opt)).unwrap();
+        let mut b2 = Trainer::new(make(), cfg(opt)).unwrap();
         restore(&mut b2, &ck, &meta).unwrap();
         let pos = ire_models::train::run::metrics_position(&meta);
         assert_eq!(
@@ -103,7 +109,7 @@ fn resume_is_bit_identical() {
         let (pa, pb) = (a.params_host().unwrap(), b2.params_host().unwrap());
         assert!(
             pa.iter().zip(&pb).all(|(x, y)| x.to_bits() == y.to_bits()),
-            "{opt}: parameters differ after resume"
+            "{backend} {opt}: parameters differ after resume"
         );
         assert_eq!(
             a.model_state_host().unwrap(),
@@ -127,6 +133,23 @@ fn resume_is_bit_identical() {
         other.lr = 0.1;
         let e = check_resumable(&ck_cfg, &other).unwrap_err().to_string();
         assert!(e.contains("lr"), "{e}");
+        let _ = std::fs::remove_dir_all(&out_a);
+        let _ = std::fs::remove_dir_all(&out_b);
+    }
+}
+
+#[test]
+fn resume_is_bit_identical() {
+    resume_is_bit_identical_on(CpuBackend::new, "cpu");
+}
+
+/// Device sums have a fixed order (no float atomics), so a device run resumes to the same bits
+/// as well.
+#[cfg(feature = "opencl")]
+#[test]
+fn resume_is_bit_identical_on_opencl() {
+    if let Some(cl) = common::opencl("resume_is_bit_identical_on_opencl") {
+        resume_is_bit_identical_on(|| cl.clone(), "opencl");
     }
 }
 

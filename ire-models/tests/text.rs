@@ -1,6 +1,7 @@
 //! Text data: corpora and the split rule, the three tokenizers against known ids, the token
 //! cache (hit, corrupt, truncated), and context windows. The corpus tests read the shared data
-//! folder beside the repository and are skipped, with a printed line, when it is absent.
+//! folder beside the repository and are skipped, with a printed line, when it is absent (a
+//! failure when `IRE_REQUIRE` names `data`, as in the test command).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -35,16 +36,12 @@ fn tmp(name: &str) -> TmpDir {
     TmpDir(d)
 }
 
+mod common;
+
+/// A corpus of the shared data folder: a skip line when absent, a failure under
+/// `IRE_REQUIRE=data`.
 fn shared(file: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/text")
-        .join(file);
-    if p.exists() {
-        Some(p)
-    } else {
-        println!("skipped: {} is absent", p.display());
-        None
-    }
+    common::shared_data(&format!("text/{file}"), file)
 }
 
 // ---------------------------------------------------------------------------------------------

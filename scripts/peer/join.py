@@ -31,6 +31,9 @@ OPT_ROWS = [
     ("mask refresh vs official top-k refresh", "mask_refresh", "mask_refresh_official", 0.2,
      "ours `ema_square` + global `kth_largest` + `mask_le` vs the official refresh ported to "
      "PyTorch (EMA of ĝ², `torch.topk` threshold, mask)"),
+    ("mask refresh vs official kthvalue refresh", "mask_refresh", "mask_refresh_kthvalue", None,
+     "ours as above vs the official faster refresh of the Llama runs ported to PyTorch "
+     "(`|ĝ|` in place, no EMA, `torch.kthvalue` threshold, boolean mask)"),
 ]
 TRAIN_TARGET = 1.5
 
@@ -193,7 +196,10 @@ def main():
     w("- The official refresh, ported from IRE-SPEC §2 (`scripts/peer/torch_bench.py`, checked "
       "on small cases at start-up): `h.mul_(β).addcmul_(ĝ, ĝ, value=1-β)`, "
       "`τ = torch.topk(torch.cat([h.reshape(-1) for h in hs]), k).values[-1]`, "
-      "`mask = (h <= τ)` as floats (k = 0: all flat). Ours: `ema_square`, the global "
+      "`mask = (h <= τ)` as floats (k = 0: all flat). The official faster refresh of the "
+      "Llama runs, ported the same way: `|ĝ|` by `abs_()` in place, no EMA, "
+      "`m = int(N·(1 − r))` with `r = 1 − γ`, `τ = torch.kthvalue(torch.cat(...), m)`, "
+      "`mask = (|ĝ| <= τ)` as booleans. Ours: `ema_square`, the global "
       "`kth_largest` (an exact selection), `mask_le` into bytes.")
     w("- Training steps: forward, loss, backward and optimizer step of the same networks (the "
       "parameter counts match exactly) on **synthetic data of the real shapes** (uniform random "

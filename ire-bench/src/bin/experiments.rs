@@ -2,15 +2,17 @@
 //!
 //! ```text
 //! cargo run --release -p ire-bench --bin experiments -- <item|all> [--out runs/experiments] [--quick]
-//!     [--figures DIR | --no-figures] [--lm-corpus FILE] [--llama-corpus FILE] [--cifar DIR]
+//!     [--figures DIR | --no-figures] [--doc FILE | --no-doc] [--lm-corpus FILE]
+//!     [--llama-corpus FILE] [--cifar DIR]
 //! ```
 //!
 //! Items: `toy` (Figure 1), `speedup` (the 5.4× claim), `llama` (the 2× claim),
 //! `generalization` (CIFAR-10 accuracy), `sharpness` (needs `speedup` first), `cost`. Each
 //! writes JSON lines, plots and a Markdown fragment under `--out/<item>/`; after each item
 //! `--out/summary.md` and `--out/results.md` are rebuilt from every item found there. Full runs
-//! copy their figures to `docs/figures/` (unless `--no-figures`); `--quick` runs take seconds
-//! and copy nothing. Run from the repository root: the data paths default to
+//! copy their figures to `docs/figures/` (unless `--no-figures`) and write the same document to
+//! `docs/results.md` (unless `--no-doc`), keeping the hand-written notes block found there;
+//! `--quick` runs take seconds and copy nothing. Run from the repository root: the data paths default to
 //! `../shared/data/...`, relative to it.
 
 #[path = "../experiments/mod.rs"]
@@ -22,14 +24,15 @@ use std::process::ExitCode;
 use experiments::{ITEMS, Options, Res};
 
 const USAGE: &str = "usage: experiments <toy|speedup|llama|generalization|sharpness|cost|all> \
-[--out DIR] [--quick] [--figures DIR | --no-figures] [--lm-corpus FILE] [--llama-corpus FILE] \
-[--cifar DIR]";
+[--out DIR] [--quick] [--figures DIR | --no-figures] [--doc FILE | --no-doc] [--lm-corpus FILE] \
+[--llama-corpus FILE] [--cifar DIR]";
 
 fn parse(args: &[String]) -> Res<(Vec<String>, Options)> {
     let mut items = Vec::new();
     let mut out = PathBuf::from("runs/experiments");
     let mut quick = false;
     let mut figures: Option<Option<PathBuf>> = None;
+    let mut doc: Option<Option<PathBuf>> = None;
     let mut lm_corpus = PathBuf::from("../shared/data/text/tinyshakespeare.txt");
     let mut llama_corpus = PathBuf::from("../shared/data/text/moby-dick.txt");
     let mut cifar_dir = PathBuf::from("../shared/data/cifar10");
@@ -45,6 +48,8 @@ fn parse(args: &[String]) -> Res<(Vec<String>, Options)> {
             "--quick" => quick = true,
             "--figures" => figures = Some(Some(value("--figures")?)),
             "--no-figures" => figures = Some(None),
+            "--doc" => doc = Some(Some(value("--doc")?)),
+            "--no-doc" => doc = Some(None),
             "--lm-corpus" => lm_corpus = value("--lm-corpus")?,
             "--llama-corpus" => llama_corpus = value("--llama-corpus")?,
             "--cifar" => cifar_dir = value("--cifar")?,
@@ -82,12 +87,18 @@ fn parse(args: &[String]) -> Res<(Vec<String>, Options)> {
     } else {
         Some(PathBuf::from("docs/figures"))
     });
+    let doc = doc.unwrap_or(if quick {
+        None
+    } else {
+        Some(PathBuf::from("docs/results.md"))
+    });
     Ok((
         items,
         Options {
             out,
             quick,
             figures,
+            doc,
             lm_corpus,
             llama_corpus,
             cifar_dir,

@@ -44,6 +44,9 @@ pub struct Options {
     pub quick: bool,
     /// Where the final figures are copied (none: not copied).
     pub figures: Option<PathBuf>,
+    /// The document rebuilt with the results (`docs/results.md` for full runs; none: only
+    /// `--out/results.md`), keeping its hand-written notes block.
+    pub doc: Option<PathBuf>,
     /// The corpus of the 2-layer transformer (items 2 and 5).
     pub lm_corpus: PathBuf,
     /// The corpus of the Llama runs (item 3).
@@ -121,25 +124,81 @@ pub fn read_json(path: &Path) -> Res<Value> {
     Ok(serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?)
 }
 
-/// Rebuilds `summary.md` (the table) and `results.md` (every fragment) from the items found
-/// under the output folder; returns the summary table.
+/// The first line of the hand-written block of the results document; the generator keeps
+/// everything from here to [`NOTES_END`] verbatim.
+pub const NOTES_BEGIN: &str =
+    "<!-- Hand-written notes: the experiments binary keeps this block verbatim. -->";
+/// The last line of the hand-written block.
+pub const NOTES_END: &str = "<!-- End of the hand-written notes. -->";
+
+/// The hand-written block of a results document (markers included), when it has one.
+pub fn notes_block(doc: &str) -> Option<&str> {
+    let a = doc.find(NOTES_BEGIN)?;
+    let b = doc[a..].find(NOTES_END)? + a + NOTES_END.len();
+    Some(&doc[a..b])
+}
+
+/// The opening of the results document, before the summary.
+fn doc_header(wall: &[(String, f64)]) -> String {
+    let times = wall
+        .iter()
+        .map(|(item, s)| format!("`{item}` {s:.0} s"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let total: f64 = wall.iter().map(|x| x.1).sum();
+    format!(
+        "# The paper's claims at CPU scale
+
+Each claim of the paper (IRE-SPEC §4) checked on the CPU backend, on real data from \
+`../shared/data` (CIFAR-10, Tiny Shakespeare, Moby Dick), at sizes that fit in minutes on two \
+cores. **This file is written by the experiments binary, verbatim, except the block of \
+hand-written notes at its end, which the binary keeps as it finds it.** One command runs \
+everything and rewrites this file and its figures:
+
+```bash
+nice -n 5 cargo run --release -p ire-bench --bin experiments -- all
+# or one item: toy | speedup | llama | generalization | sharpness (after speedup) | cost
+# --quick: tiny sizes, seconds (tested by `cargo test -p ire-bench --test experiments_quick`)
+```
+
+Run it from the repository root. Every training run writes a JSON line per step (and per \
+evaluation) to `runs/experiments/<item>/<run>/metrics.jsonl`, with its own loss and accuracy \
+plots beside it; each item writes its figure (PNG and SVG) and a Markdown fragment \
+(`runs/experiments/<item>/report.md`); this document is those fragments after the summary \
+table they produce, rebuilt after every item from all the items found under \
+`runs/experiments/`. All randomness follows the seeds, so a rerun gives the same losses; only \
+the times move.
+
+Wall times of the run behind this file (a two-core machine shared with other jobs, \
+`nice -n 5`): {times}; {total:.0} s in all.
+"
+    )
+}
+
+/// Rebuilds `summary.md` (the table) and `results.md` (the header, the table, every fragment
+/// and the hand-written notes) from the items found under the output folder, and writes the
+/// same `results.md` to `opts.doc` when set, keeping the notes block found there; returns the
+/// summary table.
 pub fn collect(opts: &Options) -> Res<String> {
     let mut table = String::from(
-        "| claim | paper | ours (CPU scale) | reproduced? |\n| --- | --- | --- | --- |\n",
+        "| # | claim | paper | ours (CPU scale) | reproduced? |\n| --- | --- | --- | --- | --- |\n",
     );
     let mut all = String::new();
-    for item in ITEMS {
+    let mut wall = Vec::new();
+    for (i, item) in ITEMS.iter().enumerate() {
         let dir = opts.out.join(item);
         let summary = dir.join("summary.json");
         if !summary.exists() {
             continue;
         }
         let v = read_json(&summary)?;
+        wall.push((item.to_string(), v["seconds"].as_f64().unwrap_or(f64::NAN)));
         for r in v["rows"].as_array().into_iter().flatten() {
             let s = |k: &str| r[k].as_str().unwrap_or("").replace('|', "\\|");
             let _ = writeln!(
                 table,
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
+                i + 1,
                 s("claim"),
                 s("paper"),
                 s("ours"),
@@ -152,10 +211,24 @@ pub fn collect(opts: &Options) -> Res<String> {
         }
     }
     write_text(&opts.out.join("summary.md"), &table)?;
-    write_text(
-        &opts.out.join("results.md"),
-        &format!("## Summary\n\n{table}\n{all}"),
-    )?;
+    let old = match &opts.doc {
+        Some(d) if d.exists() => {
+            std::fs::read_to_string(d).map_err(|e| format!("cannot read {}: {e}", d.display()))?
+        }
+        _ => String::new(),
+    };
+    let notes = notes_block(&old).map_or_else(
+        || format!("{NOTES_BEGIN}\n\n(none yet)\n\n{NOTES_END}"),
+        str::to_string,
+    );
+    let doc = format!(
+        "{}\n## Summary\n\n{table}\n{all}## Notes\n\n{notes}\n",
+        doc_header(&wall)
+    );
+    write_text(&opts.out.join("results.md"), &doc)?;
+    if let Some(d) = &opts.doc {
+        write_text(d, &doc)?;
+    }
     Ok(table)
 }
 

@@ -291,6 +291,20 @@ impl<B: NnOps + 'static> Trainer<B> {
         self.b.to_vec(&self.params[0])
     }
 
+    /// The estimator gradient `ĝ` of the last estimator pass, on the host (`None` for the base
+    /// optimizers, which have none; zeros before the first pass).
+    pub fn estimator_gradient_host(&self) -> CoreResult<Option<Vec<f32>>> {
+        self.est_grads.first().map(|g| self.b.to_vec(g)).transpose()
+    }
+
+    /// The uniform numbers `u ∈ [0, 1)` from which the estimator pass of step `step` samples
+    /// the label of each of its `rows` logit rows (row `i`: the class whose softmax interval
+    /// holds `u_i`); a function of the seed and the step only, so a resumed run draws the same.
+    pub fn estimator_uniforms(&self, step: u64, rows: usize) -> Vec<f32> {
+        let mut rng = Rng::derive(self.cfg.seed, SAMPLE_STREAM, step);
+        (0..rows).map(|_| rng.uniform() as f32).collect()
+    }
+
     /// Uploads a batch into the input and label buffers.
     fn upload(&mut self, batch: &Batch) -> CoreResult<()> {
         if let Some(vocab) = self.model.token_vocab() {
@@ -386,8 +400,7 @@ impl<B: NnOps + 'static> Trainer<B> {
                 update_running: false,
             },
         )?;
-        let mut rng = Rng::derive(self.cfg.seed, SAMPLE_STREAM, self.step);
-        let u: Vec<f32> = (0..rows).map(|_| rng.uniform() as f32).collect();
+        let u = self.estimator_uniforms(self.step, rows);
         self.b.upload(&mut self.uniforms, &u)?;
         self.b.sample_labels(
             self.model.logits(),
