@@ -11,7 +11,7 @@ mod loader;
 
 pub use cifar::{Cifar100Labels, load_cifar10_bin, load_cifar100_bin};
 pub use digits::load_digits_csv;
-pub use folder::load_image_folder;
+pub use folder::{load_image_folder, load_image_folder_as};
 pub use idx::load_idx;
 pub use loader::{Augment, Batch, BatchLoader, Normalize};
 
@@ -49,6 +49,74 @@ pub enum DataError {
     /// Files that must agree (images and labels, several batches) do not.
     #[error("inconsistent dataset: {0}")]
     Inconsistent(String),
+    /// The training and test splits of a dataset do not fit one model.
+    #[error(
+        "the training and test splits of {} differ: {what} {train} (training) vs {test} (test)",
+        .data.display()
+    )]
+    SplitsDiffer {
+        /// The dataset location.
+        data: PathBuf,
+        /// What differs.
+        what: &'static str,
+        /// The training split's value.
+        train: String,
+        /// The test split's value.
+        test: String,
+    },
+    /// A class folder of the test split that the training split does not have (its images
+    /// could not get the label the model learned for them).
+    #[error(
+        "{}: class `{class}` has no folder in the training split ({}); labels are numbered by \
+         the training split's class folders",
+        .folder.display(),
+        .known.join(", ")
+    )]
+    ClassNotInTraining {
+        /// The test split's folder.
+        folder: PathBuf,
+        /// The class.
+        class: String,
+        /// The training split's classes.
+        known: Vec<String>,
+    },
+    /// The data would not fit in memory.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
+}
+
+/// Checks that a training and a test split fit one model: the same image shape (channels,
+/// height, width). `data` names the dataset in the error.
+pub fn check_splits(
+    data: &Path,
+    train: &ImageDataset,
+    test: &ImageDataset,
+) -> Result<(), DataError> {
+    let shape = |d: &ImageDataset| format!("{}×{}×{}", d.channels, d.height, d.width);
+    if (train.channels, train.height, train.width) != (test.channels, test.height, test.width) {
+        return Err(DataError::SplitsDiffer {
+            data: data.to_path_buf(),
+            what: "image shape (C×H×W)",
+            train: shape(train),
+            test: shape(test),
+        });
+    }
+    if !train.class_names.is_empty() && !test.class_names.is_empty() {
+        let names = test
+            .class_names
+            .iter()
+            .zip(&train.class_names)
+            .all(|(a, b)| a == b);
+        if !names || test.class_names.len() > train.class_names.len() {
+            return Err(DataError::SplitsDiffer {
+                data: data.to_path_buf(),
+                what: "class names",
+                train: train.class_names.join(", "),
+                test: test.class_names.join(", "),
+            });
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>, DataError> {

@@ -37,7 +37,7 @@ impl std::str::FromStr for DatasetKind {
             "text" => DatasetKind::Text,
             o => {
                 return Err(format!(
-                    "unknown dataset `{o}`: expected cifar10, cifar100, idx, folder or digits"
+                    "unknown dataset `{o}`: expected cifar10, cifar100, idx, folder, digits or text"
                 ));
             }
         })
@@ -157,7 +157,14 @@ impl TrainConfig {
     /// Checks what the optimizers do not check themselves.
     pub fn validate(&self) -> Result<(), String> {
         if self.model.parse::<crate::models::ModelSpec>().is_err() {
-            return Err(bad("model", &format!("unknown preset `{}`", self.model)));
+            return Err(bad(
+                "model",
+                &format!(
+                    "unknown preset `{}`: expected one of {}",
+                    self.model,
+                    crate::models::ModelSpec::PRESETS.join(", ")
+                ),
+            ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(bad("lr", "must be finite and > 0"));
@@ -176,6 +183,21 @@ impl TrainConfig {
         }
         if !(self.clip_grad_norm >= 0.0 && self.clip_grad_norm.is_finite()) {
             return Err(bad("clip_grad_norm", "must be >= 0 (0 = off)"));
+        }
+        let estimators = [
+            "squared-gradient",
+            "abs-gradient",
+            "squared-training-gradient",
+        ];
+        if !estimators.contains(&self.opt.estimator.as_str()) {
+            return Err(bad(
+                "opt.estimator",
+                &format!(
+                    "unknown estimator `{}`: expected {}",
+                    self.opt.estimator,
+                    estimators.join(", ")
+                ),
+            ));
         }
         if !matches!(self.estimator_batch.as_str(), "current" | "fixed") {
             return Err(bad("estimator_batch", "must be `current` or `fixed`"));
@@ -255,10 +277,9 @@ impl TrainConfig {
             }
             DatasetKind::Folder => {
                 let size = (self.image_size > 0).then_some((self.image_size, self.image_size));
-                (
-                    data::load_image_folder(&d.join("train"), size)?,
-                    data::load_image_folder(&d.join("test"), size)?,
-                )
+                let train = data::load_image_folder(&d.join("train"), size)?;
+                let test = data::load_image_folder_as(&d.join("test"), size, &train.class_names)?;
+                (train, test)
             }
             DatasetKind::Digits => {
                 let mut all = data::load_digits_csv(d)?;

@@ -1,11 +1,18 @@
 //! Training: the six optimizers, the run configuration, and the step loop.
 
+pub mod applies;
 pub mod config;
+pub mod fingerprint;
+pub mod folder;
+pub mod footprint;
+pub mod history;
 pub mod optimizer;
 pub mod run;
+pub mod run_error;
 pub mod source;
 pub mod trainer;
 
 pub use config::{DatasetKind, TrainConfig};
 pub use optimizer::{AnyOptimizer, OptimizerConfig, OptimizerKind};
+pub use run_error::RunError;
 pub use trainer::{EvalMetrics, StepMetrics, TrainError, Trainer};

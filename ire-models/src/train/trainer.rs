@@ -37,6 +37,12 @@ pub enum TrainError {
         /// What became non-finite.
         what: String,
     },
+    /// A run-folder, history, checkpoint or data-identity problem.
+    #[error(transparent)]
+    Run(#[from] super::run_error::RunError),
+    /// More memory than the limit.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
 }
 
 /// What one step measured.
@@ -121,6 +127,7 @@ impl<B: NnOps + 'static> Trainer<B> {
         if train.is_empty() {
             return Err(TrainError::Config("the training split is empty".into()));
         }
+        crate::data::check_splits(&cfg.data, &train, &test)?;
         let src = Source::images(&cfg, train, test);
         Self::with_source(b, cfg, src)
     }
@@ -144,6 +151,13 @@ impl<B: NnOps + 'static> Trainer<B> {
                 )));
             }
         };
+        super::footprint::check(&super::footprint::training(
+            &cfg,
+            &data,
+            model.layout().len(),
+            model.num_classes(),
+            model.rows_per_example(),
+        ))?;
         let init: Vec<f32> = model
             .layout()
             .init(&mut Rng::derive(cfg.seed, INIT_STREAM, 0));
@@ -501,6 +515,38 @@ impl<B: NnOps + 'static> Trainer<B> {
         };
         self.step += 1;
         Ok(m)
+    }
+
+    /// The training loss the next step will see (its batch at the current parameters, batch
+    /// norm on batch statistics, running ones unchanged), without taking the step: a
+    /// checkpoint is only written from parameters where it is finite.
+    pub fn next_loss(&mut self) -> Result<f64, TrainError> {
+        let batch = self.data.train_batch(self.step);
+        let rows = self.rows(batch.n);
+        self.ensure_logit_buffers(rows)?;
+        self.upload(&batch)?;
+        let mode = BnMode::Train {
+            update_running: false,
+        };
+        self.model
+            .forward(&self.b, &self.params[0], &self.x, batch.n, mode)?;
+        let c = self.model.num_classes();
+        let (loss, _) = self
+            .b
+            .softmax_xent(
+                self.model.logits(),
+                &self.y,
+                rows,
+                c,
+                0.0,
+                1.0,
+                &mut self.dlogits,
+            )
+            .map_err(|e| TrainError::Diverged {
+                step: self.step,
+                what: e.to_string(),
+            })?;
+        Ok(loss / rows as f64)
     }
 
     /// Mean training loss and its gradient at parameters `theta`, over the first `batches`
