@@ -435,6 +435,11 @@ fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
             "the run already finished at step {}: nothing to do (final train loss {:.4})",
             s.steps, s.train_loss
         );
+    } else if !s.finished && s.files.is_empty() {
+        println!(
+            "interrupted at step {} before training started: nothing was written",
+            s.steps
+        );
     } else {
         println!(
             "steps {} ({}), {:.1} s, {:.0} {}/s, {:.1} s/epoch",

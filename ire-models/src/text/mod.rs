@@ -148,13 +148,26 @@ pub enum TextError {
     /// A setting out of its range (zero context or batch).
     #[error("invalid setting: {0}")]
     Config(String),
+    /// A file too large for the memory.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
 }
 
+/// The bytes of `path`; its size comes from the file, so the buffer is reserved fallibly and
+/// checked against the memory limit.
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, TextError> {
-    std::fs::read(path).map_err(|source| TextError::Io {
+    let io = |source| TextError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    crate::memory::read_all(f, len, || format!("the file {}", path.display())).map_err(
+        |e| match e {
+            crate::memory::MemoryError::Read { source, .. } => io(source),
+            other => other.into(),
+        },
+    )
 }
 
 /// SHA-256 over length-prefixed fields, so that field boundaries are part of the digest.

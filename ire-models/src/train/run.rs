@@ -375,6 +375,21 @@ pub fn run_in<B: NnOps>(
             return finished_already(t, &r.folder.join(METRICS_FILE), unit);
         }
     }
+    if stop.load(Ordering::SeqCst) || opts.stop_after == Some(0) {
+        // Interrupted before training started (while the data loaded): nothing is touched.
+        return Ok(RunSummary {
+            steps: t.step,
+            finished: false,
+            train_loss: f64::NAN,
+            eval: None,
+            seconds: 0.0,
+            images_per_sec: 0.0,
+            seconds_per_epoch: 0.0,
+            files: Vec::new(),
+            unit,
+            already_finished: false,
+        });
+    }
     let (mut history, mut kept, window) = match &resume {
         None => {
             folder.clear_previous_run()?;

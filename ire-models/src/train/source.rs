@@ -66,6 +66,11 @@ impl Source {
     pub fn text(cfg: &TrainConfig) -> Result<Self, TrainError> {
         let t = |e: text::TextError| TrainError::Config(e.to_string());
         let corpus = text::Corpus::load(&cfg.data).map_err(t)?;
+        // At most one id (4 bytes) per byte of text, beside the text itself.
+        crate::memory::check(
+            || format!("the token ids of {}", cfg.data.display()),
+            corpus.text.len() as u128 * 5,
+        )?;
         let (train_text, val_text) = corpus.split(cfg.val_fraction);
         let kind = text::TokenizerKind::from_name(&cfg.tokenizer).map_err(t)?;
         // Characters are fitted on the whole text (nanoGPT's `sorted(set(data))`): a character
