@@ -104,7 +104,31 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-fn signal(child: &Child, sig: &str) {
+/// A spawned `ire`, killed if a failing assertion drops it still running.
+struct Running(Option<Child>);
+
+impl Running {
+    fn id(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+    fn kill(&mut self) {
+        let _ = self.0.as_mut().unwrap().kill();
+    }
+    fn wait_with_output(mut self) -> Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn signal(child: &Running, sig: &str) {
     let st = Command::new("kill")
         .args([sig, &child.id().to_string()])
         .status()
@@ -112,14 +136,16 @@ fn signal(child: &Child, sig: &str) {
     assert!(st.success());
 }
 
-fn spawn(args: &[String], extra: &[&str]) -> Child {
-    ire()
-        .args(args)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+fn spawn(args: &[String], extra: &[&str]) -> Running {
+    Running(Some(
+        ire()
+            .args(args)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ))
 }
 
 fn metrics_lines(dir: &Path) -> usize {
@@ -231,8 +257,8 @@ fn kill_9_at_random_moments_of_checkpoint_writes_and_resumes_loses_nothing() {
         };
         let mut child = spawn(&args, &extra);
         std::thread::sleep(Duration::from_millis(20 + rng.next_ms(400)));
-        let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
+        child.kill();
+        let out = child.wait_with_output();
         match out.status.code() {
             None => kills += 1,
             Some(0) => {}
@@ -259,6 +285,69 @@ fn kill_9_at_random_moments_of_checkpoint_writes_and_resumes_loses_nothing() {
 }
 
 #[test]
+fn kill_9_while_a_resume_cuts_a_long_history_loses_nothing() {
+    let root = tmp("kill9-history");
+    let dir = root.join("run");
+    // 5,000 lines of history before the checkpoint (about 0.7 MB), as a long run leaves.
+    let args = with(train_args(5_020), "--batch-size", "2");
+    let o = run(&args, &["--out", s(&dir), "--stop-after", "5000"]);
+    assert_eq!(code(&o), Some(4), "{}", text(&o));
+    assert_eq!(checkpoint_and_history_intact(&dir), 5_000);
+    let ck = checkpoint_path(&dir);
+    let m = dir.join("metrics.jsonl");
+    let junk = b"{\"kind\":\"train\",\"step\":-1}\n";
+    // How long a resume that cuts the history and takes one step lives: the kills fall in it.
+    let t0 = std::time::Instant::now();
+    let probe = |extra: &[&str]| spawn(&args, &[&["--resume", s(&ck)], extra].concat());
+    let mut f = std::fs::OpenOptions::new().append(true).open(&m).unwrap();
+    std::io::Write::write_all(&mut f, junk).unwrap();
+    let out = probe(&["--stop-after", "1"]).wait_with_output();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let life = t0.elapsed().as_millis() as u64;
+    let mut rng = Moments(7);
+    let mut cut_killed = 0;
+    for _ in 0..10 {
+        // Lines after the checkpoint, as a kill between checkpoints leaves them: every resume
+        // has to cut them off.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&m).unwrap();
+        std::io::Write::write_all(&mut f, junk).unwrap();
+        let mut child = probe(&["--stop-after", "1"]);
+        std::thread::sleep(Duration::from_millis(rng.next_ms(life.max(1))));
+        child.kill();
+        let out = child.wait_with_output();
+        assert!(
+            matches!(out.status.code(), None | Some(4)),
+            "{}",
+            text(&out)
+        );
+        cut_killed += std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                let n = e.as_ref().unwrap().file_name();
+                let n = n.to_string_lossy();
+                n.starts_with(".metrics.jsonl.") && n.ends_with(".tmp")
+            })
+            .count();
+        checkpoint_and_history_intact(&dir);
+    }
+    println!("{cut_killed} of 10 kills fell in the middle of a history cut");
+    let o = run(&args, &["--resume", s(&ck)]);
+    assert_eq!(code(&o), Some(0), "{}", text(&o));
+    assert_eq!(checkpoint_and_history_intact(&dir), 5_020);
+    let steps: Vec<i64> = records(&dir)
+        .iter()
+        .filter(|r| r["kind"] == "train")
+        .map(|r| r["step"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        (1..=5_020).collect::<Vec<_>>(),
+        "no junk, no gap, no repeat"
+    );
+    assert_clean(&dir);
+}
+
+#[test]
 fn two_runs_into_one_folder_are_refused_and_a_killed_holder_is_taken_over() {
     let root = tmp("concurrent");
     let dir = root.join("run");
@@ -276,7 +365,7 @@ fn two_runs_into_one_folder_are_refused_and_a_killed_holder_is_taken_over() {
     let o = run(&train_args(10), &["--out", s(&dir), "--overwrite"]);
     assert_eq!(code(&o), Some(5), "{}", text(&o));
     signal(&a, "-INT");
-    let out = a.wait_with_output().unwrap();
+    let out = a.wait_with_output();
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     // One run's history only: steps 1, 2, 3, ... once each.
     let steps: Vec<u64> = records(&dir)
@@ -293,8 +382,8 @@ fn two_runs_into_one_folder_are_refused_and_a_killed_holder_is_taken_over() {
     wait_for("the lock", || {
         std::fs::read_to_string(dir.join("run.lock")).is_ok_and(|t| t.trim() == pid.to_string())
     });
-    c.kill().unwrap();
-    c.wait().unwrap();
+    c.kill();
+    c.wait_with_output();
     assert_eq!(
         std::fs::read_to_string(dir.join("run.lock"))
             .unwrap()
@@ -843,20 +932,19 @@ fn rss_kib(pid: u32) -> u64 {
 fn toy_streams_a_trajectory_of_any_length() {
     let root = tmp("toy");
     let csv = root.join("path.csv");
-    let child = ire()
-        .args([
-            "toy",
-            "--steps",
-            "10000000000",
-            "--csv",
-            s(&csv),
-            "--backend",
-            "cpu",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let toy: Vec<String> = [
+        "toy",
+        "--steps",
+        "10000000000",
+        "--csv",
+        s(&csv),
+        "--backend",
+        "cpu",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    let child = spawn(&toy, &[]);
     let temp = || {
         std::fs::read_dir(&root)
             .unwrap()
@@ -873,7 +961,7 @@ fn toy_streams_a_trajectory_of_any_length() {
         assert!(kib < 20 << 10, "{kib} KiB resident after a million points");
     }
     signal(&child, "-INT");
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait_with_output();
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let step: u64 = stdout
@@ -962,7 +1050,7 @@ fn sigterm_checkpoints_like_ctrl_c_and_a_second_signal_forces_the_exit() {
     let child = spawn(&args, &["--out", s(&a)]);
     wait_for("training", || metrics_lines(&a) >= 3);
     signal(&child, "-TERM");
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait_with_output();
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(checkpoint_and_history_intact(&a) >= 3);
     assert_clean(&a);
@@ -979,7 +1067,7 @@ fn sigterm_checkpoints_like_ctrl_c_and_a_second_signal_forces_the_exit() {
     let step = checkpoint_and_history_intact(&b);
     signal(&child, "-INT");
     signal(&child, "-INT");
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait_with_output();
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
     assert!(text(&out).contains("second interrupt"), "{}", text(&out));
     assert!(checkpoint_and_history_intact(&b) >= step);

@@ -796,7 +796,8 @@ fn sharpness_command(a: &SharpnessArgs) -> std::result::Result<ExitCode, String>
     println!("{report}");
     if let Some(p) = &a.json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-        std::fs::write(p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        ire_models::artifacts::atomic::write_bytes(p, text.as_bytes())
+            .map_err(|e| e.to_string())?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -244,7 +244,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[derive(Debug)]
 struct Lock {
     path: PathBuf,
-    file: File,
+    /// Open for the lock's life: closing it releases the OS lock.
+    _file: File,
     pid: u32,
     _forced_exit: crate::interrupt::Registration,
 }
@@ -291,7 +292,7 @@ impl Lock {
                 .map_err(io("write"))?;
             let lock = Lock {
                 path: path.to_path_buf(),
-                file,
+                _file: file,
                 pid: me,
                 _forced_exit: crate::interrupt::remove_on_forced_exit(path),
             };
@@ -306,9 +307,8 @@ impl Lock {
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        // Remove, then unlock (when `file` closes right after): see `acquire`.
+        // Remove, then unlock (the file closes when the fields drop, right after): see `acquire`.
         let _ = fs::remove_file(&self.path);
-        let _ = &self.file;
     }
 }
 

@@ -108,3 +108,50 @@ pub fn check(parts: &[Part]) -> Result<(), MemoryError> {
         total,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::ImageDataset;
+
+    fn images(n: usize) -> ImageDataset {
+        ImageDataset {
+            pixels: vec![0; n * 4],
+            labels: vec![0; n],
+            channels: 1,
+            height: 2,
+            width: 2,
+            num_classes: 5,
+            class_names: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn parts_follow_the_arguments() {
+        let cfg = TrainConfig {
+            optimizer: OptimizerKind::Sgd,
+            batch_size: 3,
+            ..TrainConfig::default()
+        };
+        let src = Source::images(&cfg, images(10), images(4));
+        let bytes: Vec<u128> = training(&cfg, &src, 100, 5, 1)
+            .iter()
+            .map(|p| p.bytes)
+            .collect();
+        // θ and ∇ (8 bytes) + momentum (4); host copies 4 + 2·4; a batch of 3 × (4 inputs × 8
+        // + 8); logits 3 × 5 × 8; 4 test images × (4 × 4 + 4).
+        assert_eq!(bytes, [1200, 1200, 120, 120, 80]);
+        let admire = TrainConfig {
+            optimizer: OptimizerKind::Admire,
+            eval_batches: 1,
+            ..cfg
+        };
+        let b = training(&admire, &src, 100, 5, 1);
+        // Adam's two moments (8) + IRE's ĝ, h, previous θ and mask (13 quarters of 4 bytes
+        // = 13); evaluation limited to one batch of 3.
+        assert_eq!(b[0].bytes, 100 * (8 + 8 + 13));
+        assert_eq!(b[1].bytes, 100 * (4 + 2 * (8 + 13)));
+        assert_eq!(b[4].bytes, 3 * 20);
+        assert!(check(&b).is_ok());
+    }
+}
