@@ -419,6 +419,14 @@ fn every_run_gets_its_own_default_folder() {
         })
         .collect();
     assert_ne!(names[0], names[1]);
+    // A run that fails before it writes anything leaves no folder of its own.
+    let o = ire()
+        .current_dir(&cwd)
+        .args(with(train_args(3), "--data", "missing.csv"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), Some(2), "{}", text(&o));
+    assert_eq!(std::fs::read_dir(cwd.join("runs")).unwrap().count(), 2);
     for n in &names {
         let dir = cwd.join(n);
         assert!(

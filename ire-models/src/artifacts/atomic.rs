@@ -139,7 +139,7 @@ fn parse_temp_name(s: &str) -> Option<(&str, u32)> {
 }
 
 /// The folder that holds `path` (`.` for a bare file name).
-fn folder_of(path: &Path) -> PathBuf {
+pub fn folder_of(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

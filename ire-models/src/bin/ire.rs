@@ -324,9 +324,9 @@ impl TrainArgs {
         };
         match (&self.resume, &self.out) {
             (Some(ck), out) => {
-                let own = checkpoint_folder(ck);
+                let own = ire_models::artifacts::atomic::folder_of(ck);
                 match out {
-                    Some(o) if !same_folder(o, &own) => RunFolder::open(o, claim),
+                    Some(o) if !folder::same_folder(o, &own) => RunFolder::open(o, claim),
                     _ => RunFolder::open(&own, Claim::Continue),
                 }
             }
@@ -340,21 +340,6 @@ impl TrainArgs {
                 ),
             ),
         }
-    }
-}
-
-/// The folder a checkpoint file is in (`.` for a bare file name).
-fn checkpoint_folder(ck: &Path) -> PathBuf {
-    match ck.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-fn same_folder(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => a == b,
     }
 }
 
@@ -396,7 +381,7 @@ fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
             }
             let from = ResumeFrom {
                 position: metrics_position(&meta),
-                folder: checkpoint_folder(path),
+                folder: ire_models::artifacts::atomic::folder_of(path),
             };
             (folder, cfg, Some((ck, meta, from)))
         }
@@ -412,19 +397,26 @@ fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
         eprintln!("note: {note}");
     }
     eprintln!("run folder: {}", folder.dir().display());
+    // A folder made for this run goes again if the run leaves nothing in it.
+    let made = (a.resume.is_none() && a.out.is_none()).then(|| folder.dir().to_path_buf());
     let task = TrainRun {
         cfg,
-        folder,
-        resume,
         opts: RunOptions {
-            out_dir: PathBuf::new(),
+            out_dir: folder.dir().to_path_buf(),
             progress: !a.quiet,
             stop_after: a.stop_after,
             overwrite: a.overwrite,
         },
+        folder,
+        resume,
         stop,
     };
-    let (name, out) = run_on_nn(kind, task).map_err(|e| e.to_string())?;
+    let out = run_on_nn(kind, task);
+    if let Some(dir) = made {
+        // Only an empty folder is removed.
+        let _ = std::fs::remove_dir(dir);
+    }
+    let (name, out) = out.map_err(|e| e.to_string())?;
     let s = match out {
         Ok(s) => s,
         Err(e) => return Ok(fail(&e)),

@@ -92,7 +92,8 @@ impl std::fmt::Display for FolderNote {
 #[derive(Debug)]
 pub struct RunFolder {
     dir: PathBuf,
-    lock: Lock,
+    /// Held until the folder is dropped.
+    _lock: Lock,
     notes: Vec<FolderNote>,
 }
 
@@ -122,7 +123,7 @@ impl RunFolder {
         );
         Ok(RunFolder {
             dir: dir.to_path_buf(),
-            lock,
+            _lock: lock,
             notes,
         })
     }
@@ -177,11 +178,6 @@ impl RunFolder {
         &self.notes
     }
 
-    /// The process id written in the lock (this process's).
-    pub fn lock_pid(&self) -> u32 {
-        self.lock.pid
-    }
-
     /// Removes the files of a previous run (for a new run allowed to overwrite it).
     pub fn clear_previous_run(&self) -> Result<(), RunError> {
         for name in RUN_FILES {
@@ -212,6 +208,14 @@ pub fn holds_run(dir: &Path) -> Option<&'static str> {
     [CHECKPOINT_FILE, WEIGHTS_FILE, METRICS_FILE]
         .into_iter()
         .find(|n| non_empty(n))
+}
+
+/// Whether `a` and `b` name the same folder.
+pub fn same_folder(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
 }
 
 /// The default folder name of a new run: `MODEL-OPTIMIZER-YYYYMMDD-HHMMSS` (UTC).
@@ -246,7 +250,6 @@ struct Lock {
     path: PathBuf,
     /// Open for the lock's life: closing it releases the OS lock.
     _file: File,
-    pid: u32,
     _forced_exit: crate::interrupt::Registration,
 }
 
@@ -293,7 +296,6 @@ impl Lock {
             let lock = Lock {
                 path: path.to_path_buf(),
                 _file: file,
-                pid: me,
                 _forced_exit: crate::interrupt::remove_on_forced_exit(path),
             };
             return Ok((lock, stale));

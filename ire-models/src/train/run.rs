@@ -405,7 +405,7 @@ pub fn run_in<B: NnOps>(
                 Some(m) => m,
                 None => history::mark_of_lines(&from, r.position.lines)?,
             };
-            let own = same_folder(&r.folder, folder.dir());
+            let own = super::folder::same_folder(&r.folder, folder.dir());
             if !own {
                 folder.clear_previous_run()?;
             }
@@ -536,14 +536,6 @@ pub fn run_in<B: NnOps>(
         unit,
         already_finished: false,
     })
-}
-
-/// Whether `a` and `b` are the same folder.
-fn same_folder(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => a == b,
-    }
 }
 
 /// The summary of a run whose checkpoint is at its last step: its history's last lines.

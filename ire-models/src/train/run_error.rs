@@ -111,16 +111,6 @@ pub enum RunError {
         /// The data's value.
         found: String,
     },
-    /// The checkpoint metadata lacks an entry or has one of the wrong type.
-    #[error("{}: bad checkpoint metadata: {field} {problem}", .path.display())]
-    BadMeta {
-        /// The checkpoint.
-        path: PathBuf,
-        /// The entry.
-        field: &'static str,
-        /// What is wrong with it.
-        problem: String,
-    },
 }
 
 impl RunError {

@@ -538,7 +538,7 @@ impl<B: NnOps + 'static> Trainer<B> {
                 &self.y,
                 rows,
                 c,
-                0.0,
+                self.cfg.label_smoothing,
                 1.0,
                 &mut self.dlogits,
             )
