@@ -27,6 +27,8 @@ use ire_core::formulas::{AdamWScalars, SgdScalars};
 use ire_core::{Backend, DType, Element, Error, Result, Scalar};
 use rayon::prelude::*;
 
+mod borrow;
+mod buffer;
 mod kernels;
 #[cfg(feature = "lapack")]
 pub mod lapack;
@@ -34,50 +36,13 @@ pub mod reduce;
 pub mod select;
 mod simd;
 
+pub use buffer::CpuBuffer;
+
 /// Elements per parallel task: buffers up to this length run on the calling thread.
 ///
 /// 64K elements (256 KiB of `f32`) amortise rayon's per-task cost (about a microsecond) over
 /// tens of microseconds of streaming work, while a 1M-element buffer still makes 16 tasks.
 pub const DEFAULT_CHUNK_LEN: usize = 1 << 16;
-
-/// A buffer of the CPU backend: a host vector.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct CpuBuffer<E>(Vec<E>);
-
-impl<E> CpuBuffer<E> {
-    /// Wraps a host vector (no copy).
-    pub fn from_vec(v: Vec<E>) -> Self {
-        CpuBuffer(v)
-    }
-    /// The host vector (no copy).
-    pub fn into_vec(self) -> Vec<E> {
-        self.0
-    }
-    /// The elements.
-    pub fn as_slice(&self) -> &[E] {
-        &self.0
-    }
-    /// The elements, mutably.
-    pub fn as_mut_slice(&mut self) -> &mut [E] {
-        &mut self.0
-    }
-    /// Number of elements.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-    /// Whether the buffer has no element.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-    /// A one-dimensional ndarray view of the elements.
-    pub fn view(&self) -> ndarray::ArrayView1<'_, E> {
-        ndarray::ArrayView1::from(&self.0[..])
-    }
-    /// A mutable one-dimensional ndarray view of the elements.
-    pub fn view_mut(&mut self) -> ndarray::ArrayViewMut1<'_, E> {
-        ndarray::ArrayViewMut1::from(&mut self.0[..])
-    }
-}
 
 /// The multi-threaded CPU backend.
 ///
@@ -391,7 +356,7 @@ impl Backend for CpuBackend {
     }
 
     fn alloc<E: Element>(&self, len: usize) -> Result<CpuBuffer<E>> {
-        Ok(CpuBuffer(vec![E::default(); len]))
+        Ok(CpuBuffer::from_vec(vec![E::default(); len]))
     }
 
     fn len<E: Element>(&self, buf: &CpuBuffer<E>) -> usize {

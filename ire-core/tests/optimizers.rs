@@ -1,7 +1,9 @@
 //! Base optimizers against golden values, and IRE's semantics on problems solvable by hand.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use ire_core::optim::{EstimateInput, Estimator, KappaSchedule, Optimizer, sharp_count};
+use ire_core::optim::{
+    EstimateInput, Estimator, KappaSchedule, Optimizer, TensorStep, sharp_count,
+};
 use ire_core::reference::{HostBuffer, Reference};
 use ire_core::{
     AdamW, AdamWConfig, Backend, Error, Ire, IreConfig, IreStep, Result, Sam, SamConfig, Sgd,
@@ -271,6 +273,7 @@ fn warmup_refresh_interval_and_kappa_decay() {
         beta: 0.0,
         kappa_schedule: KappaSchedule::ProportionalToLr { lr_max: 0.25 },
         estimator: Estimator::SquaredGradient,
+        ..IreConfig::default()
     };
     let mut ire = Ire::new(Sgd::new(SgdConfig::default()).unwrap(), cfg).unwrap();
     let mut sgd = Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap();
@@ -321,7 +324,7 @@ fn warmup_refresh_interval_and_kappa_decay() {
 }
 
 /// A base optimizer written by a user: sign descent on host buffers. IRE wraps it through the
-/// trait's provided `step_boosted` (copy, step, boost).
+/// trait's provided `step_tensor_boosted` (copy, step, boost).
 struct SignDescent {
     steps: u64,
 }
@@ -330,20 +333,21 @@ impl Optimizer<Reference, f64> for SignDescent {
     fn name(&self) -> &str {
         "sign-descent"
     }
-    fn step(
+    fn step_tensor(
         &mut self,
         _: &Reference,
-        params: &mut [HostBuffer<f64>],
-        grads: &[HostBuffer<f64>],
-        lr: f64,
+        _: usize,
+        param: &mut HostBuffer<f64>,
+        grad: &HostBuffer<f64>,
+        hp: TensorStep,
     ) -> Result<()> {
-        for (p, g) in params.iter_mut().zip(grads) {
-            for (x, g) in p.0.iter_mut().zip(&g.0) {
-                *x -= lr * g.signum();
-            }
+        for (x, g) in param.0.iter_mut().zip(&grad.0) {
+            *x -= hp.lr * g.signum();
         }
-        self.steps += 1;
         Ok(())
+    }
+    fn end_step(&mut self) {
+        self.steps += 1;
     }
     fn save(&self, _: &Reference) -> Result<ire_core::state::StateDict> {
         let mut d = ire_core::state::StateDict::new("sign-descent");
@@ -649,4 +653,272 @@ fn size_mismatches_are_errors() {
     let e = R.alloc_from(&[1.0f64]).unwrap();
     let mut f = R.alloc::<f64>(2).unwrap();
     assert!(R.copy(&e, &mut f).is_err());
+}
+
+/// Parameter groups: the threshold is ONE selection over the participating groups only, and a
+/// group's learning-rate scale and weight decay reach its tensors.
+#[test]
+fn groups_share_one_threshold_and_keep_their_settings() {
+    use ire_core::optim::{ParamGroup, ParamGroups};
+    let groups = ParamGroups::new(
+        vec![
+            ParamGroup::default(),
+            ParamGroup {
+                lr_scale: 0.5,
+                weight_decay: Some(0.0),
+                ire: false,
+            },
+        ],
+        vec![0, 1, 0],
+    )
+    .unwrap();
+    let cfg = IreConfig {
+        kappa: 1.0,
+        gamma: 0.5,
+        refresh_every: 1,
+        estimator: Estimator::AbsGradient,
+        ..IreConfig::default()
+    };
+    let sgd = SgdConfig {
+        weight_decay: 0.1,
+        ..SgdConfig::default()
+    };
+    let mut ire = Ire::new(Sgd::new(sgd).unwrap(), cfg)
+        .unwrap()
+        .with_groups(groups)
+        .unwrap();
+    // Participating: tensors 0 and 2, h = (4, 1 | 3, 2): N = 4, k = 2, τ = 3 → (0, 1 | 1, 1).
+    // Tensor 1 (h = 100 would be the largest) takes no part.
+    let mut p = bufs(&[&[1.0, 1.0], &[1.0, 1.0], &[1.0, 1.0]]);
+    let g = bufs(&[&[1.0, 1.0], &[1.0, 1.0], &[1.0, 1.0]]);
+    let est = bufs(&[&[4.0, 1.0], &[100.0, 100.0], &[3.0, 2.0]]);
+    let rep = ire
+        .step(
+            &R,
+            &mut p,
+            &g,
+            IreStep {
+                lr: 0.5,
+                estimate: Some(EstimateInput::Gradient(&est)),
+            },
+        )
+        .unwrap();
+    assert_eq!(rep.threshold, Some(3.0));
+    assert_eq!(ire.mask()[0].0, [0, 1]);
+    assert!(
+        ire.mask()[1].0.is_empty(),
+        "no state for a tensor outside IRE"
+    );
+    assert_eq!(ire.mask()[2].0, [1, 1]);
+    assert_eq!(ire.flat_count(&R).unwrap(), 3);
+    // Group 0: d = g + 0.1 θ = 1.1, step 0.5 · 1.1 = 0.55; boosted ×2 where flat.
+    assert_eq!(p[0].0, [1.0 - 0.55, 1.0 - 2.0 * 0.55]);
+    assert_eq!(p[2].0, [1.0 - 2.0 * 0.55, 1.0 - 2.0 * 0.55]);
+    // Group 1: lr 0.25, no decay, no boost: 1 − 0.25.
+    assert_eq!(p[1].0, [0.75, 0.75]);
+    // Groups that do not cover the tensors are refused.
+    let wrong = ParamGroups::single(2);
+    let mut ire2 = Ire::new(Sgd::new(sgd).unwrap(), cfg)
+        .unwrap()
+        .with_groups(wrong)
+        .unwrap();
+    let err = ire2
+        .step(
+            &R,
+            &mut p,
+            &g,
+            IreStep {
+                lr: 0.5,
+                estimate: Some(EstimateInput::Gradient(&est)),
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
+    assert!(ParamGroups::new(vec![ParamGroup::default()], vec![0, 1]).is_err());
+    let bad = ParamGroup {
+        lr_scale: -1.0,
+        ..ParamGroup::default()
+    };
+    assert!(matches!(
+        ParamGroups::new(vec![bad], vec![0]),
+        Err(Error::InvalidHyperParameter {
+            field: "lr_scale",
+            ..
+        })
+    ));
+}
+
+/// SAM-IRE refreshes at the unperturbed θ in its first phase, and the step reports it.
+#[test]
+fn sam_ire_reports_the_refresh_of_its_first_phase() {
+    let cfg = IreConfig {
+        gamma: 0.5,
+        refresh_every: 2,
+        ..IreConfig::default()
+    };
+    let sam = Sam::new(
+        Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap(),
+        SamConfig::default(),
+    )
+    .unwrap();
+    let mut ire = Ire::new(sam, cfg).unwrap();
+    let mut p = bufs(&[&[1.0, 2.0, 3.0, 4.0]]);
+    let g = bufs(&[&[1.0, 1.0, 1.0, 1.0]]);
+    let est = bufs(&[&[1.0, 2.0, 3.0, 4.0]]);
+    let mut refreshed = Vec::new();
+    for t in 0..4 {
+        let due = ire.refresh_due();
+        let e = due.then_some(EstimateInput::Gradient(&est));
+        ire.sam_perturb(&R, &mut p, &g, e).unwrap();
+        assert!(!ire.refresh_due(), "the refresh of step {t} is settled");
+        let rep = ire.step(&R, &mut p, &g, IreStep::lr(0.1)).unwrap();
+        assert_eq!(rep.refreshed, due, "step {t}");
+        if rep.refreshed {
+            // h = (1, 4, 9, 16), k = 2 → τ = 9.
+            assert_eq!(rep.threshold, Some(9.0));
+            refreshed.push(t);
+        }
+    }
+    assert_eq!(refreshed, [0, 2]);
+    // A due refresh without an estimate is refused before θ moves.
+    let mut ire = Ire::new(
+        Sam::new(
+            Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap(),
+            SamConfig::default(),
+        )
+        .unwrap(),
+        cfg,
+    )
+    .unwrap();
+    let before = p.clone();
+    assert!(matches!(
+        ire.sam_perturb(&R, &mut p, &g, None),
+        Err(Error::Protocol(_))
+    ));
+    assert_eq!(p, before);
+}
+
+/// AdamW's bias correction counts the steps of each tensor (PyTorch's per-parameter `step`):
+/// a tensor skipped in a step continues as if stepped alone.
+#[test]
+fn adamw_counts_steps_per_tensor() {
+    use ire_core::optim::TensorStep;
+    let cfg = AdamWConfig::default();
+    let mut both = AdamW::<Reference, f64>::new(cfg).unwrap();
+    let mut alone = AdamW::<Reference, f64>::new(cfg).unwrap();
+    let mut p = bufs(&[&[1.0, -2.0], &[0.5]]);
+    let mut q = bufs(&[&[0.5]]);
+    for t in 0..5u64 {
+        let g1 = HostBuffer(vec![0.1 * t as f64 + 0.3]);
+        both.begin_step(&R, &[2, 1]).unwrap();
+        if t % 2 == 0 {
+            let g0 = HostBuffer(vec![0.2, -0.1]);
+            both.step_tensor(&R, 0, &mut p[0], &g0, TensorStep::lr(0.01))
+                .unwrap();
+        }
+        both.step_tensor(&R, 1, &mut p[1], &g1, TensorStep::lr(0.01))
+            .unwrap();
+        both.end_step();
+        alone.step(&R, &mut q, &[g1], 0.01).unwrap();
+    }
+    assert_eq!(p[1].0, q[0].0);
+    // Tensor 0 took 3 steps: the same as 3 steps alone.
+    let mut r0 = bufs(&[&[1.0, -2.0]]);
+    let mut solo = AdamW::<Reference, f64>::new(cfg).unwrap();
+    for _ in 0..3 {
+        solo.step(&R, &mut r0, &bufs(&[&[0.2, -0.1]]), 0.01)
+            .unwrap();
+    }
+    assert_eq!(p[0].0, r0[0].0);
+    // The counts survive save and load.
+    let saved = both.save(&R).unwrap();
+    let mut back = AdamW::<Reference, f64>::new(cfg).unwrap();
+    back.load(&R, &saved).unwrap();
+    assert_eq!(back.save(&R).unwrap(), saved);
+}
+
+/// The external-base protocol is checked: no step without begin, no second begin.
+#[test]
+fn external_base_steps_are_checked() {
+    use ire_core::optim::External;
+    let mut ire = Ire::<Reference, f64, External>::new(External, IreConfig::default()).unwrap();
+    let mut p = bufs(&[&[1.0, 2.0]]);
+    assert!(matches!(
+        ire.finish_external(&R, &mut p),
+        Err(Error::Protocol(_))
+    ));
+    let est = bufs(&[&[1.0, 2.0]]);
+    ire.begin_external(
+        &R,
+        &p,
+        IreStep {
+            lr: 0.1,
+            estimate: Some(EstimateInput::Gradient(&est)),
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        ire.begin_external(&R, &p, IreStep::lr(0.1)),
+        Err(Error::Protocol(_))
+    ));
+    // θ moved by an outside step −0.5 on both; h = (1, 4), k = ⌊0.2·2⌋ = 0 → all flat, κ = 2.
+    for x in p[0].0.iter_mut() {
+        *x -= 0.5;
+    }
+    ire.finish_external(&R, &mut p).unwrap();
+    assert_eq!(p[0].0, [1.0 - 1.5, 2.0 - 1.5]);
+    assert_eq!(ire.step_count(), 1);
+    // Stepping the marker itself is a protocol error.
+    let g = bufs(&[&[1.0, 1.0]]);
+    assert!(ire.step(&R, &mut p, &g, IreStep::lr(0.1)).is_err());
+}
+
+/// The official `rank_increase` schedule moves γ between refreshes (as written).
+#[test]
+fn rank_increase_moves_the_threshold() {
+    use ire_core::optim::GammaSchedule;
+    let cfg = IreConfig {
+        gamma: 0.4, // rank 0.6
+        refresh_every: 1,
+        estimator: Estimator::AbsGradient,
+        threshold: ire_core::optim::ThresholdRule::SharpTopK,
+        gamma_schedule: GammaSchedule::RankIncrease { horizon: 200 },
+        ..IreConfig::default()
+    };
+    let mut ire = Ire::new(
+        Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap(),
+        cfg,
+    )
+    .unwrap();
+    let est = bufs(&[&(1..=10).map(f64::from).collect::<Vec<_>>()]);
+    let mut p = bufs(&[&[0.0; 10]]);
+    let g = bufs(&[&[0.0; 10]]);
+    let mut taus = Vec::new();
+    for _ in 0..6 {
+        let rep = ire
+            .step(
+                &R,
+                &mut p,
+                &g,
+                IreStep {
+                    lr: 0.1,
+                    estimate: Some(EstimateInput::Gradient(&est)),
+                },
+            )
+            .unwrap();
+        taus.push(rep.threshold);
+    }
+    // H = 200: period 20, half 10. rank_t = 0.6 − 0.05 i for i < 10: k = ⌊10 rank_t⌋ =
+    // 6, 5 (5.5), 5, 4 (4.5), 4, 3 (3.5) → τ = 5, 6, 6, 7, 7, 8.
+    assert_eq!(
+        taus,
+        [
+            Some(5.0),
+            Some(6.0),
+            Some(6.0),
+            Some(7.0),
+            Some(7.0),
+            Some(8.0)
+        ]
+    );
 }

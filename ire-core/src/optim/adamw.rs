@@ -6,9 +6,12 @@ use alloc::vec::Vec;
 #[cfg_attr(feature = "std", allow(unused_imports))] // no_std: sqrt, powf, cos come from libm
 use num_traits::Float;
 
-use super::{Boost, Optimizer, check_lr, check_params, check_state_sizes, sizes, zeros_like};
+use super::groups::TensorStep;
+use super::optimizer::{
+    Optimizer, TensorBoost, check_lr, check_sizes, check_tensor, weight_decay, zeros,
+};
 use crate::backend::Backend;
-use crate::error::{Result, check, check_len};
+use crate::error::{Error, Result, check};
 use crate::formulas::AdamWScalars;
 use crate::scalar::Scalar;
 use crate::state::{StateDict, StateValue, indexed_names};
@@ -68,14 +71,20 @@ impl AdamWConfig {
         )
     }
 
-    /// The host scalars of step `t` (1-based) at learning rate `lr`: everything that depends
-    /// only on `t` is computed here once, in `f64`, so no kernel needs `pow`.
+    /// The host scalars of step `t` (1-based) at learning rate `lr` with the configured weight
+    /// decay: everything that depends only on `t` is computed here once, in `f64`, so no kernel
+    /// needs `pow`.
     pub fn scalars<T: Scalar>(&self, lr: f64, t: u64) -> AdamWScalars<T> {
+        self.scalars_with_decay(lr, self.weight_decay, t)
+    }
+
+    /// [`AdamWConfig::scalars`] with weight decay `wd` (a parameter group's).
+    pub fn scalars_with_decay<T: Scalar>(&self, lr: f64, wd: f64, t: u64) -> AdamWScalars<T> {
         let tf = t as f64;
         let bc1 = 1.0 - self.beta1.powf(tf);
         let bc2 = 1.0 - self.beta2.powf(tf);
         AdamWScalars {
-            decay: T::of(1.0 - lr * self.weight_decay),
+            decay: T::of(1.0 - lr * wd),
             beta1: T::of(self.beta1),
             one_minus_beta1: T::of(1.0 - self.beta1),
             beta2: T::of(self.beta2),
@@ -89,11 +98,15 @@ impl AdamWConfig {
 
 /// AdamW: `θ ← θ(1 − lr·wd)`; `m ← β1 m + (1−β1) g`; `v ← β2 v + (1−β2) g²`;
 /// `θ ← θ − (lr / (1 − β1^t)) · m / (sqrt(v) / sqrt(1 − β2^t) + ε)`.
+///
+/// `t` counts the steps of each tensor (PyTorch's per-parameter `step`), so a tensor a framework
+/// skips in some steps keeps its own bias correction.
 pub struct AdamW<B: Backend, T: Scalar> {
     cfg: AdamWConfig,
     m: Vec<B::Buffer<T>>,
     v: Vec<B::Buffer<T>>,
     sizes: Option<Vec<usize>>,
+    tensor_steps: Vec<u64>,
     steps: u64,
 }
 
@@ -106,6 +119,7 @@ impl<B: Backend, T: Scalar> AdamW<B, T> {
             m: Vec::new(),
             v: Vec::new(),
             sizes: None,
+            tensor_steps: Vec::new(),
             steps: 0,
         })
     }
@@ -120,26 +134,34 @@ impl<B: Backend, T: Scalar> AdamW<B, T> {
         self.steps
     }
 
+    /// The first moments (one per tensor; empty before the first step).
+    pub fn first_moments(&self) -> &[B::Buffer<T>] {
+        &self.m
+    }
+
+    /// The second moments (one per tensor; empty before the first step).
+    pub fn second_moments(&self) -> &[B::Buffer<T>] {
+        &self.v
+    }
+
     fn prepare(
-        &mut self,
+        &self,
         b: &B,
-        params: &[B::Buffer<T>],
-        grads: &[B::Buffer<T>],
-        lr: f64,
+        i: usize,
+        param: &B::Buffer<T>,
+        grad: &B::Buffer<T>,
+        hp: TensorStep,
     ) -> Result<AdamWScalars<T>> {
-        check_lr(lr)?;
-        check_params(b, params, grads)?;
-        match &self.sizes {
-            Some(s) => check_state_sizes(b, params, s)?,
-            None => {
-                let m = zeros_like(b, params)?;
-                let v = zeros_like(b, params)?;
-                self.m = m;
-                self.v = v;
-                self.sizes = Some(sizes(b, params));
-            }
-        }
-        Ok(self.cfg.scalars(lr, self.steps + 1))
+        check_lr(hp.lr)?;
+        let sizes = self
+            .sizes
+            .as_deref()
+            .ok_or_else(|| Error::Protocol("adamw: step_tensor before begin_step".into()))?;
+        check_tensor(b, sizes, i, param, grad)?;
+        let wd = weight_decay(hp, self.cfg.weight_decay)?;
+        Ok(self
+            .cfg
+            .scalars_with_decay(hp.lr, wd, self.tensor_steps[i] + 1))
     }
 }
 
@@ -148,23 +170,32 @@ impl<B: Backend, T: Scalar> Optimizer<B, T> for AdamW<B, T> {
         "adamw"
     }
 
-    fn step(
+    fn begin_step(&mut self, b: &B, sizes: &[usize]) -> Result<()> {
+        match &self.sizes {
+            Some(s) => check_sizes(s, sizes),
+            None => {
+                let m = zeros(b, sizes)?;
+                let v = zeros(b, sizes)?;
+                self.m = m;
+                self.v = v;
+                self.tensor_steps = alloc::vec![0; sizes.len()];
+                self.sizes = Some(sizes.to_vec());
+                Ok(())
+            }
+        }
+    }
+
+    fn step_tensor(
         &mut self,
         b: &B,
-        params: &mut [B::Buffer<T>],
-        grads: &[B::Buffer<T>],
-        lr: f64,
+        i: usize,
+        param: &mut B::Buffer<T>,
+        grad: &B::Buffer<T>,
+        hp: TensorStep,
     ) -> Result<()> {
-        let s = self.prepare(b, params, grads, lr)?;
-        for (((p, g), m), v) in params
-            .iter_mut()
-            .zip(grads)
-            .zip(self.m.iter_mut())
-            .zip(self.v.iter_mut())
-        {
-            b.adamw_step(p, g, m, v, &s)?;
-        }
-        self.steps += 1;
+        let s = self.prepare(b, i, param, grad, hp)?;
+        b.adamw_step(param, grad, &mut self.m[i], &mut self.v[i], &s)?;
+        self.tensor_steps[i] += 1;
         Ok(())
     }
 
@@ -172,32 +203,37 @@ impl<B: Backend, T: Scalar> Optimizer<B, T> for AdamW<B, T> {
         true
     }
 
-    fn step_boosted(
+    fn step_tensor_boosted(
         &mut self,
         b: &B,
-        params: &mut [B::Buffer<T>],
-        grads: &[B::Buffer<T>],
-        lr: f64,
-        boost: Boost<'_, B, T>,
+        i: usize,
+        param: &mut B::Buffer<T>,
+        grad: &B::Buffer<T>,
+        hp: TensorStep,
+        boost: TensorBoost<'_, B, T>,
     ) -> Result<()> {
-        let s = self.prepare(b, params, grads, lr)?;
-        check_len("boost mask tensors", params.len(), boost.mask.len())?;
-        for ((((p, g), m), v), n) in params
-            .iter_mut()
-            .zip(grads)
-            .zip(self.m.iter_mut())
-            .zip(self.v.iter_mut())
-            .zip(boost.mask)
-        {
-            b.adamw_ire_step(p, g, m, v, &s, n, boost.kappa)?;
-        }
-        self.steps += 1;
+        let s = self.prepare(b, i, param, grad, hp)?;
+        b.adamw_ire_step(
+            param,
+            grad,
+            &mut self.m[i],
+            &mut self.v[i],
+            &s,
+            boost.mask,
+            boost.kappa,
+        )?;
+        self.tensor_steps[i] += 1;
         Ok(())
+    }
+
+    fn end_step(&mut self) {
+        self.steps += 1;
     }
 
     fn save(&self, b: &B) -> Result<StateDict> {
         let mut d = StateDict::new("adamw");
         d.put("steps", StateValue::U64(self.steps));
+        d.put("tensor_steps", StateValue::U64s(self.tensor_steps.clone()));
         d.put_tensors(b, "m", &self.m)?;
         d.put_tensors(b, "v", &self.v)?;
         Ok(d)
@@ -205,16 +241,19 @@ impl<B: Backend, T: Scalar> Optimizer<B, T> for AdamW<B, T> {
 
     fn load(&mut self, b: &B, state: &StateDict) -> Result<()> {
         let saved = state.tensor_sizes("m");
-        let mut expected: Vec<String> = alloc::vec!["steps".into()];
+        let mut expected: Vec<String> = alloc::vec!["steps".into(), "tensor_steps".into()];
         expected.extend(indexed_names("m", saved.len()));
         expected.extend(indexed_names("v", saved.len()));
         state.expect("adamw", &expected)?;
         if let Some(cur) = &self.sizes {
-            check_len("number of AdamW moment tensors", cur.len(), saved.len())?;
-            for (i, (a, c)) in saved.iter().zip(cur).enumerate() {
-                check_len(&alloc::format!("AdamW moment tensor {i}"), *c, *a)?;
-            }
+            check_sizes(cur, &saved)?;
         }
+        let tensor_steps = state.get_u64s("tensor_steps")?.to_vec();
+        crate::error::check_len(
+            "AdamW per-tensor step counts",
+            saved.len(),
+            tensor_steps.len(),
+        )?;
         let steps = state.get_u64("steps")?;
         let m = state.load_tensors::<B, T>(b, "m", &saved)?;
         let v = state.load_tensors::<B, T>(b, "v", &saved)?;
@@ -226,6 +265,7 @@ impl<B: Backend, T: Scalar> Optimizer<B, T> for AdamW<B, T> {
         };
         self.m = m;
         self.v = v;
+        self.tensor_steps = tensor_steps;
         Ok(())
     }
 }

@@ -2,15 +2,27 @@
 //! coordinates from a diagonal-Hessian estimate, and a `(1 + κ)` longer base step along them.
 //!
 //! Official semantics (IRE-SPEC §2): at step `t ≥ T_w` with `(t − T_w) mod K = 0`, the estimate
-//! `h ← β h + (1 − β) ĝ²` is refreshed and the mask rebuilt with ONE threshold over all tensors:
-//! `k = ⌊(1 − γ) N⌋`, `τ` = the k-th largest `h`, flat iff `h ≤ τ` (ties at `τ` are flat).
-//! Then every step `t ≥ T_w` runs the base step and `θ ← θ_base + (κ_t n) ⊙ (θ_base − θ_old)`.
+//! `h ← β h + (1 − β) ĝ²` is refreshed and the mask rebuilt with ONE threshold over every
+//! participating tensor ([`super::threshold`]: by default `k = ⌊(1 − γ) N⌋`, `τ` = the k-th
+//! largest `h`, flat iff `h ≤ τ`, ties flat). Then every step `t ≥ T_w` runs the base step and
+//! `θ ← θ_base + (κ_t n) ⊙ (θ_base − θ_old)`.
+//!
+//! A step can be taken in one call ([`Ire::step`]), tensor by tensor ([`Ire::begin_step`],
+//! [`Ire::step_tensor`], [`Ire::end_step`]), around a base step taken by someone else
+//! ([`Ire::begin_external`], [`Ire::finish_external`]), or as SAM-IRE ([`Ire::sam_perturb`] then
+//! [`Ire::step`], or [`Ire::sam_step_with`]).
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 
-use super::{Boost, Optimizer, check_params, check_state_sizes, sizes, zeros_like};
+use super::groups::{ParamGroups, TensorStep};
+use super::optimizer::{
+    Optimizer, TensorBoost, check_lr, check_params, check_sizes, check_tensor, sizes, zeros,
+};
+use super::sam::Sam;
+use super::threshold::{GammaSchedule, Selection, ThresholdRule};
 use crate::backend::Backend;
 use crate::error::{Error, Result, check, check_len};
 use crate::scalar::Scalar;
@@ -48,9 +60,17 @@ pub enum Estimator {
     Manual,
 }
 
+impl Estimator {
+    /// Whether a refresh needs an estimator gradient `ĝ` from the caller.
+    pub fn needs_gradient(self) -> bool {
+        matches!(self, Estimator::SquaredGradient | Estimator::AbsGradient)
+    }
+}
+
 /// The estimator's input for a refresh, one buffer per parameter tensor.
 pub enum EstimateInput<'a, B: Backend, T: Scalar> {
-    /// An estimator gradient `ĝ`.
+    /// An estimator gradient `ĝ` (or, for [`Estimator::SquaredTrainingGradient`], the training
+    /// gradient).
     Gradient(&'a [B::Buffer<T>]),
     /// A Rademacher probe `z` and the Hessian-vector product `Hz`.
     HessianProbe {
@@ -82,9 +102,9 @@ impl<'a, B: Backend, T: Scalar> IreStep<'a, B, T> {
 pub struct IreReport {
     /// The step number `t` (0-based) just taken.
     pub step: u64,
-    /// Whether the mask was refreshed at this step.
+    /// Whether the mask was refreshed for this step.
     pub refreshed: bool,
-    /// The threshold τ of the refresh (`None` if no refresh, or for γ ∈ {0, 1}).
+    /// The threshold τ of the refresh (`None` if no refresh, or when no selection was needed).
     pub threshold: Option<f64>,
     /// `κ_t` applied (0 during warm-up).
     pub kappa: f64,
@@ -108,11 +128,16 @@ pub struct IreConfig {
     pub kappa_schedule: KappaSchedule,
     /// The curvature estimate.
     pub estimator: Estimator,
+    /// How the threshold is chosen from γ.
+    pub threshold: ThresholdRule,
+    /// How γ varies over the refreshes.
+    pub gamma_schedule: GammaSchedule,
 }
 
 impl Default for IreConfig {
     /// κ 2, γ 0.8 (the paper's ViT-S ImageNet setting), K 10 and β 0 (every official script),
-    /// no warm-up, constant κ, the official squared sampled-label gradient.
+    /// no warm-up, constant κ and γ, the official squared sampled-label gradient and the sharp
+    /// top-k threshold of the CIFAR and ImageNet scripts.
     fn default() -> Self {
         IreConfig {
             kappa: 2.0,
@@ -122,6 +147,8 @@ impl Default for IreConfig {
             beta: 0.0,
             kappa_schedule: KappaSchedule::Constant,
             estimator: Estimator::SquaredGradient,
+            threshold: ThresholdRule::SharpTopK,
+            gamma_schedule: GammaSchedule::Constant,
         }
     }
 }
@@ -156,7 +183,7 @@ impl IreConfig {
                 "> 0, finite",
             )?;
         }
-        Ok(())
+        self.gamma_schedule.validate()
     }
 
     /// `κ_t` at learning rate `lr`.
@@ -168,39 +195,67 @@ impl IreConfig {
     }
 }
 
-/// The number of SHARP coordinates `k = ⌊(1 − γ) N⌋`.
-///
-/// `(1 − γ)·N` is computed in `f64`; a product within `1e−9` (relative) of an integer counts as
-/// that integer, so γ = 0.9 on N = 10 gives k = 1 as a reader expects, not 0 from
-/// `1 − 0.9 = 0.0999…`. (The official code takes `1 − γ` as its input and never meets this.)
-pub fn sharp_count(n: usize, gamma: f64) -> usize {
-    let x = (1.0 - gamma) * n as f64;
-    let r = libm_round(x);
-    let k = if (x - r).abs() <= 1e-9 * x.max(1.0) {
-        r
-    } else {
-        libm_floor(x)
-    };
-    (k.max(0.0) as usize).min(n)
+/// A base optimizer that runs outside this crate (e.g. a framework's own optimizer): the
+/// marker for [`Ire::begin_external`] / [`Ire::finish_external`]. It cannot step by itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct External;
+
+impl<B: Backend, T: Scalar> Optimizer<B, T> for External {
+    fn name(&self) -> &str {
+        "external"
+    }
+
+    fn step_tensor(
+        &mut self,
+        _: &B,
+        _: usize,
+        _: &mut B::Buffer<T>,
+        _: &B::Buffer<T>,
+        _: TensorStep,
+    ) -> Result<()> {
+        Err(Error::Protocol(
+            "IRE around an external base optimizer steps through begin_external / \
+             finish_external"
+                .into(),
+        ))
+    }
+
+    fn save(&self, _: &B) -> Result<StateDict> {
+        Ok(StateDict::new("external"))
+    }
+
+    fn load(&mut self, _: &B, state: &StateDict) -> Result<()> {
+        state.expect("external", &[])
+    }
 }
 
-fn libm_round(x: f64) -> f64 {
-    num_traits::Float::round(x)
-}
-fn libm_floor(x: f64) -> f64 {
-    num_traits::Float::floor(x)
+/// The refresh and boost of the step in progress.
+#[derive(Clone, Copy, Debug)]
+struct OpenStep {
+    report: IreReport,
+    boosting: bool,
+    /// `κ_t` from each tensor's own learning rate (a step begun through the [`Optimizer`]
+    /// trait, which gives no step-wide learning rate) instead of `report.kappa`.
+    kappa_per_tensor: bool,
 }
 
-/// IRE around any base optimizer `O` (SGD, AdamW, SAM, or one of yours).
+/// IRE around any base optimizer `O` (SGD, AdamW, SAM, [`External`], or one of yours).
 pub struct Ire<B: Backend, T: Scalar, O> {
     base: O,
     cfg: IreConfig,
+    groups: Option<ParamGroups>,
+    /// Estimate and mask per tensor (zero-length for tensors that do not take part).
     h: Vec<B::Buffer<T>>,
     mask: Vec<B::Buffer<u8>>,
+    /// `θ_old` per tensor, for a base that does not fuse the boost and for external bases.
     scratch: Vec<B::Buffer<T>>,
     sizes: Option<Vec<usize>>,
     t: u64,
-    skip_refresh_at: Option<u64>,
+    /// The refresh due at this step has been done (SAM-IRE) or skipped on purpose.
+    refresh_settled_at: Option<u64>,
+    /// A refresh done ahead of the step (SAM-IRE's, at the unperturbed θ), for the step's report.
+    early_refresh: Option<(u64, Option<f64>)>,
+    open: Option<OpenStep>,
 }
 
 impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
@@ -210,13 +265,29 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
         Ok(Ire {
             base,
             cfg,
+            groups: None,
             h: Vec::new(),
             mask: Vec::new(),
             scratch: Vec::new(),
             sizes: None,
             t: 0,
-            skip_refresh_at: None,
+            refresh_settled_at: None,
+            early_refresh: None,
+            open: None,
         })
+    }
+
+    /// The same optimizer with parameter groups: per-group learning-rate scale and weight
+    /// decay in [`Ire::step`], and only the groups with `ire` ranked and boosted. Must be set
+    /// before the first step.
+    pub fn with_groups(mut self, groups: ParamGroups) -> Result<Self> {
+        if self.sizes.is_some() {
+            return Err(Error::Protocol(
+                "IRE: parameter groups must be set before the first step".into(),
+            ));
+        }
+        self.groups = Some(groups);
+        Ok(self)
     }
 
     /// The configuration.
@@ -224,7 +295,12 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
         &self.cfg
     }
 
-    /// The base optimizer (e.g. to call [`super::Sam::perturb`]).
+    /// The parameter groups, if set.
+    pub fn groups(&self) -> Option<&ParamGroups> {
+        self.groups.as_ref()
+    }
+
+    /// The base optimizer.
     pub fn base(&self) -> &O {
         &self.base
     }
@@ -239,14 +315,20 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
         self.t
     }
 
-    /// The masks (one per tensor; empty before the first step).
+    /// The masks (one per tensor; empty before the first step; zero-length for tensors that
+    /// do not take part).
     pub fn mask(&self) -> &[B::Buffer<u8>] {
         &self.mask
     }
 
-    /// The estimates `h` (one per tensor).
+    /// The estimates `h` (one per tensor, as [`Ire::mask`]).
     pub fn estimate(&self) -> &[B::Buffer<T>] {
         &self.h
+    }
+
+    /// Whether tensor `i` takes part in IRE.
+    pub fn takes_part(&self, i: usize) -> bool {
+        self.groups.as_ref().is_none_or(|g| g.takes_part(i))
     }
 
     /// Whether the next step refreshes the mask (so needs an estimate).
@@ -254,14 +336,14 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
         let t = self.t;
         self.cfg.estimator != Estimator::Manual
             && t >= self.cfg.warmup_steps
-            && (t - self.cfg.warmup_steps) % self.cfg.refresh_every == 0
-            && self.skip_refresh_at != Some(t)
+            && (t - self.cfg.warmup_steps).is_multiple_of(self.cfg.refresh_every)
+            && self.refresh_settled_at != Some(t)
     }
 
     /// Skips the refresh due at the next step and keeps the current mask (e.g. after a
     /// refresh was refused for a non-finite estimate).
     pub fn keep_mask_this_step(&mut self) {
-        self.skip_refresh_at = Some(self.t);
+        self.refresh_settled_at = Some(self.t);
     }
 
     /// Number of flat coordinates in the current mask.
@@ -273,10 +355,15 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
         Ok(n)
     }
 
+    /// Number of coordinates IRE ranks (those of the participating tensors).
+    pub fn ranked_count(&self, b: &B) -> usize {
+        self.h.iter().map(|h| b.len(h)).sum()
+    }
+
     /// Sets the mask from host slices (one per tensor, 0 = sharp, anything else = flat).
     /// Allocates the state if needed; sizes must match the parameters.
     pub fn set_mask(&mut self, b: &B, params: &[B::Buffer<T>], mask: &[&[u8]]) -> Result<()> {
-        self.ensure_state(b, params)?;
+        self.ensure_state(b, &sizes(b, params))?;
         check_len("number of mask tensors", self.mask.len(), mask.len())?;
         for (i, (m, src)) in self.mask.iter().zip(mask).enumerate() {
             check_len(&format!("mask tensor {i}"), b.len(m), src.len())?;
@@ -288,29 +375,47 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
         Ok(())
     }
 
-    fn ensure_state(&mut self, b: &B, params: &[B::Buffer<T>]) -> Result<()> {
+    /// Sizes of the estimate of each tensor: its size if it takes part, else 0.
+    fn ranked_sizes(&self, sizes: &[usize]) -> Vec<usize> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| if self.takes_part(i) { n } else { 0 })
+            .collect()
+    }
+
+    fn needs_scratch(&self) -> bool {
+        !self.base.fuses_boost()
+    }
+
+    fn ensure_state(&mut self, b: &B, sizes: &[usize]) -> Result<()> {
+        if let Some(g) = &self.groups {
+            g.check_tensors(sizes.len())?;
+        }
         match &self.sizes {
-            Some(s) => check_state_sizes(b, params, s),
+            Some(s) => check_sizes(s, sizes),
             None => {
-                let h = zeros_like(b, params)?;
-                let mask = zeros_like::<B, u8, T>(b, params)?;
-                let scratch = if self.base.fuses_boost() {
-                    Vec::new()
+                let ranked = self.ranked_sizes(sizes);
+                let h = zeros(b, &ranked)?;
+                let mask = zeros::<B, u8>(b, &ranked)?;
+                let scratch = if self.needs_scratch() {
+                    zeros(b, &ranked)?
                 } else {
-                    zeros_like(b, params)?
+                    Vec::new()
                 };
                 self.h = h;
                 self.mask = mask;
                 self.scratch = scratch;
-                self.sizes = Some(sizes(b, params));
+                self.sizes = Some(sizes.to_vec());
                 Ok(())
             }
         }
     }
 
-    /// Refreshes `h` and the mask from an estimate (normally called by [`Ire::step`]).
-    /// A non-finite input is refused with an error; `h` and the mask are then unchanged.
-    /// Returns the threshold τ (`None` when γ ∈ {0, 1} make it unnecessary).
+    /// Refreshes `h` and the mask from an estimate (normally called by the step). A
+    /// non-finite input is refused with an error; `h` and the mask are then unchanged.
+    /// `grads` are the training gradients ([`Estimator::SquaredTrainingGradient`] reads them
+    /// when `input` is `None`). Returns the threshold τ (`None` when no selection is needed).
     pub fn refresh(
         &mut self,
         b: &B,
@@ -318,14 +423,40 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
         grads: &[B::Buffer<T>],
         input: Option<&EstimateInput<'_, B, T>>,
     ) -> Result<Option<f64>> {
-        self.ensure_state(b, params)?;
-        let n_tensors = params.len();
-        let beta = T::of(self.cfg.beta);
+        self.ensure_state(b, &sizes(b, params))?;
+        match (self.cfg.estimator, input) {
+            (Estimator::SquaredTrainingGradient, None) => {
+                self.refresh_from(b, &EstimateInput::Gradient(grads))
+            }
+            (_, Some(input)) => self.refresh_from(b, input),
+            (e, None) => Err(self.missing_estimate(e)),
+        }
+    }
+
+    fn missing_estimate(&self, e: Estimator) -> Error {
+        if e == Estimator::Manual {
+            return Error::Protocol(
+                "IRE: refresh called with the Manual estimator (use set_mask)".into(),
+            );
+        }
+        Error::Protocol(format!(
+            "IRE: a mask refresh is due at step {} and the {e:?} estimator needs an estimate \
+             (IreStep::estimate), or call keep_mask_this_step()",
+            self.t
+        ))
+    }
+
+    /// The refresh proper, on allocated state.
+    fn refresh_from(&mut self, b: &B, input: &EstimateInput<'_, B, T>) -> Result<Option<f64>> {
+        let n_tensors = self.h.len();
+        let ranked: Vec<usize> = self.h.iter().map(|h| b.len(h)).collect();
+        let full = self.sizes.clone().unwrap_or_default();
+        // Only participating tensors are read; each must be finite.
         let check_all = |bufs: &[B::Buffer<T>], what: &str| -> Result<()> {
             check_len(&format!("number of {what} tensors"), n_tensors, bufs.len())?;
-            for (i, (x, p)) in bufs.iter().zip(params).enumerate() {
-                check_len(&format!("{what} tensor {i}"), b.len(p), b.len(x))?;
-                if b.count_non_finite(x)? > 0 {
+            for (i, x) in bufs.iter().enumerate() {
+                check_len(&format!("{what} tensor {i}"), full[i], b.len(x))?;
+                if ranked[i] > 0 && b.count_non_finite(x)? > 0 {
                     return Err(Error::NonFinite {
                         what: format!("{what} tensor {i} (IRE refresh refused, mask kept)"),
                     });
@@ -333,46 +464,39 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
             }
             Ok(())
         };
+        let beta = T::of(self.cfg.beta);
+        let take = |i: usize| ranked[i] > 0;
         match (self.cfg.estimator, input) {
             (
-                Estimator::SquaredGradient | Estimator::AbsGradient,
-                Some(EstimateInput::Gradient(g)),
+                Estimator::SquaredGradient
+                | Estimator::AbsGradient
+                | Estimator::SquaredTrainingGradient,
+                EstimateInput::Gradient(g),
             ) => {
                 check_all(g, "estimator gradient")?;
-                for (h, g) in self.h.iter_mut().zip(g.iter()) {
-                    if self.cfg.estimator == Estimator::SquaredGradient {
-                        b.ema_square(h, g, beta)?;
-                    } else {
+                for (i, (h, g)) in self.h.iter_mut().zip(g.iter()).enumerate() {
+                    if !take(i) {
+                        continue;
+                    }
+                    if self.cfg.estimator == Estimator::AbsGradient {
                         b.ema_abs(h, g, beta)?;
+                    } else {
+                        b.ema_square(h, g, beta)?;
                     }
                 }
             }
-            (Estimator::Hutchinson, Some(EstimateInput::HessianProbe { z, hz })) => {
+            (Estimator::Hutchinson, EstimateInput::HessianProbe { z, hz }) => {
                 check_all(z, "Hutchinson probe")?;
                 check_all(hz, "Hessian-vector product")?;
-                for ((h, z), hz) in self.h.iter_mut().zip(z.iter()).zip(hz.iter()) {
-                    b.ema_product(h, z, hz, beta)?;
+                for (i, ((h, z), hz)) in self.h.iter_mut().zip(z.iter()).zip(hz.iter()).enumerate()
+                {
+                    if take(i) {
+                        b.ema_product(h, z, hz, beta)?;
+                    }
                 }
             }
-            (Estimator::SquaredTrainingGradient, _) => {
-                check_all(grads, "training gradient")?;
-                for (h, g) in self.h.iter_mut().zip(grads) {
-                    b.ema_square(h, g, beta)?;
-                }
-            }
-            (Estimator::Manual, _) => {
-                return Err(Error::Protocol(
-                    "IRE: refresh called with the Manual estimator (use set_mask)".into(),
-                ));
-            }
-            (e, None) => {
-                return Err(Error::Protocol(format!(
-                    "IRE: a mask refresh is due at step {} and the {e:?} estimator needs an \
-                     estimate (IreStep::estimate), or call keep_mask_this_step()",
-                    self.t
-                )));
-            }
-            (e, Some(_)) => {
+            (Estimator::Manual, _) => return Err(self.missing_estimate(Estimator::Manual)),
+            (e, _) => {
                 return Err(Error::Protocol(format!(
                     "IRE: the {e:?} estimator got the wrong kind of estimate input"
                 )));
@@ -382,30 +506,146 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
     }
 
     fn rebuild_mask(&mut self, b: &B) -> Result<Option<f64>> {
-        let n: usize = self.h.iter().map(|h| b.len(h)).sum();
-        let k = sharp_count(n, self.cfg.gamma);
-        if k == 0 {
-            for m in self.mask.iter_mut() {
-                b.fill(m, 1u8)?;
+        let n = self.ranked_count(b);
+        let since = self.t.saturating_sub(self.cfg.warmup_steps);
+        let rank = self.cfg.gamma_schedule.rank_at(self.cfg.gamma, since);
+        match self.cfg.threshold.selection(n, rank) {
+            Selection::AllFlat => {
+                for m in self.mask.iter_mut() {
+                    b.fill(m, 1u8)?;
+                }
+                Ok(None)
             }
-            return Ok(None);
-        }
-        if k >= n {
-            for m in self.mask.iter_mut() {
-                b.fill(m, 0u8)?;
+            Selection::NoneFlat => {
+                for m in self.mask.iter_mut() {
+                    b.fill(m, 0u8)?;
+                }
+                Ok(None)
             }
-            return Ok(None);
+            Selection::KthLargest(k) => {
+                let refs: Vec<&B::Buffer<T>> = self.h.iter().collect();
+                let tau = b.kth_largest(&refs, k)?;
+                for (h, m) in self.h.iter().zip(self.mask.iter_mut()) {
+                    b.mask_le(h, tau, m)?;
+                }
+                Ok(Some(tau.as_f64()))
+            }
         }
-        let refs: Vec<&B::Buffer<T>> = self.h.iter().collect();
-        let tau = b.kth_largest(&refs, k)?;
-        for (h, m) in self.h.iter().zip(self.mask.iter_mut()) {
-            b.mask_le(h, tau, m)?;
+    }
+
+    /// Starts a step over tensors of `sizes`, to be taken with [`Ire::step_tensor`] for each
+    /// tensor and closed by [`Ire::end_step`]: refreshes the mask when due (from
+    /// `ctx.estimate`), fixes `κ_t` and starts the base optimizer's step.
+    pub fn begin_step(
+        &mut self,
+        b: &B,
+        sizes: &[usize],
+        ctx: IreStep<'_, B, T>,
+    ) -> Result<IreReport> {
+        let report = self.open_step(b, sizes, ctx.lr, ctx.estimate.as_ref())?;
+        self.base.begin_step(b, sizes)?;
+        self.open = Some(OpenStep {
+            report,
+            boosting: self.t >= self.cfg.warmup_steps,
+            kappa_per_tensor: false,
+        });
+        Ok(report)
+    }
+
+    /// Refresh when due and the report of the step about to run (shared by every kind of step).
+    fn open_step(
+        &mut self,
+        b: &B,
+        sizes: &[usize],
+        lr: f64,
+        estimate: Option<&EstimateInput<'_, B, T>>,
+    ) -> Result<IreReport> {
+        check_lr(lr)?;
+        if self.open.is_some() {
+            return Err(Error::Protocol(
+                "IRE: a step was begun before the previous one ended".into(),
+            ));
         }
-        Ok(Some(tau.as_f64()))
+        self.ensure_state(b, sizes)?;
+        let t = self.t;
+        let mut report = IreReport {
+            step: t,
+            refreshed: false,
+            threshold: None,
+            kappa: if t >= self.cfg.warmup_steps {
+                self.cfg.kappa_at(lr)
+            } else {
+                0.0
+            },
+        };
+        if self.refresh_due() {
+            let input = estimate.ok_or_else(|| self.missing_estimate(self.cfg.estimator))?;
+            report.threshold = self.refresh_from(b, input)?;
+            report.refreshed = true;
+        } else if let Some((at, tau)) = self.early_refresh
+            && at == t
+        {
+            report.refreshed = true;
+            report.threshold = tau;
+        }
+        Ok(report)
+    }
+
+    /// Tensor `i` of the step begun by [`Ire::begin_step`]: the base step, boosted along the
+    /// flat coordinates when IRE is past its warm-up and the tensor takes part.
+    pub fn step_tensor(
+        &mut self,
+        b: &B,
+        i: usize,
+        param: &mut B::Buffer<T>,
+        grad: &B::Buffer<T>,
+        hp: TensorStep,
+    ) -> Result<()> {
+        let open = self
+            .open
+            .ok_or_else(|| Error::Protocol("IRE: step_tensor before begin_step".into()))?;
+        let sizes = self.sizes.as_deref().unwrap_or_default();
+        check_tensor(b, sizes, i, param, grad)?;
+        if !(open.boosting && self.takes_part(i)) {
+            return self.base.step_tensor(b, i, param, grad, hp);
+        }
+        let scratch = if self.needs_scratch() {
+            Some(&mut self.scratch[i])
+        } else {
+            None
+        };
+        let kappa = if open.kappa_per_tensor {
+            self.cfg.kappa_at(hp.lr)
+        } else {
+            open.report.kappa
+        };
+        let boost = TensorBoost {
+            mask: &self.mask[i],
+            kappa: T::of(kappa),
+            scratch,
+        };
+        self.base.step_tensor_boosted(b, i, param, grad, hp, boost)
+    }
+
+    /// Ends the step begun by [`Ire::begin_step`].
+    pub fn end_step(&mut self) -> Result<IreReport> {
+        let open = self
+            .open
+            .take()
+            .ok_or_else(|| Error::Protocol("IRE: end_step before begin_step".into()))?;
+        self.base.end_step();
+        self.advance();
+        Ok(open.report)
+    }
+
+    fn advance(&mut self) {
+        self.t += 1;
+        self.early_refresh = None;
     }
 
     /// One IRE step: refresh when due, then the base step boosted along flat coordinates
-    /// (after warm-up). On an error nothing is changed and the step counter does not advance.
+    /// (after warm-up), each tensor at its group's learning rate and weight decay. On an error
+    /// before any tensor moved nothing is changed and the step counter does not advance.
     pub fn step(
         &mut self,
         b: &B,
@@ -414,45 +654,115 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
         ctx: IreStep<'_, B, T>,
     ) -> Result<IreReport> {
         check_params(b, params, grads)?;
-        super::check_lr(ctx.lr)?;
-        self.ensure_state(b, params)?;
-        let t = self.t;
-        let mut report = IreReport {
-            step: t,
-            refreshed: false,
-            threshold: None,
-            kappa: 0.0,
+        let lr = ctx.lr;
+        let estimate = match ctx.estimate {
+            None if self.cfg.estimator == Estimator::SquaredTrainingGradient => {
+                Some(EstimateInput::Gradient(grads))
+            }
+            e => e,
         };
-        if self.refresh_due() {
-            report.threshold = self.refresh(b, params, grads, ctx.estimate.as_ref())?;
-            report.refreshed = true;
+        self.begin_step(b, &sizes(b, params), IreStep { lr, estimate })?;
+        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+            let hp = self
+                .groups
+                .as_ref()
+                .map_or(TensorStep::lr(lr), |gr| gr.tensor_step(i, lr));
+            if let Err(e) = self.step_tensor(b, i, p, g, hp) {
+                self.open = None;
+                return Err(e);
+            }
         }
-        if t >= self.cfg.warmup_steps {
-            let kappa = self.cfg.kappa_at(ctx.lr);
-            report.kappa = kappa;
-            let scratch = if self.base.fuses_boost() {
-                None
-            } else {
-                Some(&mut self.scratch[..])
-            };
-            let boost = Boost {
-                mask: &self.mask,
-                kappa: T::of(kappa),
-                scratch,
-            };
-            self.base.step_boosted(b, params, grads, ctx.lr, boost)?;
-        } else {
-            self.base.step(b, params, grads, ctx.lr)?;
+        self.end_step()
+    }
+
+    /// IRE around a base step taken outside this optimizer (a framework's own): refreshes the
+    /// mask when due and copies `θ` as `θ_old`. Take the base step, then call
+    /// [`Ire::finish_external`].
+    pub fn begin_external(
+        &mut self,
+        b: &B,
+        params: &[B::Buffer<T>],
+        ctx: IreStep<'_, B, T>,
+    ) -> Result<IreReport> {
+        let sizes = sizes(b, params);
+        let report = self.open_step(b, &sizes, ctx.lr, ctx.estimate.as_ref())?;
+        let ranked = self.ranked_sizes(&sizes);
+        if self.scratch.len() != ranked.len()
+            || self
+                .scratch
+                .iter()
+                .zip(&ranked)
+                .any(|(s, &n)| b.len(s) != n)
+        {
+            self.scratch = zeros(b, &ranked)?;
         }
-        self.t += 1;
+        for (i, (p, s)) in params.iter().zip(self.scratch.iter_mut()).enumerate() {
+            if ranked[i] > 0 {
+                b.copy(p, s)?;
+            }
+        }
+        self.open = Some(OpenStep {
+            report,
+            boosting: self.t >= self.cfg.warmup_steps,
+            kappa_per_tensor: false,
+        });
         Ok(report)
+    }
+
+    /// Boosts the displacement of the external base step: `θ ← θ + (κ_t n) ⊙ (θ − θ_old)`.
+    pub fn finish_external(&mut self, b: &B, params: &mut [B::Buffer<T>]) -> Result<IreReport> {
+        let open = self
+            .open
+            .take()
+            .ok_or_else(|| Error::Protocol("IRE: finish_external before begin_external".into()))?;
+        let sizes = self.sizes.clone().unwrap_or_default();
+        check_sizes(&sizes, &super::optimizer::sizes(b, params))?;
+        if open.boosting {
+            let kappa = T::of(open.report.kappa);
+            for (i, p) in params.iter_mut().enumerate() {
+                if self.takes_part(i) {
+                    b.ire_boost(p, &self.scratch[i], &self.mask[i], kappa)?;
+                }
+            }
+        }
+        self.advance();
+        Ok(open.report)
     }
 }
 
-impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, super::Sam<B, T, O>> {
-    /// SAM-IRE in one call: refresh (from `ctx`, at the unperturbed `θ`) when due, perturb
-    /// with `grads`, let `grad_at` overwrite `grads` with the gradient at the perturbed point,
-    /// then restore and take the boosted base step.
+impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, Sam<B, T, O>> {
+    /// SAM-IRE's first phase: refreshes the mask when due (from `estimate`, at the unperturbed
+    /// `θ`, as the official code), then SAM's perturbation with `grads` (the gradient at `θ`).
+    /// Compute the gradient at the perturbed point, then call [`Ire::step`]: it restores `θ`,
+    /// takes the base step and boosts it, and reports this refresh.
+    pub fn sam_perturb(
+        &mut self,
+        b: &B,
+        params: &mut [B::Buffer<T>],
+        grads: &[B::Buffer<T>],
+        estimate: Option<EstimateInput<'_, B, T>>,
+    ) -> Result<()> {
+        check_params(b, params, grads)?;
+        if self.refresh_due() {
+            self.ensure_state(b, &sizes(b, params))?;
+            let estimate = match estimate {
+                None if self.cfg.estimator == Estimator::SquaredTrainingGradient => {
+                    Some(EstimateInput::Gradient(grads))
+                }
+                e => e,
+            };
+            let input = estimate
+                .as_ref()
+                .ok_or_else(|| self.missing_estimate(self.cfg.estimator))?;
+            let tau = self.refresh_from(b, input)?;
+            self.refresh_settled_at = Some(self.t);
+            self.early_refresh = Some((self.t, tau));
+        }
+        self.base.perturb(b, params, grads)
+    }
+
+    /// SAM-IRE in one call: [`Ire::sam_perturb`], then `grad_at` overwrites `grads` with the
+    /// gradient at the perturbed point, then [`Ire::step`]. If `grad_at` fails, `θ` is restored.
     pub fn sam_step_with<F>(
         &mut self,
         b: &B,
@@ -464,24 +774,13 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, super::Sam<B, T, O>> {
     where
         F: FnOnce(&[B::Buffer<T>], &mut [B::Buffer<T>]) -> Result<()>,
     {
-        check_params(b, params, grads)?;
-        super::check_lr(ctx.lr)?;
-        self.ensure_state(b, params)?;
-        let mut threshold = None;
-        let refreshed = self.refresh_due();
-        if refreshed {
-            threshold = self.refresh(b, params, grads, ctx.estimate.as_ref())?;
-            self.keep_mask_this_step();
-        }
-        self.base.perturb(b, params, grads)?;
+        check_lr(ctx.lr)?;
+        self.sam_perturb(b, params, grads, ctx.estimate)?;
         if let Err(e) = grad_at(params, grads) {
             self.base.restore(b, params)?;
             return Err(e);
         }
-        let mut report = self.step(b, params, grads, IreStep::lr(ctx.lr))?;
-        report.refreshed = refreshed;
-        report.threshold = threshold;
-        Ok(report)
+        self.step(b, params, grads, IreStep::lr(ctx.lr))
     }
 }
 
@@ -490,8 +789,32 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Optimizer<B, T> for Ire<B, T, O>
         "ire"
     }
 
-    /// A step with no estimate: valid when no refresh is due or the estimator is
-    /// [`Estimator::SquaredTrainingGradient`] or [`Estimator::Manual`].
+    /// Starts a step with no estimate: valid when no refresh is due or the estimator is
+    /// [`Estimator::Manual`]. The trait gives no step-wide learning rate, so `κ_t` follows
+    /// each tensor's own.
+    fn begin_step(&mut self, b: &B, sizes: &[usize]) -> Result<()> {
+        Ire::begin_step(self, b, sizes, IreStep::lr(0.0))?;
+        if let Some(open) = self.open.as_mut() {
+            open.kappa_per_tensor = true;
+        }
+        Ok(())
+    }
+
+    fn step_tensor(
+        &mut self,
+        b: &B,
+        i: usize,
+        param: &mut B::Buffer<T>,
+        grad: &B::Buffer<T>,
+        hp: TensorStep,
+    ) -> Result<()> {
+        Ire::step_tensor(self, b, i, param, grad, hp)
+    }
+
+    fn end_step(&mut self) {
+        let _ = Ire::end_step(self);
+    }
+
     fn step(
         &mut self,
         b: &B,
@@ -503,11 +826,21 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Optimizer<B, T> for Ire<B, T, O>
     }
 
     fn save(&self, b: &B) -> Result<StateDict> {
+        if self.open.is_some() {
+            return Err(Error::Protocol(
+                "IRE: cannot save state in the middle of a step".into(),
+            ));
+        }
         let mut d = StateDict::new("ire");
         d.put("t", StateValue::U64(self.t));
         d.put(
             "skip_refresh_at",
-            StateValue::U64(self.skip_refresh_at.map_or(u64::MAX, |x| x)),
+            StateValue::U64(self.refresh_settled_at.map_or(u64::MAX, |x| x)),
+        );
+        let sizes = self.sizes.clone().unwrap_or_default();
+        d.put(
+            "sizes",
+            StateValue::U64s(sizes.iter().map(|&n| n as u64).collect()),
         );
         d.put_tensors(b, "h", &self.h)?;
         d.put_tensors(b, "mask", &self.mask)?;
@@ -516,38 +849,52 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Optimizer<B, T> for Ire<B, T, O>
     }
 
     fn load(&mut self, b: &B, state: &StateDict) -> Result<()> {
-        let saved = state.tensor_sizes("h");
-        let mut expected: Vec<String> =
-            alloc::vec!["t".into(), "skip_refresh_at".into(), "base".into()];
-        expected.extend(indexed_names("h", saved.len()));
-        expected.extend(indexed_names("mask", saved.len()));
+        if self.open.is_some() {
+            return Err(Error::Protocol(
+                "IRE: cannot load state in the middle of a step".into(),
+            ));
+        }
+        let saved_sizes: Vec<usize> = state
+            .get_u64s("sizes")?
+            .iter()
+            .map(|&n| n as usize)
+            .collect();
+        let mut expected: Vec<String> = vec![
+            "t".into(),
+            "skip_refresh_at".into(),
+            "sizes".into(),
+            "base".into(),
+        ];
+        expected.extend(indexed_names("h", saved_sizes.len()));
+        expected.extend(indexed_names("mask", saved_sizes.len()));
         state.expect("ire", &expected)?;
         if let Some(cur) = &self.sizes {
-            check_len("number of IRE tensors", cur.len(), saved.len())?;
-            for (i, (a, c)) in saved.iter().zip(cur).enumerate() {
-                check_len(&format!("IRE tensor {i}"), *c, *a)?;
-            }
+            check_sizes(cur, &saved_sizes)?;
         }
+        if let Some(g) = &self.groups
+            && !saved_sizes.is_empty()
+        {
+            g.check_tensors(saved_sizes.len())?;
+        }
+        let ranked = self.ranked_sizes(&saved_sizes);
         let t = state.get_u64("t")?;
         let skip = state.get_u64("skip_refresh_at")?;
-        let h = state.load_tensors::<B, T>(b, "h", &saved)?;
-        let mask = state.load_tensors::<B, u8>(b, "mask", &saved)?;
-        let scratch = if self.base.fuses_boost() {
-            Vec::new()
+        let h = state.load_tensors::<B, T>(b, "h", &ranked)?;
+        let mask = state.load_tensors::<B, u8>(b, "mask", &ranked)?;
+        let scratch = if self.needs_scratch() {
+            zeros(b, &ranked)?
         } else {
-            saved
-                .iter()
-                .map(|&n| b.alloc::<T>(n))
-                .collect::<Result<Vec<_>>>()?
+            Vec::new()
         };
         // The base validates and commits itself atomically; ours cannot fail after it.
         self.base.load(b, state.get_nested("base")?)?;
         self.t = t;
-        self.skip_refresh_at = if skip == u64::MAX { None } else { Some(skip) };
-        self.sizes = if saved.is_empty() && t == 0 {
+        self.refresh_settled_at = if skip == u64::MAX { None } else { Some(skip) };
+        self.early_refresh = None;
+        self.sizes = if saved_sizes.is_empty() && t == 0 {
             None
         } else {
-            Some(saved)
+            Some(saved_sizes)
         };
         self.h = h;
         self.mask = mask;

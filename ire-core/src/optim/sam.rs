@@ -6,7 +6,8 @@ use alloc::vec::Vec;
 #[cfg_attr(feature = "std", allow(unused_imports))] // no_std: sqrt, powf, cos come from libm
 use num_traits::Float;
 
-use super::{Boost, Optimizer, check_params, sizes, zeros_like};
+use super::groups::TensorStep;
+use super::optimizer::{Optimizer, TensorBoost, check_params, check_sizes, sizes, zeros};
 use crate::backend::Backend;
 use crate::error::{Error, Result, check, check_len};
 use crate::scalar::Scalar;
@@ -129,7 +130,7 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Sam<B, T, O> {
                 .zip(params.iter())
                 .any(|(a, p)| b.len(a) != b.len(p))
         {
-            self.backup = zeros_like(b, params)?;
+            self.backup = zeros(b, &sizes(b, params))?;
         }
         for (p, bk) in params.iter().zip(self.backup.iter_mut()) {
             b.copy(p, bk)?;
@@ -164,6 +165,21 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Sam<B, T, O> {
         Ok(())
     }
 
+    /// Copies tensor `i` of the saved `θ` back (bit for bit).
+    fn restore_tensor(&self, b: &B, i: usize, param: &mut B::Buffer<T>) -> Result<()> {
+        if !self.perturbed {
+            return Err(Error::Protocol(
+                "SAM: step or restore called before perturb".into(),
+            ));
+        }
+        let saved = self.backup.get(i).ok_or_else(|| Error::SizeMismatch {
+            what: format!("tensor index {i} (vs SAM backup)"),
+            expected: self.backup.len(),
+            found: i + 1,
+        })?;
+        b.copy(saved, param)
+    }
+
     /// SAM in one call: perturbs with `grads` (the gradient at `θ`), calls
     /// `grad_at(params, grads)` to overwrite `grads` with the gradient at the perturbed point,
     /// then restores `θ` and runs the base step. If `grad_at` fails, `θ` is restored.
@@ -192,17 +208,28 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Optimizer<B, T> for Sam<B, T, O>
         "sam"
     }
 
-    /// Second phase: restores `θ` and runs the base step with `grads` (taken at `θ + ε`).
-    fn step(
+    /// Second phase: the step must follow [`Sam::perturb`]; each tensor is restored before
+    /// its base step, which takes the gradient computed at `θ + ε`.
+    fn begin_step(&mut self, b: &B, sizes: &[usize]) -> Result<()> {
+        if !self.perturbed {
+            return Err(Error::Protocol(
+                "SAM: step or restore called before perturb".into(),
+            ));
+        }
+        check_sizes(&super::optimizer::sizes(b, &self.backup), sizes)?;
+        self.base.begin_step(b, sizes)
+    }
+
+    fn step_tensor(
         &mut self,
         b: &B,
-        params: &mut [B::Buffer<T>],
-        grads: &[B::Buffer<T>],
-        lr: f64,
+        i: usize,
+        param: &mut B::Buffer<T>,
+        grad: &B::Buffer<T>,
+        hp: TensorStep,
     ) -> Result<()> {
-        check_params(b, params, grads)?;
-        self.restore(b, params)?;
-        self.base.step(b, params, grads, lr)
+        self.restore_tensor(b, i, param)?;
+        self.base.step_tensor(b, i, param, grad, hp)
     }
 
     fn fuses_boost(&self) -> bool {
@@ -211,17 +238,22 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Optimizer<B, T> for Sam<B, T, O>
 
     /// SAM-IRE: restores `θ`, then the base step boosted; so the boost applies to the
     /// displacement from the unperturbed `θ`.
-    fn step_boosted(
+    fn step_tensor_boosted(
         &mut self,
         b: &B,
-        params: &mut [B::Buffer<T>],
-        grads: &[B::Buffer<T>],
-        lr: f64,
-        boost: Boost<'_, B, T>,
+        i: usize,
+        param: &mut B::Buffer<T>,
+        grad: &B::Buffer<T>,
+        hp: TensorStep,
+        boost: TensorBoost<'_, B, T>,
     ) -> Result<()> {
-        check_params(b, params, grads)?;
-        self.restore(b, params)?;
-        self.base.step_boosted(b, params, grads, lr, boost)
+        self.restore_tensor(b, i, param)?;
+        self.base.step_tensor_boosted(b, i, param, grad, hp, boost)
+    }
+
+    fn end_step(&mut self) {
+        self.perturbed = false;
+        self.base.end_step();
     }
 
     fn save(&self, b: &B) -> Result<StateDict> {

@@ -3,7 +3,10 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::{Boost, Optimizer, check_lr, check_params, check_state_sizes, sizes, zeros_like};
+use super::groups::TensorStep;
+use super::optimizer::{
+    Optimizer, TensorBoost, check_lr, check_sizes, check_tensor, weight_decay, zeros,
+};
 use crate::backend::Backend;
 use crate::error::{Result, check};
 use crate::formulas::SgdScalars;
@@ -77,10 +80,15 @@ impl SgdConfig {
 
 /// SGD (PyTorch semantics): `d = g + wd·θ`; `b = μ·b + (1−dampening)·d` (first step `b = d`);
 /// `θ ← θ − lr·(Nesterov ? d + μ·b : b)`.
+///
+/// The first-step rule is per tensor (as PyTorch's per-parameter `momentum_buffer`), so a tensor
+/// a framework skips in some steps starts its momentum on its own first step.
 pub struct Sgd<B: Backend, T: Scalar> {
     cfg: SgdConfig,
     momentum: Vec<B::Buffer<T>>,
     sizes: Option<Vec<usize>>,
+    /// Steps taken by each tensor.
+    tensor_steps: Vec<u64>,
     steps: u64,
 }
 
@@ -92,6 +100,7 @@ impl<B: Backend, T: Scalar> Sgd<B, T> {
             cfg,
             momentum: Vec::new(),
             sizes: None,
+            tensor_steps: Vec::new(),
             steps: 0,
         })
     }
@@ -106,32 +115,23 @@ impl<B: Backend, T: Scalar> Sgd<B, T> {
         self.steps
     }
 
-    fn prepare(
-        &mut self,
-        b: &B,
-        params: &[B::Buffer<T>],
-        grads: &[B::Buffer<T>],
-        lr: f64,
-    ) -> Result<SgdScalars<T>> {
-        check_lr(lr)?;
-        check_params(b, params, grads)?;
-        match &self.sizes {
-            Some(s) => check_state_sizes(b, params, s)?,
-            None => {
-                if self.cfg.momentum != 0.0 {
-                    self.momentum = zeros_like(b, params)?;
-                }
-                self.sizes = Some(sizes(b, params));
-            }
-        }
+    fn scalars(&self, i: usize, hp: TensorStep) -> Result<SgdScalars<T>> {
+        check_lr(hp.lr)?;
         Ok(SgdScalars {
-            lr: T::of(lr),
-            weight_decay: T::of(self.cfg.weight_decay),
+            lr: T::of(hp.lr),
+            weight_decay: T::of(weight_decay(hp, self.cfg.weight_decay)?),
             momentum: T::of(self.cfg.momentum),
             dampening_complement: T::of(1.0 - self.cfg.dampening),
             nesterov: self.cfg.nesterov,
-            first_step: self.steps == 0,
+            first_step: self.tensor_steps.get(i).is_none_or(|&s| s == 0),
         })
+    }
+
+    fn check(&self, b: &B, i: usize, param: &B::Buffer<T>, grad: &B::Buffer<T>) -> Result<()> {
+        let sizes = self.sizes.as_deref().ok_or_else(|| {
+            crate::error::Error::Protocol("sgd: step_tensor before begin_step".into())
+        })?;
+        check_tensor(b, sizes, i, param, grad)
     }
 }
 
@@ -140,24 +140,35 @@ impl<B: Backend, T: Scalar> Optimizer<B, T> for Sgd<B, T> {
         "sgd"
     }
 
-    fn step(
-        &mut self,
-        b: &B,
-        params: &mut [B::Buffer<T>],
-        grads: &[B::Buffer<T>],
-        lr: f64,
-    ) -> Result<()> {
-        let s = self.prepare(b, params, grads, lr)?;
-        if self.cfg.momentum != 0.0 {
-            for ((p, g), m) in params.iter_mut().zip(grads).zip(self.momentum.iter_mut()) {
-                b.sgd_momentum_step(p, g, m, &s)?;
-            }
-        } else {
-            for (p, g) in params.iter_mut().zip(grads) {
-                b.sgd_step(p, g, &s)?;
+    fn begin_step(&mut self, b: &B, sizes: &[usize]) -> Result<()> {
+        match &self.sizes {
+            Some(s) => check_sizes(s, sizes),
+            None => {
+                if self.cfg.momentum != 0.0 {
+                    self.momentum = zeros(b, sizes)?;
+                }
+                self.tensor_steps = alloc::vec![0; sizes.len()];
+                self.sizes = Some(sizes.to_vec());
+                Ok(())
             }
         }
-        self.steps += 1;
+    }
+
+    fn step_tensor(
+        &mut self,
+        b: &B,
+        i: usize,
+        param: &mut B::Buffer<T>,
+        grad: &B::Buffer<T>,
+        hp: TensorStep,
+    ) -> Result<()> {
+        self.check(b, i, param, grad)?;
+        let s = self.scalars(i, hp)?;
+        match self.momentum.get_mut(i) {
+            Some(m) => b.sgd_momentum_step(param, grad, m, &s)?,
+            None => b.sgd_step(param, grad, &s)?,
+        }
+        self.tensor_steps[i] += 1;
         Ok(())
     }
 
@@ -165,72 +176,79 @@ impl<B: Backend, T: Scalar> Optimizer<B, T> for Sgd<B, T> {
         true
     }
 
-    fn step_boosted(
+    fn step_tensor_boosted(
         &mut self,
         b: &B,
-        params: &mut [B::Buffer<T>],
-        grads: &[B::Buffer<T>],
-        lr: f64,
-        boost: Boost<'_, B, T>,
+        i: usize,
+        param: &mut B::Buffer<T>,
+        grad: &B::Buffer<T>,
+        hp: TensorStep,
+        boost: TensorBoost<'_, B, T>,
     ) -> Result<()> {
-        let s = self.prepare(b, params, grads, lr)?;
-        crate::error::check_len("boost mask tensors", params.len(), boost.mask.len())?;
-        if self.cfg.momentum != 0.0 {
-            for (((p, g), m), n) in params
-                .iter_mut()
-                .zip(grads)
-                .zip(self.momentum.iter_mut())
-                .zip(boost.mask)
-            {
-                b.sgd_momentum_ire_step(p, g, m, &s, n, boost.kappa)?;
-            }
-        } else {
-            for ((p, g), n) in params.iter_mut().zip(grads).zip(boost.mask) {
-                b.sgd_ire_step(p, g, &s, n, boost.kappa)?;
-            }
+        self.check(b, i, param, grad)?;
+        let s = self.scalars(i, hp)?;
+        match self.momentum.get_mut(i) {
+            Some(m) => b.sgd_momentum_ire_step(param, grad, m, &s, boost.mask, boost.kappa)?,
+            None => b.sgd_ire_step(param, grad, &s, boost.mask, boost.kappa)?,
         }
-        self.steps += 1;
+        self.tensor_steps[i] += 1;
         Ok(())
+    }
+
+    fn end_step(&mut self) {
+        self.steps += 1;
     }
 
     fn save(&self, b: &B) -> Result<StateDict> {
         let mut d = StateDict::new("sgd");
         d.put("steps", StateValue::U64(self.steps));
         d.put("initialized", StateValue::Bool(self.sizes.is_some()));
+        d.put("tensor_steps", StateValue::U64s(self.tensor_steps.clone()));
         d.put_tensors(b, "momentum", &self.momentum)?;
         Ok(d)
     }
 
     fn load(&mut self, b: &B, state: &StateDict) -> Result<()> {
         let initialized = state.get_bool("initialized")?;
+        let tensor_steps = state.get_u64s("tensor_steps")?.to_vec();
         let saved = state.tensor_sizes("momentum");
         let n_tensors = if self.cfg.momentum != 0.0 {
             saved.len()
         } else {
             0
         };
-        let mut expected: Vec<String> = alloc::vec!["steps".into(), "initialized".into()];
+        let mut expected: Vec<String> =
+            alloc::vec!["steps".into(), "initialized".into(), "tensor_steps".into()];
         expected.extend(indexed_names("momentum", n_tensors));
         state.expect("sgd", &expected)?;
-        if let (Some(cur), true) = (&self.sizes, self.cfg.momentum != 0.0 && initialized) {
-            crate::error::check_len("number of momentum tensors", cur.len(), saved.len())?;
-            for (i, (a, c)) in saved.iter().zip(cur).enumerate() {
-                crate::error::check_len(&alloc::format!("momentum tensor {i}"), *c, *a)?;
+        if self.cfg.momentum != 0.0 && initialized {
+            crate::error::check_len(
+                "number of momentum tensors (vs per-tensor step counts)",
+                tensor_steps.len(),
+                saved.len(),
+            )?;
+            if let Some(cur) = &self.sizes {
+                check_sizes(cur, &saved)?;
             }
+        }
+        if let Some(cur) = &self.sizes {
+            crate::error::check_len("number of SGD tensors", cur.len(), tensor_steps.len())?;
         }
         let steps = state.get_u64("steps")?;
         let momentum = state.load_tensors::<B, T>(b, "momentum", &saved[..n_tensors])?;
-        // Commit: nothing below can fail.
+        // Commit: nothing below can fail. Without momentum the sizes are not saved: keep ours
+        // or learn them at the next step (the step counts already say how many tensors).
         self.steps = steps;
         self.momentum = momentum;
-        self.sizes = if initialized {
-            if self.cfg.momentum != 0.0 {
-                Some(saved)
-            } else {
-                self.sizes.take()
-            }
+        self.sizes = match (initialized, self.cfg.momentum != 0.0) {
+            (false, _) => None,
+            (true, true) => Some(saved),
+            (true, false) => self.sizes.take(),
+        };
+        self.tensor_steps = if initialized {
+            tensor_steps
         } else {
-            None
+            Vec::new()
         };
         Ok(())
     }

@@ -6,10 +6,8 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ire_core::{Backend, Result};
 use ire_models::artifacts::atomic::AtomicFile;
-use ire_models::device::{BackendKind, BackendTask, compiled_backends, resolve, run_on};
-use ire_models::device::{NnTask, run_on_nn};
+use ire_models::device::{BackendKind, NnTask, compiled_backends, resolve, run_on};
 use ire_models::nn::NnOps;
 use ire_models::toy::{self, ToyEnd, ToyError, ToyMethod};
 use ire_models::train::folder::{self, Claim, RunFolder};
@@ -411,7 +409,7 @@ fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
         resume,
         stop,
     };
-    let out = run_on_nn(kind, task);
+    let out = run_on(kind, task);
     if let Some(dir) = made {
         // Only an empty folder is removed.
         let _ = std::fs::remove_dir(dir);
@@ -478,7 +476,7 @@ fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
 }
 
 fn eval_command(a: &EvalArgs) -> std::result::Result<ExitCode, String> {
-    let (name, out) = run_on_nn(
+    let (name, out) = run_on(
         a.backend,
         EvalRun {
             checkpoint: a.checkpoint.clone(),
@@ -560,17 +558,17 @@ struct ToyTask {
     stop: &'static AtomicBool,
 }
 
-impl BackendTask for ToyTask {
+impl NnTask for ToyTask {
     type Output = std::result::Result<(ToyEnd, Option<AtomicFile>), ToyError>;
-    fn run<B: Backend>(mut self, b: &B) -> Result<Self::Output> {
-        if let Some(f) = self.csv.as_mut() {
-            if let Err(e) = writeln!(f.writer(), "step,u,v") {
-                return Ok(Err(ToyError::Output(e)));
-            }
+    fn run<B: NnOps + 'static>(mut self, b: B) -> Self::Output {
+        if let Some(f) = self.csv.as_mut()
+            && let Err(e) = writeln!(f.writer(), "step,u,v")
+        {
+            return Err(ToyError::Output(e));
         }
         let mut csv = self.csv;
         let end = toy::run_with(
-            b,
+            &b,
             self.method,
             self.lr,
             self.steps,
@@ -581,7 +579,7 @@ impl BackendTask for ToyTask {
                 None => Ok(()),
             },
         );
-        Ok(end.map(|e| (e, csv)))
+        end.map(|e| (e, csv))
     }
 }
 
@@ -782,7 +780,7 @@ fn sharpness_command(a: &SharpnessArgs) -> std::result::Result<ExitCode, String>
             a.seed,
         ),
     };
-    let (name, out) = run_on_nn(a.backend, task).map_err(|e| e.to_string())?;
+    let (name, out) = run_on(a.backend, task).map_err(|e| e.to_string())?;
     let report = out?;
     eprintln!("backend: {name}");
     println!("{report}");
@@ -823,7 +821,7 @@ fn sample_command(a: &SampleArgs) -> std::result::Result<ExitCode, String> {
             a.seed,
         ),
     };
-    let (_, out) = run_on_nn(a.backend, task).map_err(|e| e.to_string())?;
+    let (_, out) = run_on(a.backend, task).map_err(|e| e.to_string())?;
     println!("{}", out?);
     Ok(ExitCode::SUCCESS)
 }

@@ -108,13 +108,13 @@ impl RunFolder {
         })?;
         let (lock, stale) = Lock::acquire(&dir.join(LOCK_FILE), dir)?;
         let mut notes: Vec<FolderNote> = stale.into_iter().collect();
-        if claim == (Claim::New { overwrite: false }) {
-            if let Some(found) = holds_run(dir) {
-                return Err(RunError::FolderHoldsRun {
-                    dir: dir.to_path_buf(),
-                    found,
-                });
-            }
+        if claim == (Claim::New { overwrite: false })
+            && let Some(found) = holds_run(dir)
+        {
+            return Err(RunError::FolderHoldsRun {
+                dir: dir.to_path_buf(),
+                found,
+            });
         }
         notes.extend(
             crate::artifacts::atomic::remove_stale_temps(dir, None)

@@ -169,6 +169,7 @@ impl OptimizerConfig {
                 KappaSchedule::Constant
             },
             estimator: self.estimator()?,
+            ..IreConfig::default()
         })
     }
 }
@@ -233,9 +234,7 @@ impl<B: NnOps> AnyOptimizer<B> {
 
     /// Whether the next step refreshes the IRE mask with an estimator gradient.
     pub fn wants_estimate(&self) -> bool {
-        let due_with_input = |due: bool, est: Estimator| {
-            due && matches!(est, Estimator::SquaredGradient | Estimator::AbsGradient)
-        };
+        let due_with_input = |due: bool, est: Estimator| due && est.needs_gradient();
         match self {
             AnyOptimizer::SgdIre(o) => due_with_input(o.refresh_due(), o.config().estimator),
             AnyOptimizer::SamIre(o) => due_with_input(o.refresh_due(), o.config().estimator),
@@ -245,28 +244,20 @@ impl<B: NnOps> AnyOptimizer<B> {
     }
 
     /// SAM's first phase (no-op for the others): moves θ to θ + ε with the gradient at θ.
-    /// For SAM-IRE, a due mask refresh happens here, at the unperturbed θ.
+    /// SAM-IRE refreshes a due mask here, at the unperturbed θ ([`Ire::sam_perturb`]).
     pub fn perturb(
         &mut self,
         b: &B,
         params: &mut [B::Buffer<f32>],
         grads: &[B::Buffer<f32>],
         estimate: Option<&[B::Buffer<f32>]>,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         match self {
-            AnyOptimizer::Sam(o) => o.perturb(b, params, grads).map(|_| false),
+            AnyOptimizer::Sam(o) => o.perturb(b, params, grads),
             AnyOptimizer::SamIre(o) => {
-                let mut refreshed = false;
-                if o.refresh_due() {
-                    let input = estimate.map(EstimateInput::Gradient);
-                    o.refresh(b, params, grads, input.as_ref())?;
-                    o.keep_mask_this_step();
-                    refreshed = true;
-                }
-                o.base_mut().perturb(b, params, grads)?;
-                Ok(refreshed)
+                o.sam_perturb(b, params, grads, estimate.map(EstimateInput::Gradient))
             }
-            _ => Ok(false),
+            _ => Ok(()),
         }
     }
 

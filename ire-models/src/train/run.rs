@@ -148,7 +148,7 @@ fn finite_state(prefix: &str, s: &StateDict) -> Result<(), RunError> {
             StateValue::F32(v) => finite(&name, v.iter().map(|&x| f64::from(x)))?,
             StateValue::F64(v) => finite(&name, v.iter().copied())?,
             StateValue::Nested(n) => finite_state(&name, n)?,
-            StateValue::U64(_) | StateValue::Bool(_) | StateValue::U8(_) => {}
+            StateValue::U64(_) | StateValue::U64s(_) | StateValue::Bool(_) | StateValue::U8(_) => {}
         }
     }
     Ok(())
@@ -370,10 +370,10 @@ pub fn run_in<B: NnOps>(
     };
     let metrics_path = folder.file(METRICS_FILE);
     let ck_path = folder.file(CHECKPOINT_FILE);
-    if let Some(r) = &resume {
-        if t.step >= total {
-            return finished_already(t, &r.folder.join(METRICS_FILE), unit);
-        }
+    if let Some(r) = &resume
+        && t.step >= total
+    {
+        return finished_already(t, &r.folder.join(METRICS_FILE), unit);
     }
     if stop.load(Ordering::SeqCst) || opts.stop_after == Some(0) {
         // Interrupted before training started (while the data loaded): nothing is touched.

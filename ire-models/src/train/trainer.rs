@@ -510,7 +510,7 @@ impl<B: NnOps + 'static> Trainer<B> {
             loss,
             acc: correct as f64 / rows as f64,
             kappa,
-            refreshed: refreshed || (want_est && self.cfg.optimizer.is_sam()),
+            refreshed,
             n,
         };
         self.step += 1;
