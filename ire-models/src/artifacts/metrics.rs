@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::{ArtifactError, Result};
+use super::error::{ArtifactError, Result};
 
 /// Appends JSON objects to a `.jsonl` file, one per line.
 #[derive(Debug)]

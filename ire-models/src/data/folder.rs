@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::{DataError, ImageDataset};
+use super::dataset::ImageDataset;
+use super::error::{DataError, read};
 
 fn list(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     let rd = std::fs::read_dir(dir).map_err(|source| DataError::Io {
@@ -39,7 +40,7 @@ fn is_image(p: &Path) -> bool {
 }
 
 fn decode(path: &Path, size: Option<(u32, u32)>) -> Result<image::RgbImage, DataError> {
-    let bytes = super::read(path)?;
+    let bytes = read(path)?;
     let img = image::load_from_memory(&bytes).map_err(|e| DataError::Format {
         path: path.into(),
         format: "JPEG/PNG image",

@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use super::{DataError, ImageDataset, read};
+use super::dataset::ImageDataset;
+use super::error::{DataError, read};
 
 fn bytes_of(path: &Path) -> Result<Vec<u8>, DataError> {
     let raw = read(path)?;

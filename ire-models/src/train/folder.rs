@@ -114,6 +114,7 @@ impl RunFolder {
             return Err(RunError::FolderHoldsRun {
                 dir: dir.to_path_buf(),
                 found,
+                checkpoint: dir.join(CHECKPOINT_FILE),
             });
         }
         notes.extend(

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::run_error::RunError;
-use super::trainer::TrainError;
+use super::train_error::TrainError;
 use crate::artifacts::{MetricsWriter, atomic, metrics};
 
 /// Where a history stood when a checkpoint was taken.

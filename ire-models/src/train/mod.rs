@@ -10,9 +10,11 @@ pub mod optimizer;
 pub mod run;
 pub mod run_error;
 pub mod source;
+pub mod train_error;
 pub mod trainer;
 
 pub use config::{DatasetKind, TrainConfig};
 pub use optimizer::{AnyOptimizer, OptimizerConfig, OptimizerKind};
 pub use run_error::RunError;
-pub use trainer::{EvalMetrics, StepMetrics, TrainError, Trainer};
+pub use train_error::TrainError;
+pub use trainer::{EvalMetrics, StepMetrics, Trainer};

@@ -19,7 +19,8 @@ use super::fingerprint::DataFingerprint;
 use super::folder::{CHECKPOINT_FILE, Claim, METRICS_FILE, RunFolder, WEIGHTS_FILE};
 use super::history::{self, History, HistoryMark};
 use super::run_error::RunError;
-use super::trainer::{EvalMetrics, TrainError, Trainer};
+use super::train_error::TrainError;
+use super::trainer::{EvalMetrics, Trainer};
 use crate::artifacts::{self, ArtifactError, Checkpoint, Series};
 use crate::nn::NnOps;
 

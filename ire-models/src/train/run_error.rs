@@ -25,13 +25,15 @@ pub enum RunError {
          --overwrite to replace it",
         .dir.display(),
         .found,
-        .dir.join(super::folder::CHECKPOINT_FILE).display()
+        .checkpoint.display()
     )]
     FolderHoldsRun {
         /// The folder.
         dir: PathBuf,
         /// The file that shows it (`checkpoint.irec`, `metrics.jsonl`, ...).
         found: &'static str,
+        /// The checkpoint a resume of that run would read.
+        checkpoint: PathBuf,
     },
     /// An operating-system call on the run folder or its lock failed.
     #[error("{}: {op} failed: {source}", .path.display())]

@@ -1,7 +1,7 @@
 //! Where a trainer's batches come from: an image dataset or a tokenized text corpus.
 
 use super::config::TrainConfig;
-use super::trainer::TrainError;
+use super::train_error::TrainError;
 use crate::data::{Augment, Batch, BatchLoader, ImageDataset, Normalize};
 use crate::text::{self, TokenBatches, Tokenizer};
 

@@ -11,39 +11,12 @@ use ire_core::{LrSchedule, Result as CoreResult};
 use super::config::TrainConfig;
 use super::optimizer::AnyOptimizer;
 use super::source::{Input, Source};
-use crate::data::{Batch, DataError, ImageDataset};
+use super::train_error::TrainError;
+use crate::data::{Batch, ImageDataset};
 use crate::models::{Model, ModelSpec};
 use crate::nn::ops::check_token_ids;
 use crate::nn::{BnMode, NnOps};
 use crate::rng::Rng;
-
-/// Why training stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    /// A bad setting.
-    #[error("{0}")]
-    Config(String),
-    /// A dataset problem.
-    #[error(transparent)]
-    Data(#[from] DataError),
-    /// An optimizer or backend problem.
-    #[error(transparent)]
-    Core(#[from] ire_core::Error),
-    /// The loss or the gradient stopped being finite.
-    #[error("training diverged at step {step}: {what}")]
-    Diverged {
-        /// The step.
-        step: u64,
-        /// What became non-finite.
-        what: String,
-    },
-    /// A run-folder, history, checkpoint or data-identity problem.
-    #[error(transparent)]
-    Run(#[from] super::run_error::RunError),
-    /// More memory than the limit.
-    #[error(transparent)]
-    Memory(#[from] crate::memory::MemoryError),
-}
 
 /// What one step measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
