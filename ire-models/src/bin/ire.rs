@@ -246,7 +246,7 @@ impl TrainArgs {
     /// The run's config: `base` (a resumed checkpoint's), else the config file, else the
     /// defaults; then every flag given. A flag that the chosen optimizer or dataset would
     /// ignore is refused.
-    fn config(&self, base: Option<TrainConfig>) -> std::result::Result<TrainConfig, String> {
+    fn config(&self, base: Option<TrainConfig>) -> std::result::Result<TrainConfig, TrainError> {
         let mut c = match (&self.config, base) {
             (Some(p), _) => TrainConfig::from_toml_file(p)?,
             (None, Some(b)) => b,
@@ -307,8 +307,7 @@ impl TrainArgs {
             given.push("adaptive");
         }
         for flag in given {
-            ire_models::train::applies::check(&flag.replace('_', "-"), &c)
-                .map_err(|e| e.to_string())?;
+            ire_models::train::applies::check(&flag.replace('_', "-"), &c)?;
         }
         c.validate()?;
         Ok(c)
@@ -373,7 +372,10 @@ fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
                 Ok(r) => r,
                 Err(e) => return Ok(fail(&e)),
             };
-            let cfg = a.config(Some(ck_cfg.clone()))?;
+            let cfg = match a.config(Some(ck_cfg.clone())) {
+                Ok(c) => c,
+                Err(e) => return Ok(fail(&e)),
+            };
             if let Err(e) = check_resumable(&ck_cfg, &cfg) {
                 return Ok(fail(&e));
             }
@@ -384,7 +386,10 @@ fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
             (folder, cfg, Some((ck, meta, from)))
         }
         None => {
-            let cfg = a.config(None)?;
+            let cfg = match a.config(None) {
+                Ok(c) => c,
+                Err(e) => return Ok(fail(&e)),
+            };
             match a.folder(&cfg) {
                 Ok(f) => (f, cfg, None),
                 Err(e) => return Ok(fail(&e.into())),

@@ -1,7 +1,9 @@
 //! Training: the six optimizers, the run configuration, and the step loop.
 
 pub mod applies;
+pub mod choices;
 pub mod config;
+pub mod config_error;
 pub mod fingerprint;
 pub mod folder;
 pub mod footprint;
@@ -13,7 +15,9 @@ pub mod source;
 pub mod train_error;
 pub mod trainer;
 
+pub use choices::{EstimatorBatch, EstimatorKind};
 pub use config::{DatasetKind, TrainConfig};
+pub use config_error::ConfigError;
 pub use optimizer::{AnyOptimizer, OptimizerConfig, OptimizerKind};
 pub use run_error::RunError;
 pub use train_error::TrainError;

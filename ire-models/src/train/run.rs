@@ -19,20 +19,14 @@ use super::fingerprint::DataFingerprint;
 use super::folder::{CHECKPOINT_FILE, Claim, METRICS_FILE, RunFolder, WEIGHTS_FILE};
 use super::history::{self, History, HistoryMark};
 use super::run_error::RunError;
-use super::train_error::TrainError;
+use super::train_error::{FieldDifference, TrainError};
 use super::trainer::{EvalMetrics, Trainer};
-use crate::artifacts::{self, ArtifactError, Checkpoint, Series};
+use crate::artifacts::{self, Checkpoint, Series};
 use crate::nn::NnOps;
 
 /// Version of the checkpoint metadata layout written by [`checkpoint`]: 2 adds the history mark
 /// and the data fingerprint. Version 1 is still read (its history is cut by line count).
 pub const CHECKPOINT_META_VERSION: u32 = 2;
-
-impl From<ArtifactError> for TrainError {
-    fn from(e: ArtifactError) -> Self {
-        TrainError::Config(e.to_string())
-    }
-}
 
 /// How to run.
 #[derive(Clone, Debug, Default)]
@@ -160,20 +154,25 @@ pub fn read_checkpoint(
     path: &Path,
 ) -> Result<(Checkpoint, TrainConfig, serde_json::Value), TrainError> {
     let ck = artifacts::checkpoint::read(path)?;
-    let meta: serde_json::Value = serde_json::from_str(&ck.meta).map_err(|e| {
-        TrainError::Config(format!("{}: bad checkpoint metadata: {e}", path.display()))
-    })?;
+    let meta: serde_json::Value =
+        serde_json::from_str(&ck.meta).map_err(|source| TrainError::CheckpointMeta {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let version = meta["version"].as_u64();
     if meta["kind"] != "ire-train" || !matches!(version, Some(1..=2)) {
-        return Err(TrainError::Config(format!(
-            "{}: not a training checkpoint of version 1 to {CHECKPOINT_META_VERSION} (found kind {}, version {})",
-            path.display(),
-            meta["kind"],
-            meta["version"]
-        )));
+        return Err(TrainError::NotTrainingCheckpoint {
+            path: path.to_path_buf(),
+            kind: meta["kind"].to_string(),
+            version,
+            supported: CHECKPOINT_META_VERSION,
+        });
     }
-    let cfg: TrainConfig = serde_json::from_value(meta["config"].clone()).map_err(|e| {
-        TrainError::Config(format!("{}: bad config in checkpoint: {e}", path.display()))
+    let cfg: TrainConfig = serde_json::from_value(meta["config"].clone()).map_err(|source| {
+        TrainError::CheckpointConfig {
+            path: path.to_path_buf(),
+            source,
+        }
     })?;
     Ok((ck, cfg, meta))
 }
@@ -186,24 +185,21 @@ pub fn restore<B: NnOps>(
     ck: &Checkpoint,
     meta: &serde_json::Value,
 ) -> Result<(), TrainError> {
+    let lacks = |part: &str| TrainError::CheckpointLacks { part: part.into() };
     if let Ok(expected) = serde_json::from_value::<DataFingerprint>(meta["data"].clone()) {
         expected.check(&DataFingerprint::of(t.data()), &t.cfg.data)?;
     }
-    let step = meta["step"]
-        .as_u64()
-        .ok_or_else(|| TrainError::Config("checkpoint without a step".into()))?;
-    let params = ck
-        .tensor("params")
-        .ok_or_else(|| TrainError::Config("checkpoint without parameters".into()))?;
+    let step = meta["step"].as_u64().ok_or_else(|| lacks("step"))?;
+    let params = ck.tensor("params").ok_or_else(|| lacks("parameters"))?;
     let opt_blob = ck
         .blob("optimizer")
-        .ok_or_else(|| TrainError::Config("checkpoint without optimizer state".into()))?;
+        .ok_or_else(|| lacks("optimizer state"))?;
     let opt: StateDict = artifacts::checkpoint::decode(opt_blob)?;
     let mut state = Vec::new();
     for (name, _) in t.model_state_host()? {
         let v = ck
             .tensor(&format!("state/{name}"))
-            .ok_or_else(|| TrainError::Config(format!("checkpoint lacks model state `{name}`")))?;
+            .ok_or_else(|| lacks(&format!("model state `{name}`")))?;
         state.push((name, v.to_vec()));
     }
     t.restore_parts(step, params, &state, &opt)?;
@@ -212,7 +208,7 @@ pub fn restore<B: NnOps>(
 
 /// Settings that may differ between a checkpoint and the resuming run (they do not change
 /// the trajectory).
-fn same_trajectory(a: &TrainConfig, b: &TrainConfig) -> Result<(), String> {
+fn same_trajectory(a: &TrainConfig, b: &TrainConfig) -> Result<(), TrainError> {
     let norm = |c: &TrainConfig| TrainConfig {
         eval_every: 0,
         checkpoint_every: 0,
@@ -231,22 +227,20 @@ fn same_trajectory(a: &TrainConfig, b: &TrainConfig) -> Result<(), String> {
     if let (Some(xo), Some(yo)) = (x.as_object(), y.as_object()) {
         for (k, v) in xo {
             if yo.get(k) != Some(v) {
-                diff.push(format!(
-                    "{k}: checkpoint {v}, now {}",
-                    yo.get(k).cloned().unwrap_or_default()
-                ));
+                diff.push(FieldDifference {
+                    field: k.clone(),
+                    checkpoint: v.to_string(),
+                    now: yo.get(k).cloned().unwrap_or_default().to_string(),
+                });
             }
         }
     }
-    Err(format!(
-        "the checkpoint was taken with another configuration ({})",
-        diff.join("; ")
-    ))
+    Err(TrainError::OtherConfiguration { differences: diff })
 }
 
 /// Checks that a checkpoint's config can continue under `cfg`.
 pub fn check_resumable(ck_cfg: &TrainConfig, cfg: &TrainConfig) -> Result<(), TrainError> {
-    same_trajectory(ck_cfg, cfg).map_err(TrainError::Config)
+    same_trajectory(ck_cfg, cfg)
 }
 
 fn mean(v: &[f64]) -> f64 {

@@ -8,7 +8,9 @@
 
 use ire_core::{LrSchedule, Result as CoreResult};
 
+use super::choices::EstimatorBatch;
 use super::config::TrainConfig;
+use super::config_error::ConfigError;
 use super::optimizer::AnyOptimizer;
 use super::source::{Input, Source};
 use super::train_error::TrainError;
@@ -80,7 +82,7 @@ pub struct Trainer<B: NnOps + 'static> {
 impl<B: NnOps + 'static> Trainer<B> {
     /// Loads the data, builds and initializes the model and the optimizer.
     pub fn new(b: B, cfg: TrainConfig) -> Result<Self, TrainError> {
-        cfg.validate().map_err(TrainError::Config)?;
+        cfg.validate()?;
         if cfg.dataset == super::config::DatasetKind::Text {
             let src = Source::text(&cfg)?;
             return Self::with_source(b, cfg, src);
@@ -96,9 +98,9 @@ impl<B: NnOps + 'static> Trainer<B> {
         train: ImageDataset,
         test: ImageDataset,
     ) -> Result<Self, TrainError> {
-        cfg.validate().map_err(TrainError::Config)?;
+        cfg.validate()?;
         if train.is_empty() {
-            return Err(TrainError::Config("the training split is empty".into()));
+            return Err(TrainError::EmptyTrainingSplit);
         }
         crate::data::check_splits(&cfg.data, &train, &test)?;
         let src = Source::images(&cfg, train, test);
@@ -107,8 +109,10 @@ impl<B: NnOps + 'static> Trainer<B> {
 
     /// As [`Trainer::new`], with a data source.
     pub fn with_source(b: B, cfg: TrainConfig, data: Source) -> Result<Self, TrainError> {
-        cfg.validate().map_err(TrainError::Config)?;
-        let spec: ModelSpec = cfg.model.parse().map_err(TrainError::Config)?;
+        cfg.validate()?;
+        let spec: ModelSpec = cfg.model.parse().map_err(|_| ConfigError::UnknownModel {
+            value: cfg.model.clone(),
+        })?;
         let model = match data.input() {
             Input::Image { shape, classes } if !spec.is_lm() => {
                 spec.build::<B, f32>(&b, shape, classes)?
@@ -117,11 +121,10 @@ impl<B: NnOps + 'static> Trainer<B> {
                 spec.build_lm::<B, f32>(&b, vocab, context)?
             }
             _ => {
-                return Err(TrainError::Config(format!(
-                    "model `{}` does not fit the {} data (language models need --dataset text)",
-                    cfg.model,
-                    if spec.is_lm() { "image" } else { "text" }
-                )));
+                return Err(TrainError::ModelDoesNotFit {
+                    model: cfg.model.clone(),
+                    data: if spec.is_lm() { "image" } else { "text" },
+                });
             }
         };
         super::footprint::check(&super::footprint::training(
@@ -243,10 +246,11 @@ impl<B: NnOps + 'static> Trainer<B> {
     ) -> Result<(), TrainError> {
         let n = self.param_count();
         if params.len() != n {
-            return Err(TrainError::Config(format!(
-                "checkpoint has {} parameters, the model {n}",
-                params.len()
-            )));
+            return Err(TrainError::WrongLength {
+                what: "the checkpoint's parameters".into(),
+                found: params.len(),
+                expected: n,
+            });
         }
         let names: Vec<(String, usize)> = self
             .model
@@ -255,11 +259,18 @@ impl<B: NnOps + 'static> Trainer<B> {
             .map(|(k, b)| (k.clone(), self.b.len(*b)))
             .collect();
         for ((name, len), (sn, sv)) in names.iter().zip(state) {
-            if name != sn || *len != sv.len() {
-                return Err(TrainError::Config(format!(
-                    "checkpoint model state `{sn}` ({} values) does not fit `{name}` ({len})",
-                    sv.len()
-                )));
+            if name != sn {
+                return Err(TrainError::StateName {
+                    found: sn.clone(),
+                    expected: name.clone(),
+                });
+            }
+            if *len != sv.len() {
+                return Err(TrainError::WrongLength {
+                    what: format!("the checkpoint's model state `{sn}`"),
+                    found: sv.len(),
+                    expected: *len,
+                });
             }
         }
         // The optimizer validates and loads all-or-nothing; then nothing below can fail
@@ -421,7 +432,7 @@ impl<B: NnOps + 'static> Trainer<B> {
         // 1. The IRE estimator pass, when a refresh is due.
         let want_est = self.opt.wants_estimate();
         if want_est {
-            if self.cfg.estimator_batch == "fixed" {
+            if self.cfg.estimator_batch == EstimatorBatch::Fixed {
                 let fixed = match self.fixed.take() {
                     Some(f) => f,
                     None => self.data.fixed_batch(),
@@ -439,7 +450,7 @@ impl<B: NnOps + 'static> Trainer<B> {
         }
         // 2. The training gradient (batch-norm statistics move once per step, here). The
         //    estimator pass on the current batch has already uploaded it.
-        if !(want_est && self.cfg.estimator_batch != "fixed") {
+        if !(want_est && self.cfg.estimator_batch != EstimatorBatch::Fixed) {
             self.upload(&batch)?;
         }
         let (loss, correct) = self.loss_and_grad(
@@ -534,10 +545,11 @@ impl<B: NnOps + 'static> Trainer<B> {
     ) -> Result<(f64, Vec<f32>), TrainError> {
         let n_params = self.param_count();
         if theta.len() != n_params {
-            return Err(TrainError::Config(format!(
-                "theta has {} values, the model {n_params}",
-                theta.len()
-            )));
+            return Err(TrainError::WrongLength {
+                what: "theta".into(),
+                found: theta.len(),
+                expected: n_params,
+            });
         }
         let saved = self.params_host()?;
         self.b.upload(&mut self.params[0], theta)?;
@@ -625,12 +637,8 @@ impl<B: NnOps + 'static> Trainer<B> {
         temperature: f64,
         seed: u64,
     ) -> Result<String, TrainError> {
-        let tok = self.data.tokenizer().ok_or_else(|| {
-            TrainError::Config("sampling needs a language-model checkpoint".into())
-        })?;
-        let mut ids = tok
-            .encode(prompt)
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let tok = self.data.tokenizer().ok_or(TrainError::NotLanguageModel)?;
+        let mut ids = tok.encode(prompt)?;
         let ctx = self.model.rows_per_example();
         let c = self.model.num_classes();
         let mut rng = Rng::new(seed);
@@ -669,13 +677,8 @@ impl<B: NnOps + 'static> Trainer<B> {
             };
             ids.push(next as u32);
         }
-        let tok = self
-            .data
-            .tokenizer()
-            .ok_or_else(|| TrainError::Config("no tokenizer".into()))?;
-        let text = tok
-            .decode(&ids[start..])
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let tok = self.data.tokenizer().ok_or(TrainError::NotLanguageModel)?;
+        let text = tok.decode(&ids[start..])?;
         Ok(format!("{prompt}{text}"))
     }
 }
