@@ -15,11 +15,12 @@ if [ -f "$CIFAR/data_batch_1.bin" ] && [ -f "$CIFAR/test_batch.bin" ]; then
     echo "==> ResNet (small preset) + SGD-IRE on CIFAR-10 ($CIFAR), 4 epochs"
     "$IRE" train --model resnet-small --dataset cifar10 --data "$CIFAR" --optimizer sgd-ire \
         --lr 0.1 --epochs 4 --batch-size 128 --kappa 2 --gamma 0.8 --eval-every 78 \
-        --backend cpu --out "$OUT/resnet-small-sgd-ire"
+        --backend cpu --out "$OUT/resnet-small-sgd-ire" --overwrite
 else
     echo "==> no CIFAR-10 files at $CIFAR: MLP + SGD-IRE on the handwritten digits in data/"
     "$IRE" train --model mlp --dataset digits --data data/digits.csv.gz --optimizer sgd-ire \
-        --lr 0.05 --epochs 20 --batch-size 32 --eval-every 100 --backend cpu --out "$OUT/mlp-digits-sgd-ire"
+        --lr 0.05 --epochs 20 --batch-size 32 --eval-every 100 --backend cpu --out "$OUT/mlp-digits-sgd-ire" \
+        --overwrite
 fi
 
 echo

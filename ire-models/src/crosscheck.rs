@@ -190,9 +190,7 @@ pub fn check_model<A: NnOps + 'static, B: NnOps + 'static>(
     let theta = ta.params_host()?;
     let theta_b = tb.params_host()?;
     if theta != theta_b {
-        return Err(TrainError::Config(
-            "the two backends initialised different parameters from one seed".into(),
-        ));
+        return Err(TrainError::InitDiffers);
     }
     let (la, ga) = ta.loss_grad_at(&theta, 1)?;
     let (lb, gb) = tb.loss_grad_at(&theta, 1)?;

@@ -73,6 +73,20 @@ pub enum SharpnessError {
     /// Hutchinson's estimator was asked for zero probes.
     #[error("the Hutchinson trace needs at least one probe")]
     ZeroProbes,
+    /// More Lanczos steps than the Krylov space has dimensions: the run could never use them.
+    #[error(
+        "lanczos_steps = {steps} is more than the {params} parameters of the model (Lanczos \
+         spans at most one dimension per step); give at most {params}"
+    )]
+    TooManyLanczosSteps {
+        /// The steps asked for.
+        steps: usize,
+        /// The parameter count.
+        params: usize,
+    },
+    /// The Lanczos vectors would not fit in memory.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
     /// Another argument out of its range.
     #[error("{name} = {value}: expected {expected}")]
     InvalidArgument {
@@ -741,6 +755,17 @@ pub fn measure<B: NnOps + 'static>(
     let theta: Vec<f64> = trainer.params_host()?.into_iter().map(f64::from).collect();
     let mut oracle = TrainerOracle::new(trainer, batches)?;
     let params = oracle.dim();
+    if lanczos_steps > params {
+        return Err(SharpnessError::TooManyLanczosSteps {
+            steps: lanczos_steps,
+            params,
+        });
+    }
+    // Lanczos keeps one f64 vector per step (full reorthogonalization).
+    crate::memory::check(
+        || format!("{lanczos_steps} Lanczos vectors of {params} values"),
+        (lanczos_steps as u128 + 4) * params as u128 * 8,
+    )?;
     let (loss, _) = oracle.loss_and_grad(&theta)?;
     let trace = hutchinson_trace(&mut oracle, &theta, probes, seed, None)?;
     let mut top = lanczos_op(

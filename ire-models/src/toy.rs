@@ -4,6 +4,12 @@
 //! `u = 0`. Gradient descent drifts slowly toward it along `u`; IRE boosts the step along the
 //! flat direction `u` (mask `(1, 0)`) and drifts `(1 + κ)` times faster. The optimizers run on
 //! any [`Backend`] through `ire-core`'s [`Sgd`] and [`Ire`], in `f64`.
+//!
+//! [`run_with`] hands every point to a visitor as it is computed and keeps only the last one,
+//! so a run of any length takes constant memory; [`run`] collects the points (its memory is
+//! checked first).
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ire_core::optim::{Estimator, Optimizer};
 use ire_core::projector::{ExactProjector, symmetric_eigen};
@@ -45,6 +51,31 @@ pub struct ToyPoint {
     pub v: f64,
 }
 
+/// What can stop a toy run.
+#[derive(Debug, thiserror::Error)]
+pub enum ToyError {
+    /// An optimizer or backend problem.
+    #[error(transparent)]
+    Core(#[from] Error),
+    /// The trajectory would not fit in memory.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
+    /// The visitor could not take a point (e.g. writing it to a file failed).
+    #[error("writing the trajectory failed: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+/// How a streamed run ended.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ToyEnd {
+    /// The last finite point reached.
+    pub last: ToyPoint,
+    /// `Some(step)` when the run diverged at that step.
+    pub diverged_at: Option<u64>,
+    /// Whether the stop flag ended the run before its last step.
+    pub interrupted: bool,
+}
+
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ToyRun {
@@ -84,21 +115,49 @@ pub fn sharp_direction_jacobi(h: &[f64; 4]) -> Result<[f64; 2]> {
     Ok([rows[2], rows[3]])
 }
 
-/// Runs `steps` steps of `method` at learning rate `lr` on backend `b`.
+/// Runs `steps` steps of `method` at learning rate `lr` on backend `b`, collecting every point.
 ///
-/// `sharp` picks the eigen-solver of the exact projector (ignored by the other methods).
+/// `sharp` picks the eigen-solver of the exact projector (ignored by the other methods). The
+/// points' memory is checked against [`crate::memory::limit`] first: a long run is for
+/// [`run_with`].
 pub fn run<B: Backend>(
     b: &B,
     method: ToyMethod,
     lr: f64,
     steps: u64,
     sharp: SharpDirection,
-) -> Result<ToyRun> {
-    let mut path = vec![ToyPoint {
+) -> Result<ToyRun, ToyError> {
+    let n = usize::try_from(steps.saturating_add(1)).unwrap_or(usize::MAX);
+    let mut path = crate::memory::try_vec(n, || {
+        format!("a trajectory of {steps} steps (use a streaming run for long ones)")
+    })?;
+    let end = run_with(b, method, lr, steps, sharp, &AtomicBool::new(false), |p| {
+        path.push(p);
+        Ok(())
+    })?;
+    Ok(ToyRun {
+        path,
+        diverged_at: end.diverged_at,
+    })
+}
+
+/// Runs like [`run`], handing each point (the start included) to `visit` as it is computed
+/// instead of keeping it; stops early, with `interrupted`, once `stop` is set.
+pub fn run_with<B: Backend>(
+    b: &B,
+    method: ToyMethod,
+    lr: f64,
+    steps: u64,
+    sharp: SharpDirection,
+    stop: &AtomicBool,
+    mut visit: impl FnMut(ToyPoint) -> std::io::Result<()>,
+) -> Result<ToyEnd, ToyError> {
+    let mut last = ToyPoint {
         step: 0,
         u: START.0,
         v: START.1,
-    }];
+    };
+    visit(last).map_err(ToyError::Output)?;
     let mut theta = vec![b.alloc_from(&[START.0, START.1])?];
     let mut grad = vec![b.alloc::<f64>(2)?];
     let mut sgd = Sgd::<B, f64>::new(SgdConfig::default())?;
@@ -117,6 +176,13 @@ pub fn run<B: Backend>(
     };
     let mut host = [START.0, START.1];
     for step in 1..=steps {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(ToyEnd {
+                last,
+                diverged_at: None,
+                interrupted: true,
+            });
+        }
         let [u, v] = host;
         let g = gradient(u, v);
         match method {
@@ -143,16 +209,19 @@ pub fn run<B: Backend>(
             || u.abs() > DIVERGENCE_BOUND
             || v.abs() > DIVERGENCE_BOUND
         {
-            return Ok(ToyRun {
-                path,
+            return Ok(ToyEnd {
+                last,
                 diverged_at: Some(step),
+                interrupted: false,
             });
         }
-        path.push(ToyPoint { step, u, v });
+        last = ToyPoint { step, u, v };
+        visit(last).map_err(ToyError::Output)?;
     }
-    Ok(ToyRun {
-        path,
+    Ok(ToyEnd {
+        last,
         diverged_at: None,
+        interrupted: false,
     })
 }
 

@@ -5,7 +5,10 @@
 use std::path::PathBuf;
 
 use ire_backend_cpu::CpuBackend;
-use ire_models::train::{DatasetKind, OptimizerKind, TrainConfig, Trainer};
+use ire_models::train::{
+    ConfigError, DatasetKind, EstimatorBatch, EstimatorKind, OptimizerKind, TrainConfig,
+    TrainError, Trainer,
+};
 
 fn digits() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/digits.csv.gz")
@@ -173,9 +176,49 @@ fn bad_configs_are_rejected() {
     assert!(
         TrainConfig::from_toml_file(&f)
             .unwrap_err()
+            .to_string()
             .contains("learning_rate")
     );
     std::fs::write(&f, "model = \"mlp\"\nlr = 0.3\n[opt]\nkappa = 4.0\n").unwrap();
     let c = TrainConfig::from_toml_file(&f).unwrap();
     assert_eq!((c.lr, c.opt.kappa), (0.3, 4.0));
+    // Choices are parsed once, from their config-file names, into enums.
+    std::fs::write(
+        &f,
+        "estimator_batch = \"fixed\"\n[opt]\nestimator = \"abs-gradient\"\n",
+    )
+    .unwrap();
+    let c = TrainConfig::from_toml_file(&f).unwrap();
+    assert_eq!(
+        (c.estimator_batch, c.opt.estimator),
+        (EstimatorBatch::Fixed, EstimatorKind::AbsGradient)
+    );
+    // ... and written back as the same text (a checkpoint's config is JSON).
+    let json = serde_json::to_value(&c).unwrap();
+    assert_eq!(json["estimator_batch"], "fixed");
+    assert_eq!(json["opt"]["estimator"], "abs-gradient");
+    // A name that is none of the choices is refused naming the field and the value.
+    std::fs::write(&f, "estimator_batch = \"random\"\n").unwrap();
+    let e = TrainConfig::from_toml_file(&f).unwrap_err();
+    assert!(matches!(e, ConfigError::Toml { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains(
+            "invalid config `estimator_batch`: unknown value `random`: expected one of current, fixed"
+        ),
+        "{e}"
+    );
+    // Out-of-range values are typed errors naming the field and the value.
+    match Trainer::new(
+        CpuBackend::new(),
+        TrainConfig {
+            lr: -1.0,
+            ..base.clone()
+        },
+    ) {
+        Err(TrainError::Config(ConfigError::OutOfRange { field, value, .. })) => {
+            assert_eq!((field, value.as_str()), ("lr", "-1"));
+        }
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("lr = -1 accepted"),
+    }
 }

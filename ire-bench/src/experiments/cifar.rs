@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use ire_models::train::{DatasetKind, OptimizerConfig, OptimizerKind, TrainConfig};
+use ire_models::train::{DatasetKind, EstimatorBatch, OptimizerConfig, OptimizerKind, TrainConfig};
 
 use super::{
     ItemReport, Options, Res, RunSpec, SummaryRow, command, f, figure, md_table, mean, series,
@@ -77,7 +77,7 @@ pub fn cfg(s: &Sizes, data: &Path, kind: OptimizerKind, seed: u64) -> TrainConfi
         lr: 0.1,
         epochs: s.epochs,
         batch_size: s.batch,
-        estimator_batch: "fixed".into(),
+        estimator_batch: EstimatorBatch::Fixed,
         seed,
         ..TrainConfig::default()
     }

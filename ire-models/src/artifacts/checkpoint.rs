@@ -30,7 +30,8 @@ use std::path::Path;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{ArtifactError, Result, atomic};
+use super::atomic;
+use super::error::{ArtifactError, Result};
 
 /// The first eight bytes of every checkpoint file.
 pub const MAGIC: [u8; 8] = *b"IRECKPT\0";

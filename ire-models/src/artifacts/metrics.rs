@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::{ArtifactError, Result};
+use super::error::{ArtifactError, Result};
 
 /// Appends JSON objects to a `.jsonl` file, one per line.
 #[derive(Debug)]
@@ -42,6 +42,25 @@ impl MetricsWriter {
             file,
             line: Vec::new(),
         })
+    }
+
+    /// Opens `path` (which must exist) for appending, changing nothing in it: for a caller that
+    /// knows the file ends with a whole line (a history just cut back to a checkpoint's length).
+    pub fn append_unchanged(path: &Path) -> Result<Self> {
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| ArtifactError::io(path, "open", e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            line: Vec::new(),
+        })
+    }
+
+    /// The bytes of the last line written, newline included.
+    pub fn last_line(&self) -> &[u8] {
+        &self.line
     }
 
     /// Writes `record` (a JSON object) as one line and flushes it to the operating system.
@@ -111,6 +130,12 @@ fn drop_partial_last_line(mut file: &File) -> std::io::Result<()> {
 /// and it is skipped when it does not parse.
 pub fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>> {
     let bytes = std::fs::read(path).map_err(|e| ArtifactError::io(path, "read", e))?;
+    parse_jsonl(path, &bytes)
+}
+
+/// The records of the JSON-lines text `bytes` (read from `path`), by the rules of
+/// [`read_jsonl`].
+pub fn parse_jsonl(path: &Path, bytes: &[u8]) -> Result<Vec<serde_json::Value>> {
     let complete = bytes.last().is_none_or(|&b| b == b'\n');
     let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
     // The last piece is empty after a final newline; otherwise it is a line cut short.

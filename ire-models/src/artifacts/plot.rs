@@ -13,7 +13,8 @@ use plotters::coord::Shift;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
-use super::{ArtifactError, Result, atomic};
+use super::atomic;
+use super::error::{ArtifactError, Result};
 
 /// Width and height of the written images, in pixels.
 const SIZE: (u32, u32) = (1000, 620);

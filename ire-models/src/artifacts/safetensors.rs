@@ -9,7 +9,8 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use super::{ArtifactError, Result, atomic};
+use super::atomic;
+use super::error::{ArtifactError, Result};
 
 /// A named tensor: name, shape (row-major; empty for a scalar), values.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);

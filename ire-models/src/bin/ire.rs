@@ -1,25 +1,39 @@
 //! The `ire` command.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ire_core::Result;
+use ire_models::artifacts::atomic::AtomicFile;
 use ire_models::device::{BackendKind, NnTask, compiled_backends, resolve, run_on};
 use ire_models::nn::NnOps;
-use ire_models::toy::{self, ToyMethod, ToyRun};
-use ire_models::train::run::{RunOptions, RunSummary, check_resumable, read_checkpoint, restore};
-use ire_models::train::{DatasetKind, EvalMetrics, OptimizerKind, TrainConfig, Trainer};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use ire_models::toy::{self, ToyEnd, ToyError, ToyMethod};
+use ire_models::train::folder::{self, Claim, RunFolder};
+use ire_models::train::run::{
+    ResumeFrom, RunOptions, RunSummary, check_resumable, metrics_position, read_checkpoint,
+    restore, run_in,
+};
+use ire_models::train::{
+    DatasetKind, EvalMetrics, OptimizerKind, RunError, TrainConfig, TrainError, Trainer,
+};
 
 /// IRE: Implicit Regularization Enhancement optimizers.
+///
+/// Exit status: 0 done; 2 invalid arguments, configuration, data or checkpoint (or a run
+/// folder that holds another run, or more memory than allowed); 3 diverged; 4 interrupted
+/// (Ctrl-C, SIGTERM or --stop-after: a checkpoint was written, continue with --resume); 5 the
+/// run folder is in use by another run; 130 a second Ctrl-C or SIGTERM forced the exit.
 #[derive(Parser)]
 #[command(name = "ire", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Refuse to take more memory than this (e.g. 8G, 512M; powers of 1024). Default: the
+    /// machine's memory.
+    #[arg(long, global = true)]
+    max_memory: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -95,13 +109,16 @@ struct TrainArgs {
     /// A TOML file with any TrainConfig field (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Model preset: mlp, mlp-small, resnet-small, resnet20, resnet56, wrn-small, wrn-16-8, wrn-28-10.
+    /// Model preset: mlp, mlp-small, resnet-small, resnet20, resnet56, wrn-small, wrn-16-8,
+    /// wrn-28-10, vit-mini, vit-t, vit-s (images); lm-paper, lm-paper-quirk, gpt-nano,
+    /// llama-tiny, llama-60m, llama-119m, llama-229m (language models, with --dataset text).
     #[arg(long)]
     model: Option<String>,
-    /// Dataset format: cifar10, cifar100, idx (MNIST, Fashion-MNIST), folder, digits.
+    /// Dataset format: cifar10, cifar100, idx (MNIST, Fashion-MNIST), folder, digits, text (a
+    /// plain-text corpus for language models).
     #[arg(long)]
     dataset: Option<DatasetKind>,
-    /// Dataset folder (a file for digits).
+    /// Dataset folder (a file for digits and text).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Optimizer: sgd, sgd-ire, sam, sam-ire, adamw, admire.
@@ -188,10 +205,18 @@ struct TrainArgs {
     /// AdamW β2.
     #[arg(long)]
     beta2: Option<f64>,
-    /// Output folder.
-    #[arg(long, default_value = "runs/train")]
-    out: PathBuf,
-    /// Resume from this checkpoint (e.g. runs/train/checkpoint.irec).
+    /// Output folder. Default: a new folder runs/MODEL-OPTIMIZER-YYYYMMDD-HHMMSS (UTC) for
+    /// every run; with --resume, the checkpoint's own folder. A folder holding another run is
+    /// refused unless --overwrite.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Let a new run replace the run found in --out (its files are removed when training
+    /// starts).
+    #[arg(long)]
+    overwrite: bool,
+    /// Resume from this checkpoint (e.g. runs/NAME/checkpoint.irec); the run continues in the
+    /// checkpoint's folder (or branches off into --out), with the checkpoint's settings unless
+    /// flags change them.
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Stop after this many steps of this invocation (with a checkpoint).
@@ -218,16 +243,27 @@ struct EvalArgs {
 }
 
 impl TrainArgs {
-    fn config(&self) -> std::result::Result<TrainConfig, String> {
-        let mut c = match &self.config {
-            Some(p) => TrainConfig::from_toml_file(p)?,
-            None => TrainConfig::default(),
+    /// The run's config: `base` (a resumed checkpoint's), else the config file, else the
+    /// defaults; then every flag given. A flag that the chosen optimizer or dataset would
+    /// ignore is refused.
+    fn config(&self, base: Option<TrainConfig>) -> std::result::Result<TrainConfig, TrainError> {
+        let mut c = match (&self.config, base) {
+            (Some(p), _) => TrainConfig::from_toml_file(p)?,
+            (None, Some(b)) => b,
+            (None, None) => TrainConfig::default(),
         };
+        let mut given: Vec<&'static str> = Vec::new();
         macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f {
+                c.$f = v.clone();
+                given.push(stringify!($f));
+            } )* };
         }
         macro_rules! set_opt {
-            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.opt.$f = v.clone(); } )* };
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f {
+                c.opt.$f = v.clone();
+                given.push(stringify!($f));
+            } )* };
         }
         set!(
             model,
@@ -264,48 +300,156 @@ impl TrainArgs {
         );
         if self.kappa_decay {
             c.opt.kappa_decay = true;
+            given.push("kappa_decay");
         }
         if self.adaptive {
             c.opt.adaptive = true;
+            given.push("adaptive");
+        }
+        for flag in given {
+            ire_models::train::applies::check(&flag.replace('_', "-"), &c)?;
         }
         c.validate()?;
         Ok(c)
     }
+
+    /// The run folder, held from here on: the checkpoint's own (resume), `--out`, or a new one
+    /// under `runs/` named after the model, the optimizer and the time.
+    fn folder(&self, cfg: &TrainConfig) -> std::result::Result<RunFolder, RunError> {
+        let claim = Claim::New {
+            overwrite: self.overwrite,
+        };
+        match (&self.resume, &self.out) {
+            (Some(ck), out) => {
+                let own = ire_models::artifacts::atomic::folder_of(ck);
+                match out {
+                    Some(o) if !folder::same_folder(o, &own) => RunFolder::open(o, claim),
+                    _ => RunFolder::open(&own, Claim::Continue),
+                }
+            }
+            (None, Some(o)) => RunFolder::open(o, claim),
+            (None, None) => RunFolder::create_unique(
+                Path::new("runs"),
+                &folder::default_name(
+                    &cfg.model,
+                    &cfg.optimizer.to_string(),
+                    std::time::SystemTime::now(),
+                ),
+            ),
+        }
+    }
+}
+
+/// Prints `e` and returns its documented exit status.
+fn fail(e: &TrainError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(match e {
+        TrainError::Run(r) => r.exit_code(),
+        TrainError::Diverged { .. } => 3,
+        _ => 2,
+    })
 }
 
 fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
-    let cfg = a.config()?;
+    // Signals first: a Ctrl-C while the data loads must not kill the process mid-write.
+    let stop = ire_models::interrupt::install().map_err(|e| e.to_string())?;
     let (kind, why) = resolve(a.backend);
-    let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
-    // Ctrl-C: finish the current step, write a checkpoint, exit.
-    let _ = ctrlc::set_handler(move || s2.store(true, Ordering::SeqCst));
+    let ck_path = a.resume.clone();
+    // With --resume, the checkpoint's folder is held before its checkpoint is read.
+    let (folder, cfg, resume) = match &ck_path {
+        Some(path) => {
+            if !path.is_file() {
+                // Nothing to hold: say why the checkpoint cannot be read.
+                if let Err(e) = read_checkpoint(path) {
+                    return Ok(fail(&e));
+                }
+            }
+            let folder = match a.folder(&TrainConfig::default()) {
+                Ok(f) => f,
+                Err(e) => return Ok(fail(&e.into())),
+            };
+            let (ck, ck_cfg, meta) = match read_checkpoint(path) {
+                Ok(r) => r,
+                Err(e) => return Ok(fail(&e)),
+            };
+            let cfg = match a.config(Some(ck_cfg.clone())) {
+                Ok(c) => c,
+                Err(e) => return Ok(fail(&e)),
+            };
+            if let Err(e) = check_resumable(&ck_cfg, &cfg) {
+                return Ok(fail(&e));
+            }
+            let from = ResumeFrom {
+                position: metrics_position(&meta),
+                folder: ire_models::artifacts::atomic::folder_of(path),
+            };
+            (folder, cfg, Some((ck, meta, from)))
+        }
+        None => {
+            let cfg = match a.config(None) {
+                Ok(c) => c,
+                Err(e) => return Ok(fail(&e)),
+            };
+            match a.folder(&cfg) {
+                Ok(f) => (f, cfg, None),
+                Err(e) => return Ok(fail(&e.into())),
+            }
+        }
+    };
+    for note in folder.notes() {
+        eprintln!("note: {note}");
+    }
+    eprintln!("run folder: {}", folder.dir().display());
+    // A folder made for this run goes again if the run leaves nothing in it.
+    let made = (a.resume.is_none() && a.out.is_none()).then(|| folder.dir().to_path_buf());
     let task = TrainRun {
         cfg,
-        resume: a.resume.clone(),
         opts: RunOptions {
-            out_dir: a.out.clone(),
+            out_dir: folder.dir().to_path_buf(),
             progress: !a.quiet,
             stop_after: a.stop_after,
+            overwrite: a.overwrite,
         },
+        folder,
+        resume,
         stop,
     };
-    let (name, out) = run_on(kind, task).map_err(|e| e.to_string())?;
-    let s = out?;
+    let out = run_on(kind, task);
+    if let Some(dir) = made {
+        // Only an empty folder is removed.
+        let _ = std::fs::remove_dir(dir);
+    }
+    let (name, out) = out.map_err(|e| e.to_string())?;
+    let s = match out {
+        Ok(s) => s,
+        Err(e) => return Ok(fail(&e)),
+    };
     eprintln!("backend: {name} ({why})");
-    println!(
-        "steps {} ({}), {:.1} s, {:.0} {}/s, {:.1} s/epoch",
-        s.steps,
-        if s.finished {
-            "finished"
-        } else {
-            "interrupted: resume with --resume"
-        },
-        s.seconds,
-        s.images_per_sec,
-        s.unit,
-        s.seconds_per_epoch
-    );
+    if s.already_finished {
+        println!(
+            "the run already finished at step {}: nothing to do (final train loss {:.4})",
+            s.steps, s.train_loss
+        );
+    } else if !s.finished && s.files.is_empty() {
+        println!(
+            "interrupted at step {} before training started: nothing was written",
+            s.steps
+        );
+    } else {
+        println!(
+            "steps {} ({}), {:.1} s, {:.0} {}/s, {:.1} s/epoch",
+            s.steps,
+            if s.finished {
+                "finished"
+            } else {
+                "interrupted: resume with --resume"
+            },
+            s.seconds,
+            s.images_per_sec,
+            s.unit,
+            s.seconds_per_epoch
+        );
+    }
     if let Some(e) = s.eval {
         if s.unit == "tokens" {
             println!(
@@ -345,14 +489,27 @@ fn eval_command(a: &EvalArgs) -> std::result::Result<ExitCode, String> {
         },
     )
     .map_err(|e| e.to_string())?;
-    let (step, e) = out?;
+    let (step, e, text) = match out {
+        Ok(r) => r,
+        Err(e) => return Ok(fail(&e)),
+    };
     eprintln!("backend: {name}");
-    println!(
-        "step {step}: test loss {:.4}, test accuracy {:.2}% ({} images)",
-        e.loss,
-        100.0 * e.acc,
-        e.n
-    );
+    if text {
+        println!(
+            "step {step}: validation loss {:.4} (perplexity {:.2}), next-token accuracy {:.2}% ({} tokens)",
+            e.loss,
+            e.loss.exp(),
+            100.0 * e.acc,
+            e.n
+        );
+    } else {
+        println!(
+            "step {step}: test loss {:.4}, test accuracy {:.2}% ({} images)",
+            e.loss,
+            100.0 * e.acc,
+            e.n
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -389,7 +546,8 @@ struct ToyArgs {
     /// How IRE finds the flat direction.
     #[arg(long, value_enum, default_value = "diagonal")]
     projector: Projector,
-    /// Writes the whole trajectory (step,u,v) to this CSV file.
+    /// Writes the whole trajectory (step,u,v) to this CSV file, streamed as it is computed (any
+    /// number of steps takes constant memory); the file appears complete or not at all.
     #[arg(long)]
     csv: Option<PathBuf>,
     /// auto, cpu, opencl, cuda or reference.
@@ -401,18 +559,32 @@ struct ToyTask {
     method: ToyMethod,
     lr: f64,
     steps: u64,
+    csv: Option<AtomicFile>,
+    stop: &'static AtomicBool,
 }
 
 impl NnTask for ToyTask {
-    type Output = Result<ToyRun>;
-    fn run<B: ire_models::nn::NnOps + 'static>(self, b: B) -> Result<ToyRun> {
-        toy::run(
+    type Output = std::result::Result<(ToyEnd, Option<AtomicFile>), ToyError>;
+    fn run<B: NnOps + 'static>(mut self, b: B) -> Self::Output {
+        if let Some(f) = self.csv.as_mut()
+            && let Err(e) = writeln!(f.writer(), "step,u,v")
+        {
+            return Err(ToyError::Output(e));
+        }
+        let mut csv = self.csv;
+        let end = toy::run_with(
             &b,
             self.method,
             self.lr,
             self.steps,
             toy::sharp_direction_jacobi,
-        )
+            self.stop,
+            |p| match csv.as_mut() {
+                Some(f) => writeln!(f.writer(), "{},{},{}", p.step, num(p.u), num(p.v)),
+                None => Ok(()),
+            },
+        );
+        end.map(|e| (e, csv))
     }
 }
 
@@ -423,23 +595,43 @@ fn toy_command(a: ToyArgs) -> std::result::Result<ExitCode, String> {
         (ToyOptimizer::Ire, Projector::Diagonal) => ToyMethod::IreDiagonal { kappa: a.kappa },
         (ToyOptimizer::Ire, Projector::Exact) => ToyMethod::IreExact { kappa: a.kappa },
     };
+    let stop = ire_models::interrupt::install().map_err(|e| e.to_string())?;
+    // The file is checked (a folder is refused) before any step runs.
+    let csv = match &a.csv {
+        Some(p) => Some(AtomicFile::create(p).map_err(|e| format!("--csv: {e}"))?),
+        None => None,
+    };
     let (kind, why) = resolve(a.backend);
-    let (name, run) = run_on(
+    let (name, out) = run_on(
         kind,
         ToyTask {
             method,
             lr: a.lr,
             steps: a.steps,
+            csv,
+            stop,
         },
     )
     .map_err(|e| e.to_string())?;
-    let run = run.map_err(|e| e.to_string())?;
     eprintln!("backend: {name} ({why})");
-    if let Some(path) = &a.csv {
-        write_csv(path, &run).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let (end, csv) = out.map_err(|e| match &a.csv {
+        Some(p) => format!("{}: {e}", p.display()),
+        None => e.to_string(),
+    })?;
+    if let Some(f) = csv {
+        f.commit().map_err(|e| e.to_string())?;
     }
-    let last = run.last();
-    match run.diverged_at {
+    let last = end.last;
+    if end.interrupted {
+        println!(
+            "interrupted at step={} u={} v={}",
+            last.step,
+            num(last.u),
+            num(last.v)
+        );
+        return Ok(ExitCode::from(4));
+    }
+    match end.diverged_at {
         None => {
             println!("step={} u={} v={}", last.step, num(last.u), num(last.v));
             Ok(ExitCode::SUCCESS)
@@ -467,20 +659,6 @@ fn num(x: f64) -> String {
     }
 }
 
-/// Writes the CSV through a temporary file and a rename, so a reader never sees half a file.
-fn write_csv(path: &std::path::Path, run: &ToyRun) -> std::io::Result<()> {
-    let tmp = path.with_extension("csv.tmp");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        writeln!(f, "step,u,v")?;
-        for p in &run.path {
-            writeln!(f, "{},{},{}", p.step, num(p.u), num(p.v))?;
-        }
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-}
-
 fn devices_command() -> ExitCode {
     let (auto, why) = resolve(BackendKind::Auto);
     println!(
@@ -500,6 +678,15 @@ fn devices_command() -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(m) = &cli.max_memory {
+        match ire_models::memory::parse_size(m) {
+            Ok(b) => ire_models::memory::set_max_memory(Some(b)),
+            Err(e) => {
+                eprintln!("error: --max-memory: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let r = match cli.command {
         Command::Toy(a) => toy_command(a),
         Command::Train(a) => train_command(&a),
@@ -519,15 +706,20 @@ fn main() -> ExitCode {
 
 struct TrainRun {
     cfg: TrainConfig,
-    resume: Option<PathBuf>,
+    folder: RunFolder,
+    resume: Option<(
+        ire_models::artifacts::Checkpoint,
+        serde_json::Value,
+        ResumeFrom,
+    )>,
     opts: RunOptions,
-    stop: Arc<AtomicBool>,
+    stop: &'static AtomicBool,
 }
 
 impl NnTask for TrainRun {
-    type Output = std::result::Result<RunSummary, String>;
+    type Output = std::result::Result<RunSummary, TrainError>;
     fn run<B: NnOps + 'static>(self, b: B) -> Self::Output {
-        let mut t = Trainer::new(b, self.cfg.clone()).map_err(|e| e.to_string())?;
+        let mut t = Trainer::new(b, self.cfg.clone())?;
         eprintln!(
             "model {} ({} parameters), {}, {} steps of batch {}",
             t.cfg.model,
@@ -536,15 +728,17 @@ impl NnTask for TrainRun {
             t.total_steps(),
             t.cfg.batch_size
         );
-        let mut pos = None;
-        if let Some(path) = &self.resume {
-            let (ck, ck_cfg, meta) = read_checkpoint(path).map_err(|e| e.to_string())?;
-            check_resumable(&ck_cfg, &self.cfg).map_err(|e| e.to_string())?;
-            restore(&mut t, &ck, &meta).map_err(|e| e.to_string())?;
-            pos = Some(ire_models::train::run::metrics_position(&meta));
-            eprintln!("resumed from {} at step {}", path.display(), t.step);
+        let mut from = None;
+        if let Some((ck, meta, r)) = self.resume {
+            restore(&mut t, &ck, &meta)?;
+            eprintln!(
+                "resumed from {} at step {}",
+                r.folder.join(folder::CHECKPOINT_FILE).display(),
+                t.step
+            );
+            from = Some(r);
         }
-        ire_models::train::run::run(&mut t, &self.opts, pos, &self.stop).map_err(|e| e.to_string())
+        run_in(&mut t, &self.folder, &self.opts, from, self.stop)
     }
 }
 
@@ -554,12 +748,14 @@ struct EvalRun {
 }
 
 impl NnTask for EvalRun {
-    type Output = std::result::Result<(u64, EvalMetrics), String>;
+    /// The step, the metrics, and whether they are per token (a language model).
+    type Output = std::result::Result<(u64, EvalMetrics, bool), TrainError>;
     fn run<B: NnOps + 'static>(self, b: B) -> Self::Output {
-        let mut t = ire_models::train::run::trainer_from_checkpoint(b, &self.checkpoint, self.data)
-            .map_err(|e| e.to_string())?;
-        let e = t.evaluate().map_err(|e| e.to_string())?;
-        Ok((t.step, e))
+        let mut t =
+            ire_models::train::run::trainer_from_checkpoint(b, &self.checkpoint, self.data)?;
+        let e = t.evaluate()?;
+        let text = t.data().tokenizer().is_some();
+        Ok((t.step, e, text))
     }
 }
 
@@ -595,7 +791,8 @@ fn sharpness_command(a: &SharpnessArgs) -> std::result::Result<ExitCode, String>
     println!("{report}");
     if let Some(p) = &a.json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-        std::fs::write(p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        ire_models::artifacts::atomic::write_bytes(p, text.as_bytes())
+            .map_err(|e| e.to_string())?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,8 @@
 
 use std::path::Path;
 
-use super::{DataError, ImageDataset, read};
+use super::dataset::ImageDataset;
+use super::error::{DataError, read};
 
 const PIXELS: usize = 3 * 32 * 32;
 

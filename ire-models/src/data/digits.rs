@@ -4,7 +4,8 @@
 use std::io::Read;
 use std::path::Path;
 
-use super::{DataError, ImageDataset, read};
+use super::dataset::ImageDataset;
+use super::error::{DataError, read};
 
 /// Reads `digits.csv` or `digits.csv.gz`; pixels are scaled from 0–16 to 0–255.
 pub fn load_digits_csv(path: &Path) -> Result<ImageDataset, DataError> {

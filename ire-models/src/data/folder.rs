@@ -2,13 +2,15 @@
 //!
 //! Classes are the sub-folders in sorted order (label = position), images are read in sorted
 //! file-name order, decoded to RGB, and resized to `size` when given (else they must all have
-//! the size of the first one).
+//! the size of the first one). A test split is read with the training split's classes
+//! ([`load_image_folder_as`]), so a label means the same class in both.
 
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::{DataError, ImageDataset};
+use super::dataset::ImageDataset;
+use super::error::{DataError, read};
 
 fn list(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     let rd = std::fs::read_dir(dir).map_err(|source| DataError::Io {
@@ -38,7 +40,7 @@ fn is_image(p: &Path) -> bool {
 }
 
 fn decode(path: &Path, size: Option<(u32, u32)>) -> Result<image::RgbImage, DataError> {
-    let bytes = super::read(path)?;
+    let bytes = read(path)?;
     let img = image::load_from_memory(&bytes).map_err(|e| DataError::Format {
         path: path.into(),
         format: "JPEG/PNG image",
@@ -55,6 +57,30 @@ fn decode(path: &Path, size: Option<(u32, u32)>) -> Result<image::RgbImage, Data
 
 /// Reads `root/<class>/*.{jpg,jpeg,png}`; `size = Some((width, height))` resizes every image.
 pub fn load_image_folder(root: &Path, size: Option<(u32, u32)>) -> Result<ImageDataset, DataError> {
+    load(root, size, None)
+}
+
+/// As [`load_image_folder`], with the labels of `classes` (a training split's class names): a
+/// class folder missing here is fine, one not among `classes` is an error naming it.
+pub fn load_image_folder_as(
+    root: &Path,
+    size: Option<(u32, u32)>,
+    classes: &[String],
+) -> Result<ImageDataset, DataError> {
+    load(root, size, Some(classes))
+}
+
+fn name_of(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn load(
+    root: &Path,
+    size: Option<(u32, u32)>,
+    known: Option<&[String]>,
+) -> Result<ImageDataset, DataError> {
     let classes: Vec<PathBuf> = list(root)?.into_iter().filter(|p| p.is_dir()).collect();
     if classes.is_empty() {
         return Err(DataError::Format {
@@ -63,8 +89,22 @@ pub fn load_image_folder(root: &Path, size: Option<(u32, u32)>) -> Result<ImageD
             detail: "no class sub-folder".into(),
         });
     }
+    let names: Vec<String> = match known {
+        Some(k) => k.to_vec(),
+        None => classes.iter().map(|c| name_of(c)).collect(),
+    };
     let mut files = Vec::new();
-    for (label, dir) in classes.iter().enumerate() {
+    for dir in &classes {
+        let name = name_of(dir);
+        let label =
+            names
+                .iter()
+                .position(|n| *n == name)
+                .ok_or_else(|| DataError::ClassNotInTraining {
+                    folder: root.into(),
+                    class: name.clone(),
+                    known: names.clone(),
+                })?;
         for f in list(dir)?.into_iter().filter(|p| is_image(p)) {
             files.push((f, label as u32));
         }
@@ -76,8 +116,26 @@ pub fn load_image_folder(root: &Path, size: Option<(u32, u32)>) -> Result<ImageD
             detail: "no .jpg/.jpeg/.png file in the class folders".into(),
         });
     }
+    // The decoded images and the planar copy coexist at the peak: twice the pixels.
+    let bytes_of = |w: u32, h: u32| 2 * files.len() as u128 * 3 * u128::from(w) * u128::from(h);
+    if let Some((w, h)) = size {
+        crate::memory::check(
+            || {
+                format!(
+                    "{} images resized to {w}×{h} in {}",
+                    files.len(),
+                    root.display()
+                )
+            },
+            bytes_of(w, h),
+        )?;
+    }
     let first = decode(&files[0].0, size)?;
     let (w, h) = first.dimensions();
+    crate::memory::check(
+        || format!("{} images of {w}×{h} in {}", files.len(), root.display()),
+        bytes_of(w, h),
+    )?;
     let decoded: Vec<image::RgbImage> = files
         .par_iter()
         .map(|(f, _)| {
@@ -94,7 +152,9 @@ pub fn load_image_folder(root: &Path, size: Option<(u32, u32)>) -> Result<ImageD
         })
         .collect::<Result<_, _>>()?;
     let (w, h) = (w as usize, h as usize);
-    let mut pixels = Vec::with_capacity(files.len() * 3 * w * h);
+    let mut pixels = crate::memory::try_vec(files.len() * 3 * w * h, || {
+        format!("the pixels of {}", root.display())
+    })?;
     for img in &decoded {
         // Interleaved RGB to planar C × H × W.
         let raw = img.as_raw();
@@ -108,14 +168,7 @@ pub fn load_image_folder(root: &Path, size: Option<(u32, u32)>) -> Result<ImageD
         channels: 3,
         height: h,
         width: w,
-        num_classes: classes.len(),
-        class_names: classes
-            .iter()
-            .map(|c| {
-                c.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            })
-            .collect(),
+        num_classes: names.len(),
+        class_names: names,
     })
 }

@@ -3,23 +3,26 @@
 //! Header: two zero bytes, a type byte (0x08 = unsigned byte), the number of dimensions, then
 //! each dimension as a big-endian u32; then the data. Images are `N × H × W`, labels `N`.
 
-use std::io::Read;
 use std::path::Path;
 
-use super::{DataError, ImageDataset, read};
+use super::dataset::ImageDataset;
+use super::error::{DataError, read};
 
 fn bytes_of(path: &Path) -> Result<Vec<u8>, DataError> {
     let raw = read(path)?;
     if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::Format {
-                path: path.into(),
-                format: "gzip",
-                detail: e.to_string(),
-            })?;
-        Ok(out)
+        // The inflated size comes from the file: grown fallibly, never past the memory limit.
+        let what = || format!("the decompressed contents of {}", path.display());
+        crate::memory::read_all(flate2::read::GzDecoder::new(&raw[..]), 0, what).map_err(
+            |e| match e {
+                crate::memory::MemoryError::Read { source, .. } => DataError::Format {
+                    path: path.into(),
+                    format: "gzip",
+                    detail: source.to_string(),
+                },
+                other => other.into(),
+            },
+        )
     } else {
         Ok(raw)
     }

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ImageDataset;
+use super::dataset::ImageDataset;
 use crate::rng::Rng;
 
 /// Per-channel normalization `x = (p / 255 − mean) / std`.

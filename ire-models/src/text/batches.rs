@@ -1,7 +1,7 @@
 //! Context windows over a token sequence: random ones for training, sequential ones for
 //! evaluation.
 
-use super::TextError;
+use super::error::TextError;
 use crate::rng::Rng;
 
 /// The `stream` argument of [`Rng::derive`] for [`TokenBatches::random_batch`].

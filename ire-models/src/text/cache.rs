@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::corpus::utf8;
-use super::{Digest, TextError, Tokenizer, hex, read_file};
+use super::digest::{Digest, hex};
+use super::error::{TextError, read_file};
+use super::tokenize::Tokenizer;
 
 /// First bytes of a token-cache file.
 pub const CACHE_MAGIC: [u8; 8] = *b"IRETOKS\0";

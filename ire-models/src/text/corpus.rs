@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{TextError, read_file};
+use super::error::{TextError, read_file};
 
 /// A plain-text corpus held in memory: any UTF-8 text file, the WikiText raw and token files
 /// (`wiki.train.raw`, `wiki.train.tokens`, `train.txt`, ...) included.

@@ -5,8 +5,10 @@ use std::path::Path;
 use rayon::prelude::*;
 use tiktoken_rs::CoreBPE;
 
-use super::tokenizer::write_gpt2_json;
-use super::{Digest, TextError, Tokenizer};
+use super::digest::Digest;
+use super::error::TextError;
+use super::tokenize::Tokenizer;
+use super::tokenizer_file::write_gpt2_json;
 
 /// GPT-2's tokenizer: 50,257 ids (50,256 byte-pair merges of the byte alphabet plus
 /// `<|endoftext|>` = 50256). The text is encoded as ordinary text (nanoGPT's

@@ -23,8 +23,13 @@
 mod batches;
 mod cache;
 mod corpus;
+mod digest;
+mod error;
 mod gpt2;
+mod kind;
+mod tokenize;
 mod tokenizer;
+mod tokenizer_file;
 
 pub use batches::{RANDOM_BATCH_STREAM, SequentialBatch, SequentialBatches, TokenBatches};
 pub use cache::{
@@ -32,168 +37,8 @@ pub use cache::{
     tokenize_text_cached,
 };
 pub use corpus::{Corpus, split_point};
+pub use error::TextError;
 pub use gpt2::Gpt2Tokenizer;
-pub use tokenizer::{
-    CharTokenizer, EOS, TokenizerKind, UNK, WordTokenizer, load_tokenizer, python_lines,
-    python_words,
-};
-
-use std::path::{Path, PathBuf};
-
-/// A tokenizer: text to ids in `0..vocab_size()` and back.
-///
-/// Object safe, so a run can hold a `Box<dyn Tokenizer + Send + Sync>` chosen at run time
-/// ([`TokenizerKind`], [`load_tokenizer`]).
-pub trait Tokenizer {
-    /// A short name of the scheme (`char`, `word`, `gpt2`); part of the token cache key.
-    fn name(&self) -> &str;
-    /// Number of ids; every id produced by [`Tokenizer::encode`] is below it.
-    fn vocab_size(&self) -> usize;
-    /// The ids of `text`.
-    fn encode(&self, text: &str) -> Result<Vec<u32>, TextError>;
-    /// The text of `ids`; an id outside the vocabulary is an error.
-    fn decode(&self, ids: &[u32]) -> Result<String, TextError>;
-    /// A hex digest identifying the vocabulary, so that cached ids of one vocabulary are never
-    /// read back for another. The default hashes the name and the decoding of every id.
-    fn fingerprint(&self) -> String {
-        let mut h = Digest::new("tokenizer");
-        h.bytes(self.name().as_bytes());
-        h.u64(self.vocab_size() as u64);
-        for id in 0..self.vocab_size() {
-            match self.decode(&[id as u32]) {
-                Ok(s) => h.bytes(s.as_bytes()),
-                Err(_) => h.bytes(b"\xff"),
-            }
-        }
-        h.hex()
-    }
-}
-
-/// What can go wrong reading, tokenizing or windowing text.
-#[derive(Debug, thiserror::Error)]
-pub enum TextError {
-    /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// A file could not be written.
-    #[error("cannot write {path}: {source}")]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// A corpus file has no bytes.
-    #[error("{path} is empty")]
-    Empty {
-        /// The file.
-        path: PathBuf,
-    },
-    /// A corpus file is not UTF-8.
-    #[error("{path} is not valid UTF-8: invalid byte sequence at byte offset {offset}")]
-    InvalidUtf8 {
-        /// The file.
-        path: PathBuf,
-        /// Byte offset of the first invalid sequence.
-        offset: usize,
-    },
-    /// A character the (character-level) vocabulary does not contain.
-    #[error("character {ch:?} at byte offset {offset} is not in the {tokenizer} vocabulary")]
-    UnknownChar {
-        /// The tokenizer's name.
-        tokenizer: String,
-        /// The character.
-        ch: char,
-        /// Its byte offset in the encoded text.
-        offset: usize,
-    },
-    /// A token id outside the vocabulary.
-    #[error("token id {id} is outside the {tokenizer} vocabulary of {vocab_size} ids")]
-    UnknownId {
-        /// The tokenizer's name.
-        tokenizer: String,
-        /// The id.
-        id: u32,
-        /// The vocabulary size.
-        vocab_size: usize,
-    },
-    /// A saved tokenizer (or other text-data file) is malformed.
-    #[error("{path} is not a valid {what}: {detail}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What the file should have been.
-        what: &'static str,
-        /// What is wrong.
-        detail: String,
-    },
-    /// A tokenizer could not be built or its name is unknown.
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
-    /// The tokens are too few for one window of `context` inputs plus the shifted target.
-    #[error("the split has {tokens} tokens but context {context} needs at least {needed}")]
-    TooShort {
-        /// Tokens available.
-        tokens: usize,
-        /// The context length asked for.
-        context: usize,
-        /// `context + 1`.
-        needed: usize,
-    },
-    /// A setting out of its range (zero context or batch).
-    #[error("invalid setting: {0}")]
-    Config(String),
-}
-
-pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, TextError> {
-    std::fs::read(path).map_err(|source| TextError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// SHA-256 over length-prefixed fields, so that field boundaries are part of the digest.
-pub(crate) struct Digest(sha2::Sha256);
-
-impl Digest {
-    pub(crate) fn new(domain: &str) -> Self {
-        use sha2::Digest as _;
-        let mut d = Digest(sha2::Sha256::new());
-        d.bytes(domain.as_bytes());
-        d
-    }
-
-    pub(crate) fn bytes(&mut self, b: &[u8]) {
-        use sha2::Digest as _;
-        self.0.update((b.len() as u64).to_le_bytes());
-        self.0.update(b);
-    }
-
-    pub(crate) fn u64(&mut self, x: u64) {
-        use sha2::Digest as _;
-        self.0.update(x.to_le_bytes());
-    }
-
-    pub(crate) fn finish(self) -> [u8; 32] {
-        use sha2::Digest as _;
-        self.0.finalize().into()
-    }
-
-    pub(crate) fn hex(self) -> String {
-        hex(&self.finish())
-    }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+pub use kind::{TokenizerKind, load_tokenizer};
+pub use tokenize::Tokenizer;
+pub use tokenizer::{CharTokenizer, EOS, UNK, WordTokenizer, python_lines, python_words};

@@ -1,143 +1,17 @@
-//! Character- and word-level tokenizers, their JSON files, and the run-time choice of a
-//! tokenizer.
+//! Character- and word-level tokenizers.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
-use super::{Digest, Gpt2Tokenizer, TextError, Tokenizer, read_file};
+use super::digest::Digest;
+use super::error::TextError;
+use super::tokenize::Tokenizer;
+use super::tokenizer_file::{FILE_VERSION, TokenizerFile, bad_file, read_json, write_json};
 
 /// The end-of-line token of the word-level tokenizer.
 pub const EOS: &str = "<eos>";
 /// The unknown-word token of the word-level tokenizer (WikiText's own spelling).
 pub const UNK: &str = "<unk>";
-
-const FILE_VERSION: u32 = 1;
-
-/// A saved tokenizer, tagged by its kind.
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-enum TokenizerFile {
-    Char { version: u32, chars: Vec<char> },
-    Word { version: u32, words: Vec<String> },
-    Gpt2 { version: u32, encoding: String },
-}
-
-fn write_json(path: &Path, file: &TokenizerFile) -> Result<(), TextError> {
-    let json = serde_json::to_string_pretty(file).map_err(|e| TextError::Write {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e),
-    })?;
-    std::fs::write(path, json + "\n").map_err(|source| TextError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-pub(crate) fn write_gpt2_json(path: &Path, encoding: &str) -> Result<(), TextError> {
-    write_json(
-        path,
-        &TokenizerFile::Gpt2 {
-            version: FILE_VERSION,
-            encoding: encoding.to_string(),
-        },
-    )
-}
-
-fn read_json(path: &Path) -> Result<TokenizerFile, TextError> {
-    let bytes = read_file(path)?;
-    let file: TokenizerFile = serde_json::from_slice(&bytes).map_err(|e| TextError::Format {
-        path: path.to_path_buf(),
-        what: "tokenizer file",
-        detail: e.to_string(),
-    })?;
-    let version = match &file {
-        TokenizerFile::Char { version, .. }
-        | TokenizerFile::Word { version, .. }
-        | TokenizerFile::Gpt2 { version, .. } => *version,
-    };
-    if version != FILE_VERSION {
-        return Err(TextError::Format {
-            path: path.to_path_buf(),
-            what: "tokenizer file",
-            detail: format!("version {version}, this build reads version {FILE_VERSION}"),
-        });
-    }
-    Ok(file)
-}
-
-fn bad_file(path: &Path, detail: String) -> TextError {
-    TextError::Format {
-        path: path.to_path_buf(),
-        what: "tokenizer file",
-        detail,
-    }
-}
-
-/// Reads any tokenizer saved by [`CharTokenizer::save`], [`WordTokenizer::save`] or
-/// [`Gpt2Tokenizer::save`] (the file's `kind` field says which).
-pub fn load_tokenizer(path: &Path) -> Result<Box<dyn Tokenizer + Send + Sync>, TextError> {
-    Ok(match read_json(path)? {
-        TokenizerFile::Char { chars, .. } => Box::new(CharTokenizer::from_chars(chars, path)?),
-        TokenizerFile::Word { words, .. } => Box::new(WordTokenizer::from_words(words, path)?),
-        TokenizerFile::Gpt2 { encoding, .. } => {
-            if encoding != Gpt2Tokenizer::ENCODING {
-                return Err(bad_file(
-                    path,
-                    format!(
-                        "encoding {encoding:?}, only {:?} is known",
-                        Gpt2Tokenizer::ENCODING
-                    ),
-                ));
-            }
-            Box::new(Gpt2Tokenizer::new()?)
-        }
-    })
-}
-
-/// The tokenizers, by name, for a run's configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TokenizerKind {
-    /// [`CharTokenizer`].
-    Char,
-    /// [`WordTokenizer`].
-    Word,
-    /// [`Gpt2Tokenizer`].
-    Gpt2,
-}
-
-impl TokenizerKind {
-    /// `char`, `word` or `gpt2`.
-    pub fn from_name(name: &str) -> Result<TokenizerKind, TextError> {
-        match name {
-            "char" => Ok(TokenizerKind::Char),
-            "word" => Ok(TokenizerKind::Word),
-            "gpt2" => Ok(TokenizerKind::Gpt2),
-            other => Err(TextError::Tokenizer(format!(
-                "unknown tokenizer {other:?} (char, word or gpt2)"
-            ))),
-        }
-    }
-
-    /// The tokenizer of this kind: fitted on `train_text` for `char` and `word`, the fixed
-    /// GPT-2 vocabulary for `gpt2` (which ignores the text).
-    pub fn build(self, train_text: &str) -> Result<Box<dyn Tokenizer + Send + Sync>, TextError> {
-        Ok(match self {
-            TokenizerKind::Char => Box::new(CharTokenizer::fit(train_text)),
-            TokenizerKind::Word => Box::new(WordTokenizer::fit(train_text)),
-            TokenizerKind::Gpt2 => Box::new(Gpt2Tokenizer::new()?),
-        })
-    }
-}
-
-impl std::str::FromStr for TokenizerKind {
-    type Err = TextError;
-    fn from_str(s: &str) -> Result<Self, TextError> {
-        TokenizerKind::from_name(s)
-    }
-}
 
 // ------------------------------------------------------------------------------------------
 // Characters
@@ -192,7 +66,7 @@ impl CharTokenizer {
         }
     }
 
-    fn from_chars(chars: Vec<char>, path: &Path) -> Result<CharTokenizer, TextError> {
+    pub(crate) fn from_chars(chars: Vec<char>, path: &Path) -> Result<CharTokenizer, TextError> {
         let t = Self::build(chars);
         if t.index.len() != t.chars.len() {
             return Err(bad_file(path, "a character is listed twice".into()));
@@ -380,7 +254,7 @@ impl WordTokenizer {
         }
     }
 
-    fn from_words(words: Vec<String>, path: &Path) -> Result<WordTokenizer, TextError> {
+    pub(crate) fn from_words(words: Vec<String>, path: &Path) -> Result<WordTokenizer, TextError> {
         if let Some(w) = words
             .iter()
             .find(|w| w.is_empty() || w.chars().any(python_space))

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::choices::EstimatorBatch;
+use super::config_error::ConfigError;
 use super::optimizer::{OptimizerConfig, OptimizerKind};
 use crate::data::{self, Cifar100Labels, DataError, ImageDataset};
 
@@ -37,7 +39,7 @@ impl std::str::FromStr for DatasetKind {
             "text" => DatasetKind::Text,
             o => {
                 return Err(format!(
-                    "unknown dataset `{o}`: expected cifar10, cifar100, idx, folder or digits"
+                    "unknown dataset `{o}`: expected cifar10, cifar100, idx, folder, digits or text"
                 ));
             }
         })
@@ -82,8 +84,8 @@ pub struct TrainConfig {
     pub label_smoothing: f64,
     /// Clip the training gradient's global norm to this (0 = off; never applied to ĝ).
     pub clip_grad_norm: f64,
-    /// The IRE estimator's batch: the current one, or a fixed first batch (`fixed`).
-    pub estimator_batch: String,
+    /// The IRE estimator's batch: the current one (`current`), or a fixed first batch (`fixed`).
+    pub estimator_batch: EstimatorBatch,
     /// Random crop padding; unset: 4 for CIFAR and image folders, 0 for digits and IDX.
     pub crop_padding: Option<usize>,
     /// Random horizontal flips; unset: on for CIFAR and image folders, off for digits and IDX
@@ -127,7 +129,7 @@ impl Default for TrainConfig {
             batch_size: 128,
             label_smoothing: 0.0,
             clip_grad_norm: 0.0,
-            estimator_batch: "current".into(),
+            estimator_batch: EstimatorBatch::Current,
             crop_padding: None,
             hflip: None,
             seed: 0,
@@ -142,52 +144,70 @@ impl Default for TrainConfig {
     }
 }
 
-fn bad(field: &str, why: &str) -> String {
-    format!("invalid config `{field}`: {why}")
+/// A [`ConfigError::OutOfRange`] for `field` holding `value`.
+fn bad(field: &'static str, value: impl ToString, why: &'static str) -> ConfigError {
+    ConfigError::OutOfRange {
+        field,
+        value: value.to_string(),
+        why,
+    }
 }
 
 impl TrainConfig {
-    /// Reads a TOML file (unknown keys are errors).
-    pub fn from_toml_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    /// Reads a TOML file (unknown keys, and names that are none of a field's choices, are
+    /// errors).
+    pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Toml {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
     /// Checks what the optimizers do not check themselves.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.model.parse::<crate::models::ModelSpec>().is_err() {
-            return Err(bad("model", &format!("unknown preset `{}`", self.model)));
+            return Err(ConfigError::UnknownModel {
+                value: self.model.clone(),
+            });
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(bad("lr", "must be finite and > 0"));
+            return Err(bad("lr", self.lr, "must be finite and > 0"));
         }
         if !(0.0..=1.0).contains(&self.lr_min_ratio) {
-            return Err(bad("lr_min_ratio", "must be in [0, 1]"));
+            return Err(bad("lr_min_ratio", self.lr_min_ratio, "must be in [0, 1]"));
         }
         if self.batch_size == 0 {
-            return Err(bad("batch_size", "must be >= 1"));
+            return Err(bad("batch_size", self.batch_size, "must be >= 1"));
         }
         if self.steps == 0 && self.epochs == 0 {
-            return Err(bad("epochs", "epochs or steps must be >= 1"));
+            return Err(bad("epochs", self.epochs, "epochs or steps must be >= 1"));
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
-            return Err(bad("label_smoothing", "must be in [0, 1)"));
+            return Err(bad(
+                "label_smoothing",
+                self.label_smoothing,
+                "must be in [0, 1)",
+            ));
         }
         if !(self.clip_grad_norm >= 0.0 && self.clip_grad_norm.is_finite()) {
-            return Err(bad("clip_grad_norm", "must be >= 0 (0 = off)"));
-        }
-        if !matches!(self.estimator_batch.as_str(), "current" | "fixed") {
-            return Err(bad("estimator_batch", "must be `current` or `fixed`"));
+            return Err(bad(
+                "clip_grad_norm",
+                self.clip_grad_norm,
+                "must be >= 0 (0 = off)",
+            ));
         }
         if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
-            return Err(bad("val_fraction", "must be in (0, 1)"));
+            return Err(bad("val_fraction", self.val_fraction, "must be in (0, 1)"));
         }
         if self.context == 0 {
-            return Err(bad("context", "must be >= 1"));
+            return Err(bad("context", self.context, "must be >= 1"));
         }
         if self.log_every == 0 {
-            return Err(bad("log_every", "must be >= 1"));
+            return Err(bad("log_every", self.log_every, "must be >= 1"));
         }
         Ok(())
     }
@@ -255,10 +275,9 @@ impl TrainConfig {
             }
             DatasetKind::Folder => {
                 let size = (self.image_size > 0).then_some((self.image_size, self.image_size));
-                (
-                    data::load_image_folder(&d.join("train"), size)?,
-                    data::load_image_folder(&d.join("test"), size)?,
-                )
+                let train = data::load_image_folder(&d.join("train"), size)?;
+                let test = data::load_image_folder_as(&d.join("test"), size, &train.class_names)?;
+                (train, test)
             }
             DatasetKind::Digits => {
                 let mut all = data::load_digits_csv(d)?;

@@ -1,11 +1,24 @@
 //! Training: the six optimizers, the run configuration, and the step loop.
 
+pub mod applies;
+pub mod choices;
 pub mod config;
+pub mod config_error;
+pub mod fingerprint;
+pub mod folder;
+pub mod footprint;
+pub mod history;
 pub mod optimizer;
 pub mod run;
+pub mod run_error;
 pub mod source;
+pub mod train_error;
 pub mod trainer;
 
+pub use choices::{EstimatorBatch, EstimatorKind};
 pub use config::{DatasetKind, TrainConfig};
+pub use config_error::ConfigError;
 pub use optimizer::{AnyOptimizer, OptimizerConfig, OptimizerKind};
-pub use trainer::{EvalMetrics, StepMetrics, TrainError, Trainer};
+pub use run_error::RunError;
+pub use train_error::TrainError;
+pub use trainer::{EvalMetrics, StepMetrics, Trainer};

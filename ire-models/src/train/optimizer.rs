@@ -10,6 +10,7 @@ use ire_core::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::choices::EstimatorKind;
 use crate::nn::NnOps;
 
 /// Which optimizer trains the model.
@@ -119,7 +120,7 @@ pub struct OptimizerConfig {
     /// κ decayed with the learning rate (`κ·lr_t/lr_max`).
     pub kappa_decay: bool,
     /// The estimator: `squared-gradient` (official), `abs-gradient`, `squared-training-gradient`.
-    pub estimator: String,
+    pub estimator: EstimatorKind,
 }
 
 impl Default for OptimizerConfig {
@@ -139,23 +140,12 @@ impl Default for OptimizerConfig {
             ire_warmup: 0,
             ire_beta: 0.0,
             kappa_decay: false,
-            estimator: "squared-gradient".into(),
+            estimator: EstimatorKind::SquaredGradient,
         }
     }
 }
 
 impl OptimizerConfig {
-    fn estimator(&self) -> Result<Estimator> {
-        match self.estimator.as_str() {
-            "squared-gradient" => Ok(Estimator::SquaredGradient),
-            "abs-gradient" => Ok(Estimator::AbsGradient),
-            "squared-training-gradient" => Ok(Estimator::SquaredTrainingGradient),
-            o => Err(ire_core::Error::Protocol(format!(
-                "unknown estimator `{o}`: expected squared-gradient, abs-gradient or squared-training-gradient"
-            ))),
-        }
-    }
-
     fn ire(&self, lr_max: f64) -> Result<IreConfig> {
         Ok(IreConfig {
             kappa: self.kappa,
@@ -168,7 +158,7 @@ impl OptimizerConfig {
             } else {
                 KappaSchedule::Constant
             },
-            estimator: self.estimator()?,
+            estimator: self.estimator.estimator(),
             ..IreConfig::default()
         })
     }

@@ -1,6 +1,11 @@
 //! A whole training run: the step loop with progress, metrics as JSON lines, evaluation,
 //! atomic checkpoints (periodic, final, and on Ctrl-C), resumption to the bit-identical result,
 //! loss/accuracy plots and the final weights as safetensors.
+//!
+//! A run holds its folder ([`RunFolder`]) for its whole life; its history is only appended to
+//! ([`History`]); a checkpoint is written only from a healthy state (finite parameters, model
+//! and optimizer state, a finite loss at those parameters), so a divergence keeps the last good
+//! checkpoint; every checkpoint records its data's [`DataFingerprint`], checked when restored.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,18 +15,18 @@ use ire_core::state::StateDict;
 use serde_json::json;
 
 use super::config::TrainConfig;
-use super::trainer::{EvalMetrics, TrainError, Trainer};
-use crate::artifacts::{self, ArtifactError, Checkpoint, MetricsWriter, Series};
+use super::fingerprint::DataFingerprint;
+use super::folder::{CHECKPOINT_FILE, Claim, METRICS_FILE, RunFolder, WEIGHTS_FILE};
+use super::history::{self, History, HistoryMark};
+use super::run_error::RunError;
+use super::train_error::{FieldDifference, TrainError};
+use super::trainer::{EvalMetrics, Trainer};
+use crate::artifacts::{self, Checkpoint, Series};
 use crate::nn::NnOps;
 
-/// Version of the checkpoint metadata layout written by [`checkpoint`].
-pub const CHECKPOINT_META_VERSION: u32 = 1;
-
-impl From<ArtifactError> for TrainError {
-    fn from(e: ArtifactError) -> Self {
-        TrainError::Config(e.to_string())
-    }
-}
+/// Version of the checkpoint metadata layout written by [`checkpoint`]: 2 adds the history mark
+/// and the data fingerprint. Version 1 is still read (its history is cut by line count).
+pub const CHECKPOINT_META_VERSION: u32 = 2;
 
 /// How to run.
 #[derive(Clone, Debug, Default)]
@@ -33,6 +38,9 @@ pub struct RunOptions {
     /// Stop (with a checkpoint) after this many steps of THIS invocation; for tests and for
     /// splitting a long run.
     pub stop_after: Option<u64>,
+    /// A new run may replace a run found in `out_dir` (its files are removed when training
+    /// starts).
+    pub overwrite: bool,
 }
 
 /// What a run did.
@@ -56,11 +64,14 @@ pub struct RunSummary {
     pub files: Vec<PathBuf>,
     /// What `images_per_sec` counts: `images` or `tokens`.
     pub unit: &'static str,
+    /// The checkpoint was of a finished run: nothing was done, nothing written; `train_loss`
+    /// and `eval` are the history's last ones.
+    pub already_finished: bool,
 }
 
 /// The checkpoint file of a run folder.
 pub fn checkpoint_path(out: &Path) -> PathBuf {
-    out.join("checkpoint.irec")
+    out.join(CHECKPOINT_FILE)
 }
 
 /// Where the metrics stood at a checkpoint: lines written, and the partial logging window.
@@ -74,14 +85,20 @@ pub struct MetricsPosition {
     pub window_acc: Vec<f64>,
     /// Mask refreshes among those steps.
     pub window_refreshes: usize,
+    /// The history the checkpoint belongs to (absent in checkpoints of format 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryMark>,
 }
 
-/// Everything needed to resume `t` exactly.
+/// Everything needed to resume `t` exactly. Refused ([`RunError::NotFinite`]) when a
+/// parameter, a model state value or an optimizer state value is not finite: a diverged state
+/// is never saved.
 pub fn checkpoint<B: NnOps>(
     t: &Trainer<B>,
     metrics: &MetricsPosition,
 ) -> Result<Checkpoint, TrainError> {
     let opt: StateDict = t.optimizer_state()?;
+    finite_state("optimizer", &opt)?;
     let meta = json!({
         "kind": "ire-train",
         "version": CHECKPOINT_META_VERSION,
@@ -90,10 +107,14 @@ pub fn checkpoint<B: NnOps>(
         "model": t.cfg.model,
         "param_count": t.param_count(),
         "config": t.cfg,
+        "data": DataFingerprint::of(t.data()),
     });
     let mut tensors = vec![("params".to_string(), t.params_host()?)];
     for (name, v) in t.model_state_host()? {
         tensors.push((format!("state/{name}"), v));
+    }
+    for (name, v) in &tensors {
+        finite(name, v.iter().map(|&x| f64::from(x)))?;
     }
     Ok(Checkpoint {
         meta: meta.to_string(),
@@ -102,49 +123,83 @@ pub fn checkpoint<B: NnOps>(
     })
 }
 
+fn finite(tensor: &str, values: impl Iterator<Item = f64>) -> Result<(), RunError> {
+    match values.enumerate().find(|(_, x)| !x.is_finite()) {
+        Some((index, value)) => Err(RunError::NotFinite {
+            tensor: tensor.to_string(),
+            index,
+            value,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Every tensor of an optimizer's state, nested ones included, must be finite.
+fn finite_state(prefix: &str, s: &StateDict) -> Result<(), RunError> {
+    use ire_core::state::StateValue;
+    for e in &s.entries {
+        let name = format!("{prefix}/{}", e.name);
+        match &e.value {
+            StateValue::F32(v) => finite(&name, v.iter().map(|&x| f64::from(x)))?,
+            StateValue::F64(v) => finite(&name, v.iter().copied())?,
+            StateValue::Nested(n) => finite_state(&name, n)?,
+            StateValue::U64(_) | StateValue::U64s(_) | StateValue::Bool(_) | StateValue::U8(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// Reads the config and the metadata of a checkpoint file.
 pub fn read_checkpoint(
     path: &Path,
 ) -> Result<(Checkpoint, TrainConfig, serde_json::Value), TrainError> {
     let ck = artifacts::checkpoint::read(path)?;
-    let meta: serde_json::Value = serde_json::from_str(&ck.meta).map_err(|e| {
-        TrainError::Config(format!("{}: bad checkpoint metadata: {e}", path.display()))
-    })?;
-    if meta["kind"] != "ire-train" || meta["version"] != CHECKPOINT_META_VERSION {
-        return Err(TrainError::Config(format!(
-            "{}: not a training checkpoint of version {CHECKPOINT_META_VERSION} (found kind {}, version {})",
-            path.display(),
-            meta["kind"],
-            meta["version"]
-        )));
+    let meta: serde_json::Value =
+        serde_json::from_str(&ck.meta).map_err(|source| TrainError::CheckpointMeta {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let version = meta["version"].as_u64();
+    if meta["kind"] != "ire-train" || !matches!(version, Some(1..=2)) {
+        return Err(TrainError::NotTrainingCheckpoint {
+            path: path.to_path_buf(),
+            kind: meta["kind"].to_string(),
+            version,
+            supported: CHECKPOINT_META_VERSION,
+        });
     }
-    let cfg: TrainConfig = serde_json::from_value(meta["config"].clone()).map_err(|e| {
-        TrainError::Config(format!("{}: bad config in checkpoint: {e}", path.display()))
+    let cfg: TrainConfig = serde_json::from_value(meta["config"].clone()).map_err(|source| {
+        TrainError::CheckpointConfig {
+            path: path.to_path_buf(),
+            source,
+        }
     })?;
     Ok((ck, cfg, meta))
 }
 
-/// Restores `t` from a checkpoint taken of the same configuration (all-or-nothing).
+/// Restores `t` from a checkpoint taken of the same configuration (all-or-nothing). The data
+/// `t` was built on must match the checkpoint's [`DataFingerprint`] (checkpoints of format 1
+/// have none).
 pub fn restore<B: NnOps>(
     t: &mut Trainer<B>,
     ck: &Checkpoint,
     meta: &serde_json::Value,
 ) -> Result<(), TrainError> {
-    let step = meta["step"]
-        .as_u64()
-        .ok_or_else(|| TrainError::Config("checkpoint without a step".into()))?;
-    let params = ck
-        .tensor("params")
-        .ok_or_else(|| TrainError::Config("checkpoint without parameters".into()))?;
+    let lacks = |part: &str| TrainError::CheckpointLacks { part: part.into() };
+    if let Ok(expected) = serde_json::from_value::<DataFingerprint>(meta["data"].clone()) {
+        expected.check(&DataFingerprint::of(t.data()), &t.cfg.data)?;
+    }
+    let step = meta["step"].as_u64().ok_or_else(|| lacks("step"))?;
+    let params = ck.tensor("params").ok_or_else(|| lacks("parameters"))?;
     let opt_blob = ck
         .blob("optimizer")
-        .ok_or_else(|| TrainError::Config("checkpoint without optimizer state".into()))?;
+        .ok_or_else(|| lacks("optimizer state"))?;
     let opt: StateDict = artifacts::checkpoint::decode(opt_blob)?;
     let mut state = Vec::new();
     for (name, _) in t.model_state_host()? {
         let v = ck
             .tensor(&format!("state/{name}"))
-            .ok_or_else(|| TrainError::Config(format!("checkpoint lacks model state `{name}`")))?;
+            .ok_or_else(|| lacks(&format!("model state `{name}`")))?;
         state.push((name, v.to_vec()));
     }
     t.restore_parts(step, params, &state, &opt)?;
@@ -153,7 +208,7 @@ pub fn restore<B: NnOps>(
 
 /// Settings that may differ between a checkpoint and the resuming run (they do not change
 /// the trajectory).
-fn same_trajectory(a: &TrainConfig, b: &TrainConfig) -> Result<(), String> {
+fn same_trajectory(a: &TrainConfig, b: &TrainConfig) -> Result<(), TrainError> {
     let norm = |c: &TrainConfig| TrainConfig {
         eval_every: 0,
         checkpoint_every: 0,
@@ -172,22 +227,20 @@ fn same_trajectory(a: &TrainConfig, b: &TrainConfig) -> Result<(), String> {
     if let (Some(xo), Some(yo)) = (x.as_object(), y.as_object()) {
         for (k, v) in xo {
             if yo.get(k) != Some(v) {
-                diff.push(format!(
-                    "{k}: checkpoint {v}, now {}",
-                    yo.get(k).cloned().unwrap_or_default()
-                ));
+                diff.push(FieldDifference {
+                    field: k.clone(),
+                    checkpoint: v.to_string(),
+                    now: yo.get(k).cloned().unwrap_or_default().to_string(),
+                });
             }
         }
     }
-    Err(format!(
-        "the checkpoint was taken with another configuration ({})",
-        diff.join("; ")
-    ))
+    Err(TrainError::OtherConfiguration { differences: diff })
 }
 
 /// Checks that a checkpoint's config can continue under `cfg`.
 pub fn check_resumable(ck_cfg: &TrainConfig, cfg: &TrainConfig) -> Result<(), TrainError> {
-    same_trajectory(ck_cfg, cfg).map_err(TrainError::Config)
+    same_trajectory(ck_cfg, cfg)
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -203,44 +256,167 @@ pub fn metrics_position(meta: &serde_json::Value) -> MetricsPosition {
     serde_json::from_value(meta["metrics"].clone()).unwrap_or_default()
 }
 
-/// Runs `t` to its last step (or until `stop` is set / `opts.stop_after` steps); `resume` is
-/// the metrics position of the checkpoint `t` was restored from.
+/// Where a resumed run comes from: its checkpoint's metrics position and folder (the run's own
+/// folder, or another one when the run branches off into a new folder).
+#[derive(Clone, Debug)]
+pub struct ResumeFrom {
+    /// The checkpoint's metrics position ([`metrics_position`]).
+    pub position: MetricsPosition,
+    /// The folder of the checkpoint (and of the history it belongs to).
+    pub folder: PathBuf,
+}
+
+/// Runs `t` to its last step (or until `stop` is set / `opts.stop_after` steps) in
+/// `opts.out_dir`, which it holds for the whole run ([`RunFolder`]); `resume` is the metrics
+/// position of the checkpoint in that folder that `t` was restored from.
 pub fn run<B: NnOps>(
     t: &mut Trainer<B>,
     opts: &RunOptions,
     resume: Option<MetricsPosition>,
     stop: &AtomicBool,
 ) -> Result<RunSummary, TrainError> {
-    let resume = resume.unwrap_or_default();
-    let metrics_lines_at_start = resume.lines;
-    std::fs::create_dir_all(&opts.out_dir).map_err(|e| {
-        TrainError::Config(format!("cannot create {}: {e}", opts.out_dir.display()))
-    })?;
-    let metrics_path = opts.out_dir.join("metrics.jsonl");
-    // On resume keep exactly the lines written up to the checkpoint.
-    let mut lines = if metrics_lines_at_start > 0 && metrics_path.exists() {
-        artifacts::metrics::read_jsonl(&metrics_path)?
-            .into_iter()
-            .take(metrics_lines_at_start)
-            .collect()
-    } else {
-        Vec::new()
+    let claim = match resume {
+        Some(_) => Claim::Continue,
+        None => Claim::New {
+            overwrite: opts.overwrite,
+        },
     };
-    {
-        let mut w = MetricsWriter::create(&metrics_path, false)?;
-        for l in &lines {
-            w.write(l)?;
+    let folder = RunFolder::open(&opts.out_dir, claim)?;
+    let resume = resume.map(|position| ResumeFrom {
+        position,
+        folder: opts.out_dir.clone(),
+    });
+    run_in(t, &folder, opts, resume, stop)
+}
+
+/// The checkpoint of a divergence: the last good one.
+type Kept = Option<(u64, PathBuf)>;
+
+/// `e` as a run's divergence (a non-finite value to be saved counts as one, at `step`).
+fn diverged(e: TrainError, kept: &Kept, step: u64) -> TrainError {
+    match e {
+        TrainError::Diverged { step, what } => RunError::Diverged {
+            step,
+            what,
+            kept: kept.clone(),
         }
+        .into(),
+        TrainError::Run(RunError::NotFinite {
+            tensor,
+            index,
+            value,
+        }) => RunError::Diverged {
+            step,
+            what: format!("{tensor}[{index}] = {value}"),
+            kept: kept.clone(),
+        }
+        .into(),
+        other => other,
     }
-    let mut metrics = MetricsWriter::create(&metrics_path, true)?;
-    let mut write =
-        |v: serde_json::Value, lines: &mut Vec<serde_json::Value>| -> Result<(), TrainError> {
-            metrics.write(&v)?;
-            lines.push(v);
-            Ok(())
-        };
+}
+
+/// A checkpoint of `t` with the history so far, written only when the state is healthy (see
+/// [`checkpoint`]; the next step's loss must be finite too).
+fn save<B: NnOps>(
+    t: &mut Trainer<B>,
+    history: &mut History,
+    window: (&[f64], &[f64], usize),
+    path: &Path,
+    kept: &mut Kept,
+) -> Result<(), TrainError> {
+    let step = t.step;
+    let at = |e: TrainError| diverged(e, kept, step);
+    let loss = t.next_loss().map_err(at)?;
+    if !loss.is_finite() {
+        return Err(at(TrainError::Diverged {
+            step,
+            what: format!("the training loss at these parameters is {loss}"),
+        }));
+    }
+    let pos = MetricsPosition {
+        lines: history.lines().len(),
+        window_loss: window.0.to_vec(),
+        window_acc: window.1.to_vec(),
+        window_refreshes: window.2,
+        history: Some(history.mark()?),
+    };
+    let ck = checkpoint(t, &pos).map_err(at)?;
+    artifacts::checkpoint::write_atomic(path, &ck)?;
+    *kept = Some((step, path.to_path_buf()));
+    Ok(())
+}
+
+/// [`run`] in a folder already held (the `ire` command takes it before loading the data).
+/// With `resume`, `t` was restored from the checkpoint in `resume.folder`; when that is another
+/// folder, the run branches off: the history up to the checkpoint is copied here.
+pub fn run_in<B: NnOps>(
+    t: &mut Trainer<B>,
+    folder: &RunFolder,
+    opts: &RunOptions,
+    resume: Option<ResumeFrom>,
+    stop: &AtomicBool,
+) -> Result<RunSummary, TrainError> {
     let total = t.total_steps();
     let spe = t.steps_per_epoch();
+    let unit = if matches!(t.data(), super::source::Source::Text { .. }) {
+        "tokens"
+    } else {
+        "images"
+    };
+    let metrics_path = folder.file(METRICS_FILE);
+    let ck_path = folder.file(CHECKPOINT_FILE);
+    if let Some(r) = &resume
+        && t.step >= total
+    {
+        return finished_already(t, &r.folder.join(METRICS_FILE), unit);
+    }
+    if stop.load(Ordering::SeqCst) || opts.stop_after == Some(0) {
+        // Interrupted before training started (while the data loaded): nothing is touched.
+        return Ok(RunSummary {
+            steps: t.step,
+            finished: false,
+            train_loss: f64::NAN,
+            eval: None,
+            seconds: 0.0,
+            images_per_sec: 0.0,
+            seconds_per_epoch: 0.0,
+            files: Vec::new(),
+            unit,
+            already_finished: false,
+        });
+    }
+    let (mut history, mut kept, window) = match &resume {
+        None => {
+            folder.clear_previous_run()?;
+            (
+                History::start(&metrics_path)?,
+                None,
+                (Vec::new(), Vec::new(), 0),
+            )
+        }
+        Some(r) => {
+            let from = r.folder.join(METRICS_FILE);
+            let mark = match r.position.history {
+                Some(m) => m,
+                None => history::mark_of_lines(&from, r.position.lines)?,
+            };
+            let own = super::folder::same_folder(&r.folder, folder.dir());
+            if !own {
+                folder.clear_previous_run()?;
+            }
+            let h = History::resume(&metrics_path, mark, &from)?;
+            let p = &r.position;
+            (
+                h,
+                Some((t.step, r.folder.join(CHECKPOINT_FILE))),
+                (
+                    p.window_loss.clone(),
+                    p.window_acc.clone(),
+                    p.window_refreshes,
+                ),
+            )
+        }
+    };
     let bar = if opts.progress {
         let pb = indicatif::ProgressBar::new(total);
         pb.set_style(
@@ -255,29 +431,19 @@ pub fn run<B: NnOps>(
     } else {
         None
     };
-    let unit = if matches!(t.data(), super::source::Source::Text { .. }) {
-        "tokens"
-    } else {
-        "images"
-    };
     let start = Instant::now();
     let start_step = t.step;
     let mut images = 0usize;
-    let (mut win_loss, mut win_acc, mut win_refresh) = (
-        resume.window_loss,
-        resume.window_acc,
-        resume.window_refreshes,
-    );
+    let (mut win_loss, mut win_acc, mut win_refresh) = window;
     let mut last_loss = f64::NAN;
     let mut finished = true;
-    let ck_path = checkpoint_path(&opts.out_dir);
     while t.step < total {
         if stop.load(Ordering::SeqCst) || opts.stop_after.is_some_and(|s| t.step - start_step >= s)
         {
             finished = false;
             break;
         }
-        let m = t.train_step()?;
+        let m = t.train_step().map_err(|e| diverged(e, &kept, t.step))?;
         images += m.n * t.model().rows_per_example();
         win_loss.push(m.loss);
         win_acc.push(m.acc);
@@ -286,10 +452,9 @@ pub fn run<B: NnOps>(
         if s % t.cfg.log_every == 0 || s == total {
             let ips = images as f64 / start.elapsed().as_secs_f64().max(1e-9);
             last_loss = mean(&win_loss);
-            write(
+            history.append(
                 json!({"kind": "train", "step": s, "epoch": m.epoch, "lr": m.lr, "loss": last_loss,
                        "acc": mean(&win_acc), "kappa": m.kappa, "refreshes": win_refresh, "images_per_sec": ips}),
-                &mut lines,
             )?;
             if let Some(pb) = &bar {
                 pb.set_message(format!(
@@ -302,20 +467,19 @@ pub fn run<B: NnOps>(
             win_refresh = 0;
         }
         if t.cfg.eval_every > 0 && s % t.cfg.eval_every == 0 && s < total {
-            let e = t.evaluate()?;
-            write(
-                json!({"kind": "eval", "step": s, "epoch": s as f64 / spe as f64, "loss": e.loss, "acc": e.acc}),
-                &mut lines,
+            let e = t.evaluate().map_err(|e| diverged(e, &kept, t.step))?;
+            history.append(
+                json!({"kind": "eval", "step": s, "epoch": s as f64 / spe as f64, "loss": e.loss, "acc": e.acc, "n": e.n}),
             )?;
         }
         if t.cfg.checkpoint_every > 0 && s % t.cfg.checkpoint_every == 0 && s < total {
-            let pos = MetricsPosition {
-                lines: lines.len(),
-                window_loss: win_loss.clone(),
-                window_acc: win_acc.clone(),
-                window_refreshes: win_refresh,
-            };
-            artifacts::checkpoint::write_atomic(&ck_path, &checkpoint(t, &pos)?)?;
+            save(
+                t,
+                &mut history,
+                (&win_loss, &win_acc, win_refresh),
+                &ck_path,
+                &mut kept,
+            )?;
         }
         if let Some(pb) = &bar {
             pb.set_position(t.step);
@@ -331,25 +495,30 @@ pub fn run<B: NnOps>(
     let mut files = Vec::new();
     let mut eval = None;
     if finished {
-        let e = t.evaluate()?;
-        write(
-            json!({"kind": "eval", "step": t.step, "epoch": t.step as f64 / spe as f64, "loss": e.loss, "acc": e.acc}),
-            &mut lines,
+        let e = t.evaluate().map_err(|e| diverged(e, &kept, t.step))?;
+        history.append(
+            json!({"kind": "eval", "step": t.step, "epoch": t.step as f64 / spe as f64, "loss": e.loss, "acc": e.acc, "n": e.n}),
         )?;
         eval = Some(e);
-        files.extend(plots(&opts.out_dir, &lines, &t.cfg)?);
-        let w = opts.out_dir.join("weights.safetensors");
+        files.extend(plots(folder.dir(), history.lines(), &t.cfg)?);
+        let w = folder.file(WEIGHTS_FILE);
         export_weights(t, &w)?;
         files.push(w);
     }
-    let pos = MetricsPosition {
-        lines: lines.len(),
-        window_loss: win_loss,
-        window_acc: win_acc,
-        window_refreshes: win_refresh,
-    };
-    artifacts::checkpoint::write_atomic(&ck_path, &checkpoint(t, &pos)?)?;
-    files.push(ck_path);
+    if t.step > start_step {
+        save(
+            t,
+            &mut history,
+            (&win_loss, &win_acc, win_refresh),
+            &ck_path,
+            &mut kept,
+        )?;
+        files.push(ck_path);
+    } else if resume.is_none() {
+        // Stopped before its first step: a new run leaves nothing behind.
+        drop(history);
+        let _ = std::fs::remove_file(&metrics_path);
+    }
     Ok(RunSummary {
         steps: t.step,
         finished,
@@ -360,6 +529,36 @@ pub fn run<B: NnOps>(
         seconds_per_epoch: per_epoch,
         files,
         unit,
+        already_finished: false,
+    })
+}
+
+/// The summary of a run whose checkpoint is at its last step: its history's last lines.
+fn finished_already<B: NnOps>(
+    t: &Trainer<B>,
+    metrics: &Path,
+    unit: &'static str,
+) -> Result<RunSummary, TrainError> {
+    let lines = artifacts::metrics::read_jsonl(metrics).unwrap_or_default();
+    let last = |kind: &str| lines.iter().rev().find(|l| l["kind"] == kind);
+    let eval = last("eval").map(|l| EvalMetrics {
+        loss: l["loss"].as_f64().unwrap_or(f64::NAN),
+        acc: l["acc"].as_f64().unwrap_or(f64::NAN),
+        n: l["n"].as_u64().unwrap_or(0) as usize,
+    });
+    Ok(RunSummary {
+        steps: t.step,
+        finished: true,
+        train_loss: last("train")
+            .and_then(|l| l["loss"].as_f64())
+            .unwrap_or(f64::NAN),
+        eval,
+        seconds: 0.0,
+        images_per_sec: 0.0,
+        seconds_per_epoch: 0.0,
+        files: Vec::new(),
+        unit,
+        already_finished: true,
     })
 }
 

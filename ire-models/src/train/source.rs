@@ -1,7 +1,7 @@
 //! Where a trainer's batches come from: an image dataset or a tokenized text corpus.
 
 use super::config::TrainConfig;
-use super::trainer::TrainError;
+use super::train_error::TrainError;
 use crate::data::{Augment, Batch, BatchLoader, ImageDataset, Normalize};
 use crate::text::{self, TokenBatches, Tokenizer};
 
@@ -64,10 +64,14 @@ impl Source {
     /// boundary), tokenized once with a cache in `$IRE_CACHE_DIR` (default: the system's
     /// temporary folder, `ire-token-cache`).
     pub fn text(cfg: &TrainConfig) -> Result<Self, TrainError> {
-        let t = |e: text::TextError| TrainError::Config(e.to_string());
-        let corpus = text::Corpus::load(&cfg.data).map_err(t)?;
+        let corpus = text::Corpus::load(&cfg.data)?;
+        // At most one id (4 bytes) per byte of text, beside the text itself.
+        crate::memory::check(
+            || format!("the token ids of {}", cfg.data.display()),
+            corpus.text.len() as u128 * 5,
+        )?;
         let (train_text, val_text) = corpus.split(cfg.val_fraction);
-        let kind = text::TokenizerKind::from_name(&cfg.tokenizer).map_err(t)?;
+        let kind = text::TokenizerKind::from_name(&cfg.tokenizer)?;
         // Characters are fitted on the whole text (nanoGPT's `sorted(set(data))`): a character
         // seen only in the held-out part must not make it untokenizable, and the character set
         // says nothing about the text's statistics. Words are fitted on the training part and
@@ -76,7 +80,7 @@ impl Source {
             text::TokenizerKind::Char => corpus.text.as_str(),
             _ => train_text.as_str(),
         };
-        let tokenizer = kind.build(fit_on).map_err(t)?;
+        let tokenizer = kind.build(fit_on)?;
         // The cache never goes next to the data (data folders are often read-only or shared).
         let cache = std::env::var_os("IRE_CACHE_DIR")
             .map(std::path::PathBuf::from)
@@ -86,18 +90,15 @@ impl Source {
             &format!("{}-train", corpus.name),
             tokenizer.as_ref(),
             &cache,
-        )
-        .map_err(t)?;
+        )?;
         let (val_ids, _) = text::tokenize_text_cached(
             &val_text,
             &format!("{}-val", corpus.name),
             tokenizer.as_ref(),
             &cache,
-        )
-        .map_err(t)?;
-        let train =
-            TokenBatches::new(train_ids, cfg.context, cfg.batch_size, cfg.seed).map_err(t)?;
-        let val = TokenBatches::new(val_ids, cfg.context, cfg.batch_size, cfg.seed).map_err(t)?;
+        )?;
+        let train = TokenBatches::new(train_ids, cfg.context, cfg.batch_size, cfg.seed)?;
+        let val = TokenBatches::new(val_ids, cfg.context, cfg.batch_size, cfg.seed)?;
         Ok(Source::Text {
             train,
             val,

@@ -8,36 +8,17 @@
 
 use ire_core::{LrSchedule, Result as CoreResult};
 
+use super::choices::EstimatorBatch;
 use super::config::TrainConfig;
+use super::config_error::ConfigError;
 use super::optimizer::AnyOptimizer;
 use super::source::{Input, Source};
-use crate::data::{Batch, DataError, ImageDataset};
+use super::train_error::TrainError;
+use crate::data::{Batch, ImageDataset};
 use crate::models::{Model, ModelSpec};
 use crate::nn::ops::check_token_ids;
 use crate::nn::{BnMode, NnOps};
 use crate::rng::Rng;
-
-/// Why training stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    /// A bad setting.
-    #[error("{0}")]
-    Config(String),
-    /// A dataset problem.
-    #[error(transparent)]
-    Data(#[from] DataError),
-    /// An optimizer or backend problem.
-    #[error(transparent)]
-    Core(#[from] ire_core::Error),
-    /// The loss or the gradient stopped being finite.
-    #[error("training diverged at step {step}: {what}")]
-    Diverged {
-        /// The step.
-        step: u64,
-        /// What became non-finite.
-        what: String,
-    },
-}
 
 /// What one step measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -101,7 +82,7 @@ pub struct Trainer<B: NnOps + 'static> {
 impl<B: NnOps + 'static> Trainer<B> {
     /// Loads the data, builds and initializes the model and the optimizer.
     pub fn new(b: B, cfg: TrainConfig) -> Result<Self, TrainError> {
-        cfg.validate().map_err(TrainError::Config)?;
+        cfg.validate()?;
         if cfg.dataset == super::config::DatasetKind::Text {
             let src = Source::text(&cfg)?;
             return Self::with_source(b, cfg, src);
@@ -117,18 +98,21 @@ impl<B: NnOps + 'static> Trainer<B> {
         train: ImageDataset,
         test: ImageDataset,
     ) -> Result<Self, TrainError> {
-        cfg.validate().map_err(TrainError::Config)?;
+        cfg.validate()?;
         if train.is_empty() {
-            return Err(TrainError::Config("the training split is empty".into()));
+            return Err(TrainError::EmptyTrainingSplit);
         }
+        crate::data::check_splits(&cfg.data, &train, &test)?;
         let src = Source::images(&cfg, train, test);
         Self::with_source(b, cfg, src)
     }
 
     /// As [`Trainer::new`], with a data source.
     pub fn with_source(b: B, cfg: TrainConfig, data: Source) -> Result<Self, TrainError> {
-        cfg.validate().map_err(TrainError::Config)?;
-        let spec: ModelSpec = cfg.model.parse().map_err(TrainError::Config)?;
+        cfg.validate()?;
+        let spec: ModelSpec = cfg.model.parse().map_err(|_| ConfigError::UnknownModel {
+            value: cfg.model.clone(),
+        })?;
         let model = match data.input() {
             Input::Image { shape, classes } if !spec.is_lm() => {
                 spec.build::<B, f32>(&b, shape, classes)?
@@ -137,13 +121,19 @@ impl<B: NnOps + 'static> Trainer<B> {
                 spec.build_lm::<B, f32>(&b, vocab, context)?
             }
             _ => {
-                return Err(TrainError::Config(format!(
-                    "model `{}` does not fit the {} data (language models need --dataset text)",
-                    cfg.model,
-                    if spec.is_lm() { "image" } else { "text" }
-                )));
+                return Err(TrainError::ModelDoesNotFit {
+                    model: cfg.model.clone(),
+                    data: if spec.is_lm() { "image" } else { "text" },
+                });
             }
         };
+        super::footprint::check(&super::footprint::training(
+            &cfg,
+            &data,
+            model.layout().len(),
+            model.num_classes(),
+            model.rows_per_example(),
+        ))?;
         let init: Vec<f32> = model
             .layout()
             .init(&mut Rng::derive(cfg.seed, INIT_STREAM, 0));
@@ -256,10 +246,11 @@ impl<B: NnOps + 'static> Trainer<B> {
     ) -> Result<(), TrainError> {
         let n = self.param_count();
         if params.len() != n {
-            return Err(TrainError::Config(format!(
-                "checkpoint has {} parameters, the model {n}",
-                params.len()
-            )));
+            return Err(TrainError::WrongLength {
+                what: "the checkpoint's parameters".into(),
+                found: params.len(),
+                expected: n,
+            });
         }
         let names: Vec<(String, usize)> = self
             .model
@@ -268,11 +259,18 @@ impl<B: NnOps + 'static> Trainer<B> {
             .map(|(k, b)| (k.clone(), self.b.len(*b)))
             .collect();
         for ((name, len), (sn, sv)) in names.iter().zip(state) {
-            if name != sn || *len != sv.len() {
-                return Err(TrainError::Config(format!(
-                    "checkpoint model state `{sn}` ({} values) does not fit `{name}` ({len})",
-                    sv.len()
-                )));
+            if name != sn {
+                return Err(TrainError::StateName {
+                    found: sn.clone(),
+                    expected: name.clone(),
+                });
+            }
+            if *len != sv.len() {
+                return Err(TrainError::WrongLength {
+                    what: format!("the checkpoint's model state `{sn}`"),
+                    found: sv.len(),
+                    expected: *len,
+                });
             }
         }
         // The optimizer validates and loads all-or-nothing; then nothing below can fail
@@ -447,7 +445,7 @@ impl<B: NnOps + 'static> Trainer<B> {
         // 1. The IRE estimator pass, when a refresh is due.
         let want_est = self.opt.wants_estimate();
         if want_est {
-            if self.cfg.estimator_batch == "fixed" {
+            if self.cfg.estimator_batch == EstimatorBatch::Fixed {
                 let fixed = match self.fixed.take() {
                     Some(f) => f,
                     None => self.data.fixed_batch(),
@@ -465,7 +463,7 @@ impl<B: NnOps + 'static> Trainer<B> {
         }
         // 2. The training gradient (batch-norm statistics move once per step, here). The
         //    estimator pass on the current batch has already uploaded it.
-        if !(want_est && self.cfg.estimator_batch != "fixed") {
+        if !(want_est && self.cfg.estimator_batch != EstimatorBatch::Fixed) {
             self.upload(&batch)?;
         }
         let (loss, correct) = self.loss_and_grad(
@@ -516,6 +514,38 @@ impl<B: NnOps + 'static> Trainer<B> {
         Ok(m)
     }
 
+    /// The training loss the next step will see (its batch at the current parameters, batch
+    /// norm on batch statistics, running ones unchanged), without taking the step: a
+    /// checkpoint is only written from parameters where it is finite.
+    pub fn next_loss(&mut self) -> Result<f64, TrainError> {
+        let batch = self.data.train_batch(self.step);
+        let rows = self.rows(batch.n);
+        self.ensure_logit_buffers(rows)?;
+        self.upload(&batch)?;
+        let mode = BnMode::Train {
+            update_running: false,
+        };
+        self.model
+            .forward(&self.b, &self.params[0], &self.x, batch.n, mode)?;
+        let c = self.model.num_classes();
+        let (loss, _) = self
+            .b
+            .softmax_xent(
+                self.model.logits(),
+                &self.y,
+                rows,
+                c,
+                self.cfg.label_smoothing,
+                1.0,
+                &mut self.dlogits,
+            )
+            .map_err(|e| TrainError::Diverged {
+                step: self.step,
+                what: e.to_string(),
+            })?;
+        Ok(loss / rows as f64)
+    }
+
     /// Mean training loss and its gradient at parameters `theta`, over the first `batches`
     /// training batches in a fixed order without augmentation; batch norm uses batch
     /// statistics without updating the running ones, so this is a deterministic function of
@@ -528,10 +558,11 @@ impl<B: NnOps + 'static> Trainer<B> {
     ) -> Result<(f64, Vec<f32>), TrainError> {
         let n_params = self.param_count();
         if theta.len() != n_params {
-            return Err(TrainError::Config(format!(
-                "theta has {} values, the model {n_params}",
-                theta.len()
-            )));
+            return Err(TrainError::WrongLength {
+                what: "theta".into(),
+                found: theta.len(),
+                expected: n_params,
+            });
         }
         let saved = self.params_host()?;
         self.b.upload(&mut self.params[0], theta)?;
@@ -619,12 +650,8 @@ impl<B: NnOps + 'static> Trainer<B> {
         temperature: f64,
         seed: u64,
     ) -> Result<String, TrainError> {
-        let tok = self.data.tokenizer().ok_or_else(|| {
-            TrainError::Config("sampling needs a language-model checkpoint".into())
-        })?;
-        let mut ids = tok
-            .encode(prompt)
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let tok = self.data.tokenizer().ok_or(TrainError::NotLanguageModel)?;
+        let mut ids = tok.encode(prompt)?;
         let ctx = self.model.rows_per_example();
         let c = self.model.num_classes();
         let mut rng = Rng::new(seed);
@@ -663,13 +690,8 @@ impl<B: NnOps + 'static> Trainer<B> {
             };
             ids.push(next as u32);
         }
-        let tok = self
-            .data
-            .tokenizer()
-            .ok_or_else(|| TrainError::Config("no tokenizer".into()))?;
-        let text = tok
-            .decode(&ids[start..])
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let tok = self.data.tokenizer().ok_or(TrainError::NotLanguageModel)?;
+        let text = tok.decode(&ids[start..])?;
         Ok(format!("{prompt}{text}"))
     }
 }

@@ -1,0 +1,155 @@
+//! The choices a run's configuration names by text, as enums: parsed once where the text comes
+//! in (the config file, a checkpoint's config), written back as the same text.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ire_core::optim::Estimator;
+use serde::{Deserialize, Serialize};
+
+use super::config_error::ConfigError;
+
+/// The diagonal-curvature estimate that ranks IRE's coordinates (config `opt.estimator`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum EstimatorKind {
+    /// `squared-gradient`: `ĝ²`, `ĝ` the gradient on labels sampled from the model (official).
+    #[default]
+    SquaredGradient,
+    /// `abs-gradient`: `|ĝ|`.
+    AbsGradient,
+    /// `squared-training-gradient`: the step's own training gradient squared (no extra pass).
+    SquaredTrainingGradient,
+}
+
+impl EstimatorKind {
+    /// Every estimator, in the order of [`EstimatorKind::NAMES`].
+    pub const ALL: [EstimatorKind; 3] = [
+        EstimatorKind::SquaredGradient,
+        EstimatorKind::AbsGradient,
+        EstimatorKind::SquaredTrainingGradient,
+    ];
+    /// The names in a config file.
+    pub const NAMES: [&'static str; 3] = [
+        "squared-gradient",
+        "abs-gradient",
+        "squared-training-gradient",
+    ];
+
+    /// The name in a config file.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    /// The optimizer's estimator.
+    pub fn estimator(self) -> Estimator {
+        match self {
+            EstimatorKind::SquaredGradient => Estimator::SquaredGradient,
+            EstimatorKind::AbsGradient => Estimator::AbsGradient,
+            EstimatorKind::SquaredTrainingGradient => Estimator::SquaredTrainingGradient,
+        }
+    }
+}
+
+/// Which batch the IRE estimator pass uses (config `estimator_batch`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum EstimatorBatch {
+    /// `current`: the step's own training batch.
+    #[default]
+    Current,
+    /// `fixed`: the first training batch, unaugmented, at every refresh (the official CIFAR
+    /// recipe).
+    Fixed,
+}
+
+impl EstimatorBatch {
+    /// Every choice, in the order of [`EstimatorBatch::NAMES`].
+    pub const ALL: [EstimatorBatch; 2] = [EstimatorBatch::Current, EstimatorBatch::Fixed];
+    /// The names in a config file.
+    pub const NAMES: [&'static str; 2] = ["current", "fixed"];
+
+    /// The name in a config file.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+/// `FromStr`, `TryFrom<String>` (serde's way in), `Display` and `Into<&str>` (serde's way out)
+/// of a choice, all through its `ALL` / `NAMES` tables.
+macro_rules! text_choice {
+    ($t:ty, $field:literal) => {
+        impl FromStr for $t {
+            type Err = ConfigError;
+            fn from_str(s: &str) -> Result<Self, ConfigError> {
+                <$t>::NAMES
+                    .iter()
+                    .position(|&n| n == s)
+                    .map(|i| <$t>::ALL[i])
+                    .ok_or_else(|| ConfigError::UnknownChoice {
+                        field: $field,
+                        value: s.to_string(),
+                        expected: &<$t>::NAMES,
+                    })
+            }
+        }
+
+        impl TryFrom<String> for $t {
+            type Error = ConfigError;
+            fn try_from(s: String) -> Result<Self, ConfigError> {
+                s.parse()
+            }
+        }
+
+        impl From<$t> for &'static str {
+            fn from(k: $t) -> &'static str {
+                k.name()
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+text_choice!(EstimatorKind, "opt.estimator");
+text_choice!(EstimatorBatch, "estimator_batch");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_named() {
+        for k in EstimatorKind::ALL {
+            assert_eq!(k.name().parse::<EstimatorKind>().unwrap(), k);
+            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{k}\""));
+        }
+        for k in EstimatorBatch::ALL {
+            assert_eq!(k.name().parse::<EstimatorBatch>().unwrap(), k);
+            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{k}\""));
+        }
+        assert_eq!(
+            serde_json::from_str::<EstimatorKind>("\"abs-gradient\"").unwrap(),
+            EstimatorKind::AbsGradient
+        );
+        match "hessian-diagonal".parse::<EstimatorKind>() {
+            Err(ConfigError::UnknownChoice { field, value, .. }) => {
+                assert_eq!(
+                    (field, value.as_str()),
+                    ("opt.estimator", "hessian-diagonal")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = serde_json::from_str::<EstimatorBatch>("\"random\"").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("invalid config `estimator_batch`: unknown value `random`: expected one of current, fixed"),
+            "{e}"
+        );
+    }
+}
