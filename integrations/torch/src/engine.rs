@@ -1,0 +1,669 @@
+//! The optimizer behind every Python class: ire-core's [`Ire`] over a base (fused SGD, fused
+//! AdamW, or a base step torch takes), optionally inside SAM, stepping tensors' own memory.
+//!
+//! The engine owns the optimizer state (moments, estimate, mask, SAM's copy of `θ`, the
+//! external base's `θ_old`), allocated at the first step and reused; the parameters, gradients
+//! and estimator gradients are borrowed from torch's tensors for one call at a time
+//! ([`crate::device`]). Every check (counts, sizes, dtypes, overlaps, finiteness when asked)
+//! runs before anything is written, so a refused call leaves parameters and state as they were.
+
+use ire_backend_cpu::{CpuBackend, CpuBuffer};
+use ire_core::optim::{
+    EstimateInput, Estimator, External, IreReport, IreStep, Optimizer, TensorStep,
+};
+use ire_core::state::StateDict;
+use ire_core::{AdamW, Backend, DType, Ire, IreConfig, Sam, SamConfig, Sgd};
+
+use crate::config::{BaseSpec, Cadence};
+use crate::device::{self, Span, TorchScalar};
+use crate::error::{Result, Role, RoleKind, TorchError};
+
+type B = CpuBackend;
+
+/// Parameter buffers (written) and gradient buffers (read; `None` where torch has no `.grad`).
+type Borrowed<T> = (Vec<CpuBuffer<T>>, Vec<Option<CpuBuffer<T>>>);
+
+/// The optimizer, by base.
+enum Base<T: TorchScalar> {
+    Sgd(Ire<B, T, Sgd<B, T>>),
+    AdamW(Ire<B, T, AdamW<B, T>>),
+    External(Ire<B, T, External>),
+    SamSgd(Ire<B, T, Sam<B, T, Sgd<B, T>>>),
+    SamAdamW(Ire<B, T, Sam<B, T, AdamW<B, T>>>),
+    SamExternal(Ire<B, T, Sam<B, T, External>>),
+}
+
+/// Runs `$body` with `$ire` bound to the [`Ire`] of whichever base.
+macro_rules! each {
+    ($base:expr, $ire:ident => $body:expr) => {
+        match $base {
+            Base::Sgd($ire) => $body,
+            Base::AdamW($ire) => $body,
+            Base::External($ire) => $body,
+            Base::SamSgd($ire) => $body,
+            Base::SamAdamW($ire) => $body,
+            Base::SamExternal($ire) => $body,
+        }
+    };
+}
+
+/// What the engine is built from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineSpec {
+    /// Element count of each parameter tensor.
+    pub sizes: Vec<usize>,
+    /// Whether each tensor takes part in IRE (ranked and boosted).
+    pub takes_part: Vec<bool>,
+    /// The base step.
+    pub base: BaseSpec,
+    /// SAM around the base, if any.
+    pub sam: Option<SamConfig>,
+    /// IRE's hyper-parameters.
+    pub ire: IreConfig,
+    /// When refreshes happen.
+    pub cadence: Cadence,
+}
+
+/// The optimizer of one dtype over a fixed list of tensors.
+pub struct Engine<T: TorchScalar> {
+    b: B,
+    base: Base<T>,
+    sizes: Vec<usize>,
+    takes_part: Vec<bool>,
+    cadence: Cadence,
+}
+
+/// A step's per-tensor learning rate and weight decay, checked before any tensor moves.
+fn check_hp(hp: &TensorStep) -> Result<()> {
+    let bad = |field, value| {
+        Err(TorchError::Core(ire_core::Error::InvalidHyperParameter {
+            field,
+            value,
+            allowed: ">= 0, finite",
+        }))
+    };
+    if !(hp.lr >= 0.0 && hp.lr.is_finite()) {
+        return bad("lr", hp.lr);
+    }
+    match hp.weight_decay {
+        Some(wd) if !(wd >= 0.0 && wd.is_finite()) => bad("weight_decay", wd),
+        _ => Ok(()),
+    }
+}
+
+fn role(kind: RoleKind, index: usize) -> Role {
+    Role { kind, index }
+}
+
+impl<T: TorchScalar> Engine<T> {
+    /// A new engine; fails on a bad hyper-parameter or a spec whose lists disagree.
+    pub fn new(spec: &EngineSpec) -> Result<Self> {
+        if spec.takes_part.len() != spec.sizes.len() {
+            return Err(TorchError::Count {
+                what: "participation flags (one per parameter)",
+                expected: spec.sizes.len(),
+                found: spec.takes_part.len(),
+            });
+        }
+        let groups = ire_core::optim::ParamGroups::new(
+            vec![
+                ire_core::optim::ParamGroup::default(),
+                ire_core::optim::ParamGroup {
+                    ire: false,
+                    ..Default::default()
+                },
+            ],
+            spec.takes_part.iter().map(|&p| usize::from(!p)).collect(),
+        )?;
+        let cfg = spec.ire;
+        let base = match (spec.base, spec.sam) {
+            (BaseSpec::Sgd(c), None) => {
+                Base::Sgd(Ire::new(Sgd::new(c)?, cfg)?.with_groups(groups)?)
+            }
+            (BaseSpec::AdamW(c), None) => {
+                Base::AdamW(Ire::new(AdamW::new(c)?, cfg)?.with_groups(groups)?)
+            }
+            (BaseSpec::External, None) => {
+                Base::External(Ire::new(External, cfg)?.with_groups(groups)?)
+            }
+            (BaseSpec::Sgd(c), Some(s)) => {
+                Base::SamSgd(Ire::new(Sam::new(Sgd::new(c)?, s)?, cfg)?.with_groups(groups)?)
+            }
+            (BaseSpec::AdamW(c), Some(s)) => {
+                Base::SamAdamW(Ire::new(Sam::new(AdamW::new(c)?, s)?, cfg)?.with_groups(groups)?)
+            }
+            (BaseSpec::External, Some(s)) => {
+                Base::SamExternal(Ire::new(Sam::new(External, s)?, cfg)?.with_groups(groups)?)
+            }
+        };
+        Ok(Engine {
+            b: CpuBackend::new(),
+            base,
+            sizes: spec.sizes.clone(),
+            takes_part: spec.takes_part.clone(),
+            cadence: spec.cadence,
+        })
+    }
+
+    /// The kind's name, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self.base {
+            Base::Sgd(_) => "fused SGD",
+            Base::AdamW(_) => "fused AdamW",
+            Base::External(_) => "external-base",
+            Base::SamSgd(_) => "SAM + fused SGD",
+            Base::SamAdamW(_) => "SAM + fused AdamW",
+            Base::SamExternal(_) => "SAM + external-base",
+        }
+    }
+
+    /// Element count of each tensor.
+    pub fn sizes(&self) -> &[usize] {
+        &self.sizes
+    }
+
+    /// The IRE hyper-parameters.
+    pub fn config(&self) -> IreConfig {
+        each!(&self.base, ire => *ire.config())
+    }
+
+    /// Replaces the IRE hyper-parameters (state kept).
+    pub fn set_config(&mut self, cfg: IreConfig) -> Result<()> {
+        each!(&mut self.base, ire => ire.set_config(cfg))?;
+        Ok(())
+    }
+
+    /// Steps taken.
+    pub fn step_count(&self) -> u64 {
+        each!(&self.base, ire => ire.step_count())
+    }
+
+    /// Whether the next step needs a refresh first (never under [`Cadence::OnCall`], nor for
+    /// the training-gradient estimator, whose refresh the step does itself).
+    pub fn refresh_due(&self) -> bool {
+        self.cadence == Cadence::Scheduled
+            && self.config().estimator != Estimator::SquaredTrainingGradient
+            && each!(&self.base, ire => ire.refresh_due())
+    }
+
+    /// Under [`Cadence::OnCall`], settles a refresh the schedule would have due, so that no
+    /// step waits for one.
+    fn settle_cadence(&mut self) {
+        if self.cadence == Cadence::OnCall {
+            each!(&mut self.base, ire => if ire.refresh_due() { ire.keep_mask_this_step() });
+        }
+    }
+
+    /// Checks a list of spans against the tensor sizes and the dtype.
+    fn check_spans<'s>(
+        &self,
+        spans: impl ExactSizeIterator<Item = (usize, &'s Span)>,
+        what: &'static str,
+        count: usize,
+    ) -> Result<()> {
+        if count != self.sizes.len() {
+            return Err(TorchError::Count {
+                what,
+                expected: self.sizes.len(),
+                found: count,
+            });
+        }
+        for (i, s) in spans {
+            if s.dtype != T::DTYPE {
+                return Err(TorchError::MixedDType {
+                    role: s.role,
+                    found: s.dtype,
+                    expected: T::DTYPE,
+                });
+            }
+            if s.len != self.sizes[i] {
+                return Err(TorchError::Core(ire_core::Error::SizeMismatch {
+                    what: format!("{} (vs the optimizer's tensor {i})", s.role),
+                    expected: self.sizes[i],
+                    found: s.len,
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_params(&self, params: &[Span]) -> Result<()> {
+        self.check_spans(params.iter().enumerate(), "parameter tensors", params.len())
+    }
+
+    fn check_grads(&self, grads: &[Option<Span>]) -> Result<()> {
+        self.check_spans(
+            grads
+                .iter()
+                .enumerate()
+                .filter_map(|(i, g)| g.as_ref().map(|g| (i, g)))
+                .collect::<Vec<_>>()
+                .into_iter(),
+            "gradient tensors",
+            grads.len(),
+        )
+    }
+
+    /// Refuses the call if any present gradient holds a NaN or an infinity.
+    fn check_finite(&self, grads: &[Option<CpuBuffer<T>>]) -> Result<()> {
+        for (i, g) in grads.iter().enumerate() {
+            if let Some(g) = g {
+                if self.b.count_non_finite(g)? > 0 {
+                    return Err(TorchError::Core(ire_core::Error::NonFinite {
+                        what: format!(
+                            "{} (the step was refused; parameters and state are unchanged)",
+                            role(RoleKind::Gradient, i)
+                        ),
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Borrowed buffers over the parameters (written) and the gradients present (read).
+    ///
+    /// # Safety
+    /// The spans come from [`device::span_of`] on tensors the caller holds for the whole use
+    /// of the buffers, while holding the interpreter.
+    unsafe fn borrow(&self, params: &[Span], grads: &[Option<Span>]) -> Result<Borrowed<T>> {
+        self.check_params(params)?;
+        self.check_grads(grads)?;
+        let read: Vec<Span> = grads.iter().flatten().copied().collect();
+        device::check_disjoint(params, &read)?;
+        // SAFETY: the caller's contract, and the parameters overlap nothing else.
+        let p = params
+            .iter()
+            .map(|s| unsafe { device::cpu_mut::<T>(s) })
+            .collect::<Result<Vec<_>>>()?;
+        // SAFETY: as above; gradients are only read.
+        let g = grads
+            .iter()
+            .map(|s| {
+                s.as_ref()
+                    .map(|s| unsafe { device::cpu::<T>(s) })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((p, g))
+    }
+
+    /// Whether the coming step refreshes from its own training gradients.
+    fn trains_estimate(&self) -> bool {
+        self.cadence == Cadence::Scheduled
+            && self.config().estimator == Estimator::SquaredTrainingGradient
+            && each!(&self.base, ire => ire.refresh_due())
+    }
+
+    /// Read-only views of the training gradients as the estimate of a refresh; a tensor that
+    /// takes no part and has no gradient gets a view of its parameter, which is never read
+    /// (its estimate is empty).
+    ///
+    /// # Safety
+    /// As [`Engine::borrow`], whose checks must have passed for these spans; the views are
+    /// used only while the step does not write the parameters (its refresh).
+    unsafe fn estimate_views(
+        &self,
+        params: &[Span],
+        grads: &[Option<Span>],
+    ) -> Result<Vec<CpuBuffer<T>>> {
+        grads
+            .iter()
+            .zip(params)
+            .enumerate()
+            .map(|(i, (g, p))| {
+                let span = match g {
+                    Some(g) => g,
+                    None if !self.takes_part[i] => p,
+                    None => {
+                        return Err(TorchError::Missing {
+                            role: role(RoleKind::Gradient, i),
+                        });
+                    }
+                };
+                // SAFETY: the caller's contract; only read.
+                unsafe { device::cpu::<T>(span) }
+            })
+            .collect()
+    }
+
+    /// One fused step (SGD, AdamW, or either inside SAM after [`Engine::sam_perturb`]):
+    /// tensors whose gradient is `None` are skipped, as torch's optimizers skip them (SAM
+    /// needs every gradient). `hps` carries each tensor's learning rate and weight decay;
+    /// `kappa_lr` is the learning rate κ's schedule reads.
+    ///
+    /// # Safety
+    /// As [`Engine::borrow`].
+    pub unsafe fn step(
+        &mut self,
+        params: &[Span],
+        grads: &[Option<Span>],
+        hps: &[TensorStep],
+        kappa_lr: f64,
+        check_finite: bool,
+    ) -> Result<IreReport> {
+        if hps.len() != self.sizes.len() {
+            return Err(TorchError::Count {
+                what: "per-tensor learning rates",
+                expected: self.sizes.len(),
+                found: hps.len(),
+            });
+        }
+        hps.iter().try_for_each(check_hp)?;
+        let sam = matches!(self.base, Base::SamSgd(_) | Base::SamAdamW(_));
+        if sam {
+            if let Some(i) = grads.iter().position(Option::is_none) {
+                return Err(TorchError::Missing {
+                    role: role(RoleKind::Gradient, i),
+                });
+            }
+        }
+        // SAFETY: forwarded.
+        let (mut p, g) = unsafe { self.borrow(params, grads)? };
+        if check_finite {
+            self.check_finite(&g)?;
+        }
+        self.settle_cadence();
+        let est = if self.trains_estimate() {
+            // SAFETY: forwarded; the refresh runs in `begin_step`, before any tensor moves.
+            Some(unsafe { self.estimate_views(params, grads)? })
+        } else {
+            None
+        };
+        let b = &self.b;
+        let sizes = &self.sizes;
+        let ctx = IreStep {
+            lr: kappa_lr,
+            estimate: est.as_deref().map(EstimateInput::Gradient),
+        };
+        match &mut self.base {
+            Base::Sgd(ire) => fused_step(ire, b, sizes, &mut p, &g, hps, ctx),
+            Base::AdamW(ire) => fused_step(ire, b, sizes, &mut p, &g, hps, ctx),
+            Base::SamSgd(ire) => fused_step(ire, b, sizes, &mut p, &g, hps, ctx),
+            Base::SamAdamW(ire) => fused_step(ire, b, sizes, &mut p, &g, hps, ctx),
+            Base::External(_) | Base::SamExternal(_) => Err(TorchError::WrongKind {
+                op: "a fused step",
+                kind: "external-base",
+            }),
+        }
+    }
+
+    /// Refreshes the estimate and the mask now, from estimator gradients (one per tensor;
+    /// `None` allowed only for tensors that take no part). `gamma` overrides γ for this refresh.
+    ///
+    /// # Safety
+    /// As [`Engine::borrow`] (`params` are only read here).
+    pub unsafe fn refresh(
+        &mut self,
+        params: &[Span],
+        estimates: &[Option<Span>],
+        gamma: Option<f64>,
+    ) -> Result<Option<f64>> {
+        self.check_params(params)?;
+        self.check_spans(
+            estimates
+                .iter()
+                .enumerate()
+                .filter_map(|(i, g)| g.as_ref().map(|g| (i, g)))
+                .collect::<Vec<_>>()
+                .into_iter(),
+            "estimator gradient tensors",
+            estimates.len(),
+        )?;
+        let mut bufs = Vec::with_capacity(estimates.len());
+        for (i, e) in estimates.iter().enumerate() {
+            let span = match e {
+                Some(s) => s,
+                None if !self.takes_part[i] => &params[i],
+                None => {
+                    return Err(TorchError::Missing {
+                        role: role(RoleKind::Estimate, i),
+                    });
+                }
+            };
+            // SAFETY: the caller's contract; nothing is written during a refresh except the
+            // engine's own state.
+            bufs.push(unsafe { device::cpu::<T>(span)? });
+        }
+        let input = EstimateInput::Gradient(&bufs);
+        let (b, sizes) = (&self.b, &self.sizes);
+        let tau = each!(&mut self.base, ire => ire.refresh_now(b, sizes, &input, gamma))?;
+        Ok(tau)
+    }
+
+    /// Starts a step whose base step torch takes: checks, refreshes when due (the
+    /// training-gradient estimator reads `grads`) and copies `θ` as `θ_old`.
+    ///
+    /// # Safety
+    /// As [`Engine::borrow`].
+    pub unsafe fn begin_external(
+        &mut self,
+        params: &[Span],
+        grads: &[Option<Span>],
+        kappa_lr: f64,
+        check_finite: bool,
+    ) -> Result<IreReport> {
+        // SAFETY: forwarded.
+        let (p, g) = unsafe { self.borrow(params, grads)? };
+        if check_finite {
+            self.check_finite(&g)?;
+        }
+        self.settle_cadence();
+        let est = if self.trains_estimate() {
+            // SAFETY: forwarded; `begin_external` writes only the engine's own state.
+            Some(unsafe { self.estimate_views(params, grads)? })
+        } else {
+            None
+        };
+        let ctx = IreStep {
+            lr: kappa_lr,
+            estimate: est.as_deref().map(EstimateInput::Gradient),
+        };
+        let b = &self.b;
+        match &mut self.base {
+            Base::External(ire) => Ok(ire.begin_external(b, &p, ctx)?),
+            Base::SamExternal(ire) => Ok(ire.begin_external(b, &p, ctx)?),
+            _ => Err(TorchError::WrongKind {
+                op: "begin_external",
+                kind: self.kind(),
+            }),
+        }
+    }
+
+    /// Boosts the displacement of torch's base step.
+    ///
+    /// # Safety
+    /// As [`Engine::borrow`].
+    pub unsafe fn finish_external(&mut self, params: &[Span]) -> Result<IreReport> {
+        // SAFETY: forwarded.
+        let (mut p, _) = unsafe { self.borrow(params, &vec![None; params.len()])? };
+        let b = &self.b;
+        match &mut self.base {
+            Base::External(ire) => Ok(ire.finish_external(b, &mut p)?),
+            Base::SamExternal(ire) => Ok(ire.finish_external(b, &mut p)?),
+            _ => Err(TorchError::WrongKind {
+                op: "finish_external",
+                kind: self.kind(),
+            }),
+        }
+    }
+
+    /// Abandons an external step whose base step failed.
+    pub fn cancel_external(&mut self) -> Result<()> {
+        each!(&mut self.base, ire => ire.cancel_external())?;
+        Ok(())
+    }
+
+    /// SAM's first phase: saves `θ` and moves it to `θ + ε` (every gradient required).
+    ///
+    /// # Safety
+    /// As [`Engine::borrow`].
+    pub unsafe fn sam_perturb(
+        &mut self,
+        params: &[Span],
+        grads: &[Option<Span>],
+        check_finite: bool,
+    ) -> Result<()> {
+        if let Some(i) = grads.iter().position(Option::is_none) {
+            return Err(TorchError::Missing {
+                role: role(RoleKind::Gradient, i),
+            });
+        }
+        // SAFETY: forwarded.
+        let (mut p, g) = unsafe { self.borrow(params, grads)? };
+        if check_finite {
+            self.check_finite(&g)?;
+        }
+        let g: Vec<CpuBuffer<T>> = g.into_iter().flatten().collect();
+        self.settle_cadence();
+        let b = &self.b;
+        match &mut self.base {
+            Base::SamSgd(ire) => ire.sam_perturb(b, &mut p, &g, None)?,
+            Base::SamAdamW(ire) => ire.sam_perturb(b, &mut p, &g, None)?,
+            Base::SamExternal(ire) => ire.sam_perturb(b, &mut p, &g, None)?,
+            _ => {
+                return Err(TorchError::WrongKind {
+                    op: "SAM's perturbation",
+                    kind: self.kind(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts `θ` back to its value before [`Engine::sam_perturb`] (for an external base, whose
+    /// step torch takes; the fused SAM steps restore `θ` themselves).
+    ///
+    /// # Safety
+    /// As [`Engine::borrow`].
+    pub unsafe fn sam_restore(&mut self, params: &[Span]) -> Result<()> {
+        // SAFETY: forwarded.
+        let (mut p, _) = unsafe { self.borrow(params, &vec![None; params.len()])? };
+        let b = &self.b;
+        match &mut self.base {
+            Base::SamExternal(ire) => Ok(ire.base_mut().restore(b, &mut p)?),
+            Base::SamSgd(ire) => Ok(ire.base_mut().restore(b, &mut p)?),
+            Base::SamAdamW(ire) => Ok(ire.base_mut().restore(b, &mut p)?),
+            _ => Err(TorchError::WrongKind {
+                op: "SAM's restore",
+                kind: self.kind(),
+            }),
+        }
+    }
+
+    /// Copies tensor `i`'s mask (1 = flat) into `out` (a `torch.uint8` tensor of the tensor's
+    /// size); zeros before the first step and for a tensor that takes no part.
+    ///
+    /// # Safety
+    /// `out` as a parameter in [`Engine::borrow`].
+    pub unsafe fn mask_into(&self, i: usize, out: &Span) -> Result<()> {
+        self.check_index(i, out)?;
+        check_out_dtype(out, DType::U8)?;
+        let mask = each!(&self.base, ire => ire.mask().get(i).filter(|m| !m.is_empty()));
+        // SAFETY: the caller's contract.
+        unsafe { copy_or_zero(mask.map(CpuBuffer::as_slice), out) }
+    }
+
+    /// Copies tensor `i`'s estimate `h` into `out` (as [`Engine::mask_into`], of the dtype).
+    ///
+    /// # Safety
+    /// As [`Engine::mask_into`].
+    pub unsafe fn estimate_into(&self, i: usize, out: &Span) -> Result<()> {
+        self.check_index(i, out)?;
+        check_out_dtype(out, T::DTYPE)?;
+        let h = each!(&self.base, ire => ire.estimate().get(i).filter(|h| !h.is_empty()));
+        // SAFETY: the caller's contract.
+        unsafe { copy_or_zero(h.map(CpuBuffer::as_slice), out) }
+    }
+
+    /// Number of flat coordinates of tensor `i` (0 for a tensor that takes no part).
+    pub fn flat_count(&self, i: usize) -> Result<usize> {
+        let mask = each!(&self.base, ire => ire.mask().get(i).filter(|m| !m.is_empty()));
+        Ok(match mask {
+            Some(m) => self.b.count_nonzero(m)?,
+            None => 0,
+        })
+    }
+
+    fn check_index(&self, i: usize, out: &Span) -> Result<()> {
+        let n = *self.sizes.get(i).ok_or(TorchError::Count {
+            what: "tensors (index out of range)",
+            expected: self.sizes.len(),
+            found: i + 1,
+        })?;
+        if out.len != n {
+            return Err(TorchError::Core(ire_core::Error::SizeMismatch {
+                what: format!("{} (vs the optimizer's tensor {i})", out.role),
+                expected: n,
+                found: out.len,
+            }));
+        }
+        Ok(())
+    }
+
+    /// The whole state (ire-core's format: IRE's estimate, mask and counters, the base's).
+    pub fn save(&self) -> Result<StateDict> {
+        Ok(each!(&self.base, ire => Optimizer::save(ire, &self.b))?)
+    }
+
+    /// Restores a state saved by [`Engine::save`] (all or nothing).
+    pub fn load(&mut self, state: &StateDict) -> Result<()> {
+        let b = &self.b;
+        each!(&mut self.base, ire => Optimizer::load(ire, b, state))?;
+        Ok(())
+    }
+}
+
+fn check_out_dtype(out: &Span, dtype: DType) -> Result<()> {
+    if out.dtype != dtype {
+        return Err(TorchError::DType {
+            role: out.role,
+            found: crate::error::torch_name(out.dtype).to_string(),
+            expected: crate::error::torch_name(dtype),
+        });
+    }
+    Ok(())
+}
+
+/// Copies `src` into `out`, or zeros it when there is no `src`.
+///
+/// # Safety
+/// `out` is valid for writes of `out.len` elements of `E` and overlaps nothing in use.
+unsafe fn copy_or_zero<E: Copy + Default>(src: Option<&[E]>, out: &Span) -> Result<()> {
+    match src {
+        // SAFETY: the caller's contract.
+        Some(s) => unsafe { device::write_into(out, s) },
+        None => {
+            if out.len > 0 {
+                // SAFETY: the caller's contract; zero bits are a valid value of every `E`
+                // used here (u8, f32, f64).
+                unsafe { std::ptr::write_bytes(out.ptr as *mut E, 0, out.len) };
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The fused step of one base: begin, each tensor with a gradient, end.
+fn fused_step<T: TorchScalar, O: Optimizer<B, T>>(
+    ire: &mut Ire<B, T, O>,
+    b: &B,
+    sizes: &[usize],
+    params: &mut [CpuBuffer<T>],
+    grads: &[Option<CpuBuffer<T>>],
+    hps: &[TensorStep],
+    ctx: IreStep<'_, B, T>,
+) -> Result<IreReport> {
+    ire.begin_step(b, sizes, ctx)?;
+    for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+        if let Some(g) = g {
+            if let Err(e) = ire.step_tensor(b, i, p, g, hps[i]) {
+                // Sizes, dtypes and hyper-parameters were checked before the step began, so
+                // this is a backend failure; close the step so the optimizer stays usable.
+                let _ = ire.end_step();
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(ire.end_step()?)
+}
