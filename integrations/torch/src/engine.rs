@@ -6,6 +6,12 @@
 //! and estimator gradients are borrowed from torch's tensors for one call at a time
 //! ([`crate::device`]). Every check (counts, sizes, dtypes, overlaps, finiteness when asked)
 //! runs before anything is written, so a refused call leaves parameters and state as they were.
+//!
+//! # Safety of the `unsafe` methods
+//! Every span passed in was read by [`device::span_of`] from a tensor the caller holds for the
+//! whole call, and the call runs while holding the Python interpreter: no Python code can free,
+//! resize or write those tensors until it returns. The methods themselves check the spans
+//! against each other ([`device::check_disjoint`]) before any buffer is made.
 
 use ire_backend_cpu::{CpuBackend, CpuBuffer};
 use ire_core::optim::{
@@ -264,8 +270,7 @@ impl<T: TorchScalar> Engine<T> {
     /// Borrowed buffers over the parameters (written) and the gradients present (read).
     ///
     /// # Safety
-    /// The spans come from [`device::span_of`] on tensors the caller holds for the whole use
-    /// of the buffers, while holding the interpreter.
+    /// The module's contract (see its documentation).
     unsafe fn borrow(&self, params: &[Span], grads: &[Option<Span>]) -> Result<Borrowed<T>> {
         self.check_params(params)?;
         self.check_grads(grads)?;
@@ -300,8 +305,8 @@ impl<T: TorchScalar> Engine<T> {
     /// (its estimate is empty).
     ///
     /// # Safety
-    /// As [`Engine::borrow`], whose checks must have passed for these spans; the views are
-    /// used only while the step does not write the parameters (its refresh).
+    /// The module's contract, and `borrow`'s checks passed for these spans; the views are used
+    /// only while the step does not write the parameters (its refresh).
     unsafe fn estimate_views(
         &self,
         params: &[Span],
@@ -333,7 +338,7 @@ impl<T: TorchScalar> Engine<T> {
     /// `kappa_lr` is the learning rate κ's schedule reads.
     ///
     /// # Safety
-    /// As [`Engine::borrow`].
+    /// The module's contract (see its documentation).
     pub unsafe fn step(
         &mut self,
         params: &[Span],
@@ -392,7 +397,7 @@ impl<T: TorchScalar> Engine<T> {
     /// `None` allowed only for tensors that take no part). `gamma` overrides γ for this refresh.
     ///
     /// # Safety
-    /// As [`Engine::borrow`] (`params` are only read here).
+    /// The module's contract (see its documentation) (`params` are only read here).
     pub unsafe fn refresh(
         &mut self,
         params: &[Span],
@@ -435,7 +440,7 @@ impl<T: TorchScalar> Engine<T> {
     /// training-gradient estimator reads `grads`) and copies `θ` as `θ_old`.
     ///
     /// # Safety
-    /// As [`Engine::borrow`].
+    /// The module's contract (see its documentation).
     pub unsafe fn begin_external(
         &mut self,
         params: &[Span],
@@ -473,7 +478,7 @@ impl<T: TorchScalar> Engine<T> {
     /// Boosts the displacement of torch's base step.
     ///
     /// # Safety
-    /// As [`Engine::borrow`].
+    /// The module's contract (see its documentation).
     pub unsafe fn finish_external(&mut self, params: &[Span]) -> Result<IreReport> {
         // SAFETY: forwarded.
         let (mut p, _) = unsafe { self.borrow(params, &vec![None; params.len()])? };
@@ -497,7 +502,7 @@ impl<T: TorchScalar> Engine<T> {
     /// SAM's first phase: saves `θ` and moves it to `θ + ε` (every gradient required).
     ///
     /// # Safety
-    /// As [`Engine::borrow`].
+    /// The module's contract (see its documentation).
     pub unsafe fn sam_perturb(
         &mut self,
         params: &[Span],
@@ -535,7 +540,7 @@ impl<T: TorchScalar> Engine<T> {
     /// step torch takes; the fused SAM steps restore `θ` themselves).
     ///
     /// # Safety
-    /// As [`Engine::borrow`].
+    /// The module's contract (see its documentation).
     pub unsafe fn sam_restore(&mut self, params: &[Span]) -> Result<()> {
         // SAFETY: forwarded.
         let (mut p, _) = unsafe { self.borrow(params, &vec![None; params.len()])? };
@@ -555,7 +560,7 @@ impl<T: TorchScalar> Engine<T> {
     /// size); zeros before the first step and for a tensor that takes no part.
     ///
     /// # Safety
-    /// `out` as a parameter in [`Engine::borrow`].
+    /// The module's contract for `out`, which nothing else of the call reads or writes.
     pub unsafe fn mask_into(&self, i: usize, out: &Span) -> Result<()> {
         self.check_index(i, out)?;
         check_out_dtype(out, DType::U8)?;
@@ -567,7 +572,7 @@ impl<T: TorchScalar> Engine<T> {
     /// Copies tensor `i`'s estimate `h` into `out` (as [`Engine::mask_into`], of the dtype).
     ///
     /// # Safety
-    /// As [`Engine::mask_into`].
+    /// As for [`Engine::mask_into`].
     pub unsafe fn estimate_into(&self, i: usize, out: &Span) -> Result<()> {
         self.check_index(i, out)?;
         check_out_dtype(out, T::DTYPE)?;

@@ -98,11 +98,14 @@ pub fn from_python(obj: &Bound<'_, PyAny>) -> Result<StateDict> {
     let mut entries = Vec::new();
     for (n, item) in get("entries")?.try_iter()?.enumerate() {
         let item = item?;
-        let (name, value): (String, Bound<'_, PyAny>) = item.extract().map_err(|_| {
+        let not_pair = || {
             state_err(format!(
                 "entry {n} of `{optimizer}` is not a [name, value] pair"
             ))
-        })?;
+        };
+        let pair: Vec<Bound<'_, PyAny>> = item.extract().map_err(|_| not_pair())?;
+        let [name, value] = <[_; 2]>::try_from(pair).map_err(|_| not_pair())?;
+        let name: String = name.extract().map_err(|_| not_pair())?;
         let value = value_from_python(&name, &value)?;
         entries.push(StateEntry { name, value });
     }

@@ -31,12 +31,14 @@ class OfficialIRE:
     ``rule``: ``"sharp"`` (SGDIRE, SAMIRE), ``"flat"`` (IRE_PARAMS) or ``"admire"``
     (AdamWIRE_PARAMS). ``estimator``: ``"square"`` (EMA of g²) or ``"abs"`` (|g|, no EMA).
     ``boost``: ``"mask"`` (θ + Δ·mask·κ), ``"decay"`` (θ + Δ·mask·prog·lr/base_lr) or
-    ``"select"`` (Δ zeroed off the mask, θ + Δ·prog).
+    ``"select"`` (Δ zeroed off the mask, θ + Δ·prog). ``ranked``: the parameters that take
+    part in IRE (default all; the others are stepped by the base only).
     """
 
     def __init__(self, params, base, *, beta=0.0, rule="sharp", estimator="square",
-                 boost="mask", mask_dtype=None, rho=None, adaptive=False):
-        self.params = list(params)
+                 boost="mask", mask_dtype=None, rho=None, adaptive=False, ranked=None):
+        self.all_params = list(params)
+        self.params = self.all_params if ranked is None else list(ranked)
         self.base = base
         self.beta = beta
         self.rule = rule
@@ -72,10 +74,11 @@ class OfficialIRE:
     @torch.no_grad()
     def ascent(self):
         """SAM's perturbation from ``.grad``."""
-        norms = [((p.abs() if self.adaptive else 1.0) * p.grad).norm(p=2) for p in self.params]
+        params = self.all_params
+        norms = [((p.abs() if self.adaptive else 1.0) * p.grad).norm(p=2) for p in params]
         scale = self.rho / (torch.norm(torch.stack(norms), p=2) + 1e-12)
         self.old_p = []
-        for p in self.params:
+        for p in params:
             self.old_p.append(p.data.clone())
             p.add_((torch.pow(p, 2) if self.adaptive else 1.0) * p.grad * scale.to(p))
 
@@ -83,11 +86,12 @@ class OfficialIRE:
     def descent(self, prog, use_ire, lr=None, base_lr=None):
         """The base step from ``.grad`` (after restoring θ when SAM perturbed it), boosted."""
         if self.old_p is not None:
-            for p, old in zip(self.params, self.old_p):
+            for p, old in zip(self.all_params, self.old_p):
                 p.data = old
             self.old_p = None
         last = [p.data.clone() for p in self.params]
         self.base.step()
+        self.base.zero_grad()
         if not use_ire:
             return
         for p, m, old in zip(self.params, self.mask, last):
