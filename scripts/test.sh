@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs ALL the tests on a fresh machine: first installs, idempotently and as root, whatever they
 # need (PoCL for the OpenCL backend, OpenBLAS for LAPACK, the no_std target, NVRTC from its
-# Python wheel), then formatting, lints, the no_std build, every test and the bench smoke run.
+# Python wheel), then formatting, lints, the no_std build, every test, the PyTorch package
+# ire_torch and its pytest suite (in a shared environment with torch, scripts/torch-env.sh),
+# and the bench smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -73,29 +75,8 @@ step "cargo test (workspace, all features)"
 cargo test --workspace --all-features
 
 step "ire_torch: the PyTorch package, built with pip into a venv with torch, and its pytest suite"
-# One shared environment with torch outside the clone (about 5 GB; other scripts use it too),
-# created and completed under a lock beside it, so concurrent runs install it once.
-TORCH_VENV=${IRE_TORCH_VENV:-$HOME/.cache/ire/venv-torch}
-mkdir -p "$(dirname "$TORCH_VENV")"
-(
-    flock 9
-    [ -x "$TORCH_VENV/bin/python" ] || python3 -m venv "$TORCH_VENV"
-    need=()
-    "$TORCH_VENV/bin/python" -c "import torch" 2>/dev/null || need+=(torch)
-    "$TORCH_VENV/bin/python" -c "import pytest" 2>/dev/null || need+=(pytest)
-    "$TORCH_VENV/bin/python" -c "import numpy" 2>/dev/null || need+=(numpy)
-    "$TORCH_VENV/bin/maturin" --version 2>/dev/null | grep -q '^maturin 1\.16\.' || need+=("maturin>=1.16,<1.17")
-    if ((${#need[@]})); then
-        echo "installing ${need[*]} into $TORCH_VENV"
-        "$TORCH_VENV/bin/pip" install --disable-pip-version-check -q "${need[@]}"
-    fi
-) 9>"$TORCH_VENV.lock"
-# The package goes into this clone's own folder (put first on the path), not into the shared
-# environment, so clones testing different versions at once do not collide.
-TORCH_PKG=$ROOT/target/ire-torch-python
-rm -rf "$TORCH_PKG"
-PATH="$TORCH_VENV/bin:$PATH" "$TORCH_VENV/bin/pip" install --disable-pip-version-check -q \
-    --no-deps --no-build-isolation --target "$TORCH_PKG" ./integrations/torch
+source scripts/torch-env.sh
+ire_torch_env
 # pytest fails the run on a failed test, and on a run that collects none (exit code 5).
 (cd integrations/torch && PYTHONPATH="$TORCH_PKG" "$TORCH_VENV/bin/python" -m pytest -q \
     -p no:cacheprovider tests)

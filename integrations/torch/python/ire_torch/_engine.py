@@ -20,7 +20,7 @@ _MUST_BE_OFF = ("maximize", "amsgrad", "capturable", "differentiable")
 
 
 def _scalar(x):
-    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
+    return x if type(x) is float else float(x.item() if isinstance(x, torch.Tensor) else x)
 
 
 def fused_base_of(base):
@@ -57,8 +57,11 @@ def fused_base_of(base):
 
 
 def fixed_options(kind, groups):
-    """The group options a fused step fixes at construction (checked at every step)."""
+    """The group options a fused step fixes at construction (checked at every step): those of
+    a torch SGD / AdamW whose groups the fused step took over (groups without them: none)."""
     names = {"sgd": _SGD_FIXED, "adamw": _ADAMW_FIXED}.get(kind, ())
+    if not any(k in g for g in groups for k in names):
+        names = ()
     return [tuple(g.get(k) for k in names) for g in groups], names
 
 
@@ -85,10 +88,16 @@ class _StateView(Mapping):
         return f"<state of {len(self)} parameters, read from the native engine>"
 
 
+_increment_version = getattr(torch._C, "_increment_version", None)
+
+
 def _bump_versions(params):
     # The engine writes the parameters' memory directly; tell autograd they changed, as an
     # in-place torch op would (so a graph that saved an old value fails loudly).
-    torch.autograd.graph.increment_version(params)
+    if _increment_version is not None:
+        _increment_version(params)
+    else:
+        torch.autograd.graph.increment_version(params)
 
 
 class EngineOptimizer(torch.optim.Optimizer):
@@ -107,6 +116,8 @@ class EngineOptimizer(torch.optim.Optimizer):
         dtype = _native.check_parameters(params)
         self._params = params
         self._index = {id(p): i for i, p in enumerate(params)}
+        # The groups' own parameter lists and sizes, to notice a change cheaply at each step.
+        self._group_lists = [(g["params"], len(g["params"])) for g in self.param_groups]
         self._takes_part = [
             bool(p.requires_grad) and bool(g.get("ire", True))
             for g in self.param_groups
@@ -146,31 +157,43 @@ class EngineOptimizer(torch.optim.Optimizer):
     # ---- one step -----------------------------------------------------------------------
 
     def _current_params(self):
-        params = [p for g in self.param_groups for p in g["params"]]
-        if len(params) != len(self._params) or any(
-            a is not b for a, b in zip(params, self._params)
+        groups = self.param_groups
+        lists = self._group_lists
+        if len(groups) != len(lists) or any(
+            g["params"] is not l or len(l) != n for g, (l, n) in zip(groups, lists)
         ):
-            raise RuntimeError(
-                f"{type(self).__name__}: the parameter groups changed after the optimizer "
-                "was created"
-            )
-        return params
+            params = [p for g in groups for p in g["params"]]
+            if len(params) != len(self._params) or any(
+                a is not b for a, b in zip(params, self._params)
+            ):
+                raise RuntimeError(
+                    f"{type(self).__name__}: the parameter groups changed after the optimizer "
+                    "was created"
+                )
+            self._group_lists = [(g["params"], len(g["params"])) for g in groups]
+        return self._params
 
     def _gather(self):
         """Parameters, gradients, and each tensor's lr and weight decay (fused steps)."""
         params = self._current_params()
-        fixed = [tuple(g.get(k) for k in self._fixed_names) for g in self.param_groups]
-        if fixed != self._fixed:
+        names = self._fixed_names
+        if names and [tuple(g.get(k) for k in names) for g in self.param_groups] != self._fixed:
             raise ValueError(
                 f"{type(self).__name__}: the group options {', '.join(self._fixed_names)} are "
                 "fixed by the fused step when the optimizer is created, and changed since"
             )
-        lrs, wds = [], []
-        for g in self.param_groups:
-            lr, wd = _scalar(g["lr"]), _scalar(g.get("weight_decay", 0.0))
-            n = len(g["params"])
-            lrs.extend([lr] * n)
-            wds.extend([wd] * n)
+        groups = self.param_groups
+        if len(groups) == 1:
+            g = groups[0]
+            n = len(params)
+            lrs = [_scalar(g["lr"])] * n
+            wds = [_scalar(g.get("weight_decay", 0.0))] * n
+        else:
+            lrs, wds = [], []
+            for g in groups:
+                n = len(g["params"])
+                lrs += [_scalar(g["lr"])] * n
+                wds += [_scalar(g.get("weight_decay", 0.0))] * n
         return params, [p.grad for p in params], lrs, wds
 
     def _fused_step(self, kappa_lr):

@@ -156,7 +156,6 @@ class SGDIRE(_Official):
         self._configure(beta=float(self.beta))
         self._refresh(gamma=1.0 - float(self.rank))
 
-    @torch.no_grad()
     def descent_step(self, prog, use_ire):
         """The base step from ``.grad``, its displacement boosted by ``prog`` along the flat
         coordinates when ``use_ire``; then the gradients are zeroed."""
@@ -197,7 +196,6 @@ class SAMIRE(_Official):
         self._configure(beta=float(self.beta))
         self._refresh(gamma=1.0 - float(self.rank))
 
-    @torch.no_grad()
     def ascent_step(self):
         """Moves θ to θ + ε from ``.grad`` (saving θ), then zeroes the gradients."""
         params = self._current_params()
@@ -205,7 +203,6 @@ class SAMIRE(_Official):
         torch.autograd.graph.increment_version(params)
         self._zero_both()
 
-    @torch.no_grad()
     def descent_step(self, prog, use_ire):
         """Restores θ, takes the base step with the gradient at θ + ε, boosts it."""
         kappa = _kappa(prog, use_ire)
@@ -264,13 +261,11 @@ class AdamWIRE_PARAMS(_Official):  # noqa: N801 (the official name)
             track_name_file.write(f"{ratios}")
             track_name_file.flush()
 
-    @torch.no_grad()
     def descent_step(self, lr, base_lr, use_ire=True):
         """``set_descent(lr, base_lr, use_ire)`` then ``step()``."""
         self.set_descent(lr, base_lr, use_ire)
         self.step()
 
-    @torch.no_grad()
     def step(self, closure=None):
         """The base step, boosted by κ_t along the flat coordinates when ``use_ire`` (the
         values of the last ``set_descent``); zeroes the gradients."""
@@ -352,13 +347,11 @@ class IRE_PARAMS(_Official):  # noqa: N801 (the official name)
                 p.grad.abs_()
         self._refresh(gamma=1.0 - rank_t)
 
-    @torch.no_grad()
     def descent_step(self, use_ire=True):
         """``set_descent(use_ire)`` then ``step()``."""
         self.set_descent(use_ire)
         self.step()
 
-    @torch.no_grad()
     def step(self, closure=None):
         """The base step (``closure`` passed to it), boosted by ``prog`` when ``use_ire``."""
         self._configure(kappa=_kappa(self.prog, self.use_ire))

@@ -171,9 +171,10 @@ class IRE(EngineOptimizer):
         ``ValueError`` and keeps the mask. Returns the threshold (None when none was needed)."""
         return self._refresh()
 
-    @torch.no_grad()
     def step(self, closure=None):
-        """One step. ``closure`` (re-evaluating the loss) runs first, with gradients on."""
+        """One step. ``closure`` (re-evaluating the loss) runs first, with gradients on.
+        (No autograd context is needed: the fused step runs no torch op, and a torch base
+        optimizer sets its own.)"""
         if self._fused:
             loss = None
             if closure is not None:
