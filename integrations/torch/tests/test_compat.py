@@ -207,8 +207,10 @@ def test_ire_params_follows_the_official_update(base, kind, dtype):
         g = gradients(ours, it, TRAIN)
         feed(ours, g)
         feed(theirs, g)
+        # The official step reads `prog` each time: a script may decay it.
+        opt.prog = prog * (1.0 - it / (2 * STEPS))
         opt.descent_step(use_ire=it >= 2)
-        ref.descent(prog, it >= 2)
+        ref.descent(opt.prog, it >= 2)
         base_sched.step()
         ref_sched.step()
         assert_close(ours, theirs, RTOL[dtype], f"step {it}")
@@ -251,3 +253,16 @@ def test_official_state_reads_and_signatures():
     assert opt.defaults["lr"] == 0.1 and "momentum" in opt.defaults
     with pytest.raises(KeyError):
         opt.state[torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))]
+    # init_mask / init_fisher reset the state as the official constructor leaves it.
+    assert opt.state[ours[1]]["mask"].any()
+    opt.init_mask()
+    assert not any(opt.state[p]["mask"].any() for p in ours)
+    assert opt.state[ours[1]]["fisher"].any()
+    opt.init_fisher()
+    assert not any(opt.state[p]["fisher"].any() for p in ours)
+    opt.init_last_step_data()
+    feed(ours, gradients(ours, 1, TRAIN))
+    before = [p.detach().clone() for p in ours]
+    opt.descent_step(5.0, True)  # all sharp now: the plain SGD step
+    for p, b, g in zip(ours, before, gradients(ours, 1, TRAIN)):
+        assert torch.equal(p.detach(), b - 0.1 * g)

@@ -111,6 +111,26 @@ class _Official(EngineOptimizer):
             return {"mask": mask.bool()}
         return {"mask": mask.to(p.dtype), "fisher": self._estimate(i, p)}
 
+    def _reset(self, name):
+        # ire-core's state names the estimate of tensor i `h.i` and its mask `mask.i`.
+        state = self._engine.save()
+        for entry in state["entries"]:
+            if entry[0].startswith(name + "."):
+                entry[1].zero_()
+        self._engine.load(state)
+
+    def init_fisher(self):
+        """Sets every estimate to zero (as the constructor leaves it)."""
+        self._reset("h")
+
+    def init_mask(self):
+        """Sets every mask to zero: nothing is boosted until the next ``update_mask``."""
+        self._reset("mask")
+
+    def init_last_step_data(self):
+        """Nothing to do: θ before the base step is taken inside each step (the official
+        class keeps it in ``state[p]['last_step_data']``)."""
+
     def _descend(self, kappa):
         self._configure(kappa=kappa)
         if self._fused:
