@@ -380,6 +380,13 @@ fn counted_allocations() -> (usize, usize) {
 /// The Python module `ire_torch._native`.
 #[pymodule(gil_used = true)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // The importing thread (normally the one that trains) joins the backend's thread pool
+    // (rayon's global one) as worker 0, so a step it calls runs a share of the work itself
+    // instead of handing all of it to the pool and sleeping until woken: a wake-up per step
+    // costs milliseconds on a busy machine. Fails harmlessly if the pool already exists.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .use_current_thread()
+        .build_global();
     m.add_class::<PyEngine>()?;
     m.add_class::<PyReport>()?;
     m.add_function(wrap_pyfunction!(rank_increase, m)?)?;
