@@ -383,10 +383,20 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // The importing thread (normally the one that trains) joins the backend's thread pool
     // (rayon's global one) as worker 0, so a step it calls runs a share of the work itself
     // instead of handing all of it to the pool and sleeping until woken: a wake-up per step
-    // costs milliseconds on a busy machine. Fails harmlessly if the pool already exists.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .use_current_thread()
-        .build_global();
+    // costs milliseconds on a busy machine. Only with two threads or more: worker 0 runs no
+    // work-stealing loop of its own, so a pool of it alone would never run a step called from
+    // another thread. Fails harmlessly if the pool already exists.
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads >= 2 {
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .use_current_thread()
+            .build_global();
+    }
     m.add_class::<PyEngine>()?;
     m.add_class::<PyReport>()?;
     m.add_function(wrap_pyfunction!(rank_increase, m)?)?;
