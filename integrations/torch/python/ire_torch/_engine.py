@@ -149,8 +149,9 @@ class EngineOptimizer(torch.optim.Optimizer):
 
     def _configure(self, **changes):
         """Changes IRE options (state kept); a no-op when nothing changes."""
-        new = dict(self._ire, **changes)
-        if new != self._ire:
+        ire = self._ire
+        if any(ire.get(k) != v for k, v in changes.items()):
+            new = dict(ire, **changes)
             self._engine.configure(new)
             self._ire = new
 

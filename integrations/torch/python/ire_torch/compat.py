@@ -137,12 +137,14 @@ class _Official(EngineOptimizer):
             self._fused_step(0.0)
         else:
             self._external_step(0.0, self.base_optimizer.step)
-        self.zero_grad()
-        self.base_optimizer.zero_grad()
+        self._zero_both()
 
     def _zero_both(self):
+        # As the official: both optimizers' gradients (the same tensors when the groups are
+        # shared, as the official constructor shares them: then once is enough).
         self.zero_grad()
-        self.base_optimizer.zero_grad()
+        if self.base_optimizer.param_groups is not self.param_groups:
+            self.base_optimizer.zero_grad()
 
 
 class SGDIRE(_Official):
