@@ -38,12 +38,7 @@ pub struct Span {
 impl Span {
     /// The byte range `[start, end)` the span covers.
     fn bytes(&self) -> (usize, usize) {
-        let size = match self.dtype {
-            DType::F32 => 4,
-            DType::F64 => 8,
-            DType::U8 => 1,
-        };
-        (self.ptr, self.ptr + self.len * size)
+        (self.ptr, self.ptr + self.len * self.dtype.size())
     }
 }
 
@@ -145,12 +140,9 @@ pub fn span_of(obj: &Bound<'_, PyAny>, role: Role, accept: Accept) -> Result<Spa
     }
     let len: usize = obj.call_method0(intern!(py, "numel"))?.extract()?;
     let ptr: usize = obj.call_method0(intern!(py, "data_ptr"))?.extract()?;
-    let align = match dtype {
-        DType::F32 => std::mem::align_of::<f32>(),
-        DType::F64 => std::mem::align_of::<f64>(),
-        DType::U8 => 1,
-    };
-    if len > 0 && (ptr == 0 || ptr % align != 0) {
+    // Every element type here is aligned to its size (f32: 4, f64: 8, u8: 1).
+    let align = dtype.size();
+    if len > 0 && (ptr == 0 || !ptr.is_multiple_of(align)) {
         return Err(TorchError::Misaligned { role, address: ptr });
     }
     Ok(Span {
@@ -186,21 +178,21 @@ pub fn check_disjoint(written: &[Span], read: &[Span]) -> Result<()> {
     let mut far_written: Option<(usize, usize)> = None;
     for &(start, end, w, i) in &all {
         if w {
-            if let Some((reach, ow, oi)) = far_any {
-                if reach > start {
-                    return Err(TorchError::Overlap {
-                        written: written[i].role,
-                        other: span(ow, oi).role,
-                    });
-                }
-            }
-        } else if let Some((reach, oi)) = far_written {
-            if reach > start {
+            if let Some((reach, ow, oi)) = far_any
+                && reach > start
+            {
                 return Err(TorchError::Overlap {
-                    written: written[oi].role,
-                    other: read[i].role,
+                    written: written[i].role,
+                    other: span(ow, oi).role,
                 });
             }
+        } else if let Some((reach, oi)) = far_written
+            && reach > start
+        {
+            return Err(TorchError::Overlap {
+                written: written[oi].role,
+                other: read[i].role,
+            });
         }
         if far_any.is_none_or(|(r, _, _)| end > r) {
             far_any = Some((end, w, i));

@@ -15,7 +15,8 @@
 
 use ire_backend_cpu::{CpuBackend, CpuBuffer};
 use ire_core::optim::{
-    EstimateInput, Estimator, External, IreReport, IreStep, Optimizer, TensorStep,
+    EstimateInput, Estimator, External, IreReport, IreStep, Optimizer, ParamGroup, ParamGroups,
+    TensorStep,
 };
 use ire_core::state::StateDict;
 use ire_core::{AdamW, Backend, DType, Ire, IreConfig, Sam, SamConfig, Sgd};
@@ -58,7 +59,12 @@ macro_rules! each {
 pub struct EngineSpec {
     /// Element count of each parameter tensor.
     pub sizes: Vec<usize>,
-    /// Whether each tensor takes part in IRE (ranked and boosted).
+    /// Number of torch parameter groups (empty ones included).
+    pub groups: usize,
+    /// The torch parameter group of each tensor (0-based, in the optimizer's group order).
+    pub group_of: Vec<usize>,
+    /// Whether each tensor takes part in IRE (ranked and boosted): its group's `ire` option
+    /// and its own `requires_grad`.
     pub takes_part: Vec<bool>,
     /// The base step.
     pub base: BaseSpec,
@@ -76,6 +82,10 @@ pub struct Engine<T: TorchScalar> {
     base: Base<T>,
     sizes: Vec<usize>,
     takes_part: Vec<bool>,
+    /// The torch group of each tensor (its learning rate and weight decay at each step).
+    group_of: Vec<usize>,
+    /// Number of torch groups.
+    torch_groups: usize,
     cadence: Cadence,
 }
 
@@ -104,23 +114,7 @@ fn role(kind: RoleKind, index: usize) -> Role {
 impl<T: TorchScalar> Engine<T> {
     /// A new engine; fails on a bad hyper-parameter or a spec whose lists disagree.
     pub fn new(spec: &EngineSpec) -> Result<Self> {
-        if spec.takes_part.len() != spec.sizes.len() {
-            return Err(TorchError::Count {
-                what: "participation flags (one per parameter)",
-                expected: spec.sizes.len(),
-                found: spec.takes_part.len(),
-            });
-        }
-        let groups = ire_core::optim::ParamGroups::new(
-            vec![
-                ire_core::optim::ParamGroup::default(),
-                ire_core::optim::ParamGroup {
-                    ire: false,
-                    ..Default::default()
-                },
-            ],
-            spec.takes_part.iter().map(|&p| usize::from(!p)).collect(),
-        )?;
+        let groups = ire_groups(spec)?;
         let cfg = spec.ire;
         let base = match (spec.base, spec.sam) {
             (BaseSpec::Sgd(c), None) => {
@@ -147,6 +141,8 @@ impl<T: TorchScalar> Engine<T> {
             base,
             sizes: spec.sizes.clone(),
             takes_part: spec.takes_part.clone(),
+            group_of: spec.group_of.clone(),
+            torch_groups: spec.groups,
             cadence: spec.cadence,
         })
     }
@@ -253,15 +249,15 @@ impl<T: TorchScalar> Engine<T> {
     /// Refuses the call if any present gradient holds a NaN or an infinity.
     fn check_finite(&self, grads: &[Option<CpuBuffer<T>>]) -> Result<()> {
         for (i, g) in grads.iter().enumerate() {
-            if let Some(g) = g {
-                if self.b.count_non_finite(g)? > 0 {
-                    return Err(TorchError::Core(ire_core::Error::NonFinite {
-                        what: format!(
-                            "{} (the step was refused; parameters and state are unchanged)",
-                            role(RoleKind::Gradient, i)
-                        ),
-                    }));
-                }
+            if let Some(g) = g
+                && self.b.count_non_finite(g)? > 0
+            {
+                return Err(TorchError::Core(ire_core::Error::NonFinite {
+                    what: format!(
+                        "{} (the step was refused; parameters and state are unchanged)",
+                        role(RoleKind::Gradient, i)
+                    ),
+                }));
             }
         }
         Ok(())
@@ -334,8 +330,8 @@ impl<T: TorchScalar> Engine<T> {
 
     /// One fused step (SGD, AdamW, or either inside SAM after [`Engine::sam_perturb`]):
     /// tensors whose gradient is `None` are skipped, as torch's optimizers skip them (SAM
-    /// needs every gradient). `hps` carries each tensor's learning rate and weight decay;
-    /// `kappa_lr` is the learning rate κ's schedule reads.
+    /// needs every gradient). `hps` carries each torch group's learning rate and weight decay
+    /// (a tensor steps with its group's); `kappa_lr` is the learning rate κ's schedule reads.
     ///
     /// # Safety
     /// The module's contract (see its documentation).
@@ -347,21 +343,19 @@ impl<T: TorchScalar> Engine<T> {
         kappa_lr: f64,
         check_finite: bool,
     ) -> Result<IreReport> {
-        if hps.len() != self.sizes.len() {
+        if hps.len() != self.torch_groups {
             return Err(TorchError::Count {
-                what: "per-tensor learning rates",
-                expected: self.sizes.len(),
+                what: "per-group learning rates",
+                expected: self.torch_groups,
                 found: hps.len(),
             });
         }
         hps.iter().try_for_each(check_hp)?;
         let sam = matches!(self.base, Base::SamSgd(_) | Base::SamAdamW(_));
-        if sam {
-            if let Some(i) = grads.iter().position(Option::is_none) {
-                return Err(TorchError::Missing {
-                    role: role(RoleKind::Gradient, i),
-                });
-            }
+        if sam && let Some(i) = grads.iter().position(Option::is_none) {
+            return Err(TorchError::Missing {
+                role: role(RoleKind::Gradient, i),
+            });
         }
         // SAFETY: forwarded.
         let (mut p, g) = unsafe { self.borrow(params, grads)? };
@@ -377,6 +371,10 @@ impl<T: TorchScalar> Engine<T> {
         };
         let b = &self.b;
         let sizes = &self.sizes;
+        let hps = Hps {
+            of_group: hps,
+            group_of: &self.group_of,
+        };
         let ctx = IreStep {
             lr: kappa_lr,
             estimate: est.as_deref().map(EstimateInput::Gradient),
@@ -656,19 +654,158 @@ fn fused_step<T: TorchScalar, O: Optimizer<B, T>>(
     sizes: &[usize],
     params: &mut [CpuBuffer<T>],
     grads: &[Option<CpuBuffer<T>>],
-    hps: &[TensorStep],
+    hps: Hps<'_>,
     ctx: IreStep<'_, B, T>,
 ) -> Result<IreReport> {
     ire.begin_step(b, sizes, ctx)?;
     for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-        if let Some(g) = g {
-            if let Err(e) = ire.step_tensor(b, i, p, g, hps[i]) {
-                // Sizes, dtypes and hyper-parameters were checked before the step began, so
-                // this is a backend failure; close the step so the optimizer stays usable.
-                let _ = ire.end_step();
-                return Err(e.into());
-            }
+        if let Some(g) = g
+            && let Err(e) = ire.step_tensor(b, i, p, g, hps.of_tensor(i))
+        {
+            // Sizes, dtypes and hyper-parameters were checked before the step began, so
+            // this is a backend failure; close the step so the optimizer stays usable.
+            let _ = ire.end_step();
+            return Err(e.into());
         }
     }
     Ok(ire.end_step()?)
+}
+
+/// Each torch group's learning rate and weight decay, and the group of each tensor.
+#[derive(Clone, Copy)]
+struct Hps<'a> {
+    of_group: &'a [TensorStep],
+    group_of: &'a [usize],
+}
+
+impl Hps<'_> {
+    /// Tensor `i`'s step (the lists were checked against each other when the engine was made
+    /// and when the step began).
+    fn of_tensor(&self, i: usize) -> TensorStep {
+        self.of_group[self.group_of[i]]
+    }
+}
+
+/// ire-core's parameter groups for the torch groups: one per torch group and participation
+/// (a tensor without `requires_grad` takes no part even in a group IRE boosts), so that each
+/// ire-core group is exactly a set of tensors IRE treats alike. Learning rates and weight
+/// decays stay the torch groups' own, read at every step (a scheduler changes them), so the
+/// ire-core groups keep scale 1 and the base's weight decay.
+fn ire_groups(spec: &EngineSpec) -> Result<ParamGroups> {
+    let n = spec.sizes.len();
+    for (what, found) in [
+        (
+            "participation flags (one per parameter)",
+            spec.takes_part.len(),
+        ),
+        ("group indices (one per parameter)", spec.group_of.len()),
+    ] {
+        if found != n {
+            return Err(TorchError::Count {
+                what,
+                expected: n,
+                found,
+            });
+        }
+    }
+    if let Some(&g) = spec.group_of.iter().find(|&&g| g >= spec.groups) {
+        return Err(TorchError::Count {
+            what: "parameter groups (a parameter names a group past the last)",
+            expected: spec.groups,
+            found: g + 1,
+        });
+    }
+    let mut kinds: Vec<(usize, bool)> = Vec::new();
+    let mut of_tensor = Vec::with_capacity(n);
+    for (&g, &part) in spec.group_of.iter().zip(&spec.takes_part) {
+        let k = match kinds.iter().position(|&k| k == (g, part)) {
+            Some(k) => k,
+            None => {
+                kinds.push((g, part));
+                kinds.len() - 1
+            }
+        };
+        of_tensor.push(k);
+    }
+    let groups = kinds
+        .iter()
+        .map(|&(_, ire)| ParamGroup {
+            ire,
+            ..ParamGroup::default()
+        })
+        .collect();
+    Ok(ParamGroups::new(groups, of_tensor)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(groups: usize, group_of: Vec<usize>, takes_part: Vec<bool>) -> EngineSpec {
+        EngineSpec {
+            sizes: vec![3; takes_part.len()],
+            groups,
+            group_of,
+            takes_part,
+            base: BaseSpec::External,
+            sam: None,
+            ire: IreConfig::default(),
+            cadence: Cadence::Scheduled,
+        }
+    }
+
+    #[test]
+    fn one_ire_group_per_torch_group_and_participation() {
+        // Torch groups 0 (IRE on; its second tensor frozen), 1 (IRE off), 2 (empty), 3 (on).
+        let s = spec(4, vec![0, 0, 1, 0, 3], vec![true, false, false, true, true]);
+        let g = ire_groups(&s).unwrap();
+        assert_eq!(g.groups().len(), 4);
+        assert_eq!(g.tensors(), 5);
+        let part: Vec<bool> = (0..5).map(|i| g.takes_part(i)).collect();
+        assert_eq!(part, s.takes_part);
+        // Tensors 0 and 3 share (group 0, on); every ire-core group keeps scale 1 and the
+        // base's weight decay (the torch groups' own values arrive with each step).
+        assert_eq!(g.group_of(0), g.group_of(3));
+        assert!(
+            g.groups()
+                .iter()
+                .all(|p| p.lr_scale == 1.0 && p.weight_decay.is_none())
+        );
+        let hp = [
+            TensorStep::lr(0.1),
+            TensorStep::lr(0.2),
+            TensorStep::lr(0.3),
+            {
+                TensorStep {
+                    lr: 0.4,
+                    weight_decay: Some(0.5),
+                }
+            },
+        ];
+        let hps = Hps {
+            of_group: &hp,
+            group_of: &s.group_of,
+        };
+        assert_eq!(hps.of_tensor(2), TensorStep::lr(0.2));
+        assert_eq!(hps.of_tensor(4), hp[3]);
+        assert!(Engine::<f32>::new(&s).is_ok());
+    }
+
+    #[test]
+    fn group_lists_that_disagree_are_refused_by_name() {
+        let short = spec(1, vec![0], vec![true, true]);
+        assert!(matches!(
+            ire_groups(&short),
+            Err(TorchError::Count { what, expected: 2, found: 1 }) if what.starts_with("group")
+        ));
+        let past = spec(2, vec![0, 2], vec![true, true]);
+        assert!(matches!(
+            Engine::<f64>::new(&past),
+            Err(TorchError::Count {
+                expected: 2,
+                found: 3,
+                ..
+            })
+        ));
+    }
 }

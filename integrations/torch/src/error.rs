@@ -273,5 +273,6 @@ pub fn torch_name(d: DType) -> &'static str {
         DType::F32 => "torch.float32",
         DType::F64 => "torch.float64",
         DType::U8 => "torch.uint8",
+        DType::U32 => "torch.uint32",
     }
 }

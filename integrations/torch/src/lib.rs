@@ -115,16 +115,19 @@ fn optional_spans(list: &Bound<'_, PyAny>, kind: RoleKind) -> Result<Vec<Option<
 
 #[pymethods]
 impl PyEngine {
-    /// A new engine. `base` is `"sgd"`, `"adamw"` or `"external"` (torch takes the base step),
+    /// A new engine over tensors of `sizes`, tensor `i` in parameter group `group_of[i]` of
+    /// `groups`, taking part in IRE where `takes_part[i]`. `base` is `"sgd"`, `"adamw"` or `"external"` (torch takes the base step),
     /// with `base_options`; `ire` holds IRE's options; `sam` (a dict with `rho`, `adaptive`)
     /// puts SAM around the base; `cadence` is `"scheduled"` (refresh every `refresh_every`
     /// steps) or `"on_call"` (only when `refresh` is called).
     #[new]
-    #[pyo3(signature = (*, dtype, sizes, takes_part, base, base_options, ire, sam=None, cadence="scheduled"))]
+    #[pyo3(signature = (*, dtype, sizes, groups, group_of, takes_part, base, base_options, ire, sam=None, cadence="scheduled"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         dtype: &str,
         sizes: Vec<usize>,
+        groups: usize,
+        group_of: Vec<usize>,
         takes_part: Vec<bool>,
         base: &str,
         base_options: &Bound<'_, PyDict>,
@@ -134,6 +137,8 @@ impl PyEngine {
     ) -> PyResult<Self> {
         let spec = EngineSpec {
             sizes,
+            groups,
+            group_of,
             takes_part,
             base: config::base_spec(BaseKind::parse(base)?, base_options)?,
             sam: sam.map(config::sam_config).transpose()?,
@@ -187,8 +192,8 @@ impl PyEngine {
     }
 
     /// One fused step: `grads` may hold `None` (that tensor is skipped); `lrs` and
-    /// `weight_decays` are per tensor (`None`: the base's own weight decay); `kappa_lr` is the
-    /// learning rate κ's schedule reads.
+    /// `weight_decays` are per parameter group (`None`: the base's own weight decay);
+    /// `kappa_lr` is the learning rate κ's schedule reads.
     #[pyo3(signature = (params, grads, lrs, weight_decays, kappa_lr, check_finite=true))]
     fn step(
         &mut self,
@@ -203,7 +208,7 @@ impl PyEngine {
         let g = optional_spans(grads, RoleKind::Gradient)?;
         if weight_decays.len() != lrs.len() {
             return Err(TorchError::Count {
-                what: "per-tensor weight decays",
+                what: "per-group weight decays",
                 expected: lrs.len(),
                 found: weight_decays.len(),
             }

@@ -21,6 +21,7 @@ fn tensor<'py, E: Copy>(py: Python<'py>, v: &[E], dtype: DType) -> Result<Bound<
         DType::F32 => "float32",
         DType::F64 => "float64",
         DType::U8 => "uint8",
+        DType::U32 => "uint32",
     };
     let kwargs = PyDict::new(py);
     kwargs.set_item("dtype", torch.getattr(name)?)?;
@@ -170,6 +171,12 @@ fn value_from_python(name: &str, v: &Bound<'_, PyAny>) -> Result<StateValue> {
             DType::F32 => StateValue::F32(elements(&span)),
             DType::F64 => StateValue::F64(elements(&span)),
             DType::U8 => StateValue::U8(elements(&span)),
+            // `span_of` accepted only the dtypes above.
+            DType::U32 => {
+                return Err(state_err(format!(
+                    "entry `{name}` has dtype uint32; expected float32, float64 or uint8"
+                )));
+            }
         }
     })
 }

@@ -130,6 +130,8 @@ class EngineOptimizer(torch.optim.Optimizer):
         self._engine = _native.Engine(
             dtype=dtype,
             sizes=[p.numel() for p in params],
+            groups=len(self.param_groups),
+            group_of=[j for j, g in enumerate(self.param_groups) for _ in g["params"]],
             takes_part=self._takes_part,
             base=base_kind,
             base_options=base_options,
@@ -175,7 +177,7 @@ class EngineOptimizer(torch.optim.Optimizer):
         return self._params
 
     def _gather(self):
-        """Parameters, gradients, and each tensor's lr and weight decay (fused steps)."""
+        """Parameters, gradients, and each group's lr and weight decay (fused steps)."""
         params = self._current_params()
         names = self._fixed_names
         if names and [tuple(g.get(k) for k in names) for g in self.param_groups] != self._fixed:
@@ -184,17 +186,8 @@ class EngineOptimizer(torch.optim.Optimizer):
                 "fixed by the fused step when the optimizer is created, and changed since"
             )
         groups = self.param_groups
-        if len(groups) == 1:
-            g = groups[0]
-            n = len(params)
-            lrs = [_scalar(g["lr"])] * n
-            wds = [_scalar(g.get("weight_decay", 0.0))] * n
-        else:
-            lrs, wds = [], []
-            for g in groups:
-                n = len(g["params"])
-                lrs += [_scalar(g["lr"])] * n
-                wds += [_scalar(g.get("weight_decay", 0.0))] * n
+        lrs = [_scalar(g["lr"]) for g in groups]
+        wds = [_scalar(g.get("weight_decay", 0.0)) for g in groups]
         return params, [p.grad for p in params], lrs, wds
 
     def _fused_step(self, kappa_lr):
