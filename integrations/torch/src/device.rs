@@ -1,19 +1,21 @@
-//! Device dispatch: from a `torch.Tensor` to a buffer of the backend that can reach its memory,
-//! with no copy.
+//! From a `torch.Tensor` to the place, address, length and dtype of its memory, with the
+//! checks that make using that memory in place sound.
 //!
 //! A tensor is read once per call ([`span_of`]): it must be a dense, contiguous tensor of a
-//! supported dtype on a device this build reaches, with an aligned data pointer. Today that
-//! device is the CPU: [`cpu_mut`] and [`cpu`] wrap the tensor's own memory in a
-//! [`CpuBuffer`] for the length of one call. A tensor on any other device is refused with an
-//! error naming the device; a device backend plugs in here, as one more arm of [`span_of`]'s
-//! device test and one more pair of constructors.
+//! supported dtype on a device this build reaches (the CPU; CUDA with the feature `cuda`),
+//! with an aligned data pointer. [`crate::backends`] turns a span into a buffer of the backend
+//! of its place, for the length of one call. A tensor on any other device is refused with an
+//! error naming the device.
 //!
 //! Memory safety rests on three facts, checked or held for each call: every span comes from a
 //! live tensor object the caller passed in and holds for the whole call; the call runs while
 //! holding the Python interpreter (no Python code can resize or free a tensor meanwhile); and
 //! no parameter written by the call overlaps any other tensor of the call ([`check_disjoint`]).
+//! On CUDA the work is queued on torch's current stream, so it runs after the work torch
+//! queued there and before any torch queues there later, as torch's own kernels do.
 
-use ire_backend_cpu::CpuBuffer;
+use std::fmt;
+
 use ire_core::{DType, Scalar};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -22,10 +24,48 @@ use pyo3::{Py, PyAny, intern};
 
 use crate::error::{Result, Role, TorchError};
 
-/// A tensor's memory on the CPU, as read from the tensor object by [`span_of`].
+/// Where a tensor's memory is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// Host memory.
+    Cpu,
+    /// The memory of CUDA device `n` (torch's `cuda:n`).
+    Cuda(usize),
+}
+
+impl fmt::Display for Place {
+    /// As torch prints a device (`cpu`, `cuda:0`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Cpu => f.write_str("cpu"),
+            Place::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl Place {
+    /// Parses torch's name of a device this build reaches (`cpu`, and `cuda:N` with the
+    /// feature `cuda`).
+    pub fn parse(name: &str) -> Option<Place> {
+        match name {
+            "cpu" => Some(Place::Cpu),
+            #[cfg(feature = "cuda")]
+            _ => name
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Place::Cuda),
+            #[cfg(not(feature = "cuda"))]
+            _ => None,
+        }
+    }
+}
+
+/// A tensor's memory, as read from the tensor object by [`span_of`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span {
-    /// Address of the first element.
+    /// Where the memory is.
+    pub place: Place,
+    /// Address of the first element (a device address on a device).
     pub ptr: usize,
     /// Number of elements.
     pub len: usize,
@@ -88,12 +128,23 @@ pub fn span_of(obj: &Bound<'_, PyAny>, role: Role, accept: Accept) -> Result<Spa
     }
     let device = obj.getattr(intern!(py, "device"))?;
     let kind: String = device.getattr(intern!(py, "type"))?.extract()?;
-    if kind != "cpu" {
-        return Err(TorchError::Device {
-            role,
-            device: device.str()?.to_string(),
-        });
-    }
+    let place = match kind.as_str() {
+        "cpu" => Place::Cpu,
+        // A CUDA tensor's device always has its index.
+        #[cfg(feature = "cuda")]
+        "cuda" => Place::Cuda(
+            device
+                .getattr(intern!(py, "index"))?
+                .extract::<Option<usize>>()?
+                .unwrap_or(0),
+        ),
+        _ => {
+            return Err(TorchError::Device {
+                role,
+                device: device.str()?.to_string(),
+            });
+        }
+    };
     let layout = obj.getattr(intern!(py, "layout"))?;
     if !layout.is(t.strided.bind(py)) {
         return Err(TorchError::Layout {
@@ -146,6 +197,7 @@ pub fn span_of(obj: &Bound<'_, PyAny>, role: Role, accept: Accept) -> Result<Spa
         return Err(TorchError::Misaligned { role, address: ptr });
     }
     Ok(Span {
+        place,
         ptr,
         len,
         dtype,
@@ -212,45 +264,18 @@ impl TorchScalar for f32 {}
 
 impl TorchScalar for f64 {}
 
-fn check_dtype(s: &Span, dtype: DType) -> Result<()> {
-    if s.dtype != dtype {
-        return Err(TorchError::MixedDType {
-            role: s.role,
-            found: s.dtype,
-            expected: dtype,
+/// Copies `src` into the memory of `out` (a CPU tensor [`span_of`] checked, of the same length).
+///
+/// # Safety
+/// As [`crate::backends::TensorBackend::wrap_mut`] for `out`.
+pub unsafe fn write_into<E: Copy>(out: &Span, src: &[E]) -> Result<()> {
+    if out.place != Place::Cpu {
+        return Err(TorchError::OtherDevice {
+            role: out.role,
+            found: out.place,
+            expected: Place::Cpu,
         });
     }
-    Ok(())
-}
-
-/// A CPU buffer over a tensor's memory, written in place.
-///
-/// # Safety
-/// `s` comes from [`span_of`] on a tensor that stays alive, unresized and otherwise untouched
-/// while the buffer exists, and [`check_disjoint`] has cleared it against every other tensor
-/// the buffer is used with.
-pub unsafe fn cpu_mut<T: TorchScalar>(s: &Span) -> Result<CpuBuffer<T>> {
-    check_dtype(s, T::DTYPE)?;
-    // SAFETY: the caller's contract; `span_of` checked alignment, non-null data when len > 0
-    // and that the `len` elements are one contiguous block of the tensor's storage.
-    Ok(unsafe { CpuBuffer::from_raw_parts_mut(s.ptr as *mut T, s.len) })
-}
-
-/// A CPU buffer over a tensor's memory, only read.
-///
-/// # Safety
-/// As [`cpu_mut`]; the buffer is passed only where the backend takes `&CpuBuffer`.
-pub unsafe fn cpu<T: TorchScalar>(s: &Span) -> Result<CpuBuffer<T>> {
-    check_dtype(s, T::DTYPE)?;
-    // SAFETY: as in `cpu_mut`; the caller never writes through this buffer.
-    Ok(unsafe { CpuBuffer::from_raw_parts(s.ptr as *const T, s.len) })
-}
-
-/// Copies `src` into the memory of `out` (a tensor [`span_of`] checked, of the same length).
-///
-/// # Safety
-/// As [`cpu_mut`] for `out`.
-pub unsafe fn write_into<E: Copy>(out: &Span, src: &[E]) -> Result<()> {
     if out.len != src.len() {
         return Err(TorchError::Core(ire_core::Error::SizeMismatch {
             what: format!("{}", out.role),
@@ -273,6 +298,7 @@ mod tests {
 
     fn span(ptr: usize, len: usize, kind: RoleKind, index: usize) -> Span {
         Span {
+            place: Place::Cpu,
             ptr,
             len,
             dtype: DType::F32,

@@ -1,10 +1,11 @@
 //! The optimizer behind every Python class: ire-core's [`Ire`] over a base (fused SGD, fused
-//! AdamW, or a base step torch takes), optionally inside SAM, stepping tensors' own memory.
+//! AdamW, or a base step torch takes), optionally inside SAM, stepping tensors' own memory on
+//! the backend of their device ([`TensorBackend`]: the CPU, or CUDA).
 //!
 //! The engine owns the optimizer state (moments, estimate, mask, SAM's copy of `θ`, the
-//! external base's `θ_old`), allocated at the first step and reused; the parameters, gradients
-//! and estimator gradients are borrowed from torch's tensors for one call at a time
-//! ([`crate::device`]). Every check (counts, sizes, dtypes, overlaps, finiteness when asked)
+//! external base's `θ_old`) in its backend's memory, allocated at the first step and reused;
+//! the parameters, gradients and estimator gradients are borrowed from torch's tensors for one
+//! call at a time ([`crate::device`], [`crate::backends`]). Every check (counts, sizes, dtypes, overlaps, finiteness when asked)
 //! runs before anything is written, so a refused call leaves parameters and state as they were.
 //!
 //! # Safety of the `unsafe` methods
@@ -13,25 +14,26 @@
 //! resize or write those tensors until it returns. The methods themselves check the spans
 //! against each other ([`device::check_disjoint`]) before any buffer is made.
 
-use ire_backend_cpu::{CpuBackend, CpuBuffer};
 use ire_core::optim::{
     EstimateInput, Estimator, External, IreReport, IreStep, Optimizer, ParamGroup, ParamGroups,
     TensorStep,
 };
 use ire_core::state::StateDict;
-use ire_core::{AdamW, Backend, DType, Ire, IreConfig, Sam, SamConfig, Sgd};
+use ire_core::{AdamW, DType, Element, Ire, IreConfig, Sam, SamConfig, Sgd};
 
+use crate::backends::TensorBackend;
 use crate::config::{BaseSpec, Cadence};
 use crate::device::{self, Span, TorchScalar};
 use crate::error::{Result, Role, RoleKind, TorchError};
 
-type B = CpuBackend;
-
 /// Parameter buffers (written) and gradient buffers (read; `None` where torch has no `.grad`).
-type Borrowed<T> = (Vec<CpuBuffer<T>>, Vec<Option<CpuBuffer<T>>>);
+type Borrowed<B, T> = (
+    Vec<<B as ire_core::Backend>::Buffer<T>>,
+    Vec<Option<<B as ire_core::Backend>::Buffer<T>>>,
+);
 
 /// The optimizer, by base.
-enum Base<T: TorchScalar> {
+enum Base<B: TensorBackend, T: TorchScalar> {
     Sgd(Ire<B, T, Sgd<B, T>>),
     AdamW(Ire<B, T, AdamW<B, T>>),
     External(Ire<B, T, External>),
@@ -76,10 +78,10 @@ pub struct EngineSpec {
     pub cadence: Cadence,
 }
 
-/// The optimizer of one dtype over a fixed list of tensors.
-pub struct Engine<T: TorchScalar> {
+/// The optimizer of one dtype over a fixed list of tensors on the device of backend `B`.
+pub struct Engine<B: TensorBackend, T: TorchScalar> {
     b: B,
-    base: Base<T>,
+    base: Base<B, T>,
     sizes: Vec<usize>,
     takes_part: Vec<bool>,
     /// The torch group of each tensor (its learning rate and weight decay at each step).
@@ -111,9 +113,10 @@ fn role(kind: RoleKind, index: usize) -> Role {
     Role { kind, index }
 }
 
-impl<T: TorchScalar> Engine<T> {
-    /// A new engine; fails on a bad hyper-parameter or a spec whose lists disagree.
-    pub fn new(spec: &EngineSpec) -> Result<Self> {
+impl<B: TensorBackend, T: TorchScalar> Engine<B, T> {
+    /// A new engine on backend `b`; fails on a bad hyper-parameter or a spec whose lists
+    /// disagree.
+    pub fn new(b: B, spec: &EngineSpec) -> Result<Self> {
         let groups = ire_groups(spec)?;
         let cfg = spec.ire;
         let base = match (spec.base, spec.sam) {
@@ -137,7 +140,7 @@ impl<T: TorchScalar> Engine<T> {
             }
         };
         Ok(Engine {
-            b: CpuBackend::new(),
+            b,
             base,
             sizes: spec.sizes.clone(),
             takes_part: spec.takes_part.clone(),
@@ -157,6 +160,28 @@ impl<T: TorchScalar> Engine<T> {
             Base::SamAdamW(_) => "SAM + fused AdamW",
             Base::SamExternal(_) => "SAM + external-base",
         }
+    }
+
+    /// Replaces the backend (its device unchanged; on CUDA, to follow torch to another
+    /// stream): the old one's queued work completes first, and the state carries over.
+    pub fn replace_backend(&mut self, b: B) -> Result<()> {
+        if b.place() != self.b.place() {
+            return Err(TorchError::Core(ire_core::Error::InvalidInput {
+                what: format!(
+                    "a backend on {} for an engine on {}",
+                    b.place(),
+                    self.b.place()
+                ),
+            }));
+        }
+        self.b.synchronize()?;
+        self.b = b;
+        Ok(())
+    }
+
+    /// The device of the engine's tensors.
+    pub fn place(&self) -> device::Place {
+        self.b.place()
     }
 
     /// Element count of each tensor.
@@ -210,7 +235,15 @@ impl<T: TorchScalar> Engine<T> {
                 found: count,
             });
         }
+        let place = self.b.place();
         for (i, s) in spans {
+            if s.place != place {
+                return Err(TorchError::OtherDevice {
+                    role: s.role,
+                    found: s.place,
+                    expected: place,
+                });
+            }
             if s.dtype != T::DTYPE {
                 return Err(TorchError::MixedDType {
                     role: s.role,
@@ -247,7 +280,7 @@ impl<T: TorchScalar> Engine<T> {
     }
 
     /// Refuses the call if any present gradient holds a NaN or an infinity.
-    fn check_finite(&self, grads: &[Option<CpuBuffer<T>>]) -> Result<()> {
+    fn check_finite(&self, grads: &[Option<B::Buffer<T>>]) -> Result<()> {
         for (i, g) in grads.iter().enumerate() {
             if let Some(g) = g
                 && self.b.count_non_finite(g)? > 0
@@ -267,7 +300,7 @@ impl<T: TorchScalar> Engine<T> {
     ///
     /// # Safety
     /// The module's contract (see its documentation).
-    unsafe fn borrow(&self, params: &[Span], grads: &[Option<Span>]) -> Result<Borrowed<T>> {
+    unsafe fn borrow(&self, params: &[Span], grads: &[Option<Span>]) -> Result<Borrowed<B, T>> {
         self.check_params(params)?;
         self.check_grads(grads)?;
         let read: Vec<Span> = grads.iter().flatten().copied().collect();
@@ -275,14 +308,14 @@ impl<T: TorchScalar> Engine<T> {
         // SAFETY: the caller's contract, and the parameters overlap nothing else.
         let p = params
             .iter()
-            .map(|s| unsafe { device::cpu_mut::<T>(s) })
+            .map(|s| unsafe { self.b.wrap_mut::<T>(s) })
             .collect::<Result<Vec<_>>>()?;
         // SAFETY: as above; gradients are only read.
         let g = grads
             .iter()
             .map(|s| {
                 s.as_ref()
-                    .map(|s| unsafe { device::cpu::<T>(s) })
+                    .map(|s| unsafe { self.b.wrap::<T>(s) })
                     .transpose()
             })
             .collect::<Result<Vec<_>>>()?;
@@ -307,7 +340,7 @@ impl<T: TorchScalar> Engine<T> {
         &self,
         params: &[Span],
         grads: &[Option<Span>],
-    ) -> Result<Vec<CpuBuffer<T>>> {
+    ) -> Result<Vec<B::Buffer<T>>> {
         grads
             .iter()
             .zip(params)
@@ -323,7 +356,7 @@ impl<T: TorchScalar> Engine<T> {
                     }
                 };
                 // SAFETY: the caller's contract; only read.
-                unsafe { device::cpu::<T>(span) }
+                unsafe { self.b.wrap::<T>(span) }
             })
             .collect()
     }
@@ -426,7 +459,7 @@ impl<T: TorchScalar> Engine<T> {
             };
             // SAFETY: the caller's contract; nothing is written during a refresh except the
             // engine's own state.
-            bufs.push(unsafe { device::cpu::<T>(span)? });
+            bufs.push(unsafe { self.b.wrap::<T>(span)? });
         }
         let input = EstimateInput::Gradient(&bufs);
         let (b, sizes) = (&self.b, &self.sizes);
@@ -517,7 +550,7 @@ impl<T: TorchScalar> Engine<T> {
         if check_finite {
             self.check_finite(&g)?;
         }
-        let g: Vec<CpuBuffer<T>> = g.into_iter().flatten().collect();
+        let g: Vec<B::Buffer<T>> = g.into_iter().flatten().collect();
         self.settle_cadence();
         let b = &self.b;
         match &mut self.base {
@@ -555,16 +588,17 @@ impl<T: TorchScalar> Engine<T> {
     }
 
     /// Copies tensor `i`'s mask (1 = flat) into `out` (a `torch.uint8` tensor of the tensor's
-    /// size); zeros before the first step and for a tensor that takes no part.
+    /// size on the engine's device); zeros before the first step and for a tensor that takes
+    /// no part.
     ///
     /// # Safety
     /// The module's contract for `out`, which nothing else of the call reads or writes.
     pub unsafe fn mask_into(&self, i: usize, out: &Span) -> Result<()> {
         self.check_index(i, out)?;
         check_out_dtype(out, DType::U8)?;
-        let mask = each!(&self.base, ire => ire.mask().get(i).filter(|m| !m.is_empty()));
+        let mask = each!(&self.base, ire => ire.mask().get(i).filter(|m| self.b.len(m) > 0));
         // SAFETY: the caller's contract.
-        unsafe { copy_or_zero(mask.map(CpuBuffer::as_slice), out) }
+        unsafe { self.copy_or_zero(mask, out) }
     }
 
     /// Copies tensor `i`'s estimate `h` into `out` (as [`Engine::mask_into`], of the dtype).
@@ -574,14 +608,32 @@ impl<T: TorchScalar> Engine<T> {
     pub unsafe fn estimate_into(&self, i: usize, out: &Span) -> Result<()> {
         self.check_index(i, out)?;
         check_out_dtype(out, T::DTYPE)?;
-        let h = each!(&self.base, ire => ire.estimate().get(i).filter(|h| !h.is_empty()));
+        let h = each!(&self.base, ire => ire.estimate().get(i).filter(|h| self.b.len(h) > 0));
         // SAFETY: the caller's contract.
-        unsafe { copy_or_zero(h.map(CpuBuffer::as_slice), out) }
+        unsafe { self.copy_or_zero(h, out) }
+    }
+
+    /// Copies `src` into `out`, or zeros it when there is no `src`, on the backend.
+    ///
+    /// # Safety
+    /// The module's contract for `out`, of `src`'s length and element type.
+    unsafe fn copy_or_zero<E: Element>(
+        &self,
+        src: Option<&B::Buffer<E>>,
+        out: &Span,
+    ) -> Result<()> {
+        // SAFETY: the caller's contract.
+        let mut dst = unsafe { self.b.wrap_mut::<E>(out)? };
+        match src {
+            Some(s) => self.b.copy(s, &mut dst)?,
+            None => self.b.fill(&mut dst, E::default())?,
+        }
+        Ok(())
     }
 
     /// Number of flat coordinates of tensor `i` (0 for a tensor that takes no part).
     pub fn flat_count(&self, i: usize) -> Result<usize> {
-        let mask = each!(&self.base, ire => ire.mask().get(i).filter(|m| !m.is_empty()));
+        let mask = each!(&self.base, ire => ire.mask().get(i).filter(|m| self.b.len(m) > 0));
         Ok(match mask {
             Some(m) => self.b.count_nonzero(m)?,
             None => 0,
@@ -628,32 +680,13 @@ fn check_out_dtype(out: &Span, dtype: DType) -> Result<()> {
     Ok(())
 }
 
-/// Copies `src` into `out`, or zeros it when there is no `src`.
-///
-/// # Safety
-/// `out` is valid for writes of `out.len` elements of `E` and overlaps nothing in use.
-unsafe fn copy_or_zero<E: Copy + Default>(src: Option<&[E]>, out: &Span) -> Result<()> {
-    match src {
-        // SAFETY: the caller's contract.
-        Some(s) => unsafe { device::write_into(out, s) },
-        None => {
-            if out.len > 0 {
-                // SAFETY: the caller's contract; zero bits are a valid value of every `E`
-                // used here (u8, f32, f64).
-                unsafe { std::ptr::write_bytes(out.ptr as *mut E, 0, out.len) };
-            }
-            Ok(())
-        }
-    }
-}
-
 /// The fused step of one base: begin, each tensor with a gradient, end.
-fn fused_step<T: TorchScalar, O: Optimizer<B, T>>(
+fn fused_step<B: TensorBackend, T: TorchScalar, O: Optimizer<B, T>>(
     ire: &mut Ire<B, T, O>,
     b: &B,
     sizes: &[usize],
-    params: &mut [CpuBuffer<T>],
-    grads: &[Option<CpuBuffer<T>>],
+    params: &mut [B::Buffer<T>],
+    grads: &[Option<B::Buffer<T>>],
     hps: Hps<'_>,
     ctx: IreStep<'_, B, T>,
 ) -> Result<IreReport> {
@@ -740,6 +773,7 @@ fn ire_groups(spec: &EngineSpec) -> Result<ParamGroups> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ire_backend_cpu::CpuBackend;
 
     fn spec(groups: usize, group_of: Vec<usize>, takes_part: Vec<bool>) -> EngineSpec {
         EngineSpec {
@@ -788,7 +822,7 @@ mod tests {
         };
         assert_eq!(hps.of_tensor(2), TensorStep::lr(0.2));
         assert_eq!(hps.of_tensor(4), hp[3]);
-        assert!(Engine::<f32>::new(&s).is_ok());
+        assert!(Engine::<CpuBackend, f32>::new(CpuBackend::new(), &s).is_ok());
     }
 
     #[test]
@@ -800,7 +834,7 @@ mod tests {
         ));
         let past = spec(2, vec![0, 2], vec![true, true]);
         assert!(matches!(
-            Engine::<f64>::new(&past),
+            Engine::<CpuBackend, f64>::new(CpuBackend::new(), &past),
             Err(TorchError::Count {
                 expected: 2,
                 found: 3,

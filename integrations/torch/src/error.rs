@@ -9,6 +9,8 @@ use std::fmt;
 
 use ire_core::DType;
 use pyo3::PyErr;
+
+use crate::device::Place;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 
 /// Which tensor of a call an error is about.
@@ -48,6 +50,12 @@ impl fmt::Display for Role {
     }
 }
 
+/// The devices this build reaches, for messages.
+#[cfg(feature = "cuda")]
+const REACHED: &str = "CPU and CUDA";
+#[cfg(not(feature = "cuda"))]
+const REACHED: &str = "CPU";
+
 /// Everything that can go wrong in the extension.
 #[derive(Debug)]
 pub enum TorchError {
@@ -66,6 +74,15 @@ pub enum TorchError {
         role: Role,
         /// The tensor's device, as torch prints it.
         device: String,
+    },
+    /// A tensor on a device other than the optimizer's (or than the call's first tensor).
+    OtherDevice {
+        /// Which tensor.
+        role: Role,
+        /// Its device.
+        found: Place,
+        /// The optimizer's.
+        expected: Place,
     },
     /// A tensor of a dtype the optimizers do not take.
     DType {
@@ -163,8 +180,17 @@ impl fmt::Display for TorchError {
             }
             TorchError::Device { role, device } => write!(
                 f,
-                "{role} is on device `{device}`: this build of ire_torch works on CPU tensors \
-                 only (move the model to the CPU, or use a build with the device's support)"
+                "{role} is on device `{device}`: this build of ire_torch works on {REACHED} \
+                 tensors only (move the model, or use a build with the device's support)"
+            ),
+            TorchError::OtherDevice {
+                role,
+                found,
+                expected,
+            } => write!(
+                f,
+                "{role} is on device `{found}`, but the optimizer's parameters are on \
+                 `{expected}` (every tensor of a step must be on the parameters' device)"
             ),
             TorchError::DType {
                 role,

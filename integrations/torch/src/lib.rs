@@ -5,8 +5,10 @@
 //! `torch.optim.Optimizer` classes on [`Engine`](PyEngine): the modern `ire_torch.IRE` and the
 //! drop-in replacements of the official classes in `ire_torch.compat`.
 //!
-//! - [`device`]: from a tensor to a buffer over its memory (the CPU today), with the checks
-//!   that make that sound;
+//! - [`device`]: from a tensor to the place, address and dtype of its memory, with the checks
+//!   that make using it in place sound;
+//! - [`backends`]: the backends an engine runs on (the CPU; CUDA with the feature `cuda`, on
+//!   torch's current stream) and how each wraps a tensor's memory;
 //! - [`engine`]: the optimizer (fused SGD / AdamW, or around torch's own base step, optionally
 //!   inside SAM) over borrowed tensors;
 //! - [`config`], [`state`]: options and saved state between Python and ire-core's types;
@@ -17,6 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 pub mod alloc_count;
+pub mod backends;
 pub mod config;
 pub mod device;
 pub mod engine;
@@ -24,14 +27,23 @@ pub mod error;
 pub mod state;
 
 use config::{BaseKind, Cadence, Choice, FloatDType};
-use device::{Accept, Span};
+use device::{Accept, Place, Span};
 use engine::{Engine, EngineSpec};
 use error::{Result, Role, RoleKind, TorchError};
 
-/// An engine of either dtype.
+use ire_backend_cpu::CpuBackend;
+#[cfg(feature = "cuda")]
+use ire_backend_cuda::CudaBackend;
+
+/// An engine of either dtype on either device (a CUDA engine with the handle of the torch
+/// stream its backend runs on).
 enum AnyEngine {
-    F32(Engine<f32>),
-    F64(Engine<f64>),
+    F32(Engine<CpuBackend, f32>),
+    F64(Engine<CpuBackend, f64>),
+    #[cfg(feature = "cuda")]
+    CudaF32(Engine<CudaBackend, f32>, usize),
+    #[cfg(feature = "cuda")]
+    CudaF64(Engine<CudaBackend, f64>, usize),
 }
 
 macro_rules! with_engine {
@@ -39,8 +51,31 @@ macro_rules! with_engine {
         match $any {
             AnyEngine::F32($e) => $body,
             AnyEngine::F64($e) => $body,
+            #[cfg(feature = "cuda")]
+            AnyEngine::CudaF32($e, _) => $body,
+            #[cfg(feature = "cuda")]
+            AnyEngine::CudaF64($e, _) => $body,
         }
     };
+}
+
+/// Moves a CUDA engine's backend to torch's current stream if that changed since its last
+/// call (after the old stream's queued work completes), so its work stays ordered with torch's.
+#[cfg(feature = "cuda")]
+fn follow_stream<T: device::TorchScalar>(
+    py: Python<'_>,
+    e: &mut Engine<CudaBackend, T>,
+    stream: &mut usize,
+) -> Result<()> {
+    let Place::Cuda(ordinal) = e.place() else {
+        return Ok(());
+    };
+    let now = backends::cuda::current_stream(py, ordinal)?;
+    if now != *stream {
+        e.replace_backend(backends::cuda::backend_on(ordinal, now)?)?;
+        *stream = now;
+    }
+    Ok(())
 }
 
 /// What one step did (the step number, whether it refreshed the mask, the threshold, κ_t).
@@ -121,9 +156,10 @@ impl PyEngine {
     /// puts SAM around the base; `cadence` is `"scheduled"` (refresh every `refresh_every`
     /// steps) or `"on_call"` (only when `refresh` is called).
     #[new]
-    #[pyo3(signature = (*, dtype, sizes, groups, group_of, takes_part, base, base_options, ire, sam=None, cadence="scheduled"))]
+    #[pyo3(signature = (*, dtype, sizes, groups, group_of, takes_part, base, base_options, ire, sam=None, cadence="scheduled", device="cpu"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         dtype: &str,
         sizes: Vec<usize>,
         groups: usize,
@@ -134,6 +170,7 @@ impl PyEngine {
         ire: &Bound<'_, PyDict>,
         sam: Option<&Bound<'_, PyDict>>,
         cadence: &str,
+        device: &str,
     ) -> PyResult<Self> {
         let spec = EngineSpec {
             sizes,
@@ -145,11 +182,55 @@ impl PyEngine {
             ire: config::ire_config(ire)?,
             cadence: Cadence::parse(cadence)?,
         };
-        let inner = match FloatDType::parse(dtype)?.0 {
-            ire_core::DType::F64 => AnyEngine::F64(Engine::new(&spec)?),
-            _ => AnyEngine::F32(Engine::new(&spec)?),
+        let dtype = FloatDType::parse(dtype)?.0;
+        let place = Place::parse(device).ok_or_else(|| TorchError::Device {
+            role: Role {
+                kind: RoleKind::Parameter,
+                index: 0,
+            },
+            device: device.to_string(),
+        })?;
+        let inner = match (place, dtype) {
+            (Place::Cpu, ire_core::DType::F64) => {
+                AnyEngine::F64(Engine::new(CpuBackend::new(), &spec)?)
+            }
+            (Place::Cpu, _) => AnyEngine::F32(Engine::new(CpuBackend::new(), &spec)?),
+            #[cfg(feature = "cuda")]
+            (Place::Cuda(n), dtype) => {
+                let (b, stream) = backends::cuda::backend_on_current_stream(py, n)?;
+                match dtype {
+                    ire_core::DType::F64 => AnyEngine::CudaF64(Engine::new(b, &spec)?, stream),
+                    _ => AnyEngine::CudaF32(Engine::new(b, &spec)?, stream),
+                }
+            }
+            #[cfg(not(feature = "cuda"))]
+            (Place::Cuda(_), _) => {
+                let _ = py;
+                return Err(TorchError::Device {
+                    role: Role {
+                        kind: RoleKind::Parameter,
+                        index: 0,
+                    },
+                    device: device.to_string(),
+                }
+                .into());
+            }
         };
         Ok(PyEngine { inner })
+    }
+
+    /// Under CUDA, moves the engine to torch's current stream if it changed ([`follow_stream`]).
+    fn follow(&mut self, py: Python<'_>) -> Result<()> {
+        match &mut self.inner {
+            #[cfg(feature = "cuda")]
+            AnyEngine::CudaF32(e, stream) => follow_stream(py, e, stream),
+            #[cfg(feature = "cuda")]
+            AnyEngine::CudaF64(e, stream) => follow_stream(py, e, stream),
+            _ => {
+                let _ = py;
+                Ok(())
+            }
+        }
     }
 
     /// The engine's kind (`"fused AdamW"`, `"SAM + fused SGD"`, ...).
@@ -164,7 +245,17 @@ impl PyEngine {
         match self.inner {
             AnyEngine::F32(_) => "float32",
             AnyEngine::F64(_) => "float64",
+            #[cfg(feature = "cuda")]
+            AnyEngine::CudaF32(..) => "float32",
+            #[cfg(feature = "cuda")]
+            AnyEngine::CudaF64(..) => "float64",
         }
+    }
+
+    /// The parameters' device, as torch names it (`"cpu"`, `"cuda:0"`).
+    #[getter]
+    fn device(&self) -> String {
+        with_engine!(&self.inner, e => e.place().to_string())
     }
 
     /// Element count of each tensor.
@@ -204,6 +295,7 @@ impl PyEngine {
         kappa_lr: f64,
         check_finite: bool,
     ) -> PyResult<PyReport> {
+        self.follow(params.py())?;
         let p = spans(params, RoleKind::Parameter)?;
         let g = optional_spans(grads, RoleKind::Gradient)?;
         if weight_decays.len() != lrs.len() {
@@ -232,10 +324,12 @@ impl PyEngine {
     #[pyo3(signature = (params, estimates, gamma=None))]
     fn refresh(
         &mut self,
+        py: Python<'_>,
         params: &Bound<'_, PyAny>,
         estimates: &Bound<'_, PyAny>,
         gamma: Option<f64>,
     ) -> PyResult<Option<f64>> {
+        self.follow(py)?;
         let p = spans(params, RoleKind::Parameter)?;
         let est = optional_spans(estimates, RoleKind::Estimate)?;
         // SAFETY: as in `step`.
@@ -246,11 +340,13 @@ impl PyEngine {
     #[pyo3(signature = (params, grads, kappa_lr, check_finite=true))]
     fn begin_external(
         &mut self,
+        py: Python<'_>,
         params: &Bound<'_, PyAny>,
         grads: &Bound<'_, PyAny>,
         kappa_lr: f64,
         check_finite: bool,
     ) -> PyResult<PyReport> {
+        self.follow(py)?;
         let p = spans(params, RoleKind::Parameter)?;
         let g = optional_spans(grads, RoleKind::Gradient)?;
         // SAFETY: as in `step`.
@@ -261,7 +357,8 @@ impl PyEngine {
     }
 
     /// Boosts the displacement of torch's base step.
-    fn finish_external(&mut self, params: &Bound<'_, PyAny>) -> PyResult<PyReport> {
+    fn finish_external(&mut self, py: Python<'_>, params: &Bound<'_, PyAny>) -> PyResult<PyReport> {
+        self.follow(py)?;
         let p = spans(params, RoleKind::Parameter)?;
         // SAFETY: as in `step`.
         let r = with_engine!(&mut self.inner, e => unsafe { e.finish_external(&p) })?;
@@ -278,10 +375,12 @@ impl PyEngine {
     #[pyo3(signature = (params, grads, check_finite=true))]
     fn sam_perturb(
         &mut self,
+        py: Python<'_>,
         params: &Bound<'_, PyAny>,
         grads: &Bound<'_, PyAny>,
         check_finite: bool,
     ) -> PyResult<()> {
+        self.follow(py)?;
         let p = spans(params, RoleKind::Parameter)?;
         let g = optional_spans(grads, RoleKind::Gradient)?;
         // SAFETY: as in `step`.
@@ -290,7 +389,8 @@ impl PyEngine {
     }
 
     /// Restores `θ` saved by `sam_perturb` (external base).
-    fn sam_restore(&mut self, params: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn sam_restore(&mut self, py: Python<'_>, params: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.follow(py)?;
         let p = spans(params, RoleKind::Parameter)?;
         // SAFETY: as in `step`.
         with_engine!(&mut self.inner, e => unsafe { e.sam_restore(&p) })?;
@@ -298,7 +398,8 @@ impl PyEngine {
     }
 
     /// Copies tensor `i`'s mask (1 = flat) into `out`, a flat `torch.uint8` tensor.
-    fn mask_into(&self, i: usize, out: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn mask_into(&mut self, py: Python<'_>, i: usize, out: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.follow(py)?;
         let role = Role {
             kind: RoleKind::Output,
             index: i,
@@ -311,7 +412,8 @@ impl PyEngine {
     }
 
     /// Copies tensor `i`'s estimate `h` into `out`, a flat tensor of the engine's dtype.
-    fn estimate_into(&self, i: usize, out: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn estimate_into(&mut self, py: Python<'_>, i: usize, out: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.follow(py)?;
         let role = Role {
             kind: RoleKind::Output,
             index: i,
@@ -323,18 +425,21 @@ impl PyEngine {
     }
 
     /// Number of flat coordinates of tensor `i`.
-    fn flat_count(&self, i: usize) -> PyResult<usize> {
+    fn flat_count(&mut self, py: Python<'_>, i: usize) -> PyResult<usize> {
+        self.follow(py)?;
         Ok(with_engine!(&self.inner, e => e.flat_count(i))?)
     }
 
     /// The whole state as Python data (see the `state` module).
-    fn save<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    fn save<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.follow(py)?;
         let d = with_engine!(&self.inner, e => e.save())?;
         Ok(state::to_python(py, &d)?)
     }
 
     /// Restores a state made by `save` (all or nothing).
-    fn load(&mut self, state: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn load(&mut self, py: Python<'_>, state: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.follow(py)?;
         let d = state::from_python(state)?;
         with_engine!(&mut self.inner, e => e.load(&d))?;
         Ok(())
@@ -348,13 +453,23 @@ fn rank_increase(rank: f64, iteration: u64, horizon: u64) -> f64 {
     GammaSchedule::RankIncrease { horizon }.rank_at(1.0 - rank, iteration)
 }
 
-/// Checks a list of parameters as every step will (CPU, dense, contiguous, float32 or
-/// float64, one dtype, no two sharing memory) and returns their dtype (`"float32"` or
+/// Checks a list of parameters as every step will (one device this build reaches, dense,
+/// contiguous, float32 or float64, one dtype, no two sharing memory) and returns their dtype (`"float32"` or
 /// `"float64"`; `"float32"` for an empty list).
 #[pyfunction]
 fn check_parameters(params: &Bound<'_, PyAny>) -> PyResult<&'static str> {
     let p = spans(params, RoleKind::Parameter)?;
     let dtype = p.first().map_or(ire_core::DType::F32, |s| s.dtype);
+    if let Some(first) = p.first()
+        && let Some(s) = p.iter().find(|s| s.place != first.place)
+    {
+        return Err(TorchError::OtherDevice {
+            role: s.role,
+            found: s.place,
+            expected: first.place,
+        }
+        .into());
+    }
     if let Some(s) = p.iter().find(|s| s.dtype != dtype) {
         return Err(TorchError::MixedDType {
             role: s.role,
@@ -409,5 +524,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(count_allocations_from, m)?)?;
     m.add_function(wrap_pyfunction!(counted_allocations, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Whether this build reaches CUDA tensors (the cargo feature `cuda`).
+    m.add("CUDA", cfg!(feature = "cuda"))?;
     Ok(())
 }

@@ -138,6 +138,7 @@ class EngineOptimizer(torch.optim.Optimizer):
             ire=self._ire,
             sam=sam,
             cadence=cadence,
+            device=str(params[0].device),
         )
         self.state = _StateView(self)
 
@@ -220,12 +221,12 @@ class EngineOptimizer(torch.optim.Optimizer):
     # ---- state --------------------------------------------------------------------------
 
     def _mask(self, i, p):
-        out = torch.empty(p.numel(), dtype=torch.uint8)
+        out = torch.empty(p.numel(), dtype=torch.uint8, device=p.device)
         self._engine.mask_into(i, out)
         return out.view(p.shape)
 
     def _estimate(self, i, p):
-        out = torch.empty(p.numel(), dtype=p.dtype)
+        out = torch.empty(p.numel(), dtype=p.dtype, device=p.device)
         self._engine.estimate_into(i, out)
         return out.view(p.shape)
 
