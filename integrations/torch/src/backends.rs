@@ -12,8 +12,9 @@
 use ire_backend_cpu::{CpuBackend, CpuBuffer};
 use ire_core::{Backend, Element};
 
-use crate::device::{Place, Span};
+use crate::device::Span;
 use crate::error::{Result, TorchError};
+use crate::place::Place;
 
 /// A backend that can run on tensors' own memory.
 pub trait TensorBackend: Backend {
@@ -85,8 +86,9 @@ pub mod cuda {
     use pyo3::prelude::*;
 
     use super::{TensorBackend, check};
-    use crate::device::{Place, Span};
+    use crate::device::Span;
     use crate::error::Result;
+    use crate::place::Place;
 
     /// torch's current stream on CUDA device `ordinal`, as the driver's handle (an address;
     /// 0 is the legacy default stream).

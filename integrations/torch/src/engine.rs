@@ -25,6 +25,7 @@ use crate::backends::TensorBackend;
 use crate::config::{BaseSpec, Cadence};
 use crate::device::{self, Span, TorchScalar};
 use crate::error::{Result, Role, RoleKind, TorchError};
+use crate::place::Place;
 
 /// Parameter buffers (written) and gradient buffers (read; `None` where torch has no `.grad`).
 type Borrowed<B, T> = (
@@ -180,7 +181,7 @@ impl<B: TensorBackend, T: TorchScalar> Engine<B, T> {
     }
 
     /// The device of the engine's tensors.
-    pub fn place(&self) -> device::Place {
+    pub fn place(&self) -> Place {
         self.b.place()
     }
 

@@ -10,7 +10,7 @@ use std::fmt;
 use ire_core::DType;
 use pyo3::PyErr;
 
-use crate::device::Place;
+use crate::place::Place;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 
 /// Which tensor of a call an error is about.

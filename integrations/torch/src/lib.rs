@@ -11,6 +11,7 @@
 //!   torch's current stream) and how each wraps a tensor's memory;
 //! - [`engine`]: the optimizer (fused SGD / AdamW, or around torch's own base step, optionally
 //!   inside SAM) over borrowed tensors;
+//! - [`place`]: where a tensor's memory is (`cpu`, `cuda:N`);
 //! - [`config`], [`state`]: options and saved state between Python and ire-core's types;
 //! - [`alloc_count`]: the counting allocator behind the zero-copy test.
 
@@ -24,12 +25,14 @@ pub mod config;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod place;
 pub mod state;
 
 use config::{BaseKind, Cadence, Choice, FloatDType};
-use device::{Accept, Place, Span};
+use device::{Accept, Span};
 use engine::{Engine, EngineSpec};
 use error::{Result, Role, RoleKind, TorchError};
+use place::Place;
 
 use ire_backend_cpu::CpuBackend;
 #[cfg(feature = "cuda")]
