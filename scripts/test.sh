@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs ALL the tests on a fresh machine: first installs, idempotently and as root, whatever they
 # need (PoCL for the OpenCL backend, OpenBLAS for LAPACK, the no_std target, NVRTC from its
-# Python wheel), then formatting, lints, the no_std build, every test and the bench smoke run.
+# Python wheel), then formatting, lints, the no_std build, every test, the PyTorch package
+# ire_torch and its pytest suite (in a shared environment with torch, scripts/torch-env.sh),
+# and the bench smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -73,6 +75,13 @@ cargo build -p ire-core --target thumbv7em-none-eabihf --no-default-features --f
 
 step "cargo test (workspace, all features)"
 cargo test --workspace --all-features
+
+step "ire_torch: the PyTorch package, built with pip into a venv with torch, and its pytest suite"
+source scripts/torch-env.sh
+ire_torch_env
+# pytest fails the run on a failed test, and on a run that collects none (exit code 5).
+(cd integrations/torch && PYTHONPATH="$TORCH_PKG" "$TORCH_VENV/bin/python" -m pytest -q \
+    -p no:cacheprovider tests)
 
 step "bench smoke run (each bench once)"
 cargo bench -p ire-bench --all-features -- --test

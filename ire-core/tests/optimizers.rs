@@ -922,3 +922,154 @@ fn rank_increase_moves_the_threshold() {
         ]
     );
 }
+
+/// A refresh between steps (`refresh_now`) settles the refresh due at the next step, takes a
+/// γ override, is reported by that step, and refuses a non-finite estimate keeping the mask.
+#[test]
+fn refresh_now_serves_the_next_step() {
+    let cfg = IreConfig {
+        kappa: 1.0,
+        gamma: 0.5,
+        refresh_every: 2,
+        estimator: Estimator::AbsGradient,
+        ..IreConfig::default()
+    };
+    let mut ire = Ire::new(
+        Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap(),
+        cfg,
+    )
+    .unwrap();
+    let mut p = bufs(&[&[0.0; 4]]);
+    let g = bufs(&[&[1.0; 4]]);
+    let est = bufs(&[&[4.0, 1.0, 3.0, 2.0]]);
+    assert!(ire.refresh_due());
+    // γ 0.5 → k = 2 sharp, τ = 3 (the 2nd largest): flat iff h ≤ 3, so {1, 2, 3}.
+    let tau = ire
+        .refresh_now(&R, &[4], &EstimateInput::Gradient(&est), None)
+        .unwrap();
+    assert_eq!(tau, Some(3.0));
+    assert!(!ire.refresh_due());
+    let rep = ire.step(&R, &mut p, &g, IreStep::lr(0.1)).unwrap();
+    assert!(rep.refreshed);
+    assert_eq!(rep.threshold, Some(3.0));
+    // Flat coordinates moved (1 + κ) times as far.
+    assert_eq!(p[0].0, [-0.1, -0.2, -0.2, -0.2]);
+    // Not due at step 1: an extra refresh, here with γ 0.25 → k = ⌊0.75·4⌋ = 3, τ = 2,
+    // flat = {1, 3}.
+    assert!(!ire.refresh_due());
+    let tau = ire
+        .refresh_now(&R, &[4], &EstimateInput::Gradient(&est), Some(0.25))
+        .unwrap();
+    assert_eq!(tau, Some(2.0));
+    let rep = ire.step(&R, &mut p, &g, IreStep::lr(0.1)).unwrap();
+    assert!(rep.refreshed);
+    // Step 2 is due as scheduled; a NaN estimate is refused and the mask {1, 3} kept.
+    assert!(ire.refresh_due());
+    let bad = bufs(&[&[1.0, f64::NAN, 0.0, 0.0]]);
+    assert!(matches!(
+        ire.refresh_now(&R, &[4], &EstimateInput::Gradient(&bad), None),
+        Err(Error::NonFinite { .. })
+    ));
+    assert!(ire.refresh_due());
+    assert_eq!(R.to_vec(&ire.mask()[0]).unwrap(), [0, 1, 0, 1]);
+    assert!(
+        ire.refresh_now(&R, &[4], &EstimateInput::Gradient(&est), Some(f64::NAN))
+            .is_err()
+    );
+    // Sizes are checked against the state.
+    assert!(
+        ire.refresh_now(&R, &[5], &EstimateInput::Gradient(&est), None)
+            .is_err()
+    );
+}
+
+/// `set_config` changes the hyper-parameters between steps and keeps the state.
+#[test]
+fn set_config_keeps_the_state() {
+    let cfg = IreConfig {
+        kappa: 1.0,
+        gamma: 1.0,
+        estimator: Estimator::AbsGradient,
+        ..IreConfig::default()
+    };
+    let mut ire = Ire::new(
+        Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap(),
+        cfg,
+    )
+    .unwrap();
+    let mut p = bufs(&[&[0.0; 2]]);
+    let g = bufs(&[&[1.0; 2]]);
+    let est = bufs(&[&[1.0, 2.0]]);
+    let step = IreStep {
+        lr: 0.5,
+        estimate: Some(EstimateInput::Gradient(&est)),
+    };
+    ire.step(&R, &mut p, &g, step).unwrap();
+    assert_eq!(p[0].0, [-1.0, -1.0]);
+    assert!(matches!(
+        ire.set_config(IreConfig { kappa: -1.0, ..cfg }),
+        Err(Error::InvalidHyperParameter { field: "kappa", .. })
+    ));
+    ire.set_config(IreConfig { kappa: 3.0, ..cfg }).unwrap();
+    assert_eq!(ire.config().kappa, 3.0);
+    ire.step(&R, &mut p, &g, IreStep::lr(0.5)).unwrap();
+    // All flat (γ 1), κ 3: each coordinate moves 4 × 0.5.
+    assert_eq!(p[0].0, [-3.0, -3.0]);
+    assert_eq!(ire.step_count(), 2);
+}
+
+/// A failed external base step is abandoned with `cancel_external`: no boost, no count, and
+/// the refresh it did serves the retried step.
+#[test]
+fn cancel_external_abandons_the_step() {
+    use ire_core::optim::External;
+    let cfg = IreConfig {
+        kappa: 2.0,
+        gamma: 0.5,
+        beta: 0.5,
+        ..IreConfig::default()
+    };
+    let mut ire = Ire::<Reference, f64, External>::new(External, cfg).unwrap();
+    let mut p = bufs(&[&[1.0, 2.0]]);
+    assert!(matches!(ire.cancel_external(), Err(Error::Protocol(_))));
+    let est = bufs(&[&[2.0, 1.0]]);
+    let first = IreStep {
+        lr: 0.1,
+        estimate: Some(EstimateInput::Gradient(&est)),
+    };
+    assert!(ire.begin_external(&R, &p, first).unwrap().refreshed);
+    let h_after = R.to_vec(&ire.estimate()[0]).unwrap();
+    ire.cancel_external().unwrap();
+    assert_eq!(ire.step_count(), 0);
+    assert!(!ire.refresh_due());
+    // The retry refreshes nothing (h is not averaged twice) and reports the refresh.
+    let rep = ire.begin_external(&R, &p, IreStep::lr(0.1)).unwrap();
+    assert!(rep.refreshed);
+    assert_eq!(R.to_vec(&ire.estimate()[0]).unwrap(), h_after);
+    for x in p[0].0.iter_mut() {
+        *x -= 1.0;
+    }
+    ire.finish_external(&R, &mut p).unwrap();
+    // h = (2, 0.5): k = 1 sharp (τ = 2, both ≤ τ → flat, ties flat): both boosted ×3.
+    assert_eq!(p[0].0, [-2.0, -1.0]);
+    assert_eq!(ire.step_count(), 1);
+    // A fused step cannot be cancelled as an external one.
+    let mut sgd = Ire::new(
+        Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap(),
+        IreConfig {
+            gamma: 1.0,
+            ..IreConfig::default()
+        },
+    )
+    .unwrap();
+    sgd.begin_step(
+        &R,
+        &[2],
+        IreStep {
+            lr: 0.1,
+            estimate: Some(EstimateInput::Gradient(&est)),
+        },
+    )
+    .unwrap();
+    assert!(matches!(sgd.cancel_external(), Err(Error::Protocol(_))));
+}

@@ -237,6 +237,8 @@ struct OpenStep {
     /// `κ_t` from each tensor's own learning rate (a step begun through the [`Optimizer`]
     /// trait, which gives no step-wide learning rate) instead of `report.kappa`.
     kappa_per_tensor: bool,
+    /// Begun by [`Ire::begin_external`] (so [`Ire::cancel_external`] may abandon it).
+    external: bool,
 }
 
 /// IRE around any base optimizer `O` (SGD, AdamW, SAM, [`External`], or one of yours).
@@ -346,6 +348,51 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
         self.refresh_settled_at = Some(self.t);
     }
 
+    /// Replaces the hyper-parameters between steps (a caller's own κ or γ schedule, IRE switched
+    /// on at a step it counts itself); the estimate, mask, base state and step count are kept.
+    /// Fails, changing nothing, if a field is out of range or a step is open.
+    pub fn set_config(&mut self, cfg: IreConfig) -> Result<()> {
+        cfg.validate()?;
+        if self.open.is_some() {
+            return Err(Error::Protocol(
+                "IRE: set_config in the middle of a step".into(),
+            ));
+        }
+        self.cfg = cfg;
+        Ok(())
+    }
+
+    /// Refreshes the estimate and the mask now, between steps, for the step about to run: for
+    /// a caller that computes the estimator input outside the step (a framework's sampled-label
+    /// backward). `gamma` overrides the schedule's `γ_t` for this refresh (any finite value:
+    /// counts are clamped to `[0, N]`, as for [`GammaSchedule::RankIncrease`]); `None` takes the
+    /// schedule's at the current step. A refresh due at the next step is settled by this one;
+    /// one that is not due is an extra refresh. Either way the next step reports it. A
+    /// non-finite input is refused with an error and nothing changes.
+    pub fn refresh_now(
+        &mut self,
+        b: &B,
+        sizes: &[usize],
+        input: &EstimateInput<'_, B, T>,
+        gamma: Option<f64>,
+    ) -> Result<Option<f64>> {
+        if self.open.is_some() {
+            return Err(Error::Protocol(
+                "IRE: refresh_now in the middle of a step".into(),
+            ));
+        }
+        if let Some(g) = gamma {
+            check("gamma", g, g.is_finite(), "finite")?;
+        }
+        self.ensure_state(b, sizes)?;
+        let tau = self.refresh_from(b, input, gamma)?;
+        if self.refresh_due() {
+            self.refresh_settled_at = Some(self.t);
+        }
+        self.early_refresh = Some((self.t, tau));
+        Ok(tau)
+    }
+
     /// Number of flat coordinates in the current mask.
     pub fn flat_count(&self, b: &B) -> Result<usize> {
         let mut n = 0;
@@ -426,9 +473,9 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
         self.ensure_state(b, &sizes(b, params))?;
         match (self.cfg.estimator, input) {
             (Estimator::SquaredTrainingGradient, None) => {
-                self.refresh_from(b, &EstimateInput::Gradient(grads))
+                self.refresh_from(b, &EstimateInput::Gradient(grads), None)
             }
-            (_, Some(input)) => self.refresh_from(b, input),
+            (_, Some(input)) => self.refresh_from(b, input, None),
             (e, None) => Err(self.missing_estimate(e)),
         }
     }
@@ -446,8 +493,13 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
         ))
     }
 
-    /// The refresh proper, on allocated state.
-    fn refresh_from(&mut self, b: &B, input: &EstimateInput<'_, B, T>) -> Result<Option<f64>> {
+    /// The refresh proper, on allocated state; `gamma` overrides the schedule's `γ_t`.
+    fn refresh_from(
+        &mut self,
+        b: &B,
+        input: &EstimateInput<'_, B, T>,
+        gamma: Option<f64>,
+    ) -> Result<Option<f64>> {
         let n_tensors = self.h.len();
         let ranked: Vec<usize> = self.h.iter().map(|h| b.len(h)).collect();
         let full = self.sizes.clone().unwrap_or_default();
@@ -502,13 +554,16 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
                 )));
             }
         }
-        self.rebuild_mask(b)
+        self.rebuild_mask(b, gamma)
     }
 
-    fn rebuild_mask(&mut self, b: &B) -> Result<Option<f64>> {
+    fn rebuild_mask(&mut self, b: &B, gamma: Option<f64>) -> Result<Option<f64>> {
         let n = self.ranked_count(b);
         let since = self.t.saturating_sub(self.cfg.warmup_steps);
-        let rank = self.cfg.gamma_schedule.rank_at(self.cfg.gamma, since);
+        let rank = match gamma {
+            Some(g) => 1.0 - g,
+            None => self.cfg.gamma_schedule.rank_at(self.cfg.gamma, since),
+        };
         match self.cfg.threshold.selection(n, rank) {
             Selection::AllFlat => {
                 for m in self.mask.iter_mut() {
@@ -548,6 +603,7 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
             report,
             boosting: self.t >= self.cfg.warmup_steps,
             kappa_per_tensor: false,
+            external: false,
         });
         Ok(report)
     }
@@ -580,7 +636,7 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
         };
         if self.refresh_due() {
             let input = estimate.ok_or_else(|| self.missing_estimate(self.cfg.estimator))?;
-            report.threshold = self.refresh_from(b, input)?;
+            report.threshold = self.refresh_from(b, input, None)?;
             report.refreshed = true;
         } else if let Some((at, tau)) = self.early_refresh
             && at == t
@@ -705,8 +761,28 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
             report,
             boosting: self.t >= self.cfg.warmup_steps,
             kappa_per_tensor: false,
+            external: true,
         });
         Ok(report)
+    }
+
+    /// Abandons the step begun by [`Ire::begin_external`] (the external base step failed): no
+    /// boost, and the step counter does not advance. A refresh that step did is kept, and the
+    /// retried step uses its mask without refreshing again.
+    pub fn cancel_external(&mut self) -> Result<()> {
+        match self.open {
+            Some(open) if open.external => {
+                self.open = None;
+                if open.report.refreshed {
+                    self.refresh_settled_at = Some(self.t);
+                    self.early_refresh = Some((self.t, open.report.threshold));
+                }
+                Ok(())
+            }
+            _ => Err(Error::Protocol(
+                "IRE: cancel_external without a step begun by begin_external".into(),
+            )),
+        }
     }
 
     /// Boosts the displacement of the external base step: `θ ← θ + (κ_t n) ⊙ (θ − θ_old)`.
@@ -754,7 +830,7 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, Sam<B, T, O>> {
             let input = estimate
                 .as_ref()
                 .ok_or_else(|| self.missing_estimate(self.cfg.estimator))?;
-            let tau = self.refresh_from(b, input)?;
+            let tau = self.refresh_from(b, input, None)?;
             self.refresh_settled_at = Some(self.t);
             self.early_refresh = Some((self.t, tau));
         }
