@@ -67,6 +67,14 @@ pub enum Error {
     /// A record without optimizer state (written while a step was in progress).
     #[error("the record holds no optimizer state")]
     EmptyRecord,
+    /// A record whose parameter ids and state disagree on the number of parameters.
+    #[error("the record names {ids} parameters but holds state for {tensors}")]
+    InconsistentRecord {
+        /// Parameter ids in the record.
+        ids: usize,
+        /// Tensors in its state.
+        tensors: usize,
+    },
     /// A record for other parameters (ids) than the module's.
     #[error("the record is for parameter ids {saved:?}, the module has {found:?}")]
     RecordParams {

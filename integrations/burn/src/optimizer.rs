@@ -336,9 +336,9 @@ impl<B: AutodiffBackend, T: BurnElement, O: CoreOptimizer<CpuBackend, T>> IreOpt
             .map(|&n| n as usize)
             .collect();
         if !sizes.is_empty() && sizes.len() != ids.len() {
-            return Err(Error::RecordParams {
-                saved: record.param_ids,
-                found: Vec::new(),
+            return Err(Error::InconsistentRecord {
+                ids: ids.len(),
+                tensors: sizes.len(),
             });
         }
         self.ire.load(&self.backend, &state)?;
