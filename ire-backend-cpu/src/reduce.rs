@@ -10,7 +10,7 @@
 //! `(LEAF/LANES + log2(LANES) + log2(N/LEAF) + 1)·u` with `u` the unit roundoff, i.e.
 //! about `37·u` for `N = 10⁷`: `2.2e-6` for `f32`, `4.1e-15` for `f64`. The reference's
 //! pairwise sum obeys a similar bound, so the two differ by less than the sum of both bounds,
-//! inside the `sum_squares` entry of `ire_core::conformance::TOLERANCES` (1e-5 / 1e-13).
+//! inside the `sum_squares` entry of `ire_conformance::TOLERANCES` (1e-5 / 1e-13).
 
 use ire_core::Scalar;
 

@@ -90,10 +90,10 @@ pub fn kth_largest_in<T: Scalar>(
         .flat_map(|p| p.chunks(chunk))
         .filter(|c| !c.is_empty())
         .collect();
-    if strategy == Strategy::SampledBracket {
-        if let Some(v) = bracket_select(parts, &chunks, n, k, chunk, scratch)? {
-            return Ok(v);
-        }
+    if strategy == Strategy::SampledBracket
+        && let Some(v) = bracket_select(parts, &chunks, n, k, chunk, scratch)?
+    {
+        return Ok(v);
     }
     radix_select(&chunks, k)
 }

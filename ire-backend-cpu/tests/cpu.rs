@@ -4,7 +4,7 @@
 
 use ire_backend_cpu::select::{Strategy, kth_largest_with};
 use ire_backend_cpu::{CpuBackend, DEFAULT_CHUNK_LEN};
-use ire_core::conformance::{Rng, assert_bitwise, assert_close, rel_tol};
+use ire_conformance::{Rng, assert_bitwise, assert_close, rel_tol};
 use ire_core::formulas::{AdamWScalars, SgdScalars};
 use ire_core::{Backend, Error, Reference, Scalar};
 

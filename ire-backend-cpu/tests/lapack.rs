@@ -5,7 +5,7 @@
 use ire_backend_cpu::lapack::{
     LanczosConfig, exact_projector, lambda_max, lanczos_projector, lanczos_top_k, symmetric_eigen,
 };
-use ire_core::conformance::Rng;
+use ire_conformance::Rng;
 use ire_core::projector::{self, ExactProjector};
 use ire_core::{Error, Result};
 

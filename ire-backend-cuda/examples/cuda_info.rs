@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use ire_backend_cuda::{CudaBackend, driver_version, nvrtc_version, probe, supported_archs};
+use ire_backend_cuda::{driver_version, nvrtc_version, probe, supported_archs};
 use ire_core::Backend;
 
 fn main() -> ExitCode {
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
 
 /// Opens the device and checks one small axpy against its exact result.
 fn smoke(ordinal: usize) -> Result<String, ire_core::Error> {
-    let b = CudaBackend::new(ordinal)?;
+    let b = ire_backend_cuda::open(ordinal)?;
     let mut y = b.alloc_from(&[1.0f32, 2.0, 3.0])?;
     let x = b.alloc_from(&[0.5f32, 0.25, -1.0])?;
     b.axpy(&mut y, 2.0, &x)?;
@@ -58,5 +58,5 @@ fn smoke(ordinal: usize) -> Result<String, ire_core::Error> {
             message: format!("axpy gave {got:?}, expected [2.0, 2.5, 1.0]"),
         });
     }
-    Ok(b.target().to_owned())
+    Ok(b.runtime().target().to_owned())
 }

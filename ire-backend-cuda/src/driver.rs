@@ -6,7 +6,8 @@ use cudarc::driver::result::{self as dr, DriverError};
 use cudarc::driver::sys;
 use ire_core::Error;
 
-use crate::BACKEND;
+/// The backend's name in errors and listings.
+pub(crate) const BACKEND: &str = "cuda";
 
 /// Driver entry points this crate (through cudarc) calls. cudarc panics on a missing symbol,
 /// so their presence is checked once, before the first call.
@@ -29,6 +30,8 @@ const DRIVER_SYMBOLS: &[&str] = &[
     "cuStreamDestroy_v2",
     "cuMemAlloc_v2",
     "cuMemFree_v2",
+    "cuMemAllocAsync",
+    "cuMemFreeAsync",
     "cuMemsetD8Async",
     "cuMemcpyHtoDAsync_v2",
     "cuMemcpyDtoHAsync_v2",

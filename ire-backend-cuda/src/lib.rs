@@ -1,20 +1,23 @@
 //! # ire-backend-cuda
 //!
-//! The CUDA backend of [`ire_core`]: the portable kernel source of `ire-core` (the same text
-//! the OpenCL backend runs) compiled at run time by NVRTC, loaded with the CUDA driver API
-//! through `cudarc`, and exposed as [`CudaBackend`], an [`ire_core::Backend`].
+//! The CUDA runtime of `ire-core`'s device layer: [`Cuda`] implements
+//! [`ire_core::device::Runtime`] with the CUDA driver API through `cudarc` (memory, one stream,
+//! programs compiled at run time by NVRTC from the same portable source the OpenCL runtime
+//! builds, cuBLAS for matrix products), and [`CudaBackend`] = `DeviceBackend<Cuda>` is the
+//! [`ire_core::Backend`]: every operation is implemented once in `ire_core::device`.
 //!
 //! - Element-wise operations equal the reference backend bit for bit: NVRTC compiles with
 //!   [`ire_core::kernels::NVRTC_OPTIONS`] (`--fmad=false`, IEEE division and square root).
-//! - Sums of squares and counts are device reductions (a grid-stride loop, a tree per block,
-//!   then a second pass over the per-block partials). The global k-th-largest selection is an
-//!   exact most-significant-byte-first radix selection on the device (`select_histogram`):
-//!   4 passes for `f32`, 8 for `f64`, each reading back 256 counters.
+//! - Sums, counts and the exact k-th-largest selection are those of `ire_core::device`
+//!   (device partials added on the host; a radix selection on the device).
 //! - `f32` and `f64`; masks are `u8`. Zero-length buffers hold no device memory.
+//! - Memory a caller owns: [`CudaMem::borrow`] wraps a framework's device pointer, and
+//!   [`Cuda::on_stream`] runs the backend on the framework's stream, so its kernels queue
+//!   behind the framework's work with no synchronization added.
 //!
 //! ## Requirements at run time
 //! - **Driver**: an NVIDIA driver (`libcuda.so`). It is loaded dynamically: without it, or
-//!   without a GPU, [`CudaBackend::new`] and [`probe`] return [`ire_core::Error::Unavailable`]
+//!   without a GPU, [`open`] and [`probe`] return [`ire_core::Error::Unavailable`]
 //!   with the reason, never panic. The library and every entry point used are looked up before
 //!   the first call.
 //! - **NVRTC**: `libnvrtc.so` (CUDA 11.2 or newer), from a CUDA toolkit or from the PyPI wheel
@@ -27,11 +30,11 @@
 //!
 //! ## Choosing the device
 //! [`probe`] lists the devices ([`DeviceInfo`]: ordinal, name, compute capability, memory).
-//! [`CudaBackend::new`] opens one by ordinal; [`CudaBackend::from_env`] opens the one named by
-//! `IRE_CUDA_DEVICE` (default 0).
+//! [`open`] opens one by ordinal; [`from_env`] opens the one named by `IRE_CUDA_DEVICE`
+//! (default 0).
 //!
 //! ## Environment variables
-//! - `IRE_CUDA_DEVICE`: the ordinal [`CudaBackend::from_env`] opens.
+//! - `IRE_CUDA_DEVICE`: the ordinal [`from_env`] opens.
 //! - `IRE_CUDA_ARCH`: compile for this architecture instead (`sm_90`, or `compute_90` to
 //!   force PTX and the driver's compiler).
 //! - `LD_LIBRARY_PATH`: where `libnvrtc.so` (and, unusually placed, `libcuda.so`) are found.
@@ -41,11 +44,10 @@
 //!
 //! ## Example
 //! ```no_run
-//! use ire_backend_cuda::CudaBackend;
 //! use ire_core::Backend;
 //!
-//! let cuda = CudaBackend::new(0)?;
-//! println!("{} (kernels for {})", cuda.device(), cuda.target());
+//! let cuda = ire_backend_cuda::open(0)?;
+//! println!("{} (kernels for {})", cuda.runtime().info(), cuda.runtime().target());
 //! let mut theta = cuda.alloc_from(&[1.0f32, 2.0, 3.0])?;
 //! let grad = cuda.alloc_from(&[0.5f32, 0.5, 0.5])?;
 //! cuda.axpy(&mut theta, -2.0, &grad)?; // θ ← θ − 2·g
@@ -53,35 +55,48 @@
 //! # Ok::<(), ire_core::Error>(())
 //! ```
 
-mod backend;
 mod driver;
-#[cfg(test)]
-mod emulator;
-mod launch;
 mod nvrtc;
-mod signature;
+mod runtime;
 
-pub use backend::{CudaBackend, CudaBuffer, ENV_ARCH, ENV_DEVICE};
 pub use driver::{DeviceInfo, driver_version, probe};
-pub use launch::check_extension_source;
 pub use nvrtc::{
     Compiled, compile_program, compile_ptx, compile_source, nvrtc_available, nvrtc_version,
     supported_archs,
 };
+pub use runtime::{Cuda, CudaBackend, CudaMem, CudaProgram, ENV_ARCH, ENV_DEVICE, ptx_param_type};
 
 /// Re-export of the `cudarc` version this crate is built on (for code that launches its own
-/// kernels on [`CudaBackend::stream`]).
+/// kernels on [`Cuda::stream`]).
 pub use cudarc;
 
-/// The backend's name in errors and listings.
-pub(crate) const BACKEND: &str = "cuda";
+/// A CUDA buffer.
+pub type CudaBuffer<E> = ire_core::DeviceBuffer<Cuda, E>;
 
-/// Whether `IRE_REQUIRE` (comma-separated) names `what`: then a missing dependency fails a
-/// test instead of skipping it.
-#[cfg(test)]
-pub(crate) fn required(what: &str) -> bool {
+/// The backend on device `ordinal`, on a stream of its own.
+pub fn open(ordinal: usize) -> ire_core::Result<CudaBackend> {
+    Cuda::open(ordinal).map(ire_core::DeviceBackend::new)
+}
+
+/// The backend on the device named by `IRE_CUDA_DEVICE` (default 0).
+pub fn from_env() -> ire_core::Result<CudaBackend> {
+    Cuda::from_env().map(ire_core::DeviceBackend::new)
+}
+
+/// Whether `IRE_REQUIRE` (comma-separated) names `what`: then a missing dependency is an error
+/// instead of a skip.
+pub fn required_by_env(what: &str) -> bool {
     std::env::var("IRE_REQUIRE")
         .unwrap_or_default()
         .split(',')
         .any(|s| s.trim().eq_ignore_ascii_case(what))
+}
+
+/// [`from_env`], except that an absent GPU is `Ok(None)` unless `IRE_REQUIRE` names `cuda`.
+pub fn optional() -> ire_core::Result<Option<CudaBackend>> {
+    match from_env() {
+        Ok(b) => Ok(Some(b)),
+        Err(ire_core::Error::Unavailable { .. }) if !required_by_env("cuda") => Ok(None),
+        Err(e) => Err(e),
+    }
 }

@@ -1,13 +1,12 @@
 //! Run-time compilation of the portable kernel source with NVRTC (no GPU needed).
 
 use std::ffi::{CString, c_char, c_int};
-use std::sync::{Arc, Mutex};
 
 use cudarc::nvrtc::{result, sys};
 use ire_core::kernels::{Dialect, NVRTC_OPTIONS, program_source};
 use ire_core::{DType, Error};
 
-use crate::BACKEND;
+use crate::driver::{BACKEND, unavailable};
 
 /// NVRTC entry points this crate calls. cudarc panics on a missing symbol, so their presence
 /// is checked first and an old library is reported as unavailable instead.
@@ -25,13 +24,6 @@ const NVRTC_SYMBOLS: &[&str] = &[
     "nvrtcGetNumSupportedArchs",
     "nvrtcGetSupportedArchs",
 ];
-
-fn unavailable(reason: impl Into<String>) -> Error {
-    Error::Unavailable {
-        backend: BACKEND.into(),
-        reason: reason.into(),
-    }
-}
 
 fn device_error(message: impl Into<String>) -> Error {
     Error::Device {
@@ -213,10 +205,13 @@ fn cubin_of(prog: &Program) -> Option<Vec<u8>> {
 
 /// Compiles the portable kernel program of `dtype` (`F32` or `F64`) for `arch`.
 pub fn compile_program(dtype: DType, arch: Option<&str>) -> Result<Compiled, Error> {
-    if dtype == DType::U8 {
+    if !matches!(dtype, DType::F32 | DType::F64) {
         return Err(Error::Unsupported {
             backend: BACKEND.into(),
-            what: "a kernel program for u8 (byte kernels live in the f32 program)".into(),
+            what: format!(
+                "a kernel program for {} (byte kernels live in the f32 program)",
+                dtype.name()
+            ),
         });
     }
     compile_source(&program_source(Dialect::Cuda, dtype), arch)
@@ -226,22 +221,6 @@ pub fn compile_program(dtype: DType, arch: Option<&str>) -> Result<Compiled, Err
 /// Needs NVRTC only, not a GPU.
 pub fn compile_ptx(dtype: DType, arch: Option<&str>) -> Result<String, Error> {
     compile_program(dtype, arch).map(|c| c.ptx)
-}
-
-type CacheEntry = ((DType, String), Arc<Compiled>);
-
-/// Compiled programs are reused by every backend of the process (tests open many); the lock
-/// is held while compiling, so concurrent backends compile each program once.
-pub(crate) fn compile_cached(dtype: DType, arch: &str) -> Result<Arc<Compiled>, Error> {
-    static CACHE: Mutex<Vec<CacheEntry>> = Mutex::new(Vec::new());
-    let key = (dtype, arch.to_owned());
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, c)) = cache.iter().find(|(k, _)| *k == key) {
-        return Ok(Arc::clone(c));
-    }
-    let compiled = Arc::new(compile_program(dtype, Some(arch))?);
-    cache.push((key, Arc::clone(&compiled)));
-    Ok(compiled)
 }
 
 /// The compile target for a device of compute capability `cc`, given the real architectures

@@ -122,3 +122,53 @@ fn compile_errors_and_warnings_come_back_with_the_log() {
         Err(Error::Unsupported { .. })
     ));
 }
+
+/// Every kernel's `.param` list in the PTX has the types the runtime's launches pass for the
+/// arguments the device layer checks against the source: the widths of `T`, `KEY`, `INDEX`,
+/// `U32`, `U8` and pointers agree, in both programs, with no GPU.
+#[test]
+fn launch_widths_match_the_ptx_parameters() {
+    use ire_backend_cuda::ptx_param_type;
+    use ire_core::device::KernelArg;
+    use ire_core::device::signature::{Param, parse};
+    use ire_core::kernels::OPS_SOURCE;
+    if !nvrtc_or_skip("launch_widths_match_the_ptx_parameters") {
+        return;
+    }
+    let sigs = parse(OPS_SOURCE).unwrap();
+    for dtype in [DType::F32, DType::F64] {
+        let c = compile_program(dtype, Some("sm_90")).unwrap();
+        for sig in &sigs {
+            // The PTX parameter types of this entry, in order.
+            let entry = c
+                .ptx
+                .split(".entry ")
+                .find(|e| {
+                    e.trim_start().starts_with(sig.name)
+                        && e[sig.name.len()..].trim_start().starts_with('(')
+                })
+                .unwrap_or_else(|| panic!("{} missing from the PTX", sig.name));
+            let list = &entry[entry.find('(').unwrap() + 1..entry.find(')').unwrap()];
+            let ptx: Vec<&str> = list
+                .split(',')
+                .map(|p| p.split_whitespace().nth(1).unwrap().trim_start_matches('.'))
+                .collect();
+            let passed: Vec<&str> = sig
+                .params
+                .iter()
+                .map(|p| {
+                    let a: KernelArg<'_, ()> = match p {
+                        Param::Ptr { .. } => KernelArg::In(None, dtype),
+                        Param::Real => KernelArg::Real(0.0),
+                        Param::U8 => KernelArg::U8(0),
+                        Param::U32 => KernelArg::U32(0),
+                        Param::Index => KernelArg::Index(0),
+                        Param::Key => KernelArg::Key(0),
+                    };
+                    ptx_param_type(&a, dtype)
+                })
+                .collect();
+            assert_eq!(ptx, passed, "{} ({} program)", sig.name, dtype.name());
+        }
+    }
+}

@@ -4,11 +4,10 @@
 //!
 //! `cargo run --release -p ire-backend-opencl --example equivalence`
 
-use ire_backend_opencl::OpenClBackend;
-use ire_core::conformance::{Rng, ulp_distance};
+use ire_conformance::{Rng, ulp_distance};
 use ire_core::{Backend, DType, Scalar};
 
-fn report<T: Scalar>(b: &OpenClBackend) -> Result<(), ire_core::Error> {
+fn report<T: Scalar>(b: &ire_backend_opencl::OpenClBackend) -> Result<(), ire_core::Error> {
     let mut worst = [(0.0f64, 0u64), (0.0f64, 0u64)];
     for n in [1usize, 257, 4099, 100_003, 1_000_003, 4_200_011] {
         let mut rng = Rng::new(n as u64);
@@ -49,8 +48,8 @@ fn report<T: Scalar>(b: &OpenClBackend) -> Result<(), ire_core::Error> {
 }
 
 fn main() -> Result<(), ire_core::Error> {
-    let b = OpenClBackend::new()?;
-    println!("device: {}", b.device());
+    let b = ire_backend_opencl::open()?;
+    println!("device: {}", b.runtime().info());
     report::<f32>(&b)?;
     if b.supports_dtype(DType::F64) {
         report::<f64>(&b)?;

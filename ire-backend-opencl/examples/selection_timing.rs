@@ -5,13 +5,13 @@
 
 use std::time::Instant;
 
-use ire_backend_opencl::{OpenClBackend, SelectionPath};
+use ire_conformance::Rng;
 use ire_core::Backend;
-use ire_core::conformance::Rng;
+use ire_core::device::SelectionPath;
 
 fn main() -> Result<(), ire_core::Error> {
-    let backend = OpenClBackend::new()?;
-    println!("device: {}", backend.device());
+    let backend = ire_backend_opencl::open()?;
+    println!("device: {}", backend.runtime().info());
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|s| s.parse().ok())

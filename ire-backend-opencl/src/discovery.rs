@@ -23,7 +23,8 @@ pub const DEVICE_ENV: &str = "IRE_OPENCL_DEVICE";
 /// `opencl,nvrtc`); when it names `opencl`, an absent device is an error instead of a skip.
 pub const REQUIRE_ENV: &str = "IRE_REQUIRE";
 
-const BACKEND: &str = "opencl";
+/// The backend's name in errors and listings.
+pub(crate) const BACKEND: &str = "opencl";
 
 /// Kind of an OpenCL device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -312,18 +313,18 @@ pub fn select_device(devices: &[DeviceInfo], selector: &str) -> Result<usize, Er
             .or_else(|| pick(DeviceKind::Accelerator))
             .unwrap_or(0));
     }
-    if let Some((p, d)) = sel.split_once(':') {
-        if let (Ok(p), Ok(d)) = (p.trim().parse::<usize>(), d.trim().parse::<usize>()) {
-            return devices
-                .iter()
-                .position(|x| x.platform_index == p && x.device_index == d)
-                .ok_or_else(|| {
-                    unavailable(format!(
-                        "{DEVICE_ENV}={sel}: no device {p}:{d}; devices: {}",
-                        listing()
-                    ))
-                });
-        }
+    if let Some((p, d)) = sel.split_once(':')
+        && let (Ok(p), Ok(d)) = (p.trim().parse::<usize>(), d.trim().parse::<usize>())
+    {
+        return devices
+            .iter()
+            .position(|x| x.platform_index == p && x.device_index == d)
+            .ok_or_else(|| {
+                unavailable(format!(
+                    "{DEVICE_ENV}={sel}: no device {p}:{d}; devices: {}",
+                    listing()
+                ))
+            });
     }
     if let Ok(i) = sel.parse::<usize>() {
         return if i < devices.len() {

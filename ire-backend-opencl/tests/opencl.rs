@@ -9,10 +9,10 @@ use std::process::Command;
 
 use common::make_backend;
 use ire_backend_opencl::{
-    DeviceInfo, DeviceKind, OpenClBackend, SelectionPath, platform_count, probe, required_by_env,
-    select_device,
+    DeviceInfo, DeviceKind, OpenClBackend, platform_count, probe, required_by_env, select_device,
 };
-use ire_core::conformance::{self, Rng, assert_bitwise, assert_close, rel_tol};
+use ire_conformance::{self as conformance, Rng, assert_bitwise, assert_close, rel_tol};
+use ire_core::device::SelectionPath;
 use ire_core::formulas::SgdScalars;
 use ire_core::{AdamWConfig, Backend, DType, Error, Reference, Scalar};
 
@@ -94,20 +94,20 @@ fn probe_lists_the_opened_device() {
     };
     assert!(platform_count().unwrap() >= 1);
     let devices = probe().unwrap();
-    assert!(devices.contains(b.device()), "{devices:?}");
-    assert_eq!(b.supports_dtype(DType::F64), b.device().fp64);
+    assert!(devices.contains(b.runtime().info()), "{devices:?}");
+    assert_eq!(b.supports_dtype(DType::F64), b.runtime().info().fp64);
     assert!(b.supports_dtype(DType::F32) && b.supports_dtype(DType::U8));
-    if !b.device().fp64 {
+    if !b.runtime().info().fp64 {
         assert!(matches!(
             b.alloc::<f64>(4),
             Err(Error::UnsupportedDType { .. })
         ));
     }
     // A selector naming nothing is a clear "unavailable", not a panic.
-    let err = OpenClBackend::with_selector("no-such-opencl-device-name").unwrap_err();
+    let err = ire_backend_opencl::open_selector("no-such-opencl-device-name").unwrap_err();
     assert!(matches!(err, Error::Unavailable { .. }), "{err}");
     // The measured default: host selection on a CPU device, device selection elsewhere.
-    let want = if b.device().kind == DeviceKind::Cpu {
+    let want = if b.runtime().info().kind == DeviceKind::Cpu {
         SelectionPath::Host
     } else {
         SelectionPath::Device
@@ -125,10 +125,10 @@ fn absent_opencl_child() {
     }
     assert_eq!(platform_count(), Ok(0));
     assert!(matches!(probe(), Err(Error::Unavailable { .. })));
-    let err = OpenClBackend::new().unwrap_err();
+    let err = ire_backend_opencl::open().unwrap_err();
     assert!(matches!(err, Error::Unavailable { .. }), "{err}");
     assert!(err.to_string().contains("no OpenCL platform"), "{err}");
-    match OpenClBackend::optional() {
+    match ire_backend_opencl::optional() {
         Ok(None) => assert!(!required_by_env()),
         Err(Error::Unavailable { .. }) => assert!(required_by_env()),
         other => panic!("unexpected {other:?}"),

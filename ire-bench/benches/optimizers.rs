@@ -8,8 +8,26 @@
 //! (`-- --test` runs each benchmark once, as a smoke check).
 
 use criterion::Criterion;
-use ire_backend_cpu::CpuBackend;
 use ire_bench::{Report, SIZES, bench_backend, triad_bandwidth};
+use ire_models::device::{BackendKind, NnTask, run_if_present};
+use ire_models::nn::NnOps;
+
+/// The benchmarks of one backend (opened by the backend selection).
+struct Bench<'a> {
+    c: &'a mut Criterion,
+    report: &'a mut Report,
+}
+
+impl NnTask for Bench<'_> {
+    type Output = ire_core::Result<()>;
+    fn run<B: NnOps + 'static>(self, b: B) -> ire_core::Result<()> {
+        let name = b.name().to_string();
+        for n in SIZES {
+            bench_backend(self.c, self.report, &name, &b, n, &|| b.synchronize())?;
+        }
+        Ok(())
+    }
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut c = Criterion::default().configure_from_args();
@@ -18,32 +36,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("triad bandwidth: {:.1} GB/s", bandwidth / 1e9);
     let mut report = Report::new(bandwidth);
 
-    let cpu = CpuBackend::new();
-    for n in SIZES {
-        bench_backend(&mut c, &mut report, "cpu", &cpu, n, &|| Ok(()))?;
-    }
-    #[cfg(feature = "opencl")]
-    match ire_backend_opencl::OpenClBackend::optional()? {
-        Some(ocl) => {
-            println!("opencl device: {}", ocl.device());
-            for n in SIZES {
-                bench_backend(&mut c, &mut report, "opencl", &ocl, n, &|| {
-                    ocl.synchronize()
-                })?;
+    for kind in [BackendKind::Cpu, BackendKind::OpenCl, BackendKind::Cuda] {
+        let task = Bench {
+            c: &mut c,
+            report: &mut report,
+        };
+        match run_if_present(kind, task)? {
+            Some((name, done)) => {
+                println!("{kind}: {name}");
+                done?;
             }
+            None => println!("{kind}: not compiled in or no device; its benchmarks are skipped"),
         }
-        None => println!("opencl: no device, OpenCL benchmarks skipped"),
-    }
-    #[cfg(feature = "cuda")]
-    match ire_backend_cuda::CudaBackend::from_env() {
-        Ok(cuda) => {
-            for n in SIZES {
-                bench_backend(&mut c, &mut report, "cuda", &cuda, n, &|| {
-                    cuda.synchronize()
-                })?;
-            }
-        }
-        Err(e) => println!("cuda: {e}; CUDA benchmarks skipped"),
     }
 
     // Measured again at the end: the table uses the better of the two (the machine may have

@@ -14,7 +14,7 @@
 //! Inputs come from the seeded [`Rng`] of the conformance suite, so every backend sees the same
 //! bits. Element-wise results must be bit-identical to the reference ("0 ulp"); counts and masks
 //! exact; reductions and the SAM trajectories within the relative bounds of
-//! [`ire_core::conformance::TOLERANCES`] (looked up by [`table_bound`], never restated here),
+//! [`ire_conformance::TOLERANCES`] (looked up by [`table_bound`], never restated here),
 //! except SAM trajectories longer than the suite's, bounded by [`LONG_SAM_TRAJECTORY`].
 //! One [`Row`] per operation or trajectory, dtype and backend aggregates every size.
 
@@ -23,13 +23,15 @@ use std::fmt;
 use std::fmt::Write as _;
 
 use ire_backend_cpu::CpuBackend;
-use ire_core::conformance::{Rng, TOLERANCES, Tolerance, ulp_distance};
-use ire_core::formulas::SgdScalars;
+use ire_conformance::inputs::{OpInputs, adamw_scalars, sgd_scalars};
+use ire_conformance::{Rng, TOLERANCES, Tolerance, ulp_distance};
 use ire_core::optim::{
     AdamW, AdamWConfig, EstimateInput, Estimator, Ire, IreConfig, IreStep, KappaSchedule,
     Optimizer, Sam, SamConfig, Sgd, SgdConfig,
 };
 use ire_core::{Backend, DType, Reference, Scalar};
+use ire_models::device::{BackendKind, NnTask, run_if_present, run_on};
+use ire_models::nn::NnOps;
 
 // ------------------------------------------------------------------ errors and options
 
@@ -64,39 +66,8 @@ impl From<ire_core::Error> for EquivError {
     }
 }
 
-/// A backend the runner can compare with the reference.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum BackendKind {
-    /// `ire_backend_cpu::CpuBackend` (always in the build).
-    Cpu,
-    /// `ire_backend_opencl::OpenClBackend` (feature `opencl`).
-    OpenCl,
-    /// `ire_backend_cuda::CudaBackend` (feature `cuda`).
-    Cuda,
-}
-
-impl BackendKind {
-    /// Every backend, in the order rows list them.
-    pub const ALL: [BackendKind; 3] = [BackendKind::Cpu, BackendKind::OpenCl, BackendKind::Cuda];
-
-    /// The backend's name (as `Backend::name` gives it and `--backends` takes it).
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Cpu => "cpu",
-            BackendKind::OpenCl => "opencl",
-            BackendKind::Cuda => "cuda",
-        }
-    }
-
-    /// Whether this build has the backend compiled in.
-    pub fn compiled_in(self) -> bool {
-        match self {
-            BackendKind::Cpu => true,
-            BackendKind::OpenCl => cfg!(feature = "opencl"),
-            BackendKind::Cuda => cfg!(feature = "cuda"),
-        }
-    }
-}
+/// The backends the runner compares with the reference, in the order rows list them.
+pub const COMPARED: [BackendKind; 3] = [BackendKind::Cpu, BackendKind::OpenCl, BackendKind::Cuda];
 
 /// Parses a comma-separated backend list (`cpu,opencl`); spaces around names are ignored,
 /// duplicates collapse. An empty list, an empty entry or an unknown name is an error.
@@ -105,9 +76,6 @@ pub fn parse_backends(list: &str) -> Result<Vec<BackendKind>, EquivError> {
     for raw in list.split(',') {
         let name = raw.trim();
         let kind = match name.to_ascii_lowercase().as_str() {
-            "cpu" => BackendKind::Cpu,
-            "opencl" => BackendKind::OpenCl,
-            "cuda" => BackendKind::Cuda,
             "reference" => {
                 return Err(EquivError::Usage(
                     "`reference` is the oracle every backend is compared with; list the \
@@ -120,11 +88,14 @@ pub fn parse_backends(list: &str) -> Result<Vec<BackendKind>, EquivError> {
                     "empty entry in the backend list `{list}` (expected e.g. `cpu,opencl`)"
                 )));
             }
-            _ => {
-                return Err(EquivError::Usage(format!(
-                    "unknown backend `{name}` (known: cpu, opencl, cuda)"
-                )));
-            }
+            other => match other.parse::<BackendKind>() {
+                Ok(k) if COMPARED.contains(&k) => k,
+                _ => {
+                    return Err(EquivError::Usage(format!(
+                        "unknown backend `{name}` (known: cpu, opencl, cuda)"
+                    )));
+                }
+            },
         };
         if !out.contains(&kind) {
             out.push(kind);
@@ -271,7 +242,7 @@ pub const LONG_SAM_TRAJECTORY: Tolerance = Tolerance {
              ulps of the parameters' scale, relative to a coordinate passing near zero it grows",
 };
 
-/// The tolerance entry `entry` of [`ire_core::conformance::TOLERANCES`], or
+/// The tolerance entry `entry` of [`ire_conformance::TOLERANCES`], or
 /// [`LONG_SAM_TRAJECTORY`].
 pub fn tolerance_entry(entry: &str) -> Option<&'static Tolerance> {
     TOLERANCES
@@ -287,9 +258,10 @@ pub fn table_bound(entry: &'static str, dtype: DType) -> Result<Bound, EquivErro
     let rel = match dtype {
         DType::F32 => t.rel_f32,
         DType::F64 => t.rel_f64,
-        DType::U8 => {
+        DType::U8 | DType::U32 => {
             return Err(EquivError::Table(format!(
-                "`{entry}` has no bound for u8 (integers compare exactly)"
+                "`{entry}` has no bound for {} (integers compare exactly)",
+                dtype.name()
             )));
         }
     };
@@ -534,10 +506,10 @@ impl Report {
         s.push_str(&self.table());
         let mut entries: Vec<&'static str> = Vec::new();
         for r in &self.rows {
-            if let Bound::Relative { entry, .. } = r.bound {
-                if !entries.contains(&entry) {
-                    entries.push(entry);
-                }
+            if let Bound::Relative { entry, .. } = r.bound
+                && !entries.contains(&entry)
+            {
+                entries.push(entry);
             }
         }
         if !entries.is_empty() || !self.notes.is_empty() {
@@ -735,19 +707,6 @@ impl<T: Scalar> Out<T> {
     }
 }
 
-/// The inputs of every operation at one size and dtype.
-struct Inputs<T> {
-    n: usize,
-    v1: Vec<T>,
-    v2: Vec<T>,
-    v3: Vec<T>,
-    v4: Vec<T>,
-    mask: Vec<u8>,
-    non_finite: Vec<T>,
-    parts: Vec<Vec<T>>,
-    ks: Vec<usize>,
-}
-
 // Scalars of the operations: values not exactly representable in binary, so both dtypes round
 // them.
 const FILL_VALUE: f64 = 0.1;
@@ -757,79 +716,8 @@ const KAPPA: f64 = 1.7;
 const EMA_BETAS: [f64; 2] = [0.0, 0.9];
 const ADAMW_STEPS: [u64; 3] = [1, 2, 1000];
 
-impl<T: Scalar> Inputs<T> {
-    fn new(n: usize) -> Self {
-        let mut rng = Rng::new(0x5EED ^ (n as u64).wrapping_mul(0x9E37_79B9));
-        let v1 = rng.values::<T>(n);
-        let v2 = rng.values::<T>(n);
-        let v3 = rng.positive::<T>(n);
-        let v4 = rng.values::<T>(n);
-        let mask = rng.mask(n);
-        let mut non_finite = v1.clone();
-        for (i, x) in non_finite.iter_mut().enumerate() {
-            match i % 97 {
-                0 => *x = T::nan(),
-                31 => *x = T::infinity(),
-                64 => *x = T::neg_infinity(),
-                _ => {}
-            }
-        }
-        // Several buffers (one empty) with ties and both zeros.
-        let parts: Vec<Vec<T>> = [n, 1, 0, 257]
-            .iter()
-            .map(|&m| {
-                let mut v = rng.values::<T>(m);
-                for (i, x) in v.iter_mut().enumerate() {
-                    if i % 5 == 0 {
-                        *x = T::of(0.25);
-                    }
-                    if i % 11 == 0 {
-                        *x = T::of(-0.0);
-                    }
-                }
-                v
-            })
-            .collect();
-        let total: usize = parts.iter().map(Vec::len).sum();
-        let mut ks: Vec<usize> = [1, 2, total / 3 + 1, total / 2 + 1, total - 1, total]
-            .into_iter()
-            .filter(|&k| (1..=total).contains(&k))
-            .collect();
-        ks.dedup();
-        Inputs {
-            n,
-            v1,
-            v2,
-            v3,
-            v4,
-            mask,
-            non_finite,
-            parts,
-            ks,
-        }
-    }
-}
-
-fn sgd_scalars<T: Scalar>(first_step: bool, nesterov: bool) -> SgdScalars<T> {
-    SgdScalars {
-        lr: T::of(0.07),
-        weight_decay: T::of(1e-3),
-        momentum: T::of(0.9),
-        dampening_complement: T::of(if nesterov { 1.0 } else { 0.9 }),
-        nesterov,
-        first_step,
-    }
-}
-
-const OP_ADAMW: AdamWConfig = AdamWConfig {
-    beta1: 0.9,
-    beta2: 0.95,
-    eps: 1e-8,
-    weight_decay: 0.1,
-};
-
 /// Runs `op` on `b` with inputs `x` and downloads its results.
-fn run_op<B: Backend, T: Scalar>(b: &B, op: Op, x: &Inputs<T>) -> ire_core::Result<Out<T>> {
+fn run_op<B: Backend, T: Scalar>(b: &B, op: Op, x: &OpInputs<T>) -> ire_core::Result<Out<T>> {
     let mut out = Out::default();
     let n = x.n;
     let kappa = T::of(KAPPA);
@@ -896,7 +784,7 @@ fn run_op<B: Backend, T: Scalar>(b: &B, op: Op, x: &Inputs<T>) -> ire_core::Resu
         Op::SgdStep | Op::SgdIre => {
             let mut p = b.alloc_from(&x.v1)?;
             let g = b.alloc_from(&x.v2)?;
-            let s = sgd_scalars::<T>(false, false);
+            let s = sgd_scalars::<T>(&mut Rng::new(17), false, false);
             if op == Op::SgdStep {
                 b.sgd_step(&mut p, &g, &s)?;
             } else {
@@ -916,7 +804,7 @@ fn run_op<B: Backend, T: Scalar>(b: &B, op: Op, x: &Inputs<T>) -> ire_core::Resu
                 op,
                 Op::SgdMomentumIreFirst | Op::SgdMomentumIre | Op::SgdNesterovIre
             );
-            let s = sgd_scalars::<T>(first, nesterov);
+            let s = sgd_scalars::<T>(&mut Rng::new(17), first, nesterov);
             let mut p = b.alloc_from(&x.v1)?;
             let g = b.alloc_from(&x.v2)?;
             let mut buf = b.alloc_from(&x.v3)?;
@@ -933,7 +821,7 @@ fn run_op<B: Backend, T: Scalar>(b: &B, op: Op, x: &Inputs<T>) -> ire_core::Resu
             let g = b.alloc_from(&x.v2)?;
             let mask = b.alloc_from(&x.mask)?;
             for t in ADAMW_STEPS {
-                let s = OP_ADAMW.scalars::<T>(6e-4, t);
+                let s = adamw_scalars::<T>(t);
                 let mut p = b.alloc_from(&x.v1)?;
                 let mut m = b.alloc_from(&x.v4)?;
                 let mut v = b.alloc_from(&x.v3)?;
@@ -1374,95 +1262,72 @@ fn run_trajectory<B: Backend, T: Scalar>(
 
 // ------------------------------------------------------------------ backends and the run
 
-/// A backend of the build, opened.
-enum Device {
-    Cpu(CpuBackend),
-    #[cfg(feature = "opencl")]
-    OpenCl(ire_backend_opencl::OpenClBackend),
-    #[cfg(feature = "cuda")]
-    Cuda(ire_backend_cuda::CudaBackend),
+/// Compares one backend with the reference over the whole plan (the [`NnTask`] the backend
+/// selection runs on whichever backend it opens).
+struct Compare<'a> {
+    plan: &'a Plan,
+    /// The backend's position in [`COMPARED`] (the rows' order).
+    index: usize,
 }
 
-/// Runs `$body` with `$b` bound to the concrete backend inside `$dev`.
-macro_rules! on_device {
-    ($dev:expr, $b:ident => $body:expr) => {
-        match $dev {
-            Device::Cpu($b) => $body,
-            #[cfg(feature = "opencl")]
-            Device::OpenCl($b) => $body,
-            #[cfg(feature = "cuda")]
-            Device::Cuda($b) => $body,
-        }
-    };
+/// What one backend's comparison produced.
+struct Compared {
+    name: String,
+    description: String,
+    notes: Vec<String>,
+    table: Table,
 }
 
-impl Device {
-    fn name(&self) -> String {
-        on_device!(self, b => b.name().to_string())
-    }
+impl NnTask for Compare<'_> {
+    type Output = Result<Compared, EquivError>;
 
-    fn supports(&self, dtype: DType) -> bool {
-        on_device!(self, b => b.supports_dtype(dtype))
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Device::Cpu(b) => format!(
-                "cpu ({} threads, {})",
-                b.threads(),
-                if b.wide_simd() { "AVX2" } else { "no AVX2" }
-            ),
-            #[cfg(feature = "opencl")]
-            Device::OpenCl(b) => format!("opencl ({})", b.device()),
-            #[cfg(feature = "cuda")]
-            Device::Cuda(b) => format!("cuda ({}, kernels for {})", b.device(), b.target()),
-        }
-    }
-}
-
-/// Opens `kind`: `Ok(None)` with a note when it is absent and was not asked for by name.
-fn open(
-    kind: BackendKind,
-    asked: bool,
-    notes: &mut Vec<String>,
-) -> Result<Option<Device>, EquivError> {
-    let absent = |notes: &mut Vec<String>, why: String| {
-        if asked {
-            Err(EquivError::Usage(format!(
-                "backend `{}` was asked for, but {why}",
-                kind.name()
-            )))
-        } else {
-            notes.push(format!("{}: skipped, {why}", kind.name()));
-            Ok(None)
-        }
-    };
-    match kind {
-        BackendKind::Cpu => Ok(Some(Device::Cpu(CpuBackend::new()))),
-        #[cfg(feature = "opencl")]
-        BackendKind::OpenCl => match ire_backend_opencl::OpenClBackend::optional()? {
-            Some(b) => Ok(Some(Device::OpenCl(b))),
-            None => absent(notes, "no OpenCL device was found".into()),
-        },
-        #[cfg(not(feature = "opencl"))]
-        BackendKind::OpenCl => absent(
-            notes,
-            "this build lacks it (build with `--features opencl`)".into(),
-        ),
-        #[cfg(feature = "cuda")]
-        BackendKind::Cuda => match ire_backend_cuda::CudaBackend::from_env() {
-            Ok(b) => Ok(Some(Device::Cuda(b))),
-            Err(ire_core::Error::Unavailable { reason, .. }) => {
-                absent(notes, format!("no usable CUDA device ({reason})"))
+    fn run<B: NnOps + 'static>(self, b: B) -> Result<Compared, EquivError> {
+        let mut out = Compared {
+            name: b.name().to_string(),
+            description: describe(&b),
+            notes: Vec::new(),
+            table: Table::default(),
+        };
+        for dtype in [DType::F32, DType::F64] {
+            if !b.supports_dtype(dtype) {
+                out.notes.push(format!(
+                    "{}: {} not supported by the device, its {} rows are skipped",
+                    out.name,
+                    dtype.name(),
+                    dtype.name()
+                ));
             }
-            Err(e) => Err(e.into()),
-        },
-        #[cfg(not(feature = "cuda"))]
-        BackendKind::Cuda => absent(
-            notes,
-            "this build lacks it (build with `--features cuda`)".into(),
-        ),
+        }
+        run_dtype::<B, f32>(&b, self.index, self.plan, &mut out.table)?;
+        run_dtype::<B, f64>(&b, self.index, self.plan, &mut out.table)?;
+        Ok(out)
     }
+}
+
+/// One line about the device behind `b`.
+fn describe<B: Backend + 'static>(b: &B) -> String {
+    use std::any::Any;
+    let any = b as &dyn Any;
+    if let Some(c) = any.downcast_ref::<CpuBackend>() {
+        return format!(
+            "cpu ({} threads, {})",
+            c.threads(),
+            if c.wide_simd() { "AVX2" } else { "no AVX2" }
+        );
+    }
+    #[cfg(feature = "opencl")]
+    if let Some(c) = any.downcast_ref::<ire_backend_opencl::OpenClBackend>() {
+        return format!("opencl ({})", c.runtime().info());
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(c) = any.downcast_ref::<ire_backend_cuda::CudaBackend>() {
+        return format!(
+            "cuda ({}, kernels for {})",
+            c.runtime().info(),
+            c.runtime().target()
+        );
+    }
+    b.name().to_string()
 }
 
 /// Accumulates the rows, ordered by (operation or trajectory, dtype, backend).
@@ -1515,40 +1380,29 @@ fn dtype_index(d: DType) -> usize {
     match d {
         DType::F32 => 0,
         DType::F64 => 1,
-        DType::U8 => 2,
+        DType::U8 | DType::U32 => 2,
     }
 }
 
-fn run_dtype<T: Scalar>(
+fn run_dtype<B: Backend, T: Scalar>(
+    b: &B,
+    bi: usize,
     plan: &Plan,
-    devices: &[(String, Device)],
     table: &mut Table,
 ) -> Result<(), EquivError> {
-    let active: Vec<(usize, &str, &Device)> = devices
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, d))| d.supports(T::DTYPE))
-        .map(|(i, (name, d))| (i, name.as_str(), d))
-        .collect();
-    if active.is_empty() {
+    if !b.supports_dtype(T::DTYPE) {
         return Ok(());
     }
+    let name = b.name().to_string();
     let di = dtype_index(T::DTYPE);
     for &n in &plan.sizes {
-        let x = Inputs::<T>::new(n);
+        let x = OpInputs::<T>::new(n);
         let case = format!("n = {n}");
         for (oi, &op) in Op::ALL.iter().enumerate() {
             let bound = op.bound(T::DTYPE)?;
             let want = run_op(&Reference, op, &x);
-            for &(bi, name, dev) in &active {
-                let row = table.cell((oi, di, bi), op.name(), T::DTYPE, name, bound);
-                Table::record(
-                    row,
-                    &want,
-                    || on_device!(dev, b => run_op(b, op, &x)),
-                    &case,
-                );
-            }
+            let row = table.cell((oi, di, bi), op.name(), T::DTYPE, &name, bound);
+            Table::record(row, &want, || run_op(b, op, &x), &case);
         }
     }
     let p = Problem::<T>::new(plan);
@@ -1556,16 +1410,9 @@ fn run_dtype<T: Scalar>(
         let bound = traj.bound(T::DTYPE, plan.steps)?;
         let want = run_trajectory(&Reference, traj, &p, plan);
         let case = format!("after {} steps", plan.steps);
-        for &(bi, name, dev) in &active {
-            let key = (Op::ALL.len() + ti, di, bi);
-            let row = table.cell(key, traj.name(), T::DTYPE, name, bound);
-            Table::record(
-                row,
-                &want,
-                || on_device!(dev, b => run_trajectory(b, traj, &p, plan)),
-                &case,
-            );
-        }
+        let key = (Op::ALL.len() + ti, di, bi);
+        let row = table.cell(key, traj.name(), T::DTYPE, &name, bound);
+        Table::record(row, &want, || run_trajectory(b, traj, &p, plan), &case);
     }
     Ok(())
 }
@@ -1586,31 +1433,33 @@ pub fn run(opts: &Options) -> Result<Report, EquivError> {
         plan: Some(plan.clone()),
         ..Report::default()
     };
-    let mut devices: Vec<(String, Device)> = Vec::new();
-    for kind in BackendKind::ALL {
+    let mut table = Table::default();
+    for (index, kind) in COMPARED.into_iter().enumerate() {
         let asked = match &opts.backends {
             None => false,
             Some(list) if list.contains(&kind) => true,
             Some(_) => continue,
         };
-        if let Some(d) = open(kind, asked, &mut report.notes)? {
-            report.devices.push(d.describe());
-            for dtype in [DType::F32, DType::F64] {
-                if !d.supports(dtype) {
-                    report.notes.push(format!(
-                        "{}: {} not supported by the device, its {} rows are skipped",
-                        kind.name(),
-                        dtype.name(),
-                        dtype.name()
-                    ));
-                }
+        let task = Compare { plan, index };
+        let done = if asked {
+            Some(run_on(kind, task).map_err(|e| {
+                EquivError::Usage(format!("backend `{kind}` was asked for, but: {e}"))
+            })?)
+        } else {
+            run_if_present(kind, task)?
+        };
+        match done {
+            None => report.notes.push(format!(
+                "{kind}: skipped, its device is absent or not compiled in"
+            )),
+            Some((_, compared)) => {
+                let c = compared?;
+                report.devices.push(c.description);
+                report.notes.extend(c.notes);
+                table.cells.extend(c.table.cells);
             }
-            devices.push((d.name(), d));
         }
     }
-    let mut table = Table::default();
-    run_dtype::<f32>(plan, &devices, &mut table)?;
-    run_dtype::<f64>(plan, &devices, &mut table)?;
     report.rows = table.cells.into_values().collect();
     Ok(report)
 }
@@ -1666,13 +1515,13 @@ mod tests {
 
     #[test]
     fn inputs_are_deterministic_and_cover_the_edge_cases() {
-        let a = Inputs::<f32>::new(1000);
-        let b = Inputs::<f32>::new(1000);
+        let a = OpInputs::<f32>::new(1000);
+        let b = OpInputs::<f32>::new(1000);
         assert_eq!(a.v1, b.v1);
         assert_eq!(a.ks, b.ks);
         assert!(a.non_finite.iter().any(|x| x.is_nan()));
         assert!(a.non_finite.iter().any(|x| x.is_infinite()));
-        let empty = Inputs::<f64>::new(0);
+        let empty = OpInputs::<f64>::new(0);
         assert_eq!(empty.ks.first(), Some(&1));
         assert_eq!(empty.ks.last(), Some(&258));
     }

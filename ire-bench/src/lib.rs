@@ -120,9 +120,9 @@ fn ms(s: f64) -> String {
 }
 
 fn label(n: usize) -> String {
-    if n % 1_000_000 == 0 {
+    if n.is_multiple_of(1_000_000) {
         format!("{}M", n / 1_000_000)
-    } else if n % 1_000 == 0 {
+    } else if n.is_multiple_of(1_000) {
         format!("{}K", n / 1_000)
     } else {
         n.to_string()
@@ -170,10 +170,10 @@ impl Report {
             e.median_s / floor,
             e.best_s / floor,
         );
-        if e.op != "adamw" {
-            if let Some((m, b)) = self.ratio_to_adamw(&e) {
-                let _ = write!(line, " | {m:.2}x adamw (best {b:.2}x)");
-            }
+        if e.op != "adamw"
+            && let Some((m, b)) = self.ratio_to_adamw(&e)
+        {
+            let _ = write!(line, " | {m:.2}x adamw (best {b:.2}x)");
         }
         println!("{line}");
         let derived = if e.op == "mask_refresh" {

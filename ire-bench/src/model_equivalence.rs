@@ -8,7 +8,9 @@ use std::path::Path;
 use ire_models::crosscheck::{
     BOUNDS, ModelCheck, SMALL_PRESETS, check_config, check_model, default_text, is_language_model,
 };
+use ire_models::device::{BackendKind, NnTask, run_if_present};
 use ire_models::nn::NnOps;
+use ire_models::train::{TrainConfig, TrainError};
 
 /// One preset on one device backend.
 #[derive(Debug)]
@@ -22,74 +24,54 @@ pub struct ModelRow {
 /// Runs every small preset (language models only when the text corpus is beside the
 /// repository at `root`) on each device backend of the build that has a device, `steps`
 /// steps each. Returns the rows and a note per skipped case.
-#[cfg_attr(
-    not(any(feature = "opencl", feature = "cuda")),
-    allow(unused_mut, unused_variables)
-)]
 pub fn run_models(root: &Path, steps: usize) -> (Vec<ModelRow>, Vec<String>) {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    #[cfg(feature = "opencl")]
-    match ire_backend_opencl::OpenClBackend::optional() {
-        Ok(Some(cl)) => each_preset(
-            root,
-            steps,
-            "opencl",
-            || Ok(cl.clone()),
-            &mut rows,
-            &mut notes,
-        ),
-        Ok(None) => notes.push("opencl: no device".into()),
-        Err(e) => notes.push(format!("opencl: {e}")),
-    }
-    #[cfg(feature = "cuda")]
-    match ire_backend_cuda::CudaBackend::from_env() {
-        Ok(_) => each_preset(
-            root,
-            steps,
-            "cuda",
-            ire_backend_cuda::CudaBackend::from_env,
-            &mut rows,
-            &mut notes,
-        ),
-        Err(e) => notes.push(format!("cuda: {e}")),
-    }
-    if !cfg!(any(feature = "opencl", feature = "cuda")) {
-        notes.push("no device backend in this build (features opencl, cuda)".into());
+    let text = default_text(root);
+    for kind in [BackendKind::OpenCl, BackendKind::Cuda] {
+        for model in SMALL_PRESETS {
+            if is_language_model(model) && text.is_none() {
+                notes.push(format!(
+                    "{model}: the shared text corpora are not beside the repository"
+                ));
+                continue;
+            }
+            let cfg = check_config(model, root, text.as_deref().unwrap_or(Path::new("")));
+            match run_if_present(kind, Check { cfg: &cfg, steps }) {
+                Ok(None) => {
+                    notes.push(format!("{kind}: not compiled in or no device"));
+                    break;
+                }
+                Ok(Some((_, Ok(check)))) => rows.push(ModelRow {
+                    backend: kind.name(),
+                    check,
+                }),
+                Ok(Some((_, Err(e)))) => notes.push(format!("{kind} {model}: FAILED to run: {e}")),
+                Err(e) => {
+                    notes.push(format!("{kind}: {e}"));
+                    break;
+                }
+            }
+        }
     }
     (rows, notes)
 }
 
-#[cfg_attr(not(any(feature = "opencl", feature = "cuda")), allow(dead_code))]
-fn each_preset<D: NnOps + 'static>(
-    root: &Path,
+/// One preset on the backend the selection opened, against the CPU backend.
+struct Check<'a> {
+    cfg: &'a TrainConfig,
     steps: usize,
-    backend: &'static str,
-    open: impl Fn() -> ire_core::Result<D>,
-    rows: &mut Vec<ModelRow>,
-    notes: &mut Vec<String>,
-) {
-    let text = default_text(root);
-    for model in SMALL_PRESETS {
-        let lm = is_language_model(model);
-        if lm && text.is_none() {
-            notes.push(format!(
-                "{model}: the shared text corpora are not beside the repository"
-            ));
-            continue;
-        }
-        let cfg = check_config(model, root, text.as_deref().unwrap_or(Path::new("")));
-        let dev = match open() {
-            Ok(d) => d,
-            Err(e) => {
-                notes.push(format!("{backend} {model}: {e}"));
-                continue;
-            }
-        };
-        match check_model(ire_backend_cpu::CpuBackend::new(), dev, &cfg, steps) {
-            Ok(check) => rows.push(ModelRow { backend, check }),
-            Err(e) => notes.push(format!("{backend} {model}: FAILED to run: {e}")),
-        }
+}
+
+impl NnTask for Check<'_> {
+    type Output = Result<ModelCheck, TrainError>;
+    fn run<B: NnOps + 'static>(self, dev: B) -> Result<ModelCheck, TrainError> {
+        check_model(
+            ire_backend_cpu::CpuBackend::new(),
+            dev,
+            self.cfg,
+            self.steps,
+        )
     }
 }
 
@@ -100,10 +82,14 @@ pub fn op_tolerances() -> String {
     let mut s = String::new();
     #[cfg(any(feature = "opencl", feature = "cuda"))]
     {
-        use ire_models::nn::device::{CNN_TOLERANCES, TF_TOLERANCES};
+        use ire_models::nn::device::{CNN_TOLERANCES, LOSS_TOLERANCES, TF_TOLERANCES};
         let _ = writeln!(s, "| op | f32 | f64 | why |");
         let _ = writeln!(s, "| --- | ---: | ---: | --- |");
-        for (op, t32, t64, why) in CNN_TOLERANCES.iter().chain(TF_TOLERANCES) {
+        for (op, t32, t64, why) in CNN_TOLERANCES
+            .iter()
+            .chain(TF_TOLERANCES)
+            .chain(LOSS_TOLERANCES)
+        {
             let fmt = |t: f64| {
                 if t == 0.0 {
                     "0 (bitwise)".to_string()

@@ -4,10 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use ire_bench::equivalence::{
-    BackendKind, Bound, Diff, Op, Options, Plan, Report, Row, Trajectory, compare_exact,
-    compare_floats, run, table_bound,
+    Bound, Diff, Op, Options, Plan, Report, Row, Trajectory, compare_exact, compare_floats, run,
+    table_bound,
 };
 use ire_core::DType;
+use ire_models::device::BackendKind;
 
 fn row(diff: Diff, bound: Bound) -> Row {
     Row {
@@ -30,14 +31,14 @@ fn quick_mode_passes_and_has_every_row() {
     #[cfg_attr(not(any(feature = "opencl", feature = "cuda")), allow(unused_mut))]
     let mut expected = vec!["cpu"];
     #[cfg(feature = "opencl")]
-    if ire_backend_opencl::OpenClBackend::optional()
+    if ire_backend_opencl::optional()
         .expect("an OpenCL device that exists opens")
         .is_some()
     {
         expected.push("opencl");
     }
     #[cfg(feature = "cuda")]
-    if ire_backend_cuda::CudaBackend::from_env().is_ok() {
+    if ire_backend_cuda::from_env().is_ok() {
         expected.push("cuda");
     }
     for backend in expected {

@@ -8,7 +8,7 @@
  *
  * Launch contract: element-wise kernels take one work-item per element (`i < n` guarded);
  * reduction kernels are launched with work-groups of exactly REDUCE_WG items and any
- * number of groups (grid-stride loops), writing one partial per group. */
+ * number of groups (grid-stride loops), writing one partial per group, which the host adds. */
 
 #define REDUCE_WG 256
 
@@ -28,6 +28,8 @@ DEVICE_FN KEY order_key(T x) {
 
 /* x - x is 0 for a finite x and NaN for an infinity or a NaN. */
 #define IS_FINITE(x) (((x) - (x)) == ((x) - (x)))
+/* Only a NaN is unequal to itself. */
+#define IS_NAN(x) ((x) != (x))
 
 /* ---------------------------------------------------------------- plumbing */
 
@@ -224,14 +226,6 @@ KERNEL void sum_squares_product_partial(GLOBAL const T* a, GLOBAL const T* b, IN
     GROUP_REDUCE(T, acc, partial);
 }
 
-/* Second pass of a sum: adds partials. */
-KERNEL void sum_partial(GLOBAL const T* x, INDEX n, GLOBAL T* partial) {
-    LOCAL_ARRAY(T, scratch_, REDUCE_WG);
-    T acc = (T)0;
-    for (INDEX i = GLOBAL_ID; i < n; i += GLOBAL_SIZE) acc = acc + x[i];
-    GROUP_REDUCE(T, acc, partial);
-}
-
 KERNEL void count_non_finite_partial(GLOBAL const T* x, INDEX n, GLOBAL U32* partial) {
     LOCAL_ARRAY(U32, scratch_, REDUCE_WG);
     U32 acc = 0;
@@ -249,25 +243,29 @@ KERNEL void count_nonzero_partial(GLOBAL const U8* x, INDEX n, GLOBAL U32* parti
     GROUP_REDUCE(U32, acc, partial);
 }
 
-KERNEL void sum_u32_partial(GLOBAL const U32* x, INDEX n, GLOBAL U32* partial) {
+KERNEL void count_nan_partial(GLOBAL const T* x, INDEX n, GLOBAL U32* partial) {
     LOCAL_ARRAY(U32, scratch_, REDUCE_WG);
     U32 acc = 0;
-    for (INDEX i = GLOBAL_ID; i < n; i += GLOBAL_SIZE) acc += x[i];
+    for (INDEX i = GLOBAL_ID; i < n; i += GLOBAL_SIZE) {
+        T v = x[i];
+        acc += IS_NAN(v) ? 1u : 0u;
+    }
     GROUP_REDUCE(U32, acc, partial);
 }
 
 /* ---------------------------------------------------------------- k-th largest (radix select)
  * One pass of a most-significant-byte-first radix selection over order keys: counts, among
- * the elements whose key matches `prefix` on the bits of `prefix_mask`, how many have each
- * value of the byte at `shift`. The host accumulates `hist` (256 counters, zeroed by the
- * host) over every buffer, picks the byte that holds the k-th largest, extends the prefix
- * and repeats: 4 passes for f32, 8 for f64. The answer is exact. */
-KERNEL void select_histogram(GLOBAL const T* x, INDEX n, U32 shift, KEY prefix_mask, KEY prefix,
-                             GLOBAL U32* hist) {
+ * the elements x[start .. start + n) whose key matches `prefix` on the bits of `prefix_mask`,
+ * how many have each value of the byte at `shift`. The host accumulates `hist` (256 counters,
+ * zeroed by the host, read back before they could wrap) over every buffer, picks the byte
+ * that holds the k-th largest, extends the prefix and repeats: 4 passes for f32, 8 for f64.
+ * The answer is exact. */
+KERNEL void select_histogram(GLOBAL const T* x, INDEX start, INDEX n, U32 shift,
+                             KEY prefix_mask, KEY prefix, GLOBAL U32* hist) {
     LOCAL_ARRAY(U32, local_hist, REDUCE_WG);
     local_hist[LOCAL_ID] = 0;
     BARRIER();
-    for (INDEX i = GLOBAL_ID; i < n; i += GLOBAL_SIZE) {
+    for (INDEX i = start + GLOBAL_ID; i < start + n; i += GLOBAL_SIZE) {
         KEY k = order_key(x[i]);
         if ((k & prefix_mask) == prefix) {
             ATOMIC_ADD_U32(&local_hist[(U32)((k >> shift) & (KEY)0xFF)], 1u);

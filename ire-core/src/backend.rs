@@ -120,6 +120,12 @@ pub trait Backend {
 
     // ---- provided: conveniences ----
 
+    /// Waits until every operation submitted so far has completed (and reports an error a
+    /// device raised meanwhile). Host backends finish each operation before it returns.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// A buffer holding a copy of `src`.
     fn alloc_from<E: Element>(&self, src: &[E]) -> Result<Self::Buffer<E>> {
         let mut b = self.alloc(src.len())?;

@@ -53,33 +53,3 @@ pub fn kth_largest<T: Scalar>(values: &mut [T], k: usize) -> Result<T> {
     let (_, kth, _) = values.select_nth_unstable_by_key(n - k, |v| v.order_key());
     Ok(*kth)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kth_largest_matches_sorting() {
-        let mut v = [3.0f64, -1.0, 7.0, 7.0, 0.5, 2.0];
-        let mut sorted = v;
-        sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
-        for k in 1..=v.len() {
-            assert_eq!(kth_largest(&mut v, k).unwrap(), sorted[k - 1]);
-        }
-        assert!(kth_largest(&mut v, 0).is_err());
-        assert!(kth_largest(&mut v, 7).is_err());
-        let mut w = [1.0f32, f32::NAN];
-        assert!(matches!(
-            kth_largest(&mut w, 1),
-            Err(Error::NonFinite { .. })
-        ));
-    }
-
-    #[test]
-    fn pairwise_sum_is_exact_on_integers() {
-        let v: alloc::vec::Vec<f64> = (0..1000).map(|i| i as f64).collect();
-        // Σ i² for i < 1000 = 999·1000·1999/6.
-        assert_eq!(sum_squares(&v), 332_833_500.0);
-        assert_eq!(sum_squares_product(&v[..3], &[2.0, 2.0, 2.0]), 20.0);
-    }
-}

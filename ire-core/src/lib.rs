@@ -11,6 +11,8 @@
 //! - [`schedule`]: the learning-rate schedules of the paper.
 //! - [`sampling`]: labels drawn from a model's softmax for IRE's estimator gradient.
 //! - [`kernels`]: the portable OpenCL/CUDA kernel source, one formula per op.
+//! - [`device`]: the device layer: a [`Runtime`] trait per device API and one
+//!   [`DeviceBackend`] implementing every operation on top of it.
 //! - [`state`]: optimizer state save/load (named entries, versioned, all-or-nothing).
 //!
 //! `no_std` (with `alloc`) when built with `--no-default-features --features libm`.
@@ -22,11 +24,11 @@ compile_error!("ire-core needs either the `std` or the `libm` feature for its ma
 extern crate alloc;
 
 pub mod backend;
+pub mod device;
 mod error;
 pub mod formulas;
 pub mod host;
 pub mod kernels;
-pub mod launch;
 pub mod optim;
 pub mod projector;
 pub mod reference;
@@ -35,12 +37,9 @@ pub mod scalar;
 pub mod schedule;
 pub mod state;
 
-#[cfg(feature = "conformance")]
-pub mod conformance;
-
 pub use backend::Backend;
+pub use device::{DeviceBackend, DeviceBuffer, GemmShape, KernelArg, Runtime};
 pub use error::{Error, Result};
-pub use launch::{DeviceKernels, GemmShape, KernelArg};
 pub use optim::{
     AdamW, AdamWConfig, Ire, IreConfig, IreStep, Optimizer, Sam, SamConfig, Sgd, SgdConfig,
 };

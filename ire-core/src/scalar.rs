@@ -12,6 +12,8 @@ pub enum DType {
     F64,
     /// Unsigned byte (IRE masks).
     U8,
+    /// Unsigned 32-bit integer (device counters and histograms).
+    U32,
 }
 
 impl DType {
@@ -21,6 +23,7 @@ impl DType {
             DType::F32 => "f32",
             DType::F64 => "f64",
             DType::U8 => "u8",
+            DType::U32 => "u32",
         }
     }
 
@@ -30,14 +33,43 @@ impl DType {
             DType::F32 => 4,
             DType::F64 => 8,
             DType::U8 => 1,
+            DType::U32 => 4,
         }
     }
 }
 
-/// Anything a backend buffer can hold: plain-old-data with a [`DType`] tag.
-pub trait Element: Copy + Default + Debug + PartialEq + Send + Sync + 'static {
+mod sealed {
+    /// Only the plain-data types of this crate are elements (their bytes are moved raw).
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+    impl Sealed for u8 {}
+    impl Sealed for u32 {}
+}
+
+/// Anything a backend buffer can hold: plain-old-data with a [`DType`] tag (sealed: `f32`,
+/// `f64`, `u8`, `u32`).
+pub trait Element:
+    sealed::Sealed + Copy + Default + Debug + PartialEq + Send + Sync + 'static
+{
     /// The tag of this type.
     const DTYPE: DType;
+}
+
+/// The native-endian bytes of a slice of any [`Element`] (every one is plain data: no padding,
+/// no invalid bit pattern), for device uploads and downloads.
+pub fn as_bytes<E: Element>(s: &[E]) -> &[u8] {
+    // SAFETY: the Element types (f32, f64, u8, u32) have no padding and every byte is
+    // initialised; u8 has alignment 1; the view covers exactly the slice's memory.
+    unsafe { core::slice::from_raw_parts(s.as_ptr().cast::<u8>(), core::mem::size_of_val(s)) }
+}
+
+/// The bytes of a mutable slice of any [`Element`]; every byte pattern is a valid value.
+pub fn as_bytes_mut<E: Element>(s: &mut [E]) -> &mut [u8] {
+    // SAFETY: as `as_bytes`, and every byte pattern is a valid f32, f64, u8 or u32.
+    unsafe {
+        core::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<u8>(), core::mem::size_of_val(s))
+    }
 }
 
 impl Element for f32 {
@@ -49,12 +81,15 @@ impl Element for f64 {
 impl Element for u8 {
     const DTYPE: DType = DType::U8;
 }
+impl Element for u32 {
+    const DTYPE: DType = DType::U32;
+}
 
 /// The floating-point scalar the algebra is generic over: `f32` or `f64`.
 ///
 /// Only IEEE-exact operations (`+ − × ÷ sqrt`, comparisons) are used per element, so every
 /// backend that follows the canonical formulas gets the same bits.
-pub trait Scalar: crate::state::StateElement + num_traits::Float + PartialOrd {
+pub trait Scalar: Element + num_traits::Float + PartialOrd {
     /// The unsigned integer with the same bit width (used for order-preserving radix keys).
     type Bits: Copy + Ord + Debug + Send + Sync + 'static;
     /// Lossless or nearest conversion from a host `f64` hyper-parameter.
@@ -116,21 +151,4 @@ impl Scalar for f64 {
         self.order_key()
     }
     const EPSILON_F64: f64 = f64::EPSILON;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn order_keys_follow_numeric_order() {
-        let xs = [-3.5f32, -1.0, -0.0, 0.0, 1e-30, 2.0, f32::INFINITY];
-        for w in xs.windows(2) {
-            assert!(w[0].order_key() < w[1].order_key(), "{:?}", w);
-        }
-        let ys = [f64::NEG_INFINITY, -2.0, -0.0, 0.0, 5e-324, 1.0];
-        for w in ys.windows(2) {
-            assert!(w[0].order_key() < w[1].order_key(), "{:?}", w);
-        }
-    }
 }

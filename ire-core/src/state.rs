@@ -4,9 +4,11 @@
 //! format. Loading is all-or-nothing: every optimizer validates every entry (presence, type,
 //! length, format version, no extras) before it changes anything.
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::any::Any;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -71,32 +73,40 @@ pub struct StateDict {
     pub entries: Vec<StateEntry>,
 }
 
-/// Conversion between host tensors and [`StateValue`]s.
-pub trait StateElement: Element {
-    /// Wraps a host tensor.
-    fn wrap(v: Vec<Self>) -> StateValue;
-    /// Borrows a host tensor if the value holds this type.
-    fn unwrap(v: &StateValue) -> Option<&[Self]>;
-}
-
-macro_rules! state_element {
-    ($t:ty, $variant:ident) => {
-        impl StateElement for $t {
-            fn wrap(v: Vec<Self>) -> StateValue {
-                StateValue::$variant(v)
-            }
-            fn unwrap(v: &StateValue) -> Option<&[Self]> {
-                match v {
-                    StateValue::$variant(x) => Some(x),
-                    _ => None,
-                }
-            }
+impl StateValue {
+    /// Wraps a host tensor of any element type.
+    pub fn tensor<E: Element>(v: Vec<E>) -> StateValue {
+        let any: Box<dyn Any> = Box::new(v);
+        let any = match any.downcast::<Vec<f32>>() {
+            Ok(v) => return StateValue::F32(*v),
+            Err(a) => a,
+        };
+        let any = match any.downcast::<Vec<f64>>() {
+            Ok(v) => return StateValue::F64(*v),
+            Err(a) => a,
+        };
+        let any = match any.downcast::<Vec<u8>>() {
+            Ok(v) => return StateValue::U8(*v),
+            Err(a) => a,
+        };
+        match any.downcast::<Vec<u32>>() {
+            Ok(v) => StateValue::U64s(v.iter().map(|&x| u64::from(x)).collect()),
+            // Every `Element` is one of the four types above (the trait is sealed).
+            Err(_) => StateValue::U8(Vec::new()),
         }
-    };
+    }
+
+    /// The tensor this value holds, if it is a tensor of `E`.
+    pub fn as_tensor<E: Element>(&self) -> Option<&[E]> {
+        let v: &dyn Any = match self {
+            StateValue::F32(v) => v,
+            StateValue::F64(v) => v,
+            StateValue::U8(v) => v,
+            _ => return None,
+        };
+        v.downcast_ref::<Vec<E>>().map(Vec::as_slice)
+    }
 }
-state_element!(f32, F32);
-state_element!(f64, F64);
-state_element!(u8, U8);
 
 impl StateDict {
     /// An empty dict for `optimizer`, current format version.
@@ -117,7 +127,7 @@ impl StateDict {
     }
 
     /// Downloads `bufs` as entries `prefix.0`, `prefix.1`, ...
-    pub fn put_tensors<B: Backend, E: StateElement>(
+    pub fn put_tensors<B: Backend, E: Element>(
         &mut self,
         b: &B,
         prefix: &str,
@@ -125,7 +135,7 @@ impl StateDict {
     ) -> Result<()> {
         for (i, buf) in bufs.iter().enumerate() {
             let v = b.to_vec(buf)?;
-            self.put(format!("{prefix}.{i}"), E::wrap(v));
+            self.put(format!("{prefix}.{i}"), StateValue::tensor(v));
         }
         Ok(())
     }
@@ -172,9 +182,11 @@ impl StateDict {
     }
 
     /// A tensor entry of type `E` and exactly `len` elements.
-    pub fn get_tensor<E: StateElement>(&self, name: &str, len: usize) -> Result<&[E]> {
+    pub fn get_tensor<E: Element>(&self, name: &str, len: usize) -> Result<&[E]> {
         let v = self.get(name)?;
-        let t = E::unwrap(v).ok_or_else(|| self.wrong_type(name, E::DTYPE.name(), v))?;
+        let t = v
+            .as_tensor::<E>()
+            .ok_or_else(|| self.wrong_type(name, E::DTYPE.name(), v))?;
         if t.len() != len {
             return Err(Error::State(format!(
                 "{}: entry `{name}` has {} elements, expected {len}",
@@ -187,7 +199,7 @@ impl StateDict {
 
     /// Uploads tensors `prefix.0 .. prefix.{sizes.len()-1}` into NEW buffers (nothing existing
     /// is touched, so a failure leaves the optimizer as it was).
-    pub fn load_tensors<B: Backend, E: StateElement>(
+    pub fn load_tensors<B: Backend, E: Element>(
         &self,
         b: &B,
         prefix: &str,

@@ -1,5 +1,4 @@
 //! The conformance suite run on the reference backend itself: it checks the suite's own
 //! expectations (mask rule, save/load, trajectories) against the oracle.
-#![cfg(feature = "conformance")]
 
-ire_core::conformance_tests!(Some(ire_core::Reference));
+ire_conformance::conformance_tests!(Some(ire_core::Reference));

@@ -1,65 +1,85 @@
-//! Run-time choice among the backends compiled into this build.
+//! The one place a backend is chosen and opened: the `ire` command, the trainer, the benches
+//! and the cross-backend checks all go through [`resolve`] and [`run_on`] / [`run_if_present`].
 //!
-//! Code generic over [`Backend`] is written once as a [`BackendTask`] and [`run_on`] calls it
-//! with the backend the user picked: Rust has no generic closures, so a task is a small trait.
+//! Code generic over the backend is written once as an [`NnTask`] (Rust has no generic
+//! closures, so a task is a small trait), and runs on whichever backend the user picked.
 
 use std::fmt;
 use std::str::FromStr;
 
-use ire_core::{Backend, Result};
+use ire_core::{Error, Result};
 
-/// A backend name as given on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+use crate::nn::NnOps;
+
+/// A backend, as named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BackendKind {
     /// The fastest available: CUDA, then an OpenCL GPU, then the CPU backend.
     Auto,
     /// The multi-threaded CPU backend.
     Cpu,
-    /// The OpenCL backend (feature `opencl`).
+    /// The OpenCL runtime (feature `opencl`).
     OpenCl,
-    /// The CUDA backend (feature `cuda`).
+    /// The CUDA runtime (feature `cuda`).
     Cuda,
     /// `ire-core`'s sequential reference backend (the oracle).
     Reference,
 }
 
+/// A backend name that is none of [`BackendKind::NAMES`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend `{name}`: expected one of auto, cpu, opencl, cuda, reference")]
+pub struct UnknownBackend {
+    /// The name given.
+    pub name: String,
+}
+
+impl BackendKind {
+    /// Every backend name, in the order of [`BackendKind`]'s variants.
+    pub const NAMES: [&'static str; 5] = ["auto", "cpu", "opencl", "cuda", "reference"];
+    const ALL: [BackendKind; 5] = [
+        BackendKind::Auto,
+        BackendKind::Cpu,
+        BackendKind::OpenCl,
+        BackendKind::Cuda,
+        BackendKind::Reference,
+    ];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        let i = Self::ALL.iter().position(|&k| k == self).unwrap_or(0);
+        Self::NAMES[i]
+    }
+}
+
 impl FromStr for BackendKind {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(BackendKind::Auto),
-            "cpu" => Ok(BackendKind::Cpu),
-            "opencl" => Ok(BackendKind::OpenCl),
-            "cuda" => Ok(BackendKind::Cuda),
-            "reference" => Ok(BackendKind::Reference),
-            other => Err(format!(
-                "unknown backend `{other}`: expected auto, cpu, opencl, cuda or reference"
-            )),
-        }
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> std::result::Result<Self, UnknownBackend> {
+        let lower = s.trim().to_ascii_lowercase();
+        Self::NAMES
+            .iter()
+            .position(|&n| n == lower)
+            .map(|i| Self::ALL[i])
+            .ok_or_else(|| UnknownBackend { name: s.into() })
     }
 }
 
 impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BackendKind::Auto => "auto",
-            BackendKind::Cpu => "cpu",
-            BackendKind::OpenCl => "opencl",
-            BackendKind::Cuda => "cuda",
-            BackendKind::Reference => "reference",
-        })
+        f.write_str(self.name())
     }
 }
 
-/// Work generic over the backend.
-pub trait BackendTask {
+/// Work that needs the neural-network ops (every backend has them); takes the backend by
+/// value (a trainer owns it).
+pub trait NnTask {
     /// What the task returns.
     type Output;
     /// Runs the task on `b`.
-    fn run<B: Backend>(self, b: &B) -> Result<Self::Output>;
+    fn run<B: NnOps + 'static>(self, b: B) -> Self::Output;
 }
 
-/// Backends compiled into this build, in `auto` preference order after CUDA/OpenCL-GPU.
+/// Backends compiled into this build, in `auto` preference order.
 pub fn compiled_backends() -> Vec<BackendKind> {
     let mut v = Vec::new();
     if cfg!(feature = "cuda") {
@@ -73,31 +93,18 @@ pub fn compiled_backends() -> Vec<BackendKind> {
     v
 }
 
-#[cfg(not(all(feature = "opencl", feature = "cuda")))]
-fn not_compiled(kind: BackendKind) -> ire_core::Error {
-    ire_core::Error::Unavailable {
-        backend: kind.to_string(),
-        reason: format!("this build has no {kind} backend; rebuild with `--features {kind}`"),
-    }
-}
-
 /// Resolves `auto` to a concrete backend, with the reason for the choice.
 pub fn resolve(kind: BackendKind) -> (BackendKind, String) {
     if kind != BackendKind::Auto {
         return (kind, "asked for".into());
     }
     #[cfg(feature = "cuda")]
-    if ire_backend_cuda::probe()
-        .map(|d| !d.is_empty())
-        .unwrap_or(false)
-    {
+    if ire_backend_cuda::probe().is_ok_and(|d| !d.is_empty()) {
         return (BackendKind::Cuda, "a CUDA device is present".into());
     }
     #[cfg(feature = "opencl")]
-    if let Ok(devs) = ire_backend_opencl::probe() {
-        if devs.iter().any(|d| d.is_gpu()) {
-            return (BackendKind::OpenCl, "an OpenCL GPU is present".into());
-        }
+    if ire_backend_opencl::probe().is_ok_and(|d| d.iter().any(|d| d.is_gpu())) {
+        return (BackendKind::OpenCl, "an OpenCL GPU is present".into());
     }
     (
         BackendKind::Cpu,
@@ -106,36 +113,74 @@ pub fn resolve(kind: BackendKind) -> (BackendKind, String) {
     )
 }
 
-/// Runs `task` on the backend `kind` (resolving `auto`); returns the backend's name too.
-pub fn run_on<T: BackendTask>(kind: BackendKind, task: T) -> Result<(String, T::Output)> {
+/// Runs `task` on the backend `kind` (resolving `auto`); returns the backend's name (with its
+/// device) too. An absent device is an error.
+pub fn run_on<T: NnTask>(kind: BackendKind, task: T) -> Result<(String, T::Output)> {
     let (kind, _) = resolve(kind);
-    match kind {
-        BackendKind::Reference => {
-            let b = ire_core::Reference;
-            Ok((b.name().to_string(), task.run(&b)?))
+    open(kind, task, true)?.ok_or_else(|| Error::Unavailable {
+        backend: kind.name().into(),
+        reason: "no device".into(),
+    })
+}
+
+/// [`run_on`] for tests, benches and comparisons over every backend: `Ok(None)` when the
+/// backend is not compiled in or its device is absent, unless `IRE_REQUIRE` names it.
+pub fn run_if_present<T: NnTask>(
+    kind: BackendKind,
+    task: T,
+) -> Result<Option<(String, T::Output)>> {
+    let (kind, _) = resolve(kind);
+    open(kind, task, required_by_env(kind))
+}
+
+/// Whether `IRE_REQUIRE` (comma-separated) names the backend: then its absence is an error.
+pub fn required_by_env(kind: BackendKind) -> bool {
+    std::env::var("IRE_REQUIRE")
+        .unwrap_or_default()
+        .split(',')
+        .any(|s| s.trim().eq_ignore_ascii_case(kind.name()))
+}
+
+/// Opens `kind` (not `Auto`) and runs the task; `Ok(None)` for an absent backend unless
+/// `required`.
+fn open<T: NnTask>(
+    kind: BackendKind,
+    task: T,
+    required: bool,
+) -> Result<Option<(String, T::Output)>> {
+    let absent = |e: Error| -> Result<Option<(String, T::Output)>> {
+        match e {
+            Error::Unavailable { .. } if !required => Ok(None),
+            e => Err(e),
         }
+    };
+    match kind {
+        BackendKind::Reference => Ok(Some(("reference".into(), task.run(ire_core::Reference)))),
         BackendKind::Cpu | BackendKind::Auto => {
             let b = ire_backend_cpu::CpuBackend::new();
-            Ok((b.name().to_string(), task.run(&b)?))
+            Ok(Some(("cpu".into(), task.run(b))))
         }
-        BackendKind::OpenCl => {
-            #[cfg(feature = "opencl")]
-            {
-                let b = ire_backend_opencl::OpenClBackend::new()?;
-                Ok((b.name().to_string(), task.run(&b)?))
+        #[cfg(feature = "opencl")]
+        BackendKind::OpenCl => match ire_backend_opencl::open() {
+            Ok(b) => {
+                let name = format!("opencl ({})", b.runtime().info().name.trim());
+                Ok(Some((name, task.run(b))))
             }
-            #[cfg(not(feature = "opencl"))]
-            Err(not_compiled(kind))
-        }
-        BackendKind::Cuda => {
-            #[cfg(feature = "cuda")]
-            {
-                let b = ire_backend_cuda::CudaBackend::new(0)?;
-                Ok((b.name().to_string(), task.run(&b)?))
+            Err(e) => absent(e),
+        },
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => match ire_backend_cuda::from_env() {
+            Ok(b) => {
+                let name = format!("cuda ({})", b.runtime().info().name);
+                Ok(Some((name, task.run(b))))
             }
-            #[cfg(not(feature = "cuda"))]
-            Err(not_compiled(kind))
-        }
+            Err(e) => absent(e),
+        },
+        #[allow(unreachable_patterns)]
+        other => absent(Error::Unavailable {
+            backend: other.name().into(),
+            reason: format!("this build has no {other} backend; rebuild with `--features {other}`"),
+        }),
     }
 }
 
@@ -159,46 +204,4 @@ pub fn describe_devices() -> Vec<String> {
     }
     out.push("reference: the sequential oracle backend".into());
     out
-}
-
-/// Work that needs the neural-network ops; takes the backend by value (a trainer owns it).
-pub trait NnTask {
-    /// What the task returns.
-    type Output;
-    /// Runs the task on `b`.
-    fn run<B: crate::nn::NnOps + 'static>(self, b: B) -> Self::Output;
-}
-
-/// Runs `task` on the backend `kind` (resolving `auto` like [`resolve`]); returns the
-/// backend's name too. Every backend has the neural-network ops: the host backends through
-/// [`crate::nn::HostMemory`], OpenCL and CUDA through their kernels.
-pub fn run_on_nn<T: NnTask>(kind: BackendKind, task: T) -> Result<(String, T::Output)> {
-    let (kind, _) = resolve(kind);
-    match kind {
-        BackendKind::Reference => Ok(("reference".into(), task.run(ire_core::Reference))),
-        BackendKind::Cpu | BackendKind::Auto => {
-            let b = ire_backend_cpu::CpuBackend::new();
-            Ok(("cpu".into(), task.run(b)))
-        }
-        BackendKind::OpenCl => {
-            #[cfg(feature = "opencl")]
-            {
-                let b = ire_backend_opencl::OpenClBackend::new()?;
-                let name = format!("opencl ({})", b.device().name);
-                Ok((name, task.run(b)))
-            }
-            #[cfg(not(feature = "opencl"))]
-            Err(not_compiled(kind))
-        }
-        BackendKind::Cuda => {
-            #[cfg(feature = "cuda")]
-            {
-                let b = ire_backend_cuda::CudaBackend::from_env()?;
-                let name = format!("cuda ({})", b.device().name);
-                Ok((name, task.run(b)))
-            }
-            #[cfg(not(feature = "cuda"))]
-            Err(not_compiled(kind))
-        }
-    }
 }

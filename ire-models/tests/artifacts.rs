@@ -143,7 +143,7 @@ fn read_damaged(dir: &Path, bytes: &[u8]) -> ArtifactError {
 /// Like [`read_damaged`] without the file (`read` is `fs::read` + `parse`), for the exhaustive
 /// loops; every 97th case still goes through a real file.
 fn parse_damaged(dir: &Path, case: usize, bytes: &[u8]) -> ArtifactError {
-    if case % 97 == 0 {
+    if case.is_multiple_of(97) {
         return read_damaged(dir, bytes);
     }
     let path = dir.join("damaged.ckpt");

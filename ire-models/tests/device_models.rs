@@ -24,7 +24,7 @@ fn root() -> PathBuf {
 
 #[cfg(feature = "opencl")]
 fn opencl(test: &str) -> Option<ire_backend_opencl::OpenClBackend> {
-    let b = ire_backend_opencl::OpenClBackend::optional().unwrap();
+    let b = ire_backend_opencl::optional().unwrap();
     if b.is_none() {
         println!("skipped {test}: no OpenCL device");
     }
@@ -37,7 +37,7 @@ fn cuda(test: &str) -> Option<ire_backend_cuda::CudaBackend> {
         .unwrap_or_default()
         .split(',')
         .any(|s| s.trim().eq_ignore_ascii_case("cuda"));
-    match ire_backend_cuda::CudaBackend::from_env() {
+    match ire_backend_cuda::from_env() {
         Ok(b) => Some(b),
         Err(e) if required => panic!("IRE_REQUIRE names cuda but no GPU is usable: {e}"),
         Err(e) => {

@@ -11,9 +11,10 @@ use std::sync::OnceLock;
 use ire_backend_cpu::CpuBackend;
 #[cfg(feature = "opencl")]
 use ire_backend_opencl::OpenClBackend;
+use ire_core::GemmShape;
 use ire_core::{Backend, DType, Error, Scalar};
 use ire_models::nn::device::CNN_TOLERANCES;
-use ire_models::nn::{BnMode, BnShape, BnState, ConvGeom, Gemm, NnOps};
+use ire_models::nn::{BnMode, BnShape, BnState, ConvGeom, NnOps};
 use ire_models::rng::Rng;
 
 /// One device for every test (its program is compiled once per dtype).
@@ -21,7 +22,7 @@ use ire_models::rng::Rng;
 fn device(test: &str) -> Option<&'static OpenClBackend> {
     static DEV: OnceLock<Option<OpenClBackend>> = OnceLock::new();
     let dev = DEV
-        .get_or_init(|| OpenClBackend::optional().expect("opening the OpenCL device"))
+        .get_or_init(|| ire_backend_opencl::optional().expect("opening the OpenCL device"))
         .as_ref();
     if dev.is_none() {
         println!("skipped {test}: no OpenCL device");
@@ -123,7 +124,7 @@ struct Offs(usize, usize, usize);
 #[allow(clippy::too_many_arguments)]
 fn run_gemm<B: NnOps, T: Scalar>(
     b: &B,
-    g: Gemm,
+    g: GemmShape,
     alpha: f64,
     a: &[f64],
     bm: &[f64],
@@ -161,7 +162,7 @@ fn gemm_matches_the_cpu_backend_on<D: NnOps>(dev: &D) {
             (5, 7, 2100),
         ] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-                let g = Gemm {
+                let g = GemmShape {
                     trans_a: ta,
                     trans_b: tb,
                     m,
@@ -199,7 +200,7 @@ fn gemm_matches_the_cpu_backend() {
 fn gemm_equals_the_reference_bit_for_bit_on<D: NnOps>(dev: &D) {
     let mut rng = Rng::new(2);
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-        let g = Gemm {
+        let g = GemmShape {
             trans_a: ta,
             trans_b: tb,
             m: 67,
@@ -667,7 +668,7 @@ fn pooling_matches_the_cpu_backend() {
 fn wrong_sizes_are_errors_and_empty_ops_do_nothing_on<D: NnOps>(dev: &D) {
     let buf = |len: usize| dev.alloc::<f32>(len).unwrap();
     let is_size = |r: ire_core::Result<()>| matches!(r, Err(Error::SizeMismatch { .. }));
-    let g = Gemm {
+    let g = GemmShape {
         trans_a: false,
         trans_b: false,
         m: 4,
@@ -761,7 +762,7 @@ fn wrong_sizes_are_errors_and_empty_ops_do_nothing_on<D: NnOps>(dev: &D) {
     // Empty ops succeed without touching anything.
     let mut y = buf(3);
     dev.relu(&buf(0), &mut y, 0).unwrap();
-    let g0 = Gemm { m: 0, ..g };
+    let g0 = GemmShape { m: 0, ..g };
     dev.gemm(g0, 1.0, &buf(0), 0, &b, 0, 0.0, &mut buf(0), 0)
         .unwrap();
     dev.scale(&mut buf(0), 2.0).unwrap();
@@ -793,7 +794,7 @@ fn required(what: &str) -> bool {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_matches_the_cpu_backend() {
-    let dev = match ire_backend_cuda::CudaBackend::from_env() {
+    let dev = match ire_backend_cuda::from_env() {
         Ok(d) => d,
         Err(e) => {
             assert!(

@@ -7,8 +7,9 @@
 #![cfg(feature = "cuda")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use ire_backend_cuda::{check_extension_source, compile_source, nvrtc_version};
+use ire_backend_cuda::{compile_source, nvrtc_version};
 use ire_core::DType;
+use ire_core::device::signature::parse;
 use ire_core::kernels::{Dialect, extension_source, kernel_names_in};
 use ire_models::nn::device::NN_KERNELS;
 
@@ -24,10 +25,7 @@ fn nn_kernels_compile_to_ptx_without_warnings() {
     let names: Vec<&str> = kernel_names_in(NN_KERNELS.source).collect();
     assert!(names.len() >= 25, "too few kernels parsed: {names:?}");
     // The CUDA launch reads the same parameter lists; a type it cannot pass fails here.
-    assert_eq!(
-        check_extension_source(NN_KERNELS.source).unwrap(),
-        names.len()
-    );
+    assert_eq!(parse(NN_KERNELS.source).unwrap().len(), names.len());
     if let Err(e) = nvrtc_version() {
         assert!(
             !required("nvrtc"),

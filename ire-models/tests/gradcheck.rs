@@ -6,7 +6,7 @@ use ire_backend_cpu::CpuBackend;
 use ire_core::{Backend, Reference};
 use ire_models::models::{Model, ModelSpec, ResNetConfig};
 use ire_models::nn::layers::{BatchNorm2d, Conv2d, Layout, Linear};
-use ire_models::nn::{BnMode, BnShape, ConvGeom, NnOps};
+use ire_models::nn::{BnMode, BnShape, ConvGeom, ConvNetOps, LossOps};
 use ire_models::rng::Rng;
 
 const R: Reference = Reference;

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use ire_core::{Backend, Reference};
-use ire_models::nn::{AttnShape, NnOps, NormKind};
+use ire_models::nn::{AttnShape, LossOps, NormKind, TransformerOps};
 use ire_models::rng::Rng;
 
 const R: Reference = Reference;

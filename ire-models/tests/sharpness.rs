@@ -9,7 +9,7 @@ use ire_backend_cpu::CpuBackend;
 use ire_core::projector::symmetric_eigen;
 use ire_core::{Backend, Reference};
 use ire_models::models::{Model, ModelSpec};
-use ire_models::nn::{BnMode, NnOps};
+use ire_models::nn::{BnMode, LossOps};
 use ire_models::rng::Rng;
 use ire_models::sharpness::{
     FnOracle, GradientOracle, SharpnessError, SymmetricOperator, TOP_K, from_fn, hutchinson_trace,

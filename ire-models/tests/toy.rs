@@ -196,7 +196,7 @@ fn toy_csv_and_bad_arguments() {
 #[cfg(feature = "opencl")]
 #[test]
 fn toy_on_opencl_prints_the_cpu_numbers() {
-    match ire_backend_opencl::OpenClBackend::optional() {
+    match ire_backend_opencl::optional() {
         Ok(Some(_)) => {}
         Ok(None) => {
             println!("skipped: no OpenCL device");

@@ -3,11 +3,10 @@
 
 use burn::backend::ndarray::NdArrayTensor;
 use ire_core::Scalar;
-use ire_core::state::StateElement;
 use ndarray::{ArcArray, ArrayViewD, IxDyn};
 
 /// A float type burn stores and `ire-core` optimizes: `f32` or `f64`.
-pub trait BurnElement: Scalar + StateElement + burn::tensor::Element {
+pub trait BurnElement: Scalar + burn::tensor::Element {
     /// The ndarray backend's array of a tensor of this type, made owned, and whether it was
     /// borrowed (burn keeps a tensor made from `TensorData` or loaded from a file on the
     /// bytes it came from until its first write, which copies it once); `None` for another

@@ -2,10 +2,9 @@
 
 use candle_core::{CpuStorage, DType, WithDType};
 use ire_core::Scalar;
-use ire_core::state::StateElement;
 
 /// A float type candle stores and `ire-core` optimizes: `f32` or `f64`.
-pub trait CandleElement: Scalar + StateElement + WithDType {
+pub trait CandleElement: Scalar + WithDType {
     /// candle's name of the type.
     const CANDLE_DTYPE: DType;
     /// The elements of a CPU storage of this type.

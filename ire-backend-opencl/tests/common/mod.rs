@@ -10,9 +10,9 @@ use ire_core::Error;
 /// `IRE_REQUIRE` does not name `opencl`; with `IRE_REQUIRE=opencl`, absence panics.
 pub fn make_backend() -> Option<OpenClBackend> {
     static BACKEND: OnceLock<Result<Option<OpenClBackend>, String>> = OnceLock::new();
-    let b = BACKEND.get_or_init(|| match OpenClBackend::new() {
+    let b = BACKEND.get_or_init(|| match ire_backend_opencl::open() {
         Ok(b) => {
-            println!("opencl device: {}", b.device());
+            println!("opencl device: {}", b.runtime().info());
             Ok(Some(b))
         }
         Err(e @ Error::Unavailable { .. }) if !required_by_env() => {

@@ -68,11 +68,11 @@ fn main() -> ExitCode {
         report.rows.len(),
         start.elapsed().as_secs_f64()
     );
-    if let Some(path) = &cli.markdown {
-        if let Err(e) = std::fs::write(path, &text) {
-            eprintln!("equivalence: cannot write {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
+    if let Some(path) = &cli.markdown
+        && let Err(e) = std::fs::write(path, &text)
+    {
+        eprintln!("equivalence: cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
     }
     let mut models_failed = 0;
     if let Some(steps) = cli.models {

@@ -302,10 +302,10 @@ pub fn speedup(opts: &Options) -> Res<ItemReport> {
     for (i, (kappa, gamma, o)) in grid.iter().enumerate() {
         let sm = trailing_mean(&o.losses, w);
         let reach = first_reach(&sm, l_final);
-        if let Some(r) = reach {
-            if best.is_none_or(|(b, _)| r < b) {
-                best = Some((r, i));
-            }
+        if let Some(r) = reach
+            && best.is_none_or(|(b, _)| r < b)
+        {
+            best = Some((r, i));
         }
         rows.push(vec![
             format!("AdmIRE κ {kappa} γ {gamma}"),

@@ -197,10 +197,10 @@ pub fn thin(points: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
     }
     let stride = points.len().div_ceil(max);
     let mut out: Vec<(f64, f64)> = points.iter().step_by(stride).copied().collect();
-    if let Some(&last) = points.last() {
-        if out.last() != Some(&last) {
-            out.push(last);
-        }
+    if let Some(&last) = points.last()
+        && out.last() != Some(&last)
+    {
+        out.push(last);
     }
     out
 }

@@ -359,7 +359,7 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
         let t = self.t;
         self.cfg.estimator != Estimator::Manual
             && t >= self.cfg.warmup_steps
-            && (t - self.cfg.warmup_steps) % self.cfg.refresh_every == 0
+            && (t - self.cfg.warmup_steps).is_multiple_of(self.cfg.refresh_every)
             && self.refresh_settled_at != Some(t)
     }
 
@@ -605,11 +605,11 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
             let input = estimate.ok_or_else(|| self.missing_estimate(self.cfg.estimator))?;
             report.threshold = self.refresh_from(b, input)?;
             report.refreshed = true;
-        } else if let Some((at, tau)) = self.early_refresh {
-            if at == t {
-                report.refreshed = true;
-                report.threshold = tau;
-            }
+        } else if let Some((at, tau)) = self.early_refresh
+            && at == t
+        {
+            report.refreshed = true;
+            report.threshold = tau;
         }
         Ok(report)
     }
@@ -894,10 +894,10 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Optimizer<B, T> for Ire<B, T, O>
         if let Some(cur) = &self.sizes {
             check_sizes(cur, &saved_sizes)?;
         }
-        if let Some(g) = &self.groups {
-            if !saved_sizes.is_empty() {
-                g.check_tensors(saved_sizes.len())?;
-            }
+        if let Some(g) = &self.groups
+            && !saved_sizes.is_empty()
+        {
+            g.check_tensors(saved_sizes.len())?;
         }
         let ranked = self.ranked_sizes(&saved_sizes);
         let t = state.get_u64("t")?;

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ire_core::{Backend, Result};
-use ire_models::device::{BackendKind, BackendTask, compiled_backends, resolve, run_on};
-use ire_models::device::{NnTask, run_on_nn};
+use ire_core::Result;
+use ire_models::device::{BackendKind, NnTask, compiled_backends, resolve, run_on};
 use ire_models::nn::NnOps;
 use ire_models::toy::{self, ToyMethod, ToyRun};
 use ire_models::train::run::{RunOptions, RunSummary, check_resumable, read_checkpoint, restore};
@@ -291,7 +290,7 @@ fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
         },
         stop,
     };
-    let (name, out) = run_on_nn(kind, task).map_err(|e| e.to_string())?;
+    let (name, out) = run_on(kind, task).map_err(|e| e.to_string())?;
     let s = out?;
     eprintln!("backend: {name} ({why})");
     println!(
@@ -338,7 +337,7 @@ fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
 }
 
 fn eval_command(a: &EvalArgs) -> std::result::Result<ExitCode, String> {
-    let (name, out) = run_on_nn(
+    let (name, out) = run_on(
         a.backend,
         EvalRun {
             checkpoint: a.checkpoint.clone(),
@@ -404,11 +403,11 @@ struct ToyTask {
     steps: u64,
 }
 
-impl BackendTask for ToyTask {
-    type Output = ToyRun;
-    fn run<B: Backend>(self, b: &B) -> Result<ToyRun> {
+impl NnTask for ToyTask {
+    type Output = Result<ToyRun>;
+    fn run<B: ire_models::nn::NnOps + 'static>(self, b: B) -> Result<ToyRun> {
         toy::run(
-            b,
+            &b,
             self.method,
             self.lr,
             self.steps,
@@ -434,6 +433,7 @@ fn toy_command(a: ToyArgs) -> std::result::Result<ExitCode, String> {
         },
     )
     .map_err(|e| e.to_string())?;
+    let run = run.map_err(|e| e.to_string())?;
     eprintln!("backend: {name} ({why})");
     if let Some(path) = &a.csv {
         write_csv(path, &run).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -589,7 +589,7 @@ fn sharpness_command(a: &SharpnessArgs) -> std::result::Result<ExitCode, String>
             a.seed,
         ),
     };
-    let (name, out) = run_on_nn(a.backend, task).map_err(|e| e.to_string())?;
+    let (name, out) = run_on(a.backend, task).map_err(|e| e.to_string())?;
     let report = out?;
     eprintln!("backend: {name}");
     println!("{report}");
@@ -629,7 +629,7 @@ fn sample_command(a: &SampleArgs) -> std::result::Result<ExitCode, String> {
             a.seed,
         ),
     };
-    let (_, out) = run_on_nn(a.backend, task).map_err(|e| e.to_string())?;
+    let (_, out) = run_on(a.backend, task).map_err(|e| e.to_string())?;
     println!("{}", out?);
     Ok(ExitCode::SUCCESS)
 }

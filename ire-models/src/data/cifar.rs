@@ -33,7 +33,7 @@ fn parse(
             detail: "the file is empty".into(),
         });
     }
-    if bytes.len() % rec != 0 {
+    if !bytes.len().is_multiple_of(rec) {
         return Err(DataError::Truncated {
             path: path.into(),
             detail: format!(
@@ -83,17 +83,17 @@ pub fn load_cifar10_bin<P: AsRef<Path>>(files: &[P]) -> Result<ImageDataset, Dat
         ds.pixels.extend(p);
         ds.labels.extend(l);
     }
-    if let Some(dir) = files[0].as_ref().parent() {
-        if let Ok(meta) = std::fs::read_to_string(dir.join("batches.meta.txt")) {
-            let names: Vec<String> = meta
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect();
-            if names.len() == 10 {
-                ds.class_names = names;
-            }
+    if let Some(dir) = files[0].as_ref().parent()
+        && let Ok(meta) = std::fs::read_to_string(dir.join("batches.meta.txt"))
+    {
+        let names: Vec<String> = meta
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        if names.len() == 10 {
+            ds.class_names = names;
         }
     }
     Ok(ds)

@@ -2,7 +2,7 @@
 
 use ire_core::{Backend, Result, Scalar};
 
-use super::Model;
+use super::model::Model;
 use crate::nn::layers::{Act, Layout, Linear};
 use crate::nn::{BnMode, NnOps};
 

@@ -1,10 +1,12 @@
 //! The paper's image networks over the [`NnOps`] trait, and their presets.
 
 mod mlp;
+mod model;
 mod resnet;
 pub mod transformer;
 
 pub use mlp::Mlp;
+pub use model::Model;
 pub use resnet::{ResNet, ResNetConfig};
 pub use transformer::{Ffn, Positional, Transformer, TransformerConfig};
 
@@ -13,53 +15,7 @@ use std::str::FromStr;
 
 use ire_core::{Result, Scalar};
 
-use crate::nn::layers::Layout;
-use crate::nn::{BnMode, NnOps};
-
-/// A classifier with its parameters in one arena.
-pub trait Model<B: NnOps, T: Scalar> {
-    /// Preset name.
-    fn name(&self) -> &str;
-    /// The parameter arena layout.
-    fn layout(&self) -> &Layout;
-    /// Number of classes.
-    fn num_classes(&self) -> usize;
-    /// Forward pass of `n` examples (`x` is `n × C × H × W`); the logits stay in the model.
-    fn forward(
-        &mut self,
-        b: &B,
-        params: &B::Buffer<T>,
-        x: &B::Buffer<T>,
-        n: usize,
-        mode: BnMode,
-    ) -> Result<()>;
-    /// Logits of the last forward (`n × classes`).
-    fn logits(&self) -> &B::Buffer<T>;
-    /// Backward of the last (training-mode) forward on input `x`: ACCUMULATES into `grads`.
-    #[allow(clippy::too_many_arguments)]
-    fn backward(
-        &mut self,
-        b: &B,
-        params: &B::Buffer<T>,
-        grads: &mut B::Buffer<T>,
-        x: &B::Buffer<T>,
-        dlogits: &B::Buffer<T>,
-        n: usize,
-    ) -> Result<()>;
-    /// Rows of logits per example (1 for classifiers, the context length for language models).
-    fn rows_per_example(&self) -> usize {
-        1
-    }
-    /// The vocabulary size when the input is token ids (language models), else `None`; the
-    /// trainer checks ids against it on the host before they reach a device.
-    fn token_vocab(&self) -> Option<usize> {
-        None
-    }
-    /// Non-parameter state (batch-norm running statistics), named, for checkpoints.
-    fn state(&self) -> Vec<(String, &B::Buffer<T>)>;
-    /// The same, mutably (to restore a checkpoint).
-    fn state_mut(&mut self) -> Vec<(String, &mut B::Buffer<T>)>;
-}
+use crate::nn::NnOps;
 
 /// A model preset by name, as on the command line.
 #[derive(Clone, Debug, PartialEq)]

@@ -5,7 +5,7 @@
 
 use ire_core::{Backend, Result, Scalar};
 
-use super::Model;
+use super::model::Model;
 use crate::nn::layers::{Act, BatchNorm2d, Conv2d, Layout, Linear};
 use crate::nn::{BnMode, BnShape, NnOps};
 

@@ -4,7 +4,7 @@
 
 use ire_core::{Backend, Result, Scalar};
 
-use super::Model;
+use super::model::Model;
 use crate::nn::host_tf::sinusoidal_table;
 use crate::nn::layers::{Act, Init, Layout, Linear, Slot};
 use crate::nn::{AttnShape, BnMode, NnOps, NormKind};
@@ -592,8 +592,8 @@ impl<B: NnOps, T: Scalar> Transformer<B, T> {
         vit: Option<(usize, usize, usize, usize)>,
     ) -> Result<Self> {
         if cfg.heads == 0
-            || cfg.d % cfg.heads != 0
-            || (cfg.pos == Positional::Rope && (cfg.d / cfg.heads) % 2 != 0)
+            || !cfg.d.is_multiple_of(cfg.heads)
+            || (cfg.pos == Positional::Rope && !(cfg.d / cfg.heads).is_multiple_of(2))
         {
             return Err(ire_core::Error::InvalidHyperParameter {
                 field: "heads",
@@ -852,7 +852,7 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Transformer<B, T> {
             }
             (None, Some(h), _) => h.forward(b, p, feat, rows, &mut self.logits.buf),
             (None, None, Some(e)) => {
-                let g = crate::nn::Gemm {
+                let g = ire_core::GemmShape {
                     trans_a: false,
                     trans_b: true,
                     m: rows,
@@ -929,7 +929,7 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Transformer<B, T> {
             }
             (None, Some(h), _) => h.backward(b, p, g, feat, dlogits, rows, Some(&mut g0.buf))?,
             (None, None, Some(e)) => {
-                let gw = crate::nn::Gemm {
+                let gw = ire_core::GemmShape {
                     trans_a: true,
                     trans_b: false,
                     m: self.cfg.vocab,
@@ -937,7 +937,7 @@ impl<B: NnOps, T: Scalar> Model<B, T> for Transformer<B, T> {
                     k: rows,
                 };
                 b.gemm(gw, T::one(), dlogits, 0, feat, 0, T::one(), g, e.off)?;
-                let gx = crate::nn::Gemm {
+                let gx = ire_core::GemmShape {
                     trans_a: false,
                     trans_b: false,
                     m: rows,
@@ -1035,7 +1035,7 @@ fn copy_row<B: NnOps, T: Scalar>(
     d: usize,
     accumulate: bool,
 ) -> Result<()> {
-    let g = crate::nn::Gemm {
+    let g = ire_core::GemmShape {
         trans_a: false,
         trans_b: false,
         m: 1,

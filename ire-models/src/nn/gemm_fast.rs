@@ -12,17 +12,17 @@
 
 use std::any::TypeId;
 
-use ire_core::Scalar;
+use ire_core::{GemmShape, Scalar};
 
-use super::host::{self, Gemm};
+use super::host;
 
 /// Whether `matrixmultiply` is the faster of the two for this shape (see the module doc).
-fn prefer_matrixmultiply(g: &Gemm) -> bool {
+fn prefer_matrixmultiply(g: &GemmShape) -> bool {
     g.trans_b && !g.trans_a && g.m < g.n
 }
 
 /// `C = α·op(A)·op(B) + β·C` (slices already cut to their sizes).
-pub fn gemm<T: Scalar>(g: Gemm, alpha: T, a: &[T], b: &[T], beta: T, c: &mut [T]) {
+pub fn gemm<T: Scalar>(g: GemmShape, alpha: T, a: &[T], b: &[T], beta: T, c: &mut [T]) {
     let ((ar, ac), (br, bc)) = g.strides();
     let (na, nb, nc) = g.sizes();
     if a.len() < na || b.len() < nb || c.len() < nc {
@@ -129,7 +129,7 @@ mod tests {
                 (1, 1, 1),
             ] {
                 for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-                    let g = Gemm {
+                    let g = GemmShape {
                         trans_a: ta,
                         trans_b: tb,
                         m,

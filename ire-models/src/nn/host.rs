@@ -2,46 +2,10 @@
 //! the reference backend (sequential, the oracle) and the CPU backend (which runs the same
 //! functions on chunks in parallel and swaps the naive GEMM for an optimized one).
 
-use ire_core::Scalar;
-
-/// Shape of a row-major matrix product `C[m×n] = α·op(A)·op(B) + β·C`, `op(A)` being `m×k`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Gemm {
-    /// `A` is stored `k×m` and used transposed.
-    pub trans_a: bool,
-    /// `B` is stored `n×k` and used transposed.
-    pub trans_b: bool,
-    /// Rows of `C`.
-    pub m: usize,
-    /// Columns of `C`.
-    pub n: usize,
-    /// Inner dimension.
-    pub k: usize,
-}
-
-impl Gemm {
-    /// Elements of `A`, `B` and `C`.
-    pub fn sizes(&self) -> (usize, usize, usize) {
-        (self.m * self.k, self.k * self.n, self.m * self.n)
-    }
-    /// Row and column strides of `A` and `B` as stored (row-major).
-    pub fn strides(&self) -> ((usize, usize), (usize, usize)) {
-        let a = if self.trans_a {
-            (1, self.m)
-        } else {
-            (self.k, 1)
-        };
-        let b = if self.trans_b {
-            (1, self.k)
-        } else {
-            (self.n, 1)
-        };
-        (a, b)
-    }
-}
+use ire_core::{GemmShape, Scalar};
 
 /// The naive triple loop (the reference's GEMM; sums over `k` in order).
-pub fn gemm<T: Scalar>(g: Gemm, alpha: T, a: &[T], b: &[T], beta: T, c: &mut [T]) {
+pub fn gemm<T: Scalar>(g: GemmShape, alpha: T, a: &[T], b: &[T], beta: T, c: &mut [T]) {
     let ((ar, ac), (br, bc)) = g.strides();
     for i in 0..g.m {
         for j in 0..g.n {
@@ -55,135 +19,6 @@ pub fn gemm<T: Scalar>(g: Gemm, alpha: T, a: &[T], b: &[T], beta: T, c: &mut [T]
             } else {
                 alpha * s + beta * *cij
             };
-        }
-    }
-}
-
-/// Geometry of a 2-D convolution (or pooling window) over one `C×H×W` image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvGeom {
-    /// Input channels.
-    pub c_in: usize,
-    /// Input height.
-    pub h: usize,
-    /// Input width.
-    pub w: usize,
-    /// Output channels (ignored by pooling).
-    pub c_out: usize,
-    /// Kernel height and width.
-    pub k: usize,
-    /// Stride.
-    pub stride: usize,
-    /// Zero padding on every side.
-    pub pad: usize,
-}
-
-impl ConvGeom {
-    /// Output height.
-    pub fn oh(&self) -> usize {
-        (self.h + 2 * self.pad - self.k) / self.stride + 1
-    }
-    /// Output width.
-    pub fn ow(&self) -> usize {
-        (self.w + 2 * self.pad - self.k) / self.stride + 1
-    }
-    /// Rows of the im2col matrix (`C·k·k`).
-    pub fn col_rows(&self) -> usize {
-        self.c_in * self.k * self.k
-    }
-    /// Columns of the im2col matrix (`OH·OW`).
-    pub fn col_cols(&self) -> usize {
-        self.oh() * self.ow()
-    }
-    /// Input values per image.
-    pub fn in_size(&self) -> usize {
-        self.c_in * self.h * self.w
-    }
-    /// Output values per image.
-    pub fn out_size(&self) -> usize {
-        self.c_out * self.col_cols()
-    }
-    /// Weight values (`C_out × C_in × k × k`).
-    pub fn weight_size(&self) -> usize {
-        self.c_out * self.col_rows()
-    }
-}
-
-/// The output columns `ox` whose input column `ox·stride + kx − pad` lies inside `0..w`.
-fn valid_cols(g: &ConvGeom, kx: usize, ow: usize) -> (usize, usize) {
-    // ix ≥ 0  ⇔  ox ≥ ceil((pad − kx) / stride);  ix < w  ⇔  ox < ceil((w + pad − kx) / stride).
-    let lo = g.pad.saturating_sub(kx).div_ceil(g.stride);
-    let hi = (g.w + g.pad).saturating_sub(kx).div_ceil(g.stride).min(ow);
-    (lo.min(hi), hi)
-}
-
-/// Unfolds one image into the `(C·k·k) × (OH·OW)` matrix of its receptive fields.
-pub fn im2col<T: Scalar>(x: &[T], g: &ConvGeom, cols: &mut [T]) {
-    let (oh, ow) = (g.oh(), g.ow());
-    for c in 0..g.c_in {
-        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for ky in 0..g.k {
-            for kx in 0..g.k {
-                let row = (c * g.k + ky) * g.k + kx;
-                let out = &mut cols[row * oh * ow..(row + 1) * oh * ow];
-                let (lo, hi) = valid_cols(g, kx, ow);
-                for oy in 0..oh {
-                    let dst = &mut out[oy * ow..(oy + 1) * ow];
-                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                    if iy < 0 || iy as usize >= g.h {
-                        dst.fill(T::zero());
-                        continue;
-                    }
-                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    dst[..lo].fill(T::zero());
-                    dst[hi..].fill(T::zero());
-                    let ix0 = lo * g.stride + kx - g.pad;
-                    if g.stride == 1 {
-                        dst[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
-                    } else {
-                        for (d, s) in dst[lo..hi]
-                            .iter_mut()
-                            .zip(src[ix0..].iter().step_by(g.stride))
-                        {
-                            *d = *s;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Folds the matrix back, ADDING each receptive-field value into `dx` (the adjoint of im2col).
-pub fn col2im<T: Scalar>(cols: &[T], g: &ConvGeom, dx: &mut [T]) {
-    let (oh, ow) = (g.oh(), g.ow());
-    for c in 0..g.c_in {
-        let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for ky in 0..g.k {
-            for kx in 0..g.k {
-                let row = (c * g.k + ky) * g.k + kx;
-                let src = &cols[row * oh * ow..(row + 1) * oh * ow];
-                let (lo, hi) = valid_cols(g, kx, ow);
-                for oy in 0..oh {
-                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                    if iy < 0 || iy as usize >= g.h || lo >= hi {
-                        continue;
-                    }
-                    let drow = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    let s = &src[oy * ow + lo..oy * ow + hi];
-                    let ix0 = lo * g.stride + kx - g.pad;
-                    if g.stride == 1 {
-                        // Contiguous: this form vectorizes, `step_by` does not.
-                        for (d, &v) in drow[ix0..ix0 + s.len()].iter_mut().zip(s) {
-                            *d = *d + v;
-                        }
-                    } else {
-                        for (d, &v) in drow[ix0..].iter_mut().step_by(g.stride).zip(s) {
-                            *d = *d + v;
-                        }
-                    }
-                }
-            }
         }
     }
 }
@@ -219,17 +54,6 @@ pub fn gelu_backward<T: Scalar>(x: &[T], dy: &[T], dx: &mut [T]) {
         let pdf = inv_sqrt_2pi * (-0.5 * xf * xf).exp();
         *dx = T::of(dy.as_f64() * (cdf + xf * pdf));
     }
-}
-
-/// Shape of a batch-norm input `N × C × HW`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BnShape {
-    /// Batch.
-    pub n: usize,
-    /// Channels.
-    pub c: usize,
-    /// Values per channel per example.
-    pub hw: usize,
 }
 
 /// Partial sums per [`lane_sum`]: a fixed summation order, CPU-independent, that vectorizes.
@@ -279,73 +103,6 @@ fn fold_lanes(acc: &[f64; LANES]) -> f64 {
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 }
 
-/// The `hw` values of channel `ch` of image `i`.
-fn plane<T>(x: &[T], s: BnShape, i: usize, ch: usize) -> &[T] {
-    let o = (i * s.c + ch) * s.hw;
-    &x[o..o + s.hw]
-}
-
-/// Batch statistics of channel `ch`: mean and biased variance, in `f64` (per image a
-/// [`lane_sum`], the images in order).
-pub fn bn_channel_stats<T: Scalar>(x: &[T], s: BnShape, ch: usize) -> (f64, f64) {
-    let m = (s.n * s.hw) as f64;
-    let sum: f64 = (0..s.n).map(|i| lane_sum(plane(x, s, i, ch), |v| v)).sum();
-    let mean = sum / m;
-    let var: f64 = (0..s.n)
-        .map(|i| lane_sum(plane(x, s, i, ch), |v| (v - mean) * (v - mean)))
-        .sum();
-    (mean, var / m)
-}
-
-/// `y = γ·(x − μ)·invstd + β` on one channel plane.
-pub fn bn_plane_apply<T: Scalar>(x: &[T], y: &mut [T], mean: T, invstd: T, gamma: T, beta: T) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = gamma * ((x - mean) * invstd) + beta;
-    }
-}
-
-/// The sums the backward of batch norm needs on channel `ch`: `(Σ dy·x̂, Σ dy)` = `(dγ, dβ)`,
-/// `x̂ = (x − μ)·invstd` (in `T`, then widened), in the order of [`bn_channel_stats`].
-pub fn bn_channel_grad_sums<T: Scalar>(
-    x: &[T],
-    dy: &[T],
-    s: BnShape,
-    ch: usize,
-    mean: T,
-    invstd: T,
-) -> (f64, f64) {
-    let (mut sdyx, mut sdy) = (0.0, 0.0);
-    for i in 0..s.n {
-        let (xp, dyp) = (plane(x, s, i, ch), plane(dy, s, i, ch));
-        sdy += lane_sum(dyp, |g| g);
-        sdyx += lane_sum2(xp, dyp, |x, g| g * ((T::of(x) - mean) * invstd).as_f64());
-    }
-    (sdyx, sdy)
-}
-
-/// Backward of training-mode batch norm on one channel plane, given the channel's sums from
-/// [`bn_channel_grad_sums`] over `m = N·HW` values:
-/// `dx = γ·invstd/m · (m·dy − Σdy − x̂·Σ(dy·x̂))`.
-#[allow(clippy::too_many_arguments)]
-pub fn bn_plane_backward<T: Scalar>(
-    x: &[T],
-    dy: &[T],
-    dx: &mut [T],
-    m: f64,
-    mean: T,
-    invstd: T,
-    gamma: T,
-    (sdyx, sdy): (f64, f64),
-) {
-    let k = gamma.as_f64() * invstd.as_f64() / m;
-    for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
-        let xh = ((x - mean) * invstd).as_f64();
-        *dx = T::of(k * (m * g.as_f64() - sdy - xh * sdyx));
-    }
-}
-
-pub use super::xent::softmax_xent_row;
-
 /// Draws a label from `softmax(z)` with the uniform number `u ∈ [0, 1)`.
 pub fn sample_row<T: Scalar>(z: &[T], u: f64) -> usize {
     let max = z
@@ -377,6 +134,8 @@ pub fn dropout_keep(seed: u64, i: u64, p: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::conv::{ConvGeom, col2im, im2col};
+    use crate::nn::xent::softmax_xent_row;
 
     #[test]
     fn gemm_transposes() {
@@ -385,7 +144,7 @@ mod tests {
         let b = [5.0, 6.0, 7.0, 8.0];
         let mut c = [0.0f64; 4];
         gemm(
-            Gemm {
+            GemmShape {
                 trans_a: false,
                 trans_b: false,
                 m: 2,
@@ -400,7 +159,7 @@ mod tests {
         );
         assert_eq!(c, [19.0, 22.0, 43.0, 50.0]);
         gemm(
-            Gemm {
+            GemmShape {
                 trans_a: true,
                 trans_b: false,
                 m: 2,
@@ -415,7 +174,7 @@ mod tests {
         );
         assert_eq!(c, [26.0, 30.0, 38.0, 44.0]);
         gemm(
-            Gemm {
+            GemmShape {
                 trans_a: false,
                 trans_b: true,
                 m: 2,
@@ -486,7 +245,7 @@ mod tests {
             im2col(&x, &g, &mut cols);
             let mut y = vec![0.0; g.out_size()];
             gemm(
-                Gemm {
+                GemmShape {
                     trans_a: false,
                     trans_b: false,
                     m: g.c_out,

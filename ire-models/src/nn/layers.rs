@@ -4,10 +4,11 @@
 //! keep between forward and backward (its output, batch statistics). Weight gradients
 //! accumulate into the gradient arena at the same offsets; input gradients are written.
 
-use ire_core::{Backend, Result, Scalar};
+use ire_core::{Backend, GemmShape, Result, Scalar};
 
-use super::host::{BnShape, ConvGeom, Gemm};
-use super::ops::{BnMode, BnState, NnOps};
+use super::batch_norm::{BnMode, BnShape, BnState};
+use super::conv::ConvGeom;
+use super::ops::NnOps;
 use crate::rng::Rng;
 
 /// A named tensor's place in the parameter arena.
@@ -166,7 +167,7 @@ impl Linear {
         n: usize,
         y: &mut B::Buffer<T>,
     ) -> Result<()> {
-        let g = Gemm {
+        let g = GemmShape {
             trans_a: false,
             trans_b: true,
             m: n,
@@ -192,7 +193,7 @@ impl Linear {
         n: usize,
         dx: Option<&mut B::Buffer<T>>,
     ) -> Result<()> {
-        let gw = Gemm {
+        let gw = GemmShape {
             trans_a: true,
             trans_b: false,
             m: self.out,
@@ -204,7 +205,7 @@ impl Linear {
             b.row_bias_grad(dy, n, self.out, g, bs.off)?;
         }
         if let Some(dx) = dx {
-            let gx = Gemm {
+            let gx = GemmShape {
                 trans_a: false,
                 trans_b: false,
                 m: n,

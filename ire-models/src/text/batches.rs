@@ -105,7 +105,7 @@ impl TokenBatches {
     pub fn num_sequential_batches(&self) -> usize {
         let targets = self.tokens.len() - 1;
         let full = targets / self.context;
-        full.div_ceil(self.batch) + usize::from(targets % self.context > 0)
+        full.div_ceil(self.batch) + usize::from(!targets.is_multiple_of(self.context))
     }
 }
 

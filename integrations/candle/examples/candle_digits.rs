@@ -1,7 +1,7 @@
 //! Trains a small candle MLP (64 → 128 → 10, ReLU) on the 8×8 digits shipped in `data/` with
 //! AdmIRE, and prints the loss of each epoch, the flat fraction and the test accuracy.
 //!
-//! `cargo run --release -p ire-candle --example digits`
+//! `cargo run --release -p ire-candle --example candle_digits`
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{Linear, Optimizer};

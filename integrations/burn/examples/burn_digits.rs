@@ -2,7 +2,7 @@
 //! AdmIRE on the ndarray backend, and prints the loss of each epoch, the flat fraction, how the
 //! parameters' memory was reached, and the test accuracy.
 //!
-//! `cargo run --release -p ire-burn --example digits`
+//! `cargo run --release -p ire-burn --example burn_digits`
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{AutodiffModule, Module, Param};

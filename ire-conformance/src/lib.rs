@@ -1,32 +1,43 @@
-//! The conformance suite: generic checks of any [`Backend`] against the reference backend.
+//! # ire-conformance
 //!
-//! Backend crates stamp it into their tests with [`conformance_tests!`](crate::conformance_tests):
+//! The conformance suite: generic checks of any [`Backend`] against the reference backend, the
+//! one tolerance table, and a host [`emulator`] of the device kernels for testing the device
+//! layer without a device. It is test machinery, kept out of `ire-core` itself: backend crates
+//! take it as a dev-dependency and stamp it into their tests with
+//! [`conformance_tests!`](crate::conformance_tests):
 //!
 //! ```text
 //! fn backend() -> Option<MyBackend> { MyBackend::new().ok() }
-//! ire_core::conformance_tests!(backend());
+//! ire_conformance::conformance_tests!(backend());
 //! ```
 //!
 //! Element-wise operations must match the reference bit for bit; reductions match within
 //! [`TOLERANCES`]; the k-th-largest selection is exact. Every check runs for `f32` and, where
 //! the backend supports it, `f64`, on sizes that include 0, 1 and odd sizes.
 
-// This module IS a test suite (used from backend crates' tests): a failed check panics.
+// This crate IS a test suite (used from backend crates' tests): a failed check panics.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod emulator;
+pub mod inputs;
+mod rng;
+
+pub use rng::Rng;
 
 use std::format;
 use std::string::String;
 use std::vec::Vec;
 
-use crate::backend::Backend;
-use crate::formulas::{AdamWScalars, SgdScalars};
-use crate::optim::{
+use ire_core::backend::Backend;
+use ire_core::optim::{
     AdamW, AdamWConfig, EstimateInput, Estimator, Ire, IreConfig, IreStep, KappaSchedule,
     Optimizer, Sam, SamConfig, Sgd, SgdConfig,
 };
-use crate::reference::Reference;
-use crate::scalar::{DType, Scalar};
-use crate::state::StateDict;
+use ire_core::reference::Reference;
+use ire_core::scalar::{DType, Scalar};
+use ire_core::state::StateDict;
+
+use inputs::{adamw_scalars, sgd_scalars, tied_parts};
 
 /// Sizes every element-wise op is checked on.
 pub const SIZES: &[usize] = &[0, 1, 2, 3, 7, 64, 255, 256, 257, 1000, 4099];
@@ -86,52 +97,6 @@ pub fn rel_tol<T: Scalar>(op: &str) -> f64 {
     }
 }
 
-/// A small deterministic generator (SplitMix64) for test data.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from a seed.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Values spread over several magnitudes and both signs, with exact zeros and repeats.
-    pub fn values<T: Scalar>(&mut self, n: usize) -> Vec<T> {
-        (0..n)
-            .map(|_| {
-                let r = self.next_u64() % 16;
-                let mag = [1e-3, 0.1, 1.0, 3.0, 50.0][(self.next_u64() % 5) as usize];
-                let x = match r {
-                    0 => 0.0,
-                    1 => 0.5,
-                    _ => (self.uniform() * 2.0 - 1.0) * mag,
-                };
-                T::of(x)
-            })
-            .collect()
-    }
-    /// Positive values (second moments).
-    pub fn positive<T: Scalar>(&mut self, n: usize) -> Vec<T> {
-        self.values::<T>(n).into_iter().map(|x| x * x).collect()
-    }
-    /// A 0/1 mask with about half ones.
-    pub fn mask(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| (self.next_u64() & 1) as u8).collect()
-    }
-}
-
 /// Distance in units in the last place between two finite values of the same type.
 pub fn ulp_distance<T: Scalar>(a: T, b: T) -> u64 {
     a.order_key_u64().abs_diff(b.order_key_u64())
@@ -166,12 +131,12 @@ pub fn assert_close<T: Scalar>(what: &str, got: &[T], want: &[T], rel: f64) {
     }
 }
 
-fn up<B: Backend, E: crate::scalar::Element>(b: &B, v: &[E]) -> B::Buffer<E> {
+fn up<B: Backend, E: ire_core::scalar::Element>(b: &B, v: &[E]) -> B::Buffer<E> {
     b.alloc_from(v)
         .unwrap_or_else(|e| panic!("{}: upload failed: {e}", b.name()))
 }
 
-fn down<B: Backend, E: crate::scalar::Element>(b: &B, x: &B::Buffer<E>) -> Vec<E> {
+fn down<B: Backend, E: ire_core::scalar::Element>(b: &B, x: &B::Buffer<E>) -> Vec<E> {
     b.to_vec(x)
         .unwrap_or_else(|e| panic!("{}: download failed: {e}", b.name()))
 }
@@ -233,27 +198,6 @@ pub fn plumbing<B: Backend>(b: &B) {
 }
 
 // ------------------------------------------------------------------ element-wise ops
-
-fn sgd_scalars<T: Scalar>(rng: &mut Rng, first: bool, nesterov: bool) -> SgdScalars<T> {
-    SgdScalars {
-        lr: T::of(0.05 + rng.uniform() * 0.1),
-        weight_decay: T::of(rng.uniform() * 1e-3),
-        momentum: T::of(0.9),
-        dampening_complement: T::of(if nesterov { 1.0 } else { 0.9 }),
-        nesterov,
-        first_step: first,
-    }
-}
-
-fn adamw_scalars<T: Scalar>(t: u64) -> AdamWScalars<T> {
-    AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-    }
-    .scalars(6e-4, t)
-}
 
 fn elementwise_t<B: Backend, T: Scalar>(b: &B) {
     let r = Reference;
@@ -390,10 +334,10 @@ fn reductions_t<B: Backend, T: Scalar>(b: &B) {
     let mut rng = Rng::new(11);
     for &n in SIZES.iter().chain(&[100_003usize]) {
         let (v1, v2) = (rng.values::<T>(n), rng.values::<T>(n));
-        let want = crate::host::sum_squares(&v1);
+        let want = ire_core::host::sum_squares(&v1);
         let got = b.sum_squares(&up(b, &v1)).unwrap();
         assert_close("sum_squares", &[got], &[want], rel_tol::<T>("sum_squares"));
-        let want = crate::host::sum_squares_product(&v1, &v2);
+        let want = ire_core::host::sum_squares_product(&v1, &v2);
         let got = b.sum_squares_product(&up(b, &v1), &up(b, &v2)).unwrap();
         assert_close(
             "sum_squares_product",
@@ -429,21 +373,7 @@ fn selection_t<B: Backend, T: Scalar>(b: &B) {
         vec![4099, 64, 7],
         vec![100_003],
     ] {
-        let parts: Vec<Vec<T>> = sizes
-            .iter()
-            .map(|&n| {
-                let mut v = rng.values::<T>(n);
-                for (i, x) in v.iter_mut().enumerate() {
-                    if i % 5 == 0 {
-                        *x = T::of(0.25);
-                    }
-                    if i % 11 == 0 {
-                        *x = T::of(-0.0);
-                    }
-                }
-                v
-            })
-            .collect();
+        let parts: Vec<Vec<T>> = tied_parts(&mut rng, &sizes);
         let bufs: Vec<B::Buffer<T>> = parts.iter().map(|p| up(b, p)).collect();
         let refs: Vec<&B::Buffer<T>> = bufs.iter().collect();
         let mut all: Vec<T> = parts.concat();
@@ -452,7 +382,7 @@ fn selection_t<B: Backend, T: Scalar>(b: &B) {
             if k > n {
                 continue;
             }
-            let want = crate::host::kth_largest(&mut all, k).unwrap();
+            let want = ire_core::host::kth_largest(&mut all, k).unwrap();
             let got = b.kth_largest(&refs, k).unwrap();
             assert_bitwise(&format!("kth_largest k={k} of {n}"), &[got], &[want]);
         }
@@ -533,7 +463,7 @@ fn mask_rule_t<B: Backend, T: Scalar>(b: &B) {
     let est_bad = vec![up(b, &g1), up(b, &bad)];
     let err = ire.refresh(b, &params, &grads, Some(&EstimateInput::Gradient(&est_bad)));
     assert!(
-        matches!(err, Err(crate::Error::NonFinite { .. })),
+        matches!(err, Err(ire_core::Error::NonFinite { .. })),
         "{err:?}"
     );
     let after = (
@@ -554,7 +484,7 @@ pub fn mask_rule<B: Backend>(b: &B) {
 // ------------------------------------------------------------------ threshold rules
 
 fn threshold_rules_t<B: Backend, T: Scalar>(b: &B) {
-    use crate::optim::ThresholdRule::{self, AdmIre, FlatKthSmallest, SharpTopK};
+    use ire_core::optim::ThresholdRule::{self, AdmIre, FlatKthSmallest, SharpTopK};
     // h = |ĝ| (β = 0) over two tensors, N = 10, with ties:
     // ascending 1 1 2 3 3 4 5 5 6 9, descending 9 6 5 5 4 3 3 2 1 1.
     let g1 = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0].map(T::of);
@@ -641,7 +571,7 @@ pub fn threshold_rules<B: Backend>(b: &B) {
 /// weight decay, at half the learning rate), stepped four ways: whole steps, tensor by
 /// tensor, and (AdamW) as an external base step boosted afterwards. Returns each way's θ.
 fn grouped_runs<B: Backend, T: Scalar>(b: &B) -> Vec<(String, Vec<Vec<T>>)> {
-    use crate::optim::{External, ParamGroup, ParamGroups};
+    use ire_core::optim::{External, ParamGroup, ParamGroups};
     let sizes: &[usize] = &[300, 17, 64];
     let groups = || {
         ParamGroups::new(
@@ -1109,18 +1039,18 @@ fn save_load_t<B: Backend, T: Scalar>(b: &B) {
     s.entries.retain(|e| e.name != "h.2");
     broken.push(("missing entry", s));
     let mut s = good.clone();
-    s.put("extra", crate::state::StateValue::Bool(true));
+    s.put("extra", ire_core::state::StateValue::Bool(true));
     broken.push(("extra entry", s));
     let mut s = good.clone();
     if let Some(e) = s.entries.iter_mut().find(|e| e.name == "mask.1") {
-        e.value = crate::state::StateValue::U8(vec![1, 1]);
+        e.value = ire_core::state::StateValue::U8(vec![1, 1]);
     }
     broken.push(("wrong size", s));
     let mut s = good.clone();
-    if let Some(e) = s.entries.iter_mut().find(|e| e.name == "base") {
-        if let crate::state::StateValue::Nested(inner) = &mut e.value {
-            inner.entries.retain(|e| e.name != "v.3");
-        }
+    if let Some(e) = s.entries.iter_mut().find(|e| e.name == "base")
+        && let ire_core::state::StateValue::Nested(inner) = &mut e.value
+    {
+        inner.entries.retain(|e| e.name != "v.3");
     }
     broken.push(("missing nested entry", s));
     let mut s = good.clone();
@@ -1130,7 +1060,7 @@ fn save_load_t<B: Backend, T: Scalar>(b: &B) {
         let before = d.save(b).unwrap();
         let err = d.load(b, &s);
         assert!(
-            matches!(err, Err(crate::Error::State(_))),
+            matches!(err, Err(ire_core::Error::State(_))),
             "{what}: {err:?}"
         );
         assert_eq!(
@@ -1160,11 +1090,11 @@ fn save_load_t<B: Backend, T: Scalar>(b: &B) {
         b,
         &StateDict {
             optimizer: "sam".into(),
-            entries: vec![crate::state::StateEntry {
+            entries: vec![ire_core::state::StateEntry {
                 name: "base".into(),
-                value: crate::state::StateValue::Nested(st.clone()),
+                value: ire_core::state::StateValue::Nested(st.clone()),
             }],
-            format_version: crate::state::STATE_FORMAT_VERSION,
+            format_version: ire_core::state::STATE_FORMAT_VERSION,
         },
     )
     .unwrap();
@@ -1226,7 +1156,7 @@ macro_rules! conformance_tests {
         #[test]
         fn $name() {
             match $make {
-                Some(b) => $crate::conformance::$check(&b),
+                Some(b) => $crate::$check(&b),
                 None => println!("skipped {}: backend unavailable", stringify!($name)),
             }
         }
