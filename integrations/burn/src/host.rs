@@ -63,15 +63,15 @@ pub(crate) fn step_tensor<IB: Backend, T: BurnElement, const D: usize>(
         );
     }
     let mut f = Some(f);
-    if mode == MemoryAccess::Auto {
-        if let (TensorPrimitive::Float(p), TensorPrimitive::Float(g)) = (&mut prim, &gprim) {
-            let nd = (p as &mut dyn Any).downcast_mut::<NdArrayTensor>();
-            let gnd = (g as &dyn Any).downcast_ref::<NdArrayTensor>();
-            if let (Some(nd), Some(gnd)) = (nd, gnd) {
-                if let Some(r) = ndarray_step::<T, _>(nd, gnd, counts, &mut f) {
-                    return (Tensor::from_primitive(prim), r.map_err(Error::Core));
-                }
-            }
+    if mode == MemoryAccess::Auto
+        && let (TensorPrimitive::Float(p), TensorPrimitive::Float(g)) = (&mut prim, &gprim)
+    {
+        let nd = (p as &mut dyn Any).downcast_mut::<NdArrayTensor>();
+        let gnd = (g as &dyn Any).downcast_ref::<NdArrayTensor>();
+        if let (Some(nd), Some(gnd)) = (nd, gnd)
+            && let Some(r) = ndarray_step::<T, _>(nd, gnd, counts, &mut f)
+        {
+            return (Tensor::from_primitive(prim), r.map_err(Error::Core));
         }
     }
     let param = Tensor::<IB, D>::from_primitive(prim);

@@ -241,10 +241,8 @@ impl<B: AutodiffBackend, T: BurnElement, O: CoreOptimizer<CpuBackend, T>> IreOpt
             Ok(None) => {}
             Err(e) => return (module, Err(e)),
         }
-        if refresh_here {
-            if let Err(e) = self.refresh_collected(&c) {
-                return (module, Err(e));
-            }
+        if refresh_here && let Err(e) = self.refresh_collected(&c) {
+            return (module, Err(e));
         }
         let Some(registry) = self.registry.as_ref() else {
             unreachable!("registered above");
@@ -277,11 +275,11 @@ impl<B: AutodiffBackend, T: BurnElement, O: CoreOptimizer<CpuBackend, T>> IreOpt
             Ok(r) => r,
             Err(e) => return (module, Err(e.into())),
         };
-        if let Some((t, tau)) = self.refreshed.take() {
-            if t == report.step {
-                report.refreshed = true;
-                report.threshold = tau;
-            }
+        if let Some((t, tau)) = self.refreshed.take()
+            && t == report.step
+        {
+            report.refreshed = true;
+            report.threshold = tau;
         }
         self.last = Some(report);
         (module, Ok(report))
@@ -321,13 +319,13 @@ impl<B: AutodiffBackend, T: BurnElement, O: CoreOptimizer<CpuBackend, T>> IreOpt
     pub fn try_load_record(&mut self, record: IreRecord) -> Result<()> {
         let state = record.state.ok_or(Error::EmptyRecord)?;
         let ids: Vec<ParamId> = record.param_ids.iter().map(|&i| ParamId::from(i)).collect();
-        if let Some(r) = &self.registry {
-            if r.ids != ids {
-                return Err(Error::RecordParams {
-                    saved: record.param_ids,
-                    found: r.ids.iter().map(|i| i.val()).collect(),
-                });
-            }
+        if let Some(r) = &self.registry
+            && r.ids != ids
+        {
+            return Err(Error::RecordParams {
+                saved: record.param_ids,
+                found: r.ids.iter().map(|i| i.val()).collect(),
+            });
         }
         let sizes: Vec<usize> = state
             .get_u64s("sizes")

@@ -271,11 +271,11 @@ impl<T: CandleElement, O: CoreOptimizer<CpuBackend, T>> IreOptimizer<T, O> {
             }
         }
         let mut report = self.ire.end_step()?;
-        if let Some((t, tau)) = self.refreshed.take() {
-            if t == report.step {
-                report.refreshed = true;
-                report.threshold = tau;
-            }
+        if let Some((t, tau)) = self.refreshed.take()
+            && t == report.step
+        {
+            report.refreshed = true;
+            report.threshold = tau;
         }
         self.last = Some(report);
         Ok(report)
