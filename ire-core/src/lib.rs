@@ -9,6 +9,7 @@
 //! - [`optim`]: SGD, AdamW, SAM/ASAM and [`optim::Ire`], which wraps any base optimizer.
 //! - [`projector`]: the exact eigen-projection form `θ ← θ − η (u + κ P u)` for small problems.
 //! - [`schedule`]: the learning-rate schedules of the paper.
+//! - [`sampling`]: labels drawn from a model's softmax for IRE's estimator gradient.
 //! - [`kernels`]: the portable OpenCL/CUDA kernel source, one formula per op.
 //! - [`device`]: the device layer: a [`Runtime`] trait per device API and one
 //!   [`DeviceBackend`] implementing every operation on top of it.
@@ -31,6 +32,7 @@ pub mod kernels;
 pub mod optim;
 pub mod projector;
 pub mod reference;
+pub mod sampling;
 pub mod scalar;
 pub mod schedule;
 pub mod state;

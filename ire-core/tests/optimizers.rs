@@ -1072,4 +1072,68 @@ fn cancel_external_abandons_the_step() {
     )
     .unwrap();
     assert!(matches!(sgd.cancel_external(), Err(Error::Protocol(_))));
+
+#[test]
+fn a_clone_continues_exactly_as_the_original() {
+    // SAM-IRE over AdamW, cloned mid-run: state allocated, a refresh done, between refreshes,
+    // and once more while θ is perturbed.
+    let cfg = IreConfig {
+        kappa: 2.0,
+        gamma: 0.5,
+        refresh_every: 3,
+        estimator: Estimator::SquaredTrainingGradient,
+        ..IreConfig::default()
+    };
+    let base = Sam::new(
+        AdamW::new(AdamWConfig::default()).unwrap(),
+        SamConfig::default(),
+    )
+    .unwrap();
+    let mut a = Ire::new(base, cfg).unwrap();
+    let mut p = bufs(&[&THETA0]);
+    let sam_step = |o: &mut Ire<Reference, f64, Sam<Reference, f64, AdamW<Reference, f64>>>,
+                    p: &mut Vec<HostBuffer<f64>>| {
+        let mut g = quad_grad(&A, p);
+        o.sam_step_with(&R, p, &mut g, IreStep::lr(0.05), |p, g| {
+            g[0] = quad_grad(&A, p).remove(0);
+            Ok(())
+        })
+        .unwrap();
+    };
+    for _ in 0..4 {
+        sam_step(&mut a, &mut p);
+    }
+    let mut b = a.clone();
+    let mut q = p.clone();
+    for _ in 0..5 {
+        sam_step(&mut a, &mut p);
+        sam_step(&mut b, &mut q);
+    }
+    assert_eq!(p, q);
+    assert_eq!(a.save(&R).unwrap(), b.save(&R).unwrap());
+    // Perturbed: the clone restores the same θ.
+    let g = quad_grad(&A, &p);
+    a.sam_perturb(&R, &mut p, &g, None).unwrap();
+    let mut b = a.clone();
+    let mut q = p.clone();
+    let g2 = quad_grad(&A, &p);
+    a.step(&R, &mut p, &g2, IreStep::lr(0.05)).unwrap();
+    b.step(&R, &mut q, &g2, IreStep::lr(0.05)).unwrap();
+    assert_eq!(p, q);
+    // SGD with momentum keeps its buffer in the copy.
+    let mut s = Sgd::new(SgdConfig {
+        momentum: 0.9,
+        ..SgdConfig::default()
+    })
+    .unwrap();
+    let mut p = bufs(&[&THETA0]);
+    let g = quad_grad(&A, &p);
+    s.step(&R, &mut p, &g, 0.1).unwrap();
+    let mut t = s.clone();
+    let mut q = p.clone();
+    let g = quad_grad(&A, &p);
+    s.step(&R, &mut p, &g, 0.1).unwrap();
+    t.step(&R, &mut q, &g, 0.1).unwrap();
+    assert_eq!(p, q);
+    assert_eq!(s.save(&R).unwrap(), t.save(&R).unwrap());
 }

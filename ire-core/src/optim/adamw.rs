@@ -110,6 +110,23 @@ pub struct AdamW<B: Backend, T: Scalar> {
     steps: u64,
 }
 
+/// A copy of the optimizer and its state (a framework whose optimizers are `Clone` needs it).
+impl<B: Backend, T: Scalar> Clone for AdamW<B, T>
+where
+    B::Buffer<T>: Clone,
+{
+    fn clone(&self) -> Self {
+        AdamW {
+            cfg: self.cfg,
+            m: self.m.clone(),
+            v: self.v.clone(),
+            sizes: self.sizes.clone(),
+            tensor_steps: self.tensor_steps.clone(),
+            steps: self.steps,
+        }
+    }
+}
+
 impl<B: Backend, T: Scalar> AdamW<B, T> {
     /// A new optimizer; fails if a hyper-parameter is out of range.
     pub fn new(cfg: AdamWConfig) -> Result<Self> {

@@ -260,6 +260,29 @@ pub struct Ire<B: Backend, T: Scalar, O> {
     open: Option<OpenStep>,
 }
 
+/// A copy of the optimizer and its state (a step in progress included).
+impl<B: Backend, T: Scalar, O: Clone> Clone for Ire<B, T, O>
+where
+    B::Buffer<T>: Clone,
+    B::Buffer<u8>: Clone,
+{
+    fn clone(&self) -> Self {
+        Ire {
+            base: self.base.clone(),
+            cfg: self.cfg,
+            groups: self.groups.clone(),
+            h: self.h.clone(),
+            mask: self.mask.clone(),
+            scratch: self.scratch.clone(),
+            sizes: self.sizes.clone(),
+            t: self.t,
+            refresh_settled_at: self.refresh_settled_at,
+            early_refresh: self.early_refresh,
+            open: self.open,
+        }
+    }
+}
+
 impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
     /// Wraps `base`; fails if a hyper-parameter is out of range.
     pub fn new(base: O, cfg: IreConfig) -> Result<Self> {

@@ -60,6 +60,21 @@ pub struct Sam<B: Backend, T: Scalar, O> {
     perturbed: bool,
 }
 
+/// A copy of the optimizer and its state (the saved `θ` included while perturbed).
+impl<B: Backend, T: Scalar, O: Clone> Clone for Sam<B, T, O>
+where
+    B::Buffer<T>: Clone,
+{
+    fn clone(&self) -> Self {
+        Sam {
+            base: self.base.clone(),
+            cfg: self.cfg,
+            backup: self.backup.clone(),
+            perturbed: self.perturbed,
+        }
+    }
+}
+
 impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Sam<B, T, O> {
     /// Wraps `base`; fails if ρ is out of range.
     pub fn new(base: O, cfg: SamConfig) -> Result<Self> {

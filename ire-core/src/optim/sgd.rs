@@ -92,6 +92,22 @@ pub struct Sgd<B: Backend, T: Scalar> {
     steps: u64,
 }
 
+/// A copy of the optimizer and its state.
+impl<B: Backend, T: Scalar> Clone for Sgd<B, T>
+where
+    B::Buffer<T>: Clone,
+{
+    fn clone(&self) -> Self {
+        Sgd {
+            cfg: self.cfg,
+            momentum: self.momentum.clone(),
+            sizes: self.sizes.clone(),
+            tensor_steps: self.tensor_steps.clone(),
+            steps: self.steps,
+        }
+    }
+}
+
 impl<B: Backend, T: Scalar> Sgd<B, T> {
     /// A new optimizer; fails if a hyper-parameter is out of range.
     pub fn new(cfg: SgdConfig) -> Result<Self> {
