@@ -23,6 +23,7 @@ use rayon::prelude::*;
 
 pub mod equivalence;
 pub mod model_equivalence;
+pub mod workloads;
 
 /// Parameter counts of the benches: 1M and 10M.
 pub const SIZES: [usize; 2] = [1_000_000, 10_000_000];

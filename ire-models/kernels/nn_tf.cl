@@ -341,117 +341,145 @@ KERNEL void tf_norm_cols(GLOBAL const T* x, GLOBAL const T* dy, INDEX rows, INDE
 }
 
 /* ---------------------------------------------------------------- attention
- * qkv rows (b, t) hold [q | k | v], each h heads of dh; dm = h·dh. probs is b × h × t × t. */
+ * qkv rows (b, t) hold [q | k | v], each h heads of dh; dm = h·dh. One work-item per row
+ * (sequence, head, position), numbered in that order; lse (the log-sum-exp of each row) is
+ * b × h × t. No t × t buffer: the forward visits the keys in blocks of TF_AB with an online
+ * softmax (running maximum m, normalizer l, unnormalized output rescaled by e^(m_old − m_new)
+ * once per block); the backward recomputes each probability as e^(s − lse). Output columns go
+ * in chunks of TF_AC private accumulators, the scores recomputed per chunk (one chunk for
+ * dh ≤ TF_AC). Every sum runs in the host's order: a score over c, dQ over keys, dK and dV
+ * over queries. */
+#define TF_AB 16
+#define TF_AC 32
 
-/* One work-item per (b, h, query i): the row of probabilities, sums in key order. */
-KERNEL void tf_attn_probs(GLOBAL const T* qkv, INDEX b, INDEX t, INDEX h, INDEX dh,
-                          U32 causal, T scale, GLOBAL T* probs) {
+/* The position, head and sequence of row `gid`, and the head's first q, k and v values. */
+#define TF_ATTN_ROW(gid)                                                        \
+    INDEX ti_ = (gid) % t;                                                      \
+    INDEX hi_ = ((gid) / t) % h;                                                \
+    INDEX bi_ = (gid) / (t * h);                                                \
+    INDEX dm = h * dh;                                                          \
+    INDEX r3 = 3 * dm;                                                          \
+    GLOBAL const T* qh = qkv + bi_ * t * r3 + hi_ * dh;                         \
+    GLOBAL const T* kh = qh + dm;                                               \
+    GLOBAL const T* vh = qh + 2 * dm;                                           \
+    INDEX oh = bi_ * t * dm + hi_ * dh;                                         \
+    INDEX lh = (gid) - ti_
+
+DEVICE_FN T tf_dot(GLOBAL const T* x, GLOBAL const T* y, INDEX n) {
+    T s = (T)0;
+    for (INDEX c = 0; c < n; c++) s = s + x[c] * y[c];
+    return s;
+}
+
+/* out (b × t × dm) and lse of every row. */
+KERNEL void tf_attn_fwd(GLOBAL const T* qkv, INDEX b, INDEX t, INDEX h, INDEX dh, U32 causal,
+                        T scale, T neg_inf, GLOBAL T* out, GLOBAL T* lse) {
     INDEX gid = GLOBAL_ID;
     if (gid < b * h * t) {
-        INDEX i = gid % t;
-        INDEX hi = (gid / t) % h;
-        INDEX bi = gid / (t * h);
-        INDEX dm = h * dh;
-        GLOBAL const T* q = qkv + (bi * t + i) * 3 * dm + hi * dh;
-        GLOBAL T* pr = probs + gid * t;
-        INDEX last = causal ? i + 1 : t;
-        T mx = (T)0;
-        for (INDEX j = 0; j < last; j++) {
-            GLOBAL const T* k = qkv + (bi * t + j) * 3 * dm + dm + hi * dh;
-            T s = (T)0;
-            for (INDEX c = 0; c < dh; c++) s = s + q[c] * k[c];
-            s = s * scale;
-            pr[j] = s;
-            if (j == 0 || s > mx) mx = s;
+        TF_ATTN_ROW(gid);
+        GLOBAL const T* q = qh + ti_ * r3;
+        GLOBAL T* o = out + oh + ti_ * dm;
+        INDEX last = causal ? ti_ + 1 : t;
+        for (INDEX c0 = 0;; c0 += TF_AC) {
+            INDEX nc = (dh - c0 < TF_AC) ? dh - c0 : TF_AC;
+            T acc[TF_AC];
+            for (INDEX cc = 0; cc < nc; cc++) acc[cc] = (T)0;
+            T m = neg_inf;
+            T l = (T)0;
+            for (INDEX j0 = 0; j0 < last; j0 += TF_AB) {
+                INDEX nb = (last - j0 < TF_AB) ? last - j0 : TF_AB;
+                T sb[TF_AB];
+                T mb = neg_inf;
+                for (INDEX jj = 0; jj < nb; jj++) {
+                    T sc = tf_dot(q, kh + (j0 + jj) * r3, dh) * scale;
+                    sb[jj] = sc;
+                    if (sc > mb) mb = sc;
+                }
+                T mn = (mb > m) ? mb : m;
+                T alpha = EXP(m - mn);
+                l = l * alpha;
+                for (INDEX cc = 0; cc < nc; cc++) acc[cc] = acc[cc] * alpha;
+                for (INDEX jj = 0; jj < nb; jj++) {
+                    T p = EXP(sb[jj] - mn);
+                    GLOBAL const T* v = vh + (j0 + jj) * r3 + c0;
+                    l = l + p;
+                    for (INDEX cc = 0; cc < nc; cc++) acc[cc] = acc[cc] + p * v[cc];
+                }
+                m = mn;
+            }
+            for (INDEX cc = 0; cc < nc; cc++) o[c0 + cc] = acc[cc] / l;
+            if (c0 == 0) lse[gid] = m + LOG(l);
+            if (c0 + TF_AC >= dh) break;
         }
-        T sum = (T)0;
-        for (INDEX j = 0; j < last; j++) {
-            T e = EXP(pr[j] - mx);
-            pr[j] = e;
-            sum = sum + e;
-        }
-        for (INDEX j = 0; j < t; j++) pr[j] = (j < last) ? pr[j] / sum : (T)0;
     }
 }
 
-/* One work-item per output element (b, i, head, c): Σ_j P_ij v_jc in key order. */
-KERNEL void tf_attn_out(GLOBAL const T* qkv, GLOBAL const T* probs, INDEX b, INDEX t,
-                        INDEX h, INDEX dh, U32 causal, GLOBAL T* out) {
-    INDEX gid = GLOBAL_ID;
-    INDEX dm = h * dh;
-    if (gid < b * t * dm) {
-        INDEX c = gid % dh;
-        INDEX hi = (gid / dh) % h;
-        INDEX i = (gid / dm) % t;
-        INDEX bi = gid / (dm * t);
-        GLOBAL const T* pr = probs + ((bi * h + hi) * t + i) * t;
-        INDEX last = causal ? i + 1 : t;
-        T acc = (T)0;
-        for (INDEX j = 0; j < last; j++)
-            acc = acc + pr[j] * qkv[(bi * t + j) * 3 * dm + 2 * dm + hi * dh + c];
-        out[gid] = acc;
-    }
-}
-
-/* One work-item per (b, h, query i): ds_ij = P_ij (dP_ij − Σ_j' dP_ij' P_ij')·scale with
- * dP_ij = dO_i · v_j, into ds (the shape of probs). */
-KERNEL void tf_attn_ds(GLOBAL const T* qkv, GLOBAL const T* probs, GLOBAL const T* dout,
-                       INDEX b, INDEX t, INDEX h, INDEX dh, U32 causal, T scale,
-                       GLOBAL T* ds) {
+/* dQ of every row (the q part of dqkv) and D_i = dO_i · O_i into drow: dS_ij = P_ij (dP_ij −
+ * D_i)·scale with P_ij = e^(s_ij − lse_i), dP_ij = dO_i · v_j; dQ_i = Σ_j dS_ij k_j. */
+KERNEL void tf_attn_bwd_q(GLOBAL const T* qkv, GLOBAL const T* out, GLOBAL const T* lse,
+                          GLOBAL const T* dout, INDEX b, INDEX t, INDEX h, INDEX dh,
+                          U32 causal, T scale, GLOBAL T* drow, GLOBAL T* dqkv) {
     INDEX gid = GLOBAL_ID;
     if (gid < b * h * t) {
-        INDEX i = gid % t;
-        INDEX hi = (gid / t) % h;
-        INDEX bi = gid / (t * h);
-        INDEX dm = h * dh;
-        GLOBAL const T* dop = dout + (bi * t + i) * dm + hi * dh;
-        GLOBAL const T* pr = probs + gid * t;
-        GLOBAL T* dsr = ds + gid * t;
-        INDEX last = causal ? i + 1 : t;
-        T dpp = (T)0;
-        for (INDEX j = 0; j < last; j++) {
-            GLOBAL const T* v = qkv + (bi * t + j) * 3 * dm + 2 * dm + hi * dh;
-            T dp = (T)0;
-            for (INDEX c = 0; c < dh; c++) dp = dp + dop[c] * v[c];
-            dsr[j] = dp;
-            dpp = dpp + dp * pr[j];
+        TF_ATTN_ROW(gid);
+        GLOBAL const T* q = qh + ti_ * r3;
+        GLOBAL const T* g = dout + oh + ti_ * dm;
+        T di = tf_dot(g, out + oh + ti_ * dm, dh);
+        drow[gid] = di;
+        T li = lse[gid];
+        GLOBAL T* dq = dqkv + (q - qkv);
+        INDEX last = causal ? ti_ + 1 : t;
+        for (INDEX c0 = 0; c0 < dh; c0 += TF_AC) {
+            INDEX nc = (dh - c0 < TF_AC) ? dh - c0 : TF_AC;
+            T acc[TF_AC];
+            for (INDEX cc = 0; cc < nc; cc++) acc[cc] = (T)0;
+            for (INDEX j = 0; j < last; j++) {
+                GLOBAL const T* k = kh + j * r3;
+                T p = EXP(tf_dot(q, k, dh) * scale - li);
+                T ds = p * (tf_dot(g, vh + j * r3, dh) - di) * scale;
+                for (INDEX cc = 0; cc < nc; cc++) acc[cc] = acc[cc] + ds * k[c0 + cc];
+            }
+            for (INDEX cc = 0; cc < nc; cc++) dq[c0 + cc] = acc[cc];
         }
-        for (INDEX j = 0; j < t; j++) dsr[j] = (j < last) ? pr[j] * (dsr[j] - dpp) * scale : (T)0;
     }
 }
 
-/* One work-item per element of dqkv (written, not accumulated): dQ_i = Σ_j ds_ij k_j,
- * dK_j = Σ_i ds_ij q_i, dV_j = Σ_i P_ij dO_i, each in the host's order. */
-KERNEL void tf_attn_dqkv(GLOBAL const T* qkv, GLOBAL const T* probs, GLOBAL const T* dout,
-                         GLOBAL const T* ds, INDEX b, INDEX t, INDEX h, INDEX dh, U32 causal,
-                         GLOBAL T* dqkv) {
+/* dK and dV of every key row j (the k and v parts of dqkv): dV_j = Σ_i P_ij dO_i,
+ * dK_j = Σ_i dS_ij q_i, over the queries i that see key j, in order; D_i from drow. */
+KERNEL void tf_attn_bwd_kv(GLOBAL const T* qkv, GLOBAL const T* lse, GLOBAL const T* dout,
+                           GLOBAL const T* drow, INDEX b, INDEX t, INDEX h, INDEX dh,
+                           U32 causal, T scale, GLOBAL T* dqkv) {
     INDEX gid = GLOBAL_ID;
-    INDEX dm = h * dh;
-    if (gid < b * t * 3 * dm) {
-        INDEX col = gid % (3 * dm);
-        INDEX row = gid / (3 * dm);
-        INDEX ti = row % t;
-        INDEX bi = row / t;
-        INDEX part = col / dm;
-        INDEX hi = (col % dm) / dh;
-        INDEX c = col % dh;
-        GLOBAL const T* dsb = ds + (bi * h + hi) * t * t;
-        GLOBAL const T* pb = probs + (bi * h + hi) * t * t;
-        GLOBAL const T* seq = qkv + bi * t * 3 * dm + hi * dh + c;
-        T acc = (T)0;
-        if (part == 0) {
-            INDEX last = causal ? ti + 1 : t;
-            for (INDEX j = 0; j < last; j++) acc = acc + dsb[ti * t + j] * seq[j * 3 * dm + dm];
-        } else {
-            INDEX i0 = causal ? ti : 0;
-            if (part == 1) {
-                for (INDEX i = i0; i < t; i++) acc = acc + dsb[i * t + ti] * seq[i * 3 * dm];
-            } else {
-                GLOBAL const T* dob = dout + bi * t * dm + hi * dh + c;
-                for (INDEX i = i0; i < t; i++) acc = acc + pb[i * t + ti] * dob[i * dm];
+    if (gid < b * h * t) {
+        TF_ATTN_ROW(gid);
+        GLOBAL const T* k = kh + ti_ * r3;
+        GLOBAL const T* v = vh + ti_ * r3;
+        GLOBAL T* dk = dqkv + (k - qkv);
+        GLOBAL T* dv = dqkv + (v - qkv);
+        INDEX i0 = causal ? ti_ : 0;
+        for (INDEX c0 = 0; c0 < dh; c0 += TF_AC) {
+            INDEX nc = (dh - c0 < TF_AC) ? dh - c0 : TF_AC;
+            T ak[TF_AC];
+            T av[TF_AC];
+            for (INDEX cc = 0; cc < nc; cc++) {
+                ak[cc] = (T)0;
+                av[cc] = (T)0;
+            }
+            for (INDEX i = i0; i < t; i++) {
+                GLOBAL const T* q = qh + i * r3;
+                GLOBAL const T* g = dout + oh + i * dm;
+                T p = EXP(tf_dot(q, k, dh) * scale - lse[lh + i]);
+                T ds = p * (tf_dot(g, v, dh) - drow[lh + i]) * scale;
+                for (INDEX cc = 0; cc < nc; cc++) {
+                    av[cc] = av[cc] + p * g[c0 + cc];
+                    ak[cc] = ak[cc] + ds * q[c0 + cc];
+                }
+            }
+            for (INDEX cc = 0; cc < nc; cc++) {
+                dk[c0 + cc] = ak[cc];
+                dv[c0 + cc] = av[cc];
             }
         }
-        dqkv[gid] = acc;
     }
 }
 
@@ -528,50 +556,105 @@ KERNEL void tf_embedding(GLOBAL const T* ids, GLOBAL const T* table, INDEX off, 
     }
 }
 
-/* One work-item per position i: chain[2i] = the next position with the same id (n if none),
- * chain[2i + 1] = 1 where i is the first position of its id. Invalid ids (the host's test:
- * 0 ≤ id < vocab, truncated) belong to no chain. */
-KERNEL void tf_embed_chain(GLOBAL const T* ids, INDEX n, INDEX vocab, GLOBAL T* chain) {
+/* The lookup's backward as a scatter-add without float atomics, in O(n·d): a stable LSD radix
+ * sort of the positions by id (TF_RADIX buckets a pass; per-block digit counts, one scan, a
+ * stable scatter: no atomics, so the same order every run), then one work-item per (run of
+ * equal ids, column) adds the run's dy rows in position order to the table: the host's
+ * additions in the host's order, so the same bits. */
+#define TF_RADIX 256
+
+/* keys[i] = the id of position i, or vocab for an invalid id (sorted last, skipped);
+ * pos[i] = i. */
+KERNEL void tf_embed_keys(GLOBAL const T* ids, INDEX n, INDEX vocab, GLOBAL U32* keys,
+                          GLOBAL U32* pos) {
     INDEX i = GLOBAL_ID;
     if (i < n) {
         T id = ids[i];
-        int valid = id >= (T)0 && id < (T)vocab;
-        INDEX key = valid ? (INDEX)id : 0;
-        INDEX next = n;
-        int first = valid;
-        if (valid) {
-            for (INDEX k = 0; k < n; k++) {
-                T o = ids[k];
-                if (k == i || !(o >= (T)0 && o < (T)vocab) || (INDEX)o != key) continue;
-                if (k < i) {
-                    first = 0;
-                } else {
-                    next = k;
-                    break;
-                }
-            }
-        }
-        chain[2 * i] = (T)next;
-        chain[2 * i + 1] = first ? (T)1 : (T)0;
+        int valid = id >= (T)0 && id < (T)vocab && FLOOR(id) == id;
+        keys[i] = valid ? (U32)id : (U32)vocab;
+        pos[i] = (U32)i;
     }
 }
 
-/* One work-item per (first position of an id, column): dtable[id] += dy of each position of
- * the id, in position order (the host's order, so the same bits). */
-KERNEL void tf_embed_grad(GLOBAL const T* ids, GLOBAL const T* chain, GLOBAL const T* dy,
-                          INDEX n, INDEX d, GLOBAL T* dtable, INDEX off) {
+/* How many keys of each block of TF_RADIX have each digit (key >> shift) & 255:
+ * counts[digit·nblocks + block], digit-major so that one scan gives every destination. */
+KERNEL void tf_sort_count(GLOBAL const U32* keys, INDEX n, U32 shift, INDEX nblocks,
+                          GLOBAL U32* counts) {
+    LOCAL_ARRAY(U32, tf_dg, TF_RADIX);
+    INDEX blk = (INDEX)GROUP_ID;
+    U32 lid = LOCAL_ID;
+    INDEX e = blk * TF_RADIX + lid;
+    tf_dg[lid] = (e < n) ? ((keys[e] >> shift) & 255u) : 256u;
+    BARRIER();
+    U32 c = 0;
+    for (U32 k = 0; k < TF_RADIX; k++) c += (tf_dg[k] == lid) ? 1u : 0u;
+    counts[(INDEX)lid * nblocks + blk] = c;
+}
+
+/* Exclusive prefix sums of the first len counts, in place, by one work-group: each work-item
+ * a contiguous chunk. */
+KERNEL void tf_sort_scan(GLOBAL U32* counts, INDEX len) {
+    LOCAL_ARRAY(U32, tf_part, TF_WG);
+    U32 lid = LOCAL_ID;
+    INDEX chunk = (len + TF_WG - 1) / TF_WG;
+    INDEX lo = (INDEX)lid * chunk;
+    if (lo > len) lo = len;
+    INDEX hi = (lo + chunk < len) ? lo + chunk : len;
+    U32 s = 0;
+    for (INDEX j = lo; j < hi; j++) s += counts[j];
+    tf_part[lid] = s;
+    BARRIER();
+    if (lid == 0) {
+        U32 acc = 0;
+        for (U32 k = 0; k < TF_WG; k++) {
+            U32 w = tf_part[k];
+            tf_part[k] = acc;
+            acc += w;
+        }
+    }
+    BARRIER();
+    U32 acc = tf_part[lid];
+    for (INDEX j = lo; j < hi; j++) {
+        U32 w = counts[j];
+        counts[j] = acc;
+        acc += w;
+    }
+}
+
+/* Moves each key and position to offsets[digit·nblocks + block] + its rank among the keys of
+ * its block with the same digit that come before it: a stable pass. */
+KERNEL void tf_sort_scatter(GLOBAL const U32* keys, GLOBAL const U32* pos, INDEX n, U32 shift,
+                            INDEX nblocks, GLOBAL const U32* offsets, GLOBAL U32* keys_out,
+                            GLOBAL U32* pos_out) {
+    LOCAL_ARRAY(U32, tf_dg, TF_RADIX);
+    INDEX blk = (INDEX)GROUP_ID;
+    U32 lid = LOCAL_ID;
+    INDEX e = blk * TF_RADIX + lid;
+    U32 my = (e < n) ? ((keys[e] >> shift) & 255u) : 256u;
+    tf_dg[lid] = my;
+    BARRIER();
+    if (e < n) {
+        U32 rank = 0;
+        for (U32 k = 0; k < lid; k++) rank += (tf_dg[k] == my) ? 1u : 0u;
+        INDEX dst = (INDEX)offsets[(INDEX)my * nblocks + blk] + rank;
+        keys_out[dst] = keys[e];
+        pos_out[dst] = pos[e];
+    }
+}
+
+/* One work-item per (sorted slot s, column): where s starts a run of one valid id,
+ * dtable[id] += dy of the run's positions, in position order. */
+KERNEL void tf_embed_grad(GLOBAL const U32* keys, GLOBAL const U32* pos, GLOBAL const T* dy,
+                          INDEX n, INDEX d, INDEX vocab, GLOBAL T* dtable, INDEX off) {
     INDEX gid = GLOBAL_ID;
     if (gid < n * d) {
-        INDEX i = gid / d;
+        INDEX s = gid / d;
         INDEX col = gid % d;
-        if (chain[2 * i + 1] != (T)0) {
-            INDEX at = off + (INDEX)ids[i] * d + col;
+        U32 key = keys[s];
+        if ((INDEX)key < vocab && (s == 0 || keys[s - 1] != key)) {
+            INDEX at = off + (INDEX)key * d + col;
             T v = dtable[at];
-            INDEX k = i;
-            while (k < n) {
-                v = v + dy[k * d + col];
-                k = (INDEX)chain[2 * k];
-            }
+            for (INDEX k = s; k < n && keys[k] == key; k++) v = v + dy[(INDEX)pos[k] * d + col];
             dtable[at] = v;
         }
     }

@@ -153,7 +153,9 @@ struct Block<B: Backend, T: Scalar> {
     m1: Act<B, T>,
     s1: Act<B, T>,
     q: Act<B, T>,
-    probs: Act<B, T>,
+    /// Log-sum-exp of each attention row (`heads × t` per sequence): all the backward needs
+    /// besides `q` and `att` to recompute the probabilities.
+    lse: Act<B, T>,
     att: Act<B, T>,
     o: Act<B, T>,
     x1: Act<B, T>,
@@ -231,7 +233,7 @@ impl<B: NnOps, T: Scalar> Block<B, T> {
             m1: Act::new(b, t)?,
             s1: Act::new(b, t)?,
             q: Act::new(b, t * 3 * d)?,
-            probs: Act::new(b, c.heads * t * t)?,
+            lse: Act::new(b, c.heads * t)?,
             att: Act::new(b, t * d)?,
             o: Act::new(b, t * d)?,
             x1: Act::new(b, t * d)?,
@@ -251,7 +253,7 @@ impl<B: NnOps, T: Scalar> Block<B, T> {
             &mut self.m1,
             &mut self.s1,
             &mut self.q,
-            &mut self.probs,
+            &mut self.lse,
             &mut self.att,
             &mut self.o,
             &mut self.x1,
@@ -295,7 +297,7 @@ impl<B: NnOps, T: Scalar> Block<B, T> {
         if c.pos == Positional::Rope {
             b.rope(&mut self.q.buf, s, ROPE_BASE, false)?;
         }
-        b.attention(&self.q.buf, s, &mut self.probs.buf, &mut self.att.buf)?;
+        b.attention(&self.q.buf, s, &mut self.lse.buf, &mut self.att.buf)?;
         self.proj
             .forward(b, p, &self.att.buf, rows, &mut self.o.buf)
     }
@@ -435,7 +437,14 @@ impl<B: NnOps, T: Scalar> Block<B, T> {
         let [d0, _, _] = &mut sc.d;
         self.proj
             .backward(b, p, g, &self.att.buf, dout, rows, Some(&mut d0.buf))?;
-        b.attention_backward(&self.q.buf, &self.probs.buf, &d0.buf, s, &mut sc.qkv.buf)?;
+        b.attention_backward(
+            &self.q.buf,
+            &self.att.buf,
+            &self.lse.buf,
+            &d0.buf,
+            s,
+            &mut sc.qkv.buf,
+        )?;
         if c.pos == Positional::Rope {
             b.rope(&mut sc.qkv.buf, s, ROPE_BASE, true)?;
         }

@@ -5,6 +5,7 @@
 use ire_core::{Backend, Error, GemmShape, Result, Scalar};
 use rayon::prelude::*;
 
+use super::attention;
 use super::batch_norm::{self, BnMode, BnShape, BnState};
 use super::conv::{self, ConvGeom};
 use super::gemm_fast;
@@ -736,37 +737,28 @@ impl<B: HostMemory + Sync> TransformerOps for B {
         &self,
         qkv: &Self::Buffer<T>,
         s: AttnShape,
-        probs: &mut Self::Buffer<T>,
+        lse: &mut Self::Buffer<T>,
         out: &mut Self::Buffer<T>,
     ) -> Result<()> {
-        let (qkv, probs, out) = (B::host(qkv), B::host_mut(probs), B::host_mut(out));
+        let (qkv, lse, out) = (B::host(qkv), B::host_mut(lse), B::host_mut(out));
         need("attention: qkv", qkv.len(), s.qkv_len())?;
-        need("attention: probs", probs.len(), s.probs_len())?;
+        need("attention: lse", lse.len(), s.lse_len())?;
         need("attention: out", out.len(), s.out_len())?;
-        let (tt, td) = (s.h * s.t * s.t, s.t * s.d());
-        let work = |bi: usize, pr: &mut [T], o: &mut [T]| {
-            for hi in 0..s.h {
-                host_tf::attention_head(
-                    &s,
-                    qkv,
-                    bi,
-                    hi,
-                    &mut pr[hi * s.t * s.t..(hi + 1) * s.t * s.t],
-                    o,
-                );
+        let hd = s.t * s.dh;
+        // Each head into its own t × dh rows (heads run in parallel on the CPU backend), then
+        // into the model's row layout.
+        let heads = per_head(self.parallel(), s.b * s.h, lse, s.t, |bh, lse| {
+            let mut o = vec![T::zero(); hd];
+            attention::attention_head(&s, qkv, bh / s.h, bh % s.h, &mut o, lse);
+            o
+        });
+        let d = s.d();
+        for (bh, o) in heads.iter().enumerate() {
+            let (bi, hi) = (bh / s.h, bh % s.h);
+            for (ti, row) in o.chunks_exact(s.dh.max(1)).enumerate() {
+                let at = (bi * s.t + ti) * d + hi * s.dh;
+                out[at..at + s.dh].copy_from_slice(row);
             }
-        };
-        let pairs = probs[..s.probs_len()]
-            .chunks_mut(tt.max(1))
-            .zip(out[..s.out_len()].chunks_mut(td.max(1)))
-            .enumerate();
-        if self.parallel() && s.b > 1 {
-            pairs
-                .collect::<Vec<_>>()
-                .into_par_iter()
-                .for_each(|(bi, (pr, o))| work(bi, pr, o));
-        } else {
-            pairs.for_each(|(bi, (pr, o))| work(bi, pr, o));
         }
         Ok(())
     }
@@ -774,14 +766,16 @@ impl<B: HostMemory + Sync> TransformerOps for B {
     fn attention_backward<T: Scalar>(
         &self,
         qkv: &Self::Buffer<T>,
-        probs: &Self::Buffer<T>,
+        out: &Self::Buffer<T>,
+        lse: &Self::Buffer<T>,
         dout: &Self::Buffer<T>,
         s: AttnShape,
         dqkv: &mut Self::Buffer<T>,
     ) -> Result<()> {
-        let (qkv, probs, dout, dqkv) = (
+        let (qkv, out, lse, dout, dqkv) = (
             B::host(qkv),
-            B::host(probs),
+            B::host(out),
+            B::host(lse),
             B::host(dout),
             B::host_mut(dqkv),
         );
@@ -790,32 +784,28 @@ impl<B: HostMemory + Sync> TransformerOps for B {
             qkv.len().min(dqkv.len()),
             s.qkv_len(),
         )?;
-        need("attention_backward: probs", probs.len(), s.probs_len())?;
-        need("attention_backward: dout", dout.len(), s.out_len())?;
-        let (tt, td, t3d) = (s.h * s.t * s.t, s.t * s.d(), s.t * 3 * s.d());
-        let work = |bi: usize, dq: &mut [T]| {
-            dq.iter_mut().for_each(|v| *v = T::zero());
-            for hi in 0..s.h {
-                let p = &probs[bi * tt + hi * s.t * s.t..bi * tt + (hi + 1) * s.t * s.t];
-                host_tf::attention_head_backward(
-                    &s,
-                    qkv,
-                    p,
-                    &dout[bi * td..(bi + 1) * td],
-                    bi,
-                    hi,
-                    dq,
-                );
+        need(
+            "attention_backward: out",
+            out.len().min(dout.len()),
+            s.out_len(),
+        )?;
+        need("attention_backward: lse", lse.len(), s.lse_len())?;
+        let hd = s.t * s.dh;
+        let heads = per_head(self.parallel(), s.b * s.h, &mut [], 0, |bh, _: &mut [T]| {
+            let mut g = vec![T::zero(); 3 * hd];
+            let l = &lse[bh * s.t..(bh + 1) * s.t];
+            attention::attention_head_backward(&s, qkv, out, l, dout, bh / s.h, bh % s.h, &mut g);
+            g
+        });
+        let d = s.d();
+        for (bh, g) in heads.iter().enumerate() {
+            let (bi, hi) = (bh / s.h, bh % s.h);
+            for (part, rows) in g.chunks_exact(hd.max(1)).enumerate() {
+                for (ti, row) in rows.chunks_exact(s.dh.max(1)).enumerate() {
+                    let at = (bi * s.t + ti) * 3 * d + part * d + hi * s.dh;
+                    dqkv[at..at + s.dh].copy_from_slice(row);
+                }
             }
-        };
-        let chunks = dqkv[..s.qkv_len()].chunks_mut(t3d.max(1)).enumerate();
-        if self.parallel() && s.b > 1 {
-            chunks
-                .collect::<Vec<_>>()
-                .into_par_iter()
-                .for_each(|(bi, dq)| work(bi, dq));
-        } else {
-            chunks.for_each(|(bi, dq)| work(bi, dq));
         }
         Ok(())
     }
@@ -1082,6 +1072,40 @@ impl<B: HostMemory + Sync> LossOps for B {
 
 /// Index (in the image) and value of the first maximum of window `(oy, ox)`; padding counts
 /// as −∞ (PyTorch's max pooling).
+/// `f(pair, its chunk of `per` values of `chunks`)` for each of the `heads` (sequence, head)
+/// pairs, in parallel when asked; the results in pair order. `per = 0`: every pair gets an
+/// empty chunk.
+fn per_head<T: Send, R: Send>(
+    parallel: bool,
+    heads: usize,
+    chunks: &mut [T],
+    per: usize,
+    f: impl Fn(usize, &mut [T]) -> R + Sync,
+) -> Vec<R> {
+    if per == 0 {
+        let run = |bh: usize| f(bh, &mut []);
+        return if parallel {
+            (0..heads).into_par_iter().map(run).collect()
+        } else {
+            (0..heads).map(run).collect()
+        };
+    }
+    let chunks = &mut chunks[..heads * per];
+    if parallel {
+        chunks
+            .par_chunks_mut(per)
+            .enumerate()
+            .map(|(bh, c)| f(bh, c))
+            .collect()
+    } else {
+        chunks
+            .chunks_mut(per)
+            .enumerate()
+            .map(|(bh, c)| f(bh, c))
+            .collect()
+    }
+}
+
 fn max_window<T: Scalar>(xi: &[T], g: &ConvGeom, oy: usize, ox: usize) -> (Option<usize>, T) {
     let mut best = (None, T::neg_infinity());
     for ky in 0..g.k {

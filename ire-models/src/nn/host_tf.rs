@@ -1,5 +1,6 @@
-//! Host formulas of the transformer operations (normalizations, attention, rotary embeddings,
-//! SwiGLU, embeddings), shared by the reference and CPU backends like `host.rs`.
+//! Host formulas of the transformer operations (normalizations, rotary embeddings, SwiGLU,
+//! embeddings) and the attention shape, shared by the reference and CPU backends like
+//! `host.rs`; attention itself is in `attention.rs`.
 
 use ire_core::Scalar;
 
@@ -101,110 +102,17 @@ impl AttnShape {
     pub fn out_len(&self) -> usize {
         self.b * self.t * self.d()
     }
-    /// Values in the saved probabilities `b × h × t × t`.
-    pub fn probs_len(&self) -> usize {
-        self.b * self.h * self.t * self.t
+    /// Values in the saved row statistics (one log-sum-exp per sequence, head and query:
+    /// `b × h × t`, in that order).
+    pub fn lse_len(&self) -> usize {
+        self.b * self.h * self.t
+    }
+    /// The score scale `1/√dh` (1 for `dh = 0`, where there is nothing to scale).
+    pub fn scale(&self) -> f64 {
+        1.0 / (self.dh.max(1) as f64).sqrt()
     }
     fn q(&self, b: usize, t: usize, h: usize) -> usize {
         (b * self.t + t) * 3 * self.d() + h * self.dh
-    }
-}
-
-/// Attention of sequence `bi`, head `hi`: `P = softmax(q kᵀ/√dh)`, `out = P v`; `probs` is this
-/// head's `t × t` block and `out` the sequence's `t × d` rows.
-pub fn attention_head<T: Scalar>(
-    s: &AttnShape,
-    qkv: &[T],
-    bi: usize,
-    hi: usize,
-    probs: &mut [T],
-    out: &mut [T],
-) {
-    let (t, d, dh) = (s.t, s.d(), s.dh);
-    let scale = 1.0 / (dh as f64).sqrt();
-    let mut row = vec![0.0f64; t];
-    for i in 0..t {
-        let q = &qkv[s.q(bi, i, hi)..s.q(bi, i, hi) + dh];
-        let last = if s.causal { i + 1 } else { t };
-        let mut max = f64::NEG_INFINITY;
-        for (j, r) in row.iter_mut().enumerate().take(last) {
-            let k = &qkv[s.q(bi, j, hi) + d..s.q(bi, j, hi) + d + dh];
-            *r = q
-                .iter()
-                .zip(k)
-                .map(|(a, b)| a.as_f64() * b.as_f64())
-                .sum::<f64>()
-                * scale;
-            max = max.max(*r);
-        }
-        let mut sum = 0.0;
-        for r in row.iter_mut().take(last) {
-            *r = (*r - max).exp();
-            sum += *r;
-        }
-        let p = &mut probs[(i) * t..(i + 1) * t];
-        for j in 0..t {
-            p[j] = if j < last {
-                T::of(row[j] / sum)
-            } else {
-                T::zero()
-            };
-        }
-        let o = &mut out[i * d + hi * dh..i * d + hi * dh + dh];
-        for (c, ov) in o.iter_mut().enumerate() {
-            let mut acc = 0.0;
-            for j in 0..last {
-                acc += p[j].as_f64() * qkv[s.q(bi, j, hi) + 2 * d + c].as_f64();
-            }
-            *ov = T::of(acc);
-        }
-    }
-}
-
-/// Backward of [`attention_head`]: ACCUMULATES into the q, k, v parts of `dqkv` for this head
-/// (`dV = Pᵀ dO`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))` with `dP = dO Vᵀ`, `dQ = dS K/√dh`,
-/// `dK = dSᵀ Q/√dh`). `probs` is this head's block, `dout` and `dqkv` the sequence's rows.
-pub fn attention_head_backward<T: Scalar>(
-    s: &AttnShape,
-    qkv: &[T],
-    probs: &[T],
-    dout: &[T],
-    bi: usize,
-    hi: usize,
-    dqkv: &mut [T],
-) {
-    let (t, d, dh) = (s.t, s.d(), s.dh);
-    let base = bi * s.t * 3 * d;
-    let scale = 1.0 / (dh as f64).sqrt();
-    let mut ds = vec![0.0f64; t];
-    for i in 0..t {
-        let p = &probs[i * t..(i + 1) * t];
-        let last = if s.causal { i + 1 } else { t };
-        let o = i * d + hi * dh;
-        let dop = &dout[o..o + dh];
-        // dP_ij = dO_i · v_j; dV_j += P_ij dO_i.
-        let mut dot = 0.0;
-        for j in 0..last {
-            let vj = s.q(bi, j, hi) + 2 * d;
-            let mut dp = 0.0;
-            for c in 0..dh {
-                dp += dop[c].as_f64() * qkv[vj + c].as_f64();
-                dqkv[vj - base + c] = dqkv[vj - base + c] + T::of(p[j].as_f64() * dop[c].as_f64());
-            }
-            ds[j] = dp;
-            dot += dp * p[j].as_f64();
-        }
-        for (dsj, pj) in ds.iter_mut().zip(p).take(last) {
-            *dsj = pj.as_f64() * (*dsj - dot) * scale;
-        }
-        let qi = s.q(bi, i, hi);
-        for (j, &dsj) in ds.iter().enumerate().take(last) {
-            let kj = s.q(bi, j, hi) + d;
-            for c in 0..dh {
-                dqkv[qi - base + c] = dqkv[qi - base + c] + T::of(dsj * qkv[kj + c].as_f64());
-                dqkv[kj - base + c] = dqkv[kj - base + c] + T::of(dsj * qkv[qi + c].as_f64());
-            }
-        }
     }
 }
 

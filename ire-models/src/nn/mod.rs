@@ -1,6 +1,7 @@
 //! Neural-network building blocks: the ops trait over backend buffers, its host
 //! implementation, and layers with hand-written backward passes over a flat parameter arena.
 
+pub mod attention;
 pub mod batch_norm;
 pub mod conv;
 #[cfg(any(feature = "opencl", feature = "cuda"))]
@@ -11,6 +12,7 @@ mod host_ops;
 pub mod host_tf;
 pub mod layers;
 pub mod ops;
+pub mod tolerances;
 mod xent;
 
 pub use batch_norm::{BnMode, BnShape, BnState};

@@ -215,20 +215,25 @@ pub trait TransformerOps: Backend {
         dg_off: usize,
         db_off: Option<usize>,
     ) -> Result<()>;
-    /// Multi-head attention over `qkv` rows `[q | k | v]`: `out = softmax(q kᵀ/√dh) v`, saving
-    /// the probabilities (`b × h × t × t`).
+    /// Multi-head attention over `qkv` rows `[q | k | v]`: `out = softmax(q kᵀ/√dh) v` (causal
+    /// or not), computed in blocks of keys with an online softmax, so no `t × t` buffer exists;
+    /// saves each row's log-sum-exp into `lse` (`b × h × t`, [`AttnShape::lse_len`]) for the
+    /// backward.
     fn attention<T: Scalar>(
         &self,
         qkv: &Self::Buffer<T>,
         s: AttnShape,
-        probs: &mut Self::Buffer<T>,
+        lse: &mut Self::Buffer<T>,
         out: &mut Self::Buffer<T>,
     ) -> Result<()>;
-    /// Backward of attention: `dqkv =`.
+    /// Backward of attention from the forward's `out` and `lse`: `dqkv =`. The probabilities
+    /// are recomputed block by block from `qkv` and `lse`.
+    #[allow(clippy::too_many_arguments)]
     fn attention_backward<T: Scalar>(
         &self,
         qkv: &Self::Buffer<T>,
-        probs: &Self::Buffer<T>,
+        out: &Self::Buffer<T>,
+        lse: &Self::Buffer<T>,
         dout: &Self::Buffer<T>,
         s: AttnShape,
         dqkv: &mut Self::Buffer<T>,

@@ -9,30 +9,6 @@ use ire_core::{Backend, Error, Result, Scalar};
 use super::kernels::{NN_KERNELS, exact_index, prod};
 use crate::nn::ops::{LossOps, bad_label, need};
 
-/// How closely each op matches the host (CPU/reference) implementation:
-/// `(op, f32 tolerance, f64 tolerance, why)`, as [`super::TF_TOLERANCES`].
-pub const LOSS_TOLERANCES: &[(&str, f64, f64, &str)] = &[
-    (
-        "softmax_xent",
-        1e-5,
-        1e-13,
-        "exp/log of the device library; tree sums over a row; f32 arithmetic where the host uses f64",
-    ),
-    (
-        "sample_labels",
-        0.0,
-        0.0,
-        "the same class; the running sum may differ in its last bits, which moves only a uniform within rounding of a boundary",
-    ),
-    (
-        "dropout",
-        0.0,
-        0.0,
-        "the host's hash bit for bit, then the same single product",
-    ),
-    ("dropout_backward", 0.0, 0.0, "the kernel of dropout"),
-];
-
 impl<R: Runtime> LossOps for DeviceBackend<R> {
     #[allow(clippy::too_many_arguments)]
     fn softmax_xent<T: Scalar>(

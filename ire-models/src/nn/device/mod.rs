@@ -13,10 +13,8 @@ mod kernels;
 mod loss;
 mod tf;
 
-pub use cnn::CNN_TOLERANCES;
+pub use super::tolerances::{CNN_TOLERANCES, LOSS_TOLERANCES, TF_TOLERANCES};
 pub use kernels::NN_KERNELS;
-pub use loss::LOSS_TOLERANCES;
-pub use tf::TF_TOLERANCES;
 
 #[cfg(test)]
 mod tests {

@@ -4,88 +4,22 @@
 //!
 //! The kernels compute in the program's type `T`, where the host formulas compute in `f64`,
 //! and their reductions over a row run as fixed trees: results match the host within
-//! [`TF_TOLERANCES`], and are deterministic (the same inputs give the same bits, run to run).
+//! [`TF_TOLERANCES`](crate::nn::tolerances::TF_TOLERANCES), and are deterministic (the same inputs give the same bits, run to run).
 //!
 //! Errors are the host's, with one exception: finding an invalid embedding id would take a
 //! download, so the lookup writes NaN for it (the loss then reports non-finite logits) and
 //! its backward skips it. `softmax_xent` downloads its two scalars and its validity flags.
 
-use ire_core::device::KernelArg::{Index, Real, U32};
+use ire_core::device::KernelArg::{self, Index, Real, U32};
 use ire_core::device::{DeviceBackend, DeviceBuffer, Runtime, groups_for};
 use ire_core::{Backend, Result, Scalar};
 
-use super::kernels::{NN_KERNELS, exact_index, prod};
+use super::kernels::{NN_KERNELS, exact_index, prod, unsupported};
 use crate::nn::host_tf::{AttnShape, NormKind};
 use crate::nn::ops::{TransformerOps, need, patch_geometry};
 
-/// How closely each op matches the host (CPU/reference) implementation:
-/// `(op, f32 tolerance, f64 tolerance, why)`. A tolerance bounds the largest absolute
-/// difference over the outputs divided by the largest magnitude of the host's outputs;
-/// `0.0` means bit-identical.
-pub const TF_TOLERANCES: &[(&str, f64, f64, &str)] = &[
-    (
-        "norm_rows",
-        1e-5,
-        1e-13,
-        "tree sums for the mean and variance; f32 arithmetic where the host uses f64",
-    ),
-    (
-        "norm_rows_backward",
-        1e-5,
-        1e-13,
-        "tree sums for dx; dγ and dβ sum rows in the host's order (dβ bit-identical, f64 dγ too)",
-    ),
-    (
-        "attention",
-        1e-5,
-        1e-13,
-        "exp of the device library; f32 arithmetic where the host uses f64; sums in the host's order",
-    ),
-    (
-        "attention_backward",
-        1e-5,
-        0.0,
-        "sums in the host's order and no transcendental: f64 bit-identical; f32 rounds where the host keeps f64",
-    ),
-    (
-        "rope",
-        1e-4,
-        1e-13,
-        "pow/sin/cos of the device library; the f32 angle loses ~pos·2^-24 (6e-5 at position 1024)",
-    ),
-    (
-        "swiglu",
-        1e-6,
-        1e-14,
-        "exp of the device library; f32 arithmetic where the host uses f64",
-    ),
-    (
-        "swiglu_backward",
-        1e-6,
-        1e-14,
-        "exp of the device library; f32 arithmetic where the host uses f64",
-    ),
-    ("embedding", 0.0, 0.0, "a copy"),
-    (
-        "embedding_backward",
-        0.0,
-        0.0,
-        "each table row sums its positions in the host's order",
-    ),
-    ("add_positions", 0.0, 0.0, "one addition per element"),
-    (
-        "add_positions_backward",
-        0.0,
-        0.0,
-        "each table element sums the batch in the host's order",
-    ),
-    ("patchify", 0.0, 0.0, "a copy"),
-];
-
-/// `1/√dh`, computed on the host in f64 as the host formulas do.
-fn attn_scale(s: &AttnShape) -> f64 {
-    1.0 / (s.dh as f64).sqrt()
-}
+/// Buckets of one pass of the embedding backward's radix sort (`TF_RADIX`: one work-group).
+const RADIX: usize = 256;
 
 /// Rows (sequence, head, query), output values and `qkv` values of `s` (saturating).
 fn attn_sizes(s: &AttnShape) -> (usize, usize, usize) {
@@ -220,20 +154,16 @@ impl<R: Runtime> TransformerOps for DeviceBackend<R> {
         &self,
         qkv: &DeviceBuffer<R, T>,
         s: AttnShape,
-        probs: &mut DeviceBuffer<R, T>,
+        lse: &mut DeviceBuffer<R, T>,
         out: &mut DeviceBuffer<R, T>,
     ) -> Result<()> {
         let (rows, outs, qkvs) = attn_sizes(&s);
         need("attention: qkv", self.len(qkv), qkvs)?;
-        need(
-            "attention: probs",
-            self.len(probs),
-            prod(&[s.b, s.h, s.t, s.t]),
-        )?;
+        need("attention: lse", self.len(lse), rows)?;
         need("attention: out", self.len(out), outs)?;
         self.launch::<T>(
             &NN_KERNELS,
-            "tf_attn_probs",
+            "tf_attn_fwd",
             groups_for(rows),
             &[
                 qkv.input(),
@@ -242,23 +172,10 @@ impl<R: Runtime> TransformerOps for DeviceBackend<R> {
                 Index(s.h),
                 Index(s.dh),
                 U32(u32::from(s.causal)),
-                Real(attn_scale(&s)),
-                probs.output(),
-            ],
-        )?;
-        self.launch::<T>(
-            &NN_KERNELS,
-            "tf_attn_out",
-            groups_for(outs),
-            &[
-                qkv.input(),
-                probs.input(),
-                Index(s.b),
-                Index(s.t),
-                Index(s.h),
-                Index(s.dh),
-                U32(u32::from(s.causal)),
+                Real(s.scale()),
+                Real(f64::NEG_INFINITY),
                 out.output(),
+                lse.output(),
             ],
         )
     }
@@ -266,59 +183,47 @@ impl<R: Runtime> TransformerOps for DeviceBackend<R> {
     fn attention_backward<T: Scalar>(
         &self,
         qkv: &DeviceBuffer<R, T>,
-        probs: &DeviceBuffer<R, T>,
+        out: &DeviceBuffer<R, T>,
+        lse: &DeviceBuffer<R, T>,
         dout: &DeviceBuffer<R, T>,
         s: AttnShape,
         dqkv: &mut DeviceBuffer<R, T>,
     ) -> Result<()> {
         let (rows, outs, qkvs) = attn_sizes(&s);
-        let plen = prod(&[s.b, s.h, s.t, s.t]);
         need(
             "attention_backward: qkv",
             self.len(qkv).min(self.len(dqkv)),
             qkvs,
         )?;
-        need("attention_backward: probs", self.len(probs), plen)?;
-        need("attention_backward: dout", self.len(dout), outs)?;
+        need(
+            "attention_backward: out",
+            self.len(out).min(self.len(dout)),
+            outs,
+        )?;
+        need("attention_backward: lse", self.len(lse), rows)?;
         if qkvs == 0 {
             return Ok(());
         }
-        // dS of every (sequence, head), the shape of the probabilities.
-        let mut ds = self.scratch::<T>(plen)?;
-        self.launch::<T>(
-            &NN_KERNELS,
-            "tf_attn_ds",
-            groups_for(rows),
-            &[
-                qkv.input(),
-                probs.input(),
-                dout.input(),
+        // D_i = dO_i · O_i of every row, written by the first kernel, read by the second.
+        let mut drow = self.scratch::<T>(rows)?;
+        let shape = || -> [KernelArg<'_, R::Mem>; 6] {
+            [
                 Index(s.b),
                 Index(s.t),
                 Index(s.h),
                 Index(s.dh),
                 U32(u32::from(s.causal)),
-                Real(attn_scale(&s)),
-                ds.output(),
-            ],
-        )?;
-        self.launch::<T>(
-            &NN_KERNELS,
-            "tf_attn_dqkv",
-            groups_for(qkvs),
-            &[
-                qkv.input(),
-                probs.input(),
-                dout.input(),
-                ds.input(),
-                Index(s.b),
-                Index(s.t),
-                Index(s.h),
-                Index(s.dh),
-                U32(u32::from(s.causal)),
-                dqkv.output(),
-            ],
-        )
+                Real(s.scale()),
+            ]
+        };
+        let mut args = vec![qkv.input(), out.input(), lse.input(), dout.input()];
+        args.extend(shape());
+        args.extend([drow.output(), dqkv.output()]);
+        self.launch::<T>(&NN_KERNELS, "tf_attn_bwd_q", groups_for(rows), &args)?;
+        let mut args = vec![qkv.input(), lse.input(), dout.input(), drow.input()];
+        args.extend(shape());
+        args.push(dqkv.output());
+        self.launch::<T>(&NN_KERNELS, "tf_attn_bwd_kv", groups_for(rows), &args)
     }
 
     fn rope<T: Scalar>(
@@ -449,25 +354,87 @@ impl<R: Runtime> TransformerOps for DeviceBackend<R> {
         if n == 0 || d == 0 {
             return Ok(());
         }
-        exact_index::<T>("embedding_backward", n.max(vocab))?;
-        // For each position: the next one with the same id, and whether it is the first.
-        let mut chain = self.scratch::<T>(2 * n)?;
+        exact_index::<T>("embedding_backward", vocab)?;
+        if u32::try_from(n.max(vocab)).is_err() {
+            return Err(unsupported(&format!(
+                "embedding_backward over {n} positions and {vocab} ids (sorted as 32-bit keys)"
+            )));
+        }
+        // Stable radix sort of the positions by id (invalid ids get the key `vocab`), 8 bits
+        // a pass: as many passes as `vocab` has bytes.
+        let passes = (usize::BITS - vocab.leading_zeros()).div_ceil(8).max(1);
+        let nblocks = n.div_ceil(RADIX);
+        let mut keys = [self.scratch::<u32>(n)?, self.scratch::<u32>(n)?];
+        let mut pos = [self.scratch::<u32>(n)?, self.scratch::<u32>(n)?];
+        let mut counts = self.scratch::<u32>(RADIX * nblocks)?;
         self.launch::<T>(
             &NN_KERNELS,
-            "tf_embed_chain",
+            "tf_embed_keys",
             groups_for(n),
-            &[ids.input(), Index(n), Index(vocab), chain.output()],
+            &[
+                ids.input(),
+                Index(n),
+                Index(vocab),
+                keys[0].output(),
+                pos[0].output(),
+            ],
         )?;
+        for pass in 0..passes as usize {
+            let shift = || U32(8 * pass as u32);
+            let src = pass % 2;
+            self.launch::<T>(
+                &NN_KERNELS,
+                "tf_sort_count",
+                nblocks,
+                &[
+                    keys[src].input(),
+                    Index(n),
+                    shift(),
+                    Index(nblocks),
+                    counts.output(),
+                ],
+            )?;
+            self.launch::<T>(
+                &NN_KERNELS,
+                "tf_sort_scan",
+                1,
+                &[counts.output(), Index(RADIX * nblocks)],
+            )?;
+            let [ka, kb] = &mut keys;
+            let [pa, pb] = &mut pos;
+            let (ks, kd, ps, pd) = if src == 0 {
+                (&*ka, kb, &*pa, pb)
+            } else {
+                (&*kb, ka, &*pb, pa)
+            };
+            self.launch::<T>(
+                &NN_KERNELS,
+                "tf_sort_scatter",
+                nblocks,
+                &[
+                    ks.input(),
+                    ps.input(),
+                    Index(n),
+                    shift(),
+                    Index(nblocks),
+                    counts.input(),
+                    kd.output(),
+                    pd.output(),
+                ],
+            )?;
+        }
+        let last = passes as usize % 2;
         self.launch::<T>(
             &NN_KERNELS,
             "tf_embed_grad",
             groups_for(n * d),
             &[
-                ids.input(),
-                chain.input(),
+                keys[last].input(),
+                pos[last].input(),
                 dy.input(),
                 Index(n),
                 Index(d),
+                Index(vocab),
                 dtable.output(),
                 Index(off),
             ],
