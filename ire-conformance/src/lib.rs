@@ -1026,7 +1026,11 @@ fn oracle_values(rng: &mut Rng, n: usize) -> Vec<f64> {
         .map(|_| {
             let mag = [1e-3, 0.1, 1.0, 3.0][(rng.next_u64() % 4) as usize];
             let x = (rng.uniform() * 2.0 - 1.0) * mag;
-            if rng.next_u64().is_multiple_of(16) { 0.0 } else { x }
+            if rng.next_u64().is_multiple_of(16) {
+                0.0
+            } else {
+                x
+            }
         })
         .collect()
 }

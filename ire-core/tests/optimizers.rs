@@ -1072,6 +1072,7 @@ fn cancel_external_abandons_the_step() {
     )
     .unwrap();
     assert!(matches!(sgd.cancel_external(), Err(Error::Protocol(_))));
+}
 
 #[test]
 fn a_clone_continues_exactly_as_the_original() {

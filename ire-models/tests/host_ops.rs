@@ -198,13 +198,13 @@ fn run_ops<B: NnOps, T: Scalar>(b: &B) -> Outputs {
     let mut qkv = up::<B, T>(b, &randn(&mut rng, a.qkv_len(), 1.0));
     b.rope(&mut qkv, a, 10_000.0, false).unwrap();
     out.push(("rope", bits(b, &qkv)));
-    let mut probs = b.alloc::<T>(a.probs_len()).unwrap();
+    let mut lse = b.alloc::<T>(a.lse_len()).unwrap();
     let mut ao = b.alloc::<T>(a.out_len()).unwrap();
-    b.attention(&qkv, a, &mut probs, &mut ao).unwrap();
-    out.push(("attention", [bits(b, &probs), bits(b, &ao)].concat()));
+    b.attention(&qkv, a, &mut lse, &mut ao).unwrap();
+    out.push(("attention", [bits(b, &lse), bits(b, &ao)].concat()));
     let dout = up::<B, T>(b, &randn(&mut rng, a.out_len(), 1.0));
     let mut dqkv = b.alloc::<T>(a.qkv_len()).unwrap();
-    b.attention_backward(&qkv, &probs, &dout, a, &mut dqkv)
+    b.attention_backward(&qkv, &ao, &lse, &dout, a, &mut dqkv)
         .unwrap();
     out.push(("attention_backward", bits(b, &dqkv)));
     // SwiGLU.

@@ -1070,8 +1070,6 @@ impl<B: HostMemory + Sync> LossOps for B {
     }
 }
 
-/// Index (in the image) and value of the first maximum of window `(oy, ox)`; padding counts
-/// as −∞ (PyTorch's max pooling).
 /// `f(pair, its chunk of `per` values of `chunks`)` for each of the `heads` (sequence, head)
 /// pairs, in parallel when asked; the results in pair order. `per = 0`: every pair gets an
 /// empty chunk.
@@ -1106,6 +1104,8 @@ fn per_head<T: Send, R: Send>(
     }
 }
 
+/// Index (in the image) and value of the first maximum of window `(oy, ox)`; padding counts
+/// as −∞ (PyTorch's max pooling).
 fn max_window<T: Scalar>(xi: &[T], g: &ConvGeom, oy: usize, ox: usize) -> (Option<usize>, T) {
     let mut best = (None, T::neg_infinity());
     for ky in 0..g.k {
