@@ -12,7 +12,7 @@
 //! Links the system OpenBLAS (`openblas-system`; Debian: `libopenblas-dev`). Set
 //! `OPENBLAS_NUM_THREADS=1` when several processes share few cores.
 
-use ire_core::projector::ExactProjector;
+use crate::projector::ExactProjector;
 use ire_core::{Error, Result};
 use ndarray::Array2;
 use ndarray_linalg::{Eigh, UPLO};
@@ -48,7 +48,7 @@ fn eigh_rows(a: &Array2<f64>) -> Result<(Vec<f64>, Vec<f64>)> {
 
 /// Eigendecomposition of a dense symmetric matrix (row-major `n × n`): eigenvalues in
 /// ascending order and the matching unit eigenvectors as rows (row-major `n × n`), the same
-/// contract as `ire_core::projector::symmetric_eigen` (which this replaces for larger `n`).
+/// contract as `ire_backend_cpu::projector::symmetric_eigen` (which this replaces for larger `n`).
 ///
 /// The matrix is symmetrised first (`(A + Aᵀ)/2`), so a finite-difference Hessian with a
 /// little asymmetry is accepted. Wrong size or a non-finite entry is an error.

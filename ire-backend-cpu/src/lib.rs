@@ -32,6 +32,7 @@ mod buffer;
 mod kernels;
 #[cfg(feature = "lapack")]
 pub mod lapack;
+pub mod projector;
 pub mod reduce;
 pub mod select;
 mod simd;

@@ -5,8 +5,8 @@
 use ire_backend_cpu::lapack::{
     LanczosConfig, exact_projector, lambda_max, lanczos_projector, lanczos_top_k, symmetric_eigen,
 };
+use ire_backend_cpu::projector::{self, ExactProjector};
 use ire_conformance::Rng;
-use ire_core::projector::{self, ExactProjector};
 use ire_core::{Error, Result};
 
 /// A random symmetric matrix (row-major), entries uniform in [-1, 1).

@@ -121,12 +121,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 /// Checks `value` against a predicate and names the field when it fails (NaN always fails).
-pub(crate) fn check(
-    field: &'static str,
-    value: f64,
-    ok: bool,
-    allowed: &'static str,
-) -> Result<()> {
+pub fn check(field: &'static str, value: f64, ok: bool, allowed: &'static str) -> Result<()> {
     if ok && !value.is_nan() {
         Ok(())
     } else {
@@ -139,7 +134,7 @@ pub(crate) fn check(
 }
 
 /// Checks that two lengths agree.
-pub(crate) fn check_len(what: &str, expected: usize, found: usize) -> Result<()> {
+pub fn check_len(what: &str, expected: usize, found: usize) -> Result<()> {
     if expected == found {
         Ok(())
     } else {

@@ -7,7 +7,6 @@
 //!   reference implementation on host memory ([`reference::Reference`]), the oracle for every
 //!   other backend.
 //! - [`optim`]: SGD, AdamW, SAM/ASAM and [`optim::Ire`], which wraps any base optimizer.
-//! - [`projector`]: the exact eigen-projection form `θ ← θ − η (u + κ P u)` for small problems.
 //! - [`schedule`]: the learning-rate schedules of the paper.
 //! - [`sampling`]: labels drawn from a model's softmax for IRE's estimator gradient.
 //! - [`kernels`]: the portable OpenCL/CUDA kernel source, one formula per op.
@@ -30,7 +29,6 @@ pub mod formulas;
 pub mod host;
 pub mod kernels;
 pub mod optim;
-pub mod projector;
 pub mod reference;
 pub mod sampling;
 pub mod scalar;
@@ -39,7 +37,7 @@ pub mod state;
 
 pub use backend::Backend;
 pub use device::{DeviceBackend, DeviceBuffer, GemmShape, KernelArg, Runtime};
-pub use error::{Error, Result};
+pub use error::{Error, Result, check, check_len};
 pub use optim::{
     AdamW, AdamWConfig, Ire, IreConfig, IreStep, Optimizer, Sam, SamConfig, Sgd, SgdConfig,
 };

@@ -123,60 +123,6 @@ mod host {
     }
 }
 
-mod projector {
-    use ire_core::projector::*;
-
-    #[test]
-    fn jacobi_diagonalizes_a_known_matrix() {
-        // [[2, 1], [1, 2]]: eigenvalues 1 and 3, vectors (1, -1)/√2 and (1, 1)/√2.
-        let (w, v) = symmetric_eigen(&[2.0, 1.0, 1.0, 2.0], 2).unwrap();
-        assert!((w[0] - 1.0).abs() < 1e-14 && (w[1] - 3.0).abs() < 1e-14);
-        let r = core::f64::consts::FRAC_1_SQRT_2;
-        assert!((v[0].abs() - r).abs() < 1e-14 && (v[0] + v[1]).abs() < 1e-14);
-        assert!((v[2] - v[3]).abs() < 1e-14);
-        // A 4×4 matrix: A·x = λ·x for every pair.
-        let a = [
-            4.0, 1.0, -2.0, 2.0, 1.0, 2.0, 0.0, 1.0, -2.0, 0.0, 3.0, -2.0, 2.0, 1.0, -2.0, -1.0,
-        ];
-        let (w, v) = symmetric_eigen(&a, 4).unwrap();
-        for r in 0..4 {
-            for i in 0..4 {
-                let ax: f64 = (0..4).map(|j| a[i * 4 + j] * v[r * 4 + j]).sum();
-                assert!((ax - w[r] * v[r * 4 + i]).abs() < 1e-12);
-            }
-        }
-        assert!(w.windows(2).all(|p| p[0] <= p[1]));
-    }
-
-    #[test]
-    fn hand_made_basis_projects_onto_flat_directions() {
-        // Sharp direction e0 in 3-D: P u removes the first coordinate.
-        let p = ExactProjector::from_sharp_basis(3, vec![1.0, 0.0, 0.0]).unwrap();
-        assert_eq!(
-            p.project_flat(&[5.0, 2.0, -1.0]).unwrap(),
-            vec![0.0, 2.0, -1.0]
-        );
-        let mut theta = [1.0, 1.0, 1.0];
-        p.ire_step(&mut theta, &[1.0, 1.0, 1.0], 0.1, 4.0).unwrap();
-        // sharp: 1 − 0.1·1; flat: 1 − 0.1·(1 + 4).
-        assert_eq!(theta, [0.9, 0.5, 0.5]);
-        // A rotated basis: s = (1, 1)/√2 in 2-D; P u = ((u0 − u1)/2, (u1 − u0)/2).
-        let r = core::f64::consts::FRAC_1_SQRT_2;
-        let p = ExactProjector::from_sharp_basis(2, vec![r, r]).unwrap();
-        let pu = p.project_flat(&[3.0, 1.0]).unwrap();
-        assert!((pu[0] - 1.0).abs() < 1e-15 && (pu[1] + 1.0).abs() < 1e-15);
-        assert!(ExactProjector::from_sharp_basis(2, vec![1.0, 1.0]).is_err());
-        assert!(ExactProjector::from_sharp_basis(2, vec![1.0, 0.0, 0.0]).is_err());
-    }
-
-    #[test]
-    fn projector_from_hessian_keeps_the_small_eigen_directions() {
-        let p = ExactProjector::from_hessian(&[1.0, 0.0, 0.0, 100.0], 2, 1).unwrap();
-        let pu = p.project_flat(&[2.0, 3.0]).unwrap();
-        assert!((pu[0] - 2.0).abs() < 1e-15 && pu[1].abs() < 1e-15);
-    }
-}
-
 mod schedule {
     use ire_core::schedule::*;
 
@@ -400,5 +346,47 @@ mod signature {
         };
         check("test", &hist, DType::F32, &args(0xFF00_0000)).unwrap();
         assert!(check("test", &hist, DType::F32, &args(1 << 40)).is_err());
+    }
+}
+
+mod sampling {
+    use ire_core::sampling::*;
+
+    #[test]
+    fn draws_follow_the_softmax() {
+        // softmax(0, ln 3) = (1/4, 3/4): 20,000 draws give class 1 about 3/4 of the time
+        // (binomial standard deviation 0.0031; the bound is 5 of them).
+        let row = [0.0f64, 3f64.ln()];
+        let ones = (0..20_000)
+            .filter(|&r| sample_from_logits(&row, counter_uniform(1, 0, r)) == Some(1))
+            .count();
+        let frac = ones as f64 / 20_000.0;
+        assert!((frac - 0.75).abs() < 0.016, "{frac}");
+    }
+
+    #[test]
+    fn edges_of_the_inverse_transform() {
+        assert_eq!(sample_from_logits::<f32>(&[], 0.5), None);
+        assert_eq!(sample_from_logits(&[0.0f32, f32::NAN], 0.5), None);
+        assert_eq!(sample_from_logits(&[0.0f32, f32::INFINITY], 0.5), None);
+        // u = 0 gives the first class with mass; u just below 1 the last.
+        assert_eq!(sample_from_logits(&[-1e30f64, 0.0, 0.0], 0.0), Some(1));
+        assert_eq!(
+            sample_from_logits(&[0.0f64, 0.0, -1e30], 0.999_999_999),
+            Some(1)
+        );
+        // Equal logits split [0, 1) evenly.
+        assert_eq!(sample_from_logits(&[0.0f32; 4], 0.49), Some(1));
+        assert_eq!(sample_from_logits(&[0.0f32; 4], 0.51), Some(2));
+    }
+
+    #[test]
+    fn draws_depend_on_every_counter() {
+        let a = counter_uniform(7, 3, 11);
+        assert_eq!(a, counter_uniform(7, 3, 11));
+        assert_ne!(a, counter_uniform(8, 3, 11));
+        assert_ne!(a, counter_uniform(7, 4, 11));
+        assert_ne!(a, counter_uniform(7, 3, 12));
+        assert!((0.0..1.0).contains(&a));
     }
 }

@@ -638,7 +638,7 @@ const BREAKDOWN: f64 = 1e-12;
 
 /// Lanczos with full reorthogonalization: `min(steps, n)` steps from a random unit vector
 /// drawn from `seed`, building the tridiagonal `T = Qᵀ A Q` whose eigenvalues (Ritz values) are
-/// computed by cyclic Jacobi ([`ire_core::projector::symmetric_eigen`]; `T` is small).
+/// computed by cyclic Jacobi ([`ire_backend_cpu::projector::symmetric_eigen`]; `T` is small).
 ///
 /// Each new vector is orthogonalized against ALL previous ones, twice (classical Gram–Schmidt
 /// repeated, which restores orthogonality to working precision), so no spurious copies of
@@ -693,7 +693,7 @@ pub fn lanczos_op<S: SymmetricOperator + ?Sized>(
             t[(i + 1) * k + i] = beta[i];
         }
     }
-    let (mut ritz, _) = ire_core::projector::symmetric_eigen(&t, k)?;
+    let (mut ritz, _) = ire_backend_cpu::projector::symmetric_eigen(&t, k)?;
     ritz.reverse();
     Ok(LanczosResult {
         ritz,

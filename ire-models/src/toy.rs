@@ -11,8 +11,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use ire_backend_cpu::projector::{ExactProjector, symmetric_eigen};
 use ire_core::optim::{Estimator, Optimizer};
-use ire_core::projector::{ExactProjector, symmetric_eigen};
 use ire_core::{Backend, Error, Ire, IreConfig, IreStep, Result, Sgd, SgdConfig};
 
 /// Start of every run, as in the paper.

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use ire_backend_cpu::CpuBackend;
-use ire_core::projector::symmetric_eigen;
+use ire_backend_cpu::projector::symmetric_eigen;
 use ire_core::{Backend, Reference};
 use ire_models::models::{Model, ModelSpec};
 use ire_models::nn::{BnMode, LossOps};

@@ -2,16 +2,9 @@
 //! onto the flat directions, `P = I − S Sᵀ` for an orthonormal basis `S` of sharp directions.
 //!
 //! For small problems only (dense `n × n`, host `f64`). The basis comes from the caller, from
-//! [`symmetric_eigen`] (cyclic Jacobi, here, no_std), or from LAPACK `eigh` in the CPU backend.
+//! [`symmetric_eigen`] (cyclic Jacobi, here), or from LAPACK `eigh` in the CPU backend.
 
-use alloc::format;
-use alloc::vec;
-use alloc::vec::Vec;
-
-#[cfg_attr(feature = "std", allow(unused_imports))] // no_std: sqrt, powf, cos come from libm
-use num_traits::Float;
-
-use crate::error::{Error, Result, check, check_len};
+use ire_core::{Error, Result, check, check_len};
 
 /// Orthonormality tolerance of a caller's basis (`|⟨s_i, s_j⟩ − δ_ij|`).
 pub const ORTHONORMAL_TOL: f64 = 1e-8;
