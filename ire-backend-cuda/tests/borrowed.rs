@@ -5,10 +5,8 @@
 
 use ire_backend_cuda::cudarc::driver::{CudaContext, DevicePtr};
 use ire_backend_cuda::{Cuda, CudaMem, required_by_env};
-use ire_core::optim::EstimateInput;
-use ire_core::{
-    AdamW, AdamWConfig, Backend, DeviceBackend, DeviceBuffer, Ire, IreConfig, IreStep, Reference,
-};
+use ire_conformance::borrowed;
+use ire_core::{DeviceBackend, DeviceBuffer};
 
 #[test]
 fn admire_steps_in_place_on_a_callers_memory_and_stream() {
@@ -30,9 +28,7 @@ fn admire_steps_in_place_on_a_callers_memory_and_stream() {
     let ctx = CudaContext::new(0).unwrap();
     let stream = ctx.new_stream().unwrap();
     let n = 100_003;
-    let theta0: Vec<f32> = (0..n)
-        .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
-        .collect();
+    let theta0 = borrowed::theta0(n);
     let p_slice = stream.clone_htod(&theta0).unwrap();
     let (p_ptr, _g) = p_slice.device_ptr(&stream);
     // SAFETY: the stream belongs to the primary context of device 0 and outlives `rt`.
@@ -41,55 +37,16 @@ fn admire_steps_in_place_on_a_callers_memory_and_stream() {
     // SAFETY: the slice holds n f32 and outlives the buffer; all work is on `stream`.
     let mut p: DeviceBuffer<Cuda, f32> =
         DeviceBuffer::from_mem("cuda", unsafe { CudaMem::borrow(p_ptr, n * 4) }, n).unwrap();
-    let cfg = IreConfig {
-        refresh_every: 2,
-        ..IreConfig::default()
-    };
-    let mut dev_opt = Ire::new(AdamW::new(AdamWConfig::default()).unwrap(), cfg).unwrap();
-    let mut oracle = Ire::new(AdamW::new(AdamWConfig::default()).unwrap(), cfg).unwrap();
-    let mut q = vec![Reference.alloc_from(&theta0).unwrap()];
-    for t in 0..6 {
-        let g: Vec<f32> = (0..n)
-            .map(|i| ((i * 13 + t * 7) % 97) as f32 / 40.0 - 1.2)
-            .collect();
-        let g_slice = stream.clone_htod(&g).unwrap();
-        let (g_ptr, _gg) = g_slice.device_ptr(&stream);
-        // SAFETY: as above.
-        let gb = DeviceBuffer::<Cuda, f32>::from_mem(
-            "cuda",
-            unsafe { CudaMem::borrow(g_ptr, n * 4) },
-            n,
-        )
-        .unwrap();
-        let due = dev_opt.refresh_due();
-        dev_opt
-            .step(
-                &b,
-                std::slice::from_mut(&mut p),
-                std::slice::from_ref(&gb),
-                IreStep {
-                    lr: 1e-2,
-                    estimate: due.then_some(EstimateInput::Gradient(std::slice::from_ref(&gb))),
-                },
-            )
-            .unwrap();
-        let rg = vec![Reference.alloc_from(&g).unwrap()];
-        let due = oracle.refresh_due();
-        oracle
-            .step(
-                &Reference,
-                &mut q,
-                &rg,
-                IreStep {
-                    lr: 1e-2,
-                    estimate: due.then_some(EstimateInput::Gradient(&rg)),
-                },
-            )
-            .unwrap();
-    }
+    let want = borrowed::admire_in_place(&b, &mut p, |g| {
+        let g_slice = stream.clone_htod(g).unwrap();
+        // The guard only orders other streams' access; all the work here is on `stream`.
+        let (g_ptr, _) = g_slice.device_ptr(&stream);
+        // SAFETY: the slice holds n f32 and is returned with the buffer, so it outlives it.
+        let mem = unsafe { CudaMem::borrow(g_ptr, n * 4) };
+        (g_slice, DeviceBuffer::from_mem("cuda", mem, n).unwrap())
+    });
     drop(p);
     let got = stream.clone_dtoh(&p_slice).unwrap();
-    let want = Reference.to_vec(&q[0]).unwrap();
     assert!(
         got.iter()
             .zip(&want)

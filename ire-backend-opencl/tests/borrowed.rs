@@ -5,10 +5,8 @@
 mod common;
 
 use ire_backend_opencl::{ClMem, OpenCl};
-use ire_core::optim::EstimateInput;
-use ire_core::{
-    AdamW, AdamWConfig, Backend, DeviceBackend, DeviceBuffer, Ire, IreConfig, IreStep, Reference,
-};
+use ire_conformance::borrowed;
+use ire_core::{Backend, DeviceBackend, DeviceBuffer};
 use ocl::core::{self, MemFlags};
 
 /// A buffer created by "the framework" on the backend's context, filled from `v`.
@@ -48,61 +46,18 @@ fn admire_steps_in_place_on_a_callers_buffer_and_queue() {
     };
     let queue = core::create_command_queue(rt.context(), dev, None).unwrap();
     let n = 10_007;
-    let theta0: Vec<f32> = (0..n)
-        .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
-        .collect();
-    let grads: Vec<Vec<f32>> = (0..6)
-        .map(|t| {
-            (0..n)
-                .map(|i| ((i * 13 + t * 7) % 97) as f32 / 40.0 - 1.2)
-                .collect()
-        })
-        .collect();
+    let theta0 = borrowed::theta0(n);
     let p_mem = framework_buffer(rt, &theta0);
-    let borrowed = DeviceBackend::new(OpenCl::on_queue(&queue, info).unwrap());
+    let on_queue = DeviceBackend::new(OpenCl::on_queue(&queue, info).unwrap());
     let mut p: DeviceBuffer<OpenCl, f32> =
         DeviceBuffer::from_mem("opencl", ClMem::borrow(&p_mem).unwrap(), n).unwrap();
-    let cfg = IreConfig {
-        refresh_every: 2,
-        ..IreConfig::default()
-    };
-    let mut on_device = Ire::new(AdamW::new(AdamWConfig::default()).unwrap(), cfg).unwrap();
-    let mut oracle = Ire::new(AdamW::new(AdamWConfig::default()).unwrap(), cfg).unwrap();
-    let mut q = vec![Reference.alloc_from(&theta0).unwrap()];
-    for g in &grads {
+    let want = borrowed::admire_in_place(&on_queue, &mut p, |g| {
         let g_mem = framework_buffer(rt, g);
-        let gb = DeviceBuffer::<OpenCl, f32>::from_mem("opencl", ClMem::borrow(&g_mem).unwrap(), n)
-            .unwrap();
-        let due = on_device.refresh_due();
-        on_device
-            .step(
-                &borrowed,
-                std::slice::from_mut(&mut p),
-                std::slice::from_ref(&gb),
-                IreStep {
-                    lr: 1e-2,
-                    estimate: due.then_some(EstimateInput::Gradient(std::slice::from_ref(&gb))),
-                },
-            )
-            .unwrap();
-        let rg = vec![Reference.alloc_from(g).unwrap()];
-        let due = oracle.refresh_due();
-        oracle
-            .step(
-                &Reference,
-                &mut q,
-                &rg,
-                IreStep {
-                    lr: 1e-2,
-                    estimate: due.then_some(EstimateInput::Gradient(&rg)),
-                },
-            )
-            .unwrap();
-    }
-    borrowed.synchronize().unwrap();
+        let gb = DeviceBuffer::from_mem("opencl", ClMem::borrow(&g_mem).unwrap(), n).unwrap();
+        (g_mem, gb)
+    });
     // The framework's own buffer holds the result, bit for bit the reference's.
     let got = read_framework(rt, &p_mem, n);
-    let want = Reference.to_vec(&q[0]).unwrap();
     assert!(
         got.iter()
             .zip(&want)

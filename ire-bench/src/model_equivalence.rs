@@ -115,7 +115,7 @@ pub fn markdown(rows: &[ModelRow]) -> String {
         let c = &r.check;
         let _ = writeln!(
             s,
-            "| {} | {} vs cpu | {} | {:.1e} | {:.1e} | {:.1e} (max abs {:.1e}) | {:.1e} ({} steps) | {} |",
+            "| {} | {} vs cpu | {} | {:.1e} | {:.1e} | {:.1e} (max abs {:.1e}) | {:.1e} ({} steps; bound {:.0e}) | {} |",
             c.model,
             r.backend,
             c.params,
@@ -125,6 +125,7 @@ pub fn markdown(rows: &[ModelRow]) -> String {
             c.step_max_abs,
             c.curve_rel(),
             c.curves.0.len(),
+            c.curve_limit(),
             if c.violations().is_empty() {
                 "pass"
             } else {

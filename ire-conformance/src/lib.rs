@@ -18,6 +18,7 @@
 // This crate IS a test suite (used from backend crates' tests): a failed check panics.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod borrowed;
 pub mod emulator;
 pub mod inputs;
 mod rng;
@@ -642,25 +643,11 @@ fn grouped_runs<B: Backend, T: Scalar>(b: &B) -> Vec<(String, Vec<Vec<T>>)> {
     let mut out = Vec::new();
 
     // AdmIRE, whole steps.
-    let mut ire = Ire::new(adamw(), cfg)
+    let ire = Ire::new(adamw(), cfg)
         .unwrap()
         .with_groups(groups())
         .unwrap();
-    let mut p = init();
-    for t in 0..steps {
-        let (g, e) = inputs(t);
-        let est = ire.refresh_due().then_some(EstimateInput::Gradient(&e));
-        ire.step(
-            b,
-            &mut p,
-            &g,
-            IreStep {
-                lr: lr(t),
-                estimate: est,
-            },
-        )
-        .unwrap();
-    }
+    let p = whole_steps(b, ire, init(), steps, &inputs, &lr);
     out.push((
         "admire whole".into(),
         p.iter().map(|x| down(b, x)).collect(),
@@ -724,22 +711,8 @@ fn grouped_runs<B: Backend, T: Scalar>(b: &B) -> Vec<(String, Vec<Vec<T>>)> {
     ));
 
     // SGD-IRE with momentum, whole steps.
-    let mut ire = Ire::new(sgd(), cfg).unwrap().with_groups(groups()).unwrap();
-    let mut p = init();
-    for t in 0..steps {
-        let (g, e) = inputs(t);
-        let est = ire.refresh_due().then_some(EstimateInput::Gradient(&e));
-        ire.step(
-            b,
-            &mut p,
-            &g,
-            IreStep {
-                lr: lr(t),
-                estimate: est,
-            },
-        )
-        .unwrap();
-    }
+    let ire = Ire::new(sgd(), cfg).unwrap().with_groups(groups()).unwrap();
+    let p = whole_steps(b, ire, init(), steps, &inputs, &lr);
     out.push((
         "sgd-ire whole".into(),
         p.iter().map(|x| down(b, x)).collect(),
@@ -776,6 +749,29 @@ fn groups_t<B: Backend, T: Scalar>(b: &B) {
         mine[3].1[0] != mine[4].1[0],
         "IRE must move the participating tensors"
     );
+}
+
+/// `steps` whole steps of `ire` from `p`: step `t` takes the gradients and estimator
+/// gradients `inputs(t)` at learning rate `lr(t)`, estimating when a refresh is due.
+#[allow(clippy::type_complexity)]
+fn whole_steps<B: Backend, T: Scalar, O: Optimizer<B, T>>(
+    b: &B,
+    mut ire: Ire<B, T, O>,
+    mut p: Vec<B::Buffer<T>>,
+    steps: u64,
+    inputs: &dyn Fn(u64) -> (Vec<B::Buffer<T>>, Vec<B::Buffer<T>>),
+    lr: &dyn Fn(u64) -> f64,
+) -> Vec<B::Buffer<T>> {
+    for t in 0..steps {
+        let (g, e) = inputs(t);
+        let estimate = ire.refresh_due().then_some(EstimateInput::Gradient(&e));
+        let step = IreStep {
+            lr: lr(t),
+            estimate,
+        };
+        ire.step(b, &mut p, &g, step).unwrap();
+    }
+    p
 }
 
 /// Parameter groups (learning-rate scale, weight decay, IRE participation with one global

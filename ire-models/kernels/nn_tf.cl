@@ -362,8 +362,7 @@ KERNEL void tf_norm_cols(GLOBAL const T* x, GLOBAL const T* dy, INDEX rows, INDE
     GLOBAL const T* qh = qkv + bi_ * t * r3 + hi_ * dh;                         \
     GLOBAL const T* kh = qh + dm;                                               \
     GLOBAL const T* vh = qh + 2 * dm;                                           \
-    INDEX oh = bi_ * t * dm + hi_ * dh;                                         \
-    INDEX lh = (gid) - ti_
+    INDEX oh = bi_ * t * dm + hi_ * dh
 
 DEVICE_FN T tf_dot(GLOBAL const T* x, GLOBAL const T* y, INDEX n) {
     T s = (T)0;
@@ -452,6 +451,7 @@ KERNEL void tf_attn_bwd_kv(GLOBAL const T* qkv, GLOBAL const T* lse, GLOBAL cons
     INDEX gid = GLOBAL_ID;
     if (gid < b * h * t) {
         TF_ATTN_ROW(gid);
+        INDEX lh = gid - ti_; /* the sequence's first row of lse and drow */
         GLOBAL const T* k = kh + ti_ * r3;
         GLOBAL const T* v = vh + ti_ * r3;
         GLOBAL T* dk = dqkv + (k - qkv);

@@ -63,7 +63,7 @@ fn tracks_the_cpu_backend<D: NnOps + 'static>(open: impl Fn() -> D) {
         let c = check_model(CpuBackend::new(), open(), &cfg, 50).unwrap();
         println!(
             "{model} ({} params): loss {:.6} vs {:.6} (rel {:.1e}), grad rel {:.1e}, \
-             1-step share {:.1e} (max |Δθ| {:.1e}), 50-step curve rel {:.1e}",
+             1-step share {:.1e} (max |Δθ| {:.1e}), 50-step curve rel {:.1e} (bound {:.1e}{})",
             c.params,
             c.loss.0,
             c.loss.1,
@@ -71,7 +71,11 @@ fn tracks_the_cpu_backend<D: NnOps + 'static>(open: impl Fn() -> D) {
             c.grad_rel,
             c.step_fraction,
             c.step_max_abs,
-            c.curve_rel()
+            c.curve_rel(),
+            c.curve_limit(),
+            c.control_rel()
+                .map(|v| format!("; the CPU backend against itself one ulp away: {v:.1e}"))
+                .unwrap_or_default()
         );
         if !c.violations().is_empty() {
             failures.push(format!("{model}: {:?}", c.violations()));

@@ -9,7 +9,7 @@
 //!   (`ema_square` with β = 0, the global `kth_largest` with γ = 0.6, `mask_le`);
 //! - one training step (forward, backward, optimizer step) of the `mlp` and `resnet20`
 //!   presets on CIFAR-shaped inputs (SGD with momentum) and of `lm-paper` (AdamW) through
-//!   `ire-models`' [`Trainer`], on synthetic data of the real shapes.
+//!   `ire-models`' [`Trainer`](ire_models::train::Trainer), on synthetic data of the real shapes.
 //!
 //! The results go to a JSON file:
 //! `cargo run --release -p ire-bench --bin peer -- --json OUT.json`.
@@ -19,15 +19,11 @@ use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use ire_backend_cpu::CpuBackend;
+use ire_bench::workloads::Workload;
 use ire_bench::{SIZES, random_f32};
 use ire_core::formulas::SgdScalars;
 use ire_core::optim::sharp_count;
 use ire_core::{AdamWConfig, Backend};
-use ire_models::data::ImageDataset;
-use ire_models::rng::Rng;
-use ire_models::text::{TextError, TokenBatches, Tokenizer};
-use ire_models::train::source::Source;
-use ire_models::train::{DatasetKind, OptimizerConfig, OptimizerKind, TrainConfig, Trainer};
 use serde_json::{Value, json};
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -202,128 +198,21 @@ fn optimizer_steps(b: &CpuBackend, n: usize, args: &Args, out: &mut Vec<Value>) 
     Ok(())
 }
 
-/// A vocabulary of `n` made-up words (`w0`, `w1`, ...): the language model only needs its size.
-struct SyntheticVocab(usize);
-
-impl Tokenizer for SyntheticVocab {
-    fn name(&self) -> &str {
-        "synthetic"
-    }
-    fn vocab_size(&self) -> usize {
-        self.0
-    }
-    fn encode(&self, text: &str) -> Result<Vec<u32>, TextError> {
-        text.split_whitespace()
-            .map(|w| {
-                w.strip_prefix('w')
-                    .and_then(|d| d.parse::<u32>().ok())
-                    .filter(|&i| (i as usize) < self.0)
-                    .ok_or_else(|| TextError::Config(format!("`{w}` is not a synthetic word")))
-            })
-            .collect()
-    }
-    fn decode(&self, ids: &[u32]) -> Result<String, TextError> {
-        let words = ids
-            .iter()
-            .map(|&i| {
-                if (i as usize) < self.0 {
-                    Ok(format!("w{i}"))
-                } else {
-                    Err(TextError::Config(format!(
-                        "id {i} is outside the vocabulary"
-                    )))
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(words.join(" "))
-    }
-}
-
-/// `count` CIFAR-shaped images of uniform random pixels, uniform random labels of 10 classes.
-fn synthetic_images(count: usize, seed: u64) -> ImageDataset {
-    let mut rng = Rng::new(seed);
-    let per = 3 * 32 * 32;
-    ImageDataset {
-        pixels: (0..count * per).map(|_| rng.below(256) as u8).collect(),
-        labels: (0..count).map(|_| rng.below(10) as u32).collect(),
-        channels: 3,
-        height: 32,
-        width: 32,
-        num_classes: 10,
-        class_names: Vec::new(),
-    }
-}
-
-/// One training step of `model` through the [`Trainer`].
+/// One training step of `model` through `ire-models`' trainer, on the shared workload definition
+/// (the paper's recipes on synthetic data of the real shapes).
 fn train_step(b: &CpuBackend, model: &str, args: &Args, out: &mut Vec<Value>) -> AnyResult<()> {
-    let lm = model.starts_with("lm-") || model.starts_with("gpt") || model.starts_with("llama");
-    let mut cfg = TrainConfig {
+    let mut w = Workload {
         model: model.into(),
-        steps: 1_000_000,
-        constant_lr: true,
-        log_every: 1,
-        seed: 0,
-        ..TrainConfig::default()
+        batch: args.image_batch,
+        context: 0,
+        vocab: 0,
     };
-    let (mut trainer, detail, size) = if lm {
-        // The paper's WikiText-2 recipe: AdamW (0.9, 0.95), weight decay 5e-4, eps 1e-16.
-        cfg.dataset = DatasetKind::Text;
-        cfg.optimizer = OptimizerKind::Adamw;
-        cfg.lr = 6e-4;
-        cfg.opt = OptimizerConfig {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-16,
-            weight_decay: 5e-4,
-            ..OptimizerConfig::default()
-        };
-        cfg.batch_size = args.lm_batch;
-        cfg.context = args.lm_context;
-        let mut rng = Rng::new(7);
-        let vocab = args.lm_vocab.max(2);
-        let len = 16 * args.lm_batch * args.lm_context + 1;
-        let ids: Vec<u32> = (0..len).map(|_| rng.below(vocab as u64) as u32).collect();
-        let val: Vec<u32> = ids[..args.lm_context + 1].to_vec();
-        let src = Source::Text {
-            train: TokenBatches::new(ids, args.lm_context, args.lm_batch, 0)?,
-            val: TokenBatches::new(val, args.lm_context, args.lm_batch, 0)?,
-            tokenizer: Box::new(SyntheticVocab(vocab)),
-        };
-        let detail = format!(
-            "AdamW; batch {} x context {}, vocabulary {vocab}; synthetic tokens",
-            args.lm_batch, args.lm_context
-        );
-        (
-            Trainer::with_source(b.clone(), cfg, src)?,
-            detail,
-            args.lm_batch,
-        )
-    } else {
-        // The paper's CIFAR recipe: SGD, momentum 0.9, weight decay 5e-4; no augmentation (the
-        // PyTorch side has none either), CIFAR-10 normalization.
-        cfg.dataset = DatasetKind::Cifar10;
-        cfg.optimizer = OptimizerKind::Sgd;
-        cfg.lr = 0.1;
-        cfg.opt = OptimizerConfig {
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            ..OptimizerConfig::default()
-        };
-        cfg.batch_size = args.image_batch;
-        cfg.crop_padding = Some(0);
-        cfg.hflip = Some(false);
-        let train = synthetic_images(8 * args.image_batch, 1);
-        let test = synthetic_images(args.image_batch, 2);
-        let detail = format!(
-            "SGD momentum 0.9; batch {} x 3x32x32, 10 classes; synthetic images",
-            args.image_batch
-        );
-        (
-            Trainer::with_data(b.clone(), cfg, train, test)?,
-            detail,
-            args.image_batch,
-        )
-    };
+    if w.is_lm() {
+        w.batch = args.lm_batch;
+        w.context = args.lm_context;
+        w.vocab = args.lm_vocab.max(2);
+    }
+    let mut trainer = w.trainer(b.clone())?;
     let params = trainer.param_count();
     let t = time(args.train_warmup, args.train_iters, || {
         trainer.train_step()?;
@@ -332,8 +221,8 @@ fn train_step(b: &CpuBackend, model: &str, args: &Args, out: &mut Vec<Value>) ->
     record(
         out,
         &format!("train_{model}"),
-        size,
-        &format!("{detail}; {params} parameters"),
+        w.batch,
+        &format!("{}; {params} parameters", w.describe()),
         &t,
     );
     if let Some(last) = out.last_mut() {

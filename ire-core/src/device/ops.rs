@@ -75,6 +75,26 @@ impl<R: Runtime> DeviceBackend<R> {
         self.require(T::DTYPE)?;
         self.launch_in(&IRE_OPS, T::DTYPE, kernel, groups_for(n), args)
     }
+
+    /// `h ← β·h + (1−β)·f(g)` by `kernel` (`ema_square`: f = g², `ema_abs`: f = |g|); the
+    /// complement is computed here once so every backend rounds it the same.
+    fn ema_of<T: Scalar>(
+        &self,
+        kernel: &'static str,
+        h: &mut Buf<R, T>,
+        g: &Buf<R, T>,
+        beta: T,
+    ) -> Result<()> {
+        let n = same(kernel, h.len(), g.len())?;
+        let args = [
+            h.output(),
+            g.input(),
+            real(beta),
+            real(T::one() - beta),
+            Index(n),
+        ];
+        self.each::<T>(kernel, n, &args)
+    }
 }
 
 impl<R: Runtime> Backend for DeviceBackend<R> {
@@ -254,27 +274,11 @@ impl<R: Runtime> Backend for DeviceBackend<R> {
     }
 
     fn ema_square<T: Scalar>(&self, h: &mut Buf<R, T>, g: &Buf<R, T>, beta: T) -> Result<()> {
-        let n = same("ema_square", h.len(), g.len())?;
-        let args = [
-            h.output(),
-            g.input(),
-            real(beta),
-            real(T::one() - beta),
-            Index(n),
-        ];
-        self.each::<T>("ema_square", n, &args)
+        self.ema_of("ema_square", h, g, beta)
     }
 
     fn ema_abs<T: Scalar>(&self, h: &mut Buf<R, T>, g: &Buf<R, T>, beta: T) -> Result<()> {
-        let n = same("ema_abs", h.len(), g.len())?;
-        let args = [
-            h.output(),
-            g.input(),
-            real(beta),
-            real(T::one() - beta),
-            Index(n),
-        ];
-        self.each::<T>("ema_abs", n, &args)
+        self.ema_of("ema_abs", h, g, beta)
     }
 
     fn ema_product<T: Scalar>(
