@@ -340,18 +340,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_wrong_curve_is_a_violation() {
-        let mut c = ModelCheck {
+    /// A check that agrees everywhere except, perhaps, in the curve of backend b.
+    fn check_with_curve_b(b: Vec<f64>) -> ModelCheck {
+        ModelCheck {
             model: "x".into(),
             loss: (2.0, 2.0),
             grad_rel: 0.0,
             step_max_abs: 0.0,
             step_fraction: 0.0,
-            curves: (vec![2.0; 20], vec![2.0; 20]),
+            curves: (vec![2.0; b.len()], b),
             controls: Vec::new(),
             params: 1,
-        };
+        }
+    }
+
+    #[test]
+    fn a_wrong_curve_is_a_violation() {
+        let mut c = check_with_curve_b(vec![2.0; 20]);
         assert!(c.violations().is_empty());
         c.curves.1[19] = 2.5;
         assert_eq!(c.violations().len(), 1);
@@ -364,16 +369,7 @@ mod tests {
         // The last-10 means: a 2.0, b 2.1 (rel 0.05).
         let mut b = vec![2.0; 20];
         b[10..].iter_mut().for_each(|v| *v = 2.1);
-        let mut c = ModelCheck {
-            model: "x".into(),
-            loss: (2.0, 2.0),
-            grad_rel: 0.0,
-            step_max_abs: 0.0,
-            step_fraction: 0.0,
-            curves: (vec![2.0; 20], b),
-            controls: Vec::new(),
-            params: 1,
-        };
+        let mut c = check_with_curve_b(b);
         assert!((c.curve_rel() - 0.05).abs() < 1e-12);
         assert_eq!(c.curve_limit(), CURVE_REL.limit);
         assert_eq!(c.violations().len(), 1, "no control: the floor holds");
