@@ -114,6 +114,10 @@ impl Running {
     fn kill(&mut self) {
         let _ = self.0.as_mut().unwrap().kill();
     }
+    /// Whether the process has exited (it is reaped later by `wait_with_output`).
+    fn finished(&mut self) -> bool {
+        self.0.as_mut().unwrap().try_wait().unwrap().is_some()
+    }
     fn wait_with_output(mut self) -> Output {
         self.0.take().unwrap().wait_with_output().unwrap()
     }
@@ -225,7 +229,7 @@ fn weights(dir: &Path) -> Vec<u32> {
 struct Moments(u64);
 
 impl Moments {
-    fn next_ms(&mut self, max: u64) -> u64 {
+    fn next_below(&mut self, max: u64) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -256,7 +260,18 @@ fn kill_9_at_random_moments_of_checkpoint_writes_and_resumes_loses_nothing() {
             vec!["--out", s(&chain), "--overwrite", "--checkpoint-every", "5"]
         };
         let mut child = spawn(&args, &extra);
-        std::thread::sleep(Duration::from_millis(20 + rng.next_ms(400)));
+        // The moment of the kill is seeded in training progress, not in time (a fixed delay
+        // outlasts a whole run on a fast machine): up to 40 history lines past the last
+        // checkpoint's step, then up to 5 ms more, so kills land inside steps, checkpoint
+        // writes and a resume's history cut alike.
+        let target = last_step as usize + 1 + rng.next_below(40) as usize;
+        for _ in 0..60_000 {
+            if child.finished() || metrics_lines(&chain) >= target {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_micros(rng.next_below(5000)));
         child.kill();
         let out = child.wait_with_output();
         match out.status.code() {
@@ -273,6 +288,7 @@ fn kill_9_at_random_moments_of_checkpoint_writes_and_resumes_loses_nothing() {
             last_step = step;
         }
     }
+    println!("{kills} of 20 runs were killed");
     assert!(kills >= 8, "only {kills} of 20 runs were killed");
     let ck = checkpoint_path(&chain);
     let o = run(&args, &["--resume", s(&ck), "--checkpoint-every", "5"]);
@@ -312,7 +328,7 @@ fn kill_9_while_a_resume_cuts_a_long_history_loses_nothing() {
         let mut f = std::fs::OpenOptions::new().append(true).open(&m).unwrap();
         std::io::Write::write_all(&mut f, junk).unwrap();
         let mut child = probe(&["--stop-after", "1"]);
-        std::thread::sleep(Duration::from_millis(rng.next_ms(life.max(1))));
+        std::thread::sleep(Duration::from_millis(rng.next_below(life.max(1))));
         child.kill();
         let out = child.wait_with_output();
         assert!(
