@@ -1264,16 +1264,83 @@ fn run_trajectory<B: Backend, T: Scalar>(
 
 // ------------------------------------------------------------------ backends and the run
 
+/// The reference backend's results for one dtype over the whole plan, computed once and
+/// compared with every backend (the backends are opened one after another).
+struct Oracle<T> {
+    /// Per size of the plan: the inputs, and each operation's result in [`Op::ALL`] order.
+    /// Held for the whole run (about 1 GB at the full plan's sizes, against 0.4 GB when the
+    /// reference was run again for each backend, which took a quarter longer).
+    ops: Vec<(OpInputs<T>, Results<T>)>,
+    /// The trajectories' problem.
+    problem: Problem<T>,
+    /// Each trajectory's result, in [`Trajectory::ALL`] order.
+    trajectories: Results<T>,
+}
+
+/// The reference's results of a list of operations or trajectories.
+type Results<T> = Vec<ire_core::Result<Out<T>>>;
+
+impl<T: Scalar> Oracle<T> {
+    fn new(plan: &Plan) -> Self {
+        let ops = plan
+            .sizes
+            .iter()
+            .map(|&n| {
+                let x = OpInputs::<T>::new(n);
+                let want = Op::ALL
+                    .iter()
+                    .map(|&op| run_op(&Reference, op, &x))
+                    .collect();
+                (x, want)
+            })
+            .collect();
+        let problem = Problem::<T>::new(plan);
+        let trajectories = Trajectory::ALL
+            .iter()
+            .map(|&traj| run_trajectory(&Reference, traj, &problem, plan))
+            .collect();
+        Oracle {
+            ops,
+            problem,
+            trajectories,
+        }
+    }
+}
+
+/// The oracles of both floating-point dtypes.
+struct Oracles {
+    f32: Oracle<f32>,
+    f64: Oracle<f64>,
+}
+
+/// A dtype the runner compares: picks its oracle.
+trait Compared: Scalar {
+    fn oracle(o: &Oracles) -> &Oracle<Self>;
+}
+
+impl Compared for f32 {
+    fn oracle(o: &Oracles) -> &Oracle<f32> {
+        &o.f32
+    }
+}
+
+impl Compared for f64 {
+    fn oracle(o: &Oracles) -> &Oracle<f64> {
+        &o.f64
+    }
+}
+
 /// Compares one backend with the reference over the whole plan (the [`NnTask`] the backend
 /// selection runs on whichever backend it opens).
 struct Compare<'a> {
     plan: &'a Plan,
+    oracles: &'a Oracles,
     /// The backend's position in [`COMPARED`] (the rows' order).
     index: usize,
 }
 
 /// What one backend's comparison produced.
-struct Compared {
+struct Comparison {
     name: String,
     description: String,
     notes: Vec<String>,
@@ -1281,10 +1348,10 @@ struct Compared {
 }
 
 impl NnTask for Compare<'_> {
-    type Output = Result<Compared, EquivError>;
+    type Output = Result<Comparison, EquivError>;
 
-    fn run<B: NnOps + 'static>(self, b: B) -> Result<Compared, EquivError> {
-        let mut out = Compared {
+    fn run<B: NnOps + 'static>(self, b: B) -> Result<Comparison, EquivError> {
+        let mut out = Comparison {
             name: b.name().to_string(),
             description: describe(&b),
             notes: Vec::new(),
@@ -1300,8 +1367,8 @@ impl NnTask for Compare<'_> {
                 ));
             }
         }
-        run_dtype::<B, f32>(&b, self.index, self.plan, &mut out.table)?;
-        run_dtype::<B, f64>(&b, self.index, self.plan, &mut out.table)?;
+        run_dtype::<B, f32>(&b, self.index, self.plan, self.oracles, &mut out.table)?;
+        run_dtype::<B, f64>(&b, self.index, self.plan, self.oracles, &mut out.table)?;
         Ok(out)
     }
 }
@@ -1386,35 +1453,34 @@ fn dtype_index(d: DType) -> usize {
     }
 }
 
-fn run_dtype<B: Backend, T: Scalar>(
+fn run_dtype<B: Backend, T: Compared>(
     b: &B,
     bi: usize,
     plan: &Plan,
+    oracles: &Oracles,
     table: &mut Table,
 ) -> Result<(), EquivError> {
     if !b.supports_dtype(T::DTYPE) {
         return Ok(());
     }
+    let oracle = T::oracle(oracles);
     let name = b.name().to_string();
     let di = dtype_index(T::DTYPE);
-    for &n in &plan.sizes {
-        let x = OpInputs::<T>::new(n);
-        let case = format!("n = {n}");
-        for (oi, &op) in Op::ALL.iter().enumerate() {
+    for (x, wants) in &oracle.ops {
+        let case = format!("n = {}", x.n);
+        for (oi, (&op, want)) in Op::ALL.iter().zip(wants).enumerate() {
             let bound = op.bound(T::DTYPE)?;
-            let want = run_op(&Reference, op, &x);
             let row = table.cell((oi, di, bi), op.name(), T::DTYPE, &name, bound);
-            Table::record(row, &want, || run_op(b, op, &x), &case);
+            Table::record(row, want, || run_op(b, op, x), &case);
         }
     }
-    let p = Problem::<T>::new(plan);
-    for (ti, &traj) in Trajectory::ALL.iter().enumerate() {
+    let p = &oracle.problem;
+    for (ti, (&traj, want)) in Trajectory::ALL.iter().zip(&oracle.trajectories).enumerate() {
         let bound = traj.bound(T::DTYPE, plan.steps)?;
-        let want = run_trajectory(&Reference, traj, &p, plan);
         let case = format!("after {} steps", plan.steps);
         let key = (Op::ALL.len() + ti, di, bi);
         let row = table.cell(key, traj.name(), T::DTYPE, &name, bound);
-        Table::record(row, &want, || run_trajectory(b, traj, &p, plan), &case);
+        Table::record(row, want, || run_trajectory(b, traj, p, plan), &case);
     }
     Ok(())
 }
@@ -1436,13 +1502,21 @@ pub fn run(opts: &Options) -> Result<Report, EquivError> {
         ..Report::default()
     };
     let mut table = Table::default();
+    let oracles = Oracles {
+        f32: Oracle::new(plan),
+        f64: Oracle::new(plan),
+    };
     for (index, kind) in COMPARED.into_iter().enumerate() {
         let asked = match &opts.backends {
             None => false,
             Some(list) if list.contains(&kind) => true,
             Some(_) => continue,
         };
-        let task = Compare { plan, index };
+        let task = Compare {
+            plan,
+            oracles: &oracles,
+            index,
+        };
         let done = if asked {
             Some(run_on(kind, task).map_err(|e| {
                 EquivError::Usage(format!("backend `{kind}` was asked for, but: {e}"))

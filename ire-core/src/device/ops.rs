@@ -121,6 +121,18 @@ impl<R: Runtime> Backend for DeviceBackend<R> {
         Ok(DeviceBuffer::new(Some(mem), len))
     }
 
+    // Not the trait's alloc + upload: the upload overwrites every byte, so zeroing the new
+    // memory first would be one more pass over it for nothing.
+    fn alloc_from<E: Element>(&self, src: &[E]) -> Result<Buf<R, E>> {
+        self.require(E::DTYPE)?;
+        if src.is_empty() {
+            return Ok(DeviceBuffer::new(None, 0));
+        }
+        let mut mem = self.runtime().alloc(core::mem::size_of_val(src))?;
+        self.runtime().write(&mut mem, 0, as_bytes(src))?;
+        Ok(DeviceBuffer::new(Some(mem), src.len()))
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.runtime().synchronize()
     }
