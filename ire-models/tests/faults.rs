@@ -1128,6 +1128,7 @@ fn flags_that_do_not_apply_are_refused_and_help_names_everything() {
     for (opt, flag, value, scope) in [
         ("sgd", "--gamma", "0.5", "IRE optimizers"),
         ("sgd", "--kappa", "3", "IRE optimizers"),
+        ("adamw", "--threshold-rule", "admire", "IRE optimizers"),
         ("adamw", "--rho", "0.1", "SAM"),
         ("adamw", "--momentum", "0.5", "built on SGD"),
         ("sgd", "--beta2", "0.9", "built on AdamW"),
@@ -1142,6 +1143,23 @@ fn flags_that_do_not_apply_are_refused_and_help_names_everything() {
         );
     }
     assert!(!root.join("never").exists());
+    // A threshold rule by an unknown name is refused with the names it could be; a known one
+    // trains and is kept in the checkpoint's configuration.
+    let o = run(&base("admire"), &["--threshold-rule", "kth-largest"]);
+    assert_eq!(code(&o), Some(2), "{}", text(&o));
+    for name in ["sharp-top-k", "flat-kth-smallest", "admire"] {
+        assert!(text(&o).contains(name), "{}", text(&o));
+    }
+    let ran = root.join("flat-rule");
+    let mut args = base("admire");
+    *args.last_mut().unwrap() = s(&ran).to_string();
+    let o = run(&args, &["--threshold-rule", "flat-kth-smallest"]);
+    assert_eq!(code(&o), Some(0), "{}", text(&o));
+    let (_, cfg, _) = read_checkpoint(&checkpoint_path(&ran)).unwrap();
+    assert_eq!(
+        cfg.opt.threshold_rule,
+        ire_models::train::ThresholdKind::FlatKthSmallest
+    );
     // The adaptive flag is a switch.
     let o = run(&base("sgd"), &["--adaptive"]);
     assert_eq!(code(&o), Some(2), "{}", text(&o));

@@ -154,6 +154,11 @@ struct TrainArgs {
     /// Decay κ with the learning rate.
     #[arg(long)]
     kappa_decay: bool,
+    /// How IRE's threshold follows from γ: sharp-top-k (k = ⌊(1−γ)N⌋ largest are sharp; the
+    /// default), flat-kth-smallest (m = ⌊γN⌋ smallest are flat), admire (the first when
+    /// 1−γ < 0.5, else the second).
+    #[arg(long)]
+    threshold_rule: Option<ire_models::train::ThresholdKind>,
     /// SAM ρ.
     #[arg(long)]
     rho: Option<f64>,
@@ -293,6 +298,7 @@ impl TrainArgs {
             gamma,
             refresh_every,
             ire_warmup,
+            threshold_rule,
             rho,
             momentum,
             weight_decay,

@@ -25,7 +25,8 @@ impl Scope {
     /// The scope of a setting (by its flag name, `kebab-case`), when it has one.
     pub fn of(flag: &str) -> Option<Scope> {
         Some(match flag {
-            "kappa" | "gamma" | "refresh-every" | "ire-warmup" | "kappa-decay" => Scope::Ire,
+            "kappa" | "gamma" | "refresh-every" | "ire-warmup" | "kappa-decay"
+            | "threshold-rule" => Scope::Ire,
             "rho" | "adaptive" => Scope::Sam,
             "momentum" => Scope::Sgd,
             "beta2" => Scope::Adam,

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use ire_core::optim::Estimator;
+use ire_core::optim::{Estimator, ThresholdRule};
 use serde::{Deserialize, Serialize};
 
 use super::config_error::ConfigError;
@@ -75,6 +75,46 @@ impl EstimatorBatch {
     }
 }
 
+/// How IRE's threshold follows from γ (config `opt.threshold_rule`, `--threshold-rule`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum ThresholdKind {
+    /// `sharp-top-k`: `k = ⌊(1 − γ) N⌋` sharp, τ the k-th largest (the CIFAR and ImageNet
+    /// scripts).
+    #[default]
+    SharpTopK,
+    /// `flat-kth-smallest`: `m = ⌊γ N⌋` flat, τ the m-th smallest (the small language-model
+    /// scripts and `ire_new.py`).
+    FlatKthSmallest,
+    /// `admire`: `sharp-top-k` when `1 − γ < 0.5`, else `flat-kth-smallest` (the Llama script).
+    Admire,
+}
+
+impl ThresholdKind {
+    /// Every rule, in the order of [`ThresholdKind::NAMES`].
+    pub const ALL: [ThresholdKind; 3] = [
+        ThresholdKind::SharpTopK,
+        ThresholdKind::FlatKthSmallest,
+        ThresholdKind::Admire,
+    ];
+    /// The names in a config file and on the command line.
+    pub const NAMES: [&'static str; 3] = ["sharp-top-k", "flat-kth-smallest", "admire"];
+
+    /// The name in a config file.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    /// The optimizer's rule.
+    pub fn rule(self) -> ThresholdRule {
+        match self {
+            ThresholdKind::SharpTopK => ThresholdRule::SharpTopK,
+            ThresholdKind::FlatKthSmallest => ThresholdRule::FlatKthSmallest,
+            ThresholdKind::Admire => ThresholdRule::AdmIre,
+        }
+    }
+}
+
 /// `FromStr`, `TryFrom<String>` (serde's way in), `Display` and `Into<&str>` (serde's way out)
 /// of a choice, all through its `ALL` / `NAMES` tables.
 macro_rules! text_choice {
@@ -117,6 +157,7 @@ macro_rules! text_choice {
 
 text_choice!(EstimatorKind, "opt.estimator");
 text_choice!(EstimatorBatch, "estimator_batch");
+text_choice!(ThresholdKind, "opt.threshold_rule");
 
 #[cfg(test)]
 mod tests {
@@ -131,6 +172,25 @@ mod tests {
         for k in EstimatorBatch::ALL {
             assert_eq!(k.name().parse::<EstimatorBatch>().unwrap(), k);
             assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{k}\""));
+        }
+        for k in ThresholdKind::ALL {
+            assert_eq!(k.name().parse::<ThresholdKind>().unwrap(), k);
+            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{k}\""));
+        }
+        assert_eq!(ThresholdKind::default().rule(), ThresholdRule::SharpTopK);
+        assert_eq!(ThresholdKind::Admire.rule(), ThresholdRule::AdmIre);
+        assert_eq!(
+            ThresholdKind::FlatKthSmallest.rule(),
+            ThresholdRule::FlatKthSmallest
+        );
+        match "kth-largest".parse::<ThresholdKind>() {
+            Err(ConfigError::UnknownChoice { field, value, .. }) => {
+                assert_eq!(
+                    (field, value.as_str()),
+                    ("opt.threshold_rule", "kth-largest")
+                );
+            }
+            other => panic!("{other:?}"),
         }
         assert_eq!(
             serde_json::from_str::<EstimatorKind>("\"abs-gradient\"").unwrap(),

@@ -10,7 +10,7 @@ use ire_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::choices::EstimatorKind;
+use super::choices::{EstimatorKind, ThresholdKind};
 use crate::nn::NnOps;
 
 /// Which optimizer trains the model.
@@ -121,6 +121,9 @@ pub struct OptimizerConfig {
     pub kappa_decay: bool,
     /// The estimator: `squared-gradient` (official), `abs-gradient`, `squared-training-gradient`.
     pub estimator: EstimatorKind,
+    /// How the threshold follows from γ: `sharp-top-k` (default), `flat-kth-smallest`,
+    /// `admire`.
+    pub threshold_rule: ThresholdKind,
 }
 
 impl Default for OptimizerConfig {
@@ -141,6 +144,7 @@ impl Default for OptimizerConfig {
             ire_beta: 0.0,
             kappa_decay: false,
             estimator: EstimatorKind::SquaredGradient,
+            threshold_rule: ThresholdKind::SharpTopK,
         }
     }
 }
@@ -159,6 +163,7 @@ impl OptimizerConfig {
                 KappaSchedule::Constant
             },
             estimator: self.estimator.estimator(),
+            threshold: self.threshold_rule.rule(),
             ..IreConfig::default()
         })
     }
@@ -316,5 +321,28 @@ fn ire_ctx<B: NnOps>(lr: f64, est: Option<&[B::Buffer<f32>]>) -> IreStep<'_, B, 
     IreStep {
         lr,
         estimate: est.map(EstimateInput::Gradient),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use ire_core::optim::ThresholdRule;
+
+    #[test]
+    fn the_threshold_rule_reaches_the_optimizer() {
+        let mut c = OptimizerConfig::default();
+        assert_eq!(c.ire(0.1).unwrap().threshold, ThresholdRule::SharpTopK);
+        for (kind, rule) in [
+            (
+                ThresholdKind::FlatKthSmallest,
+                ThresholdRule::FlatKthSmallest,
+            ),
+            (ThresholdKind::Admire, ThresholdRule::AdmIre),
+        ] {
+            c.threshold_rule = kind;
+            assert_eq!(c.ire(0.1).unwrap().threshold, rule);
+        }
     }
 }
