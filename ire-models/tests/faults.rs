@@ -1129,6 +1129,12 @@ fn flags_that_do_not_apply_are_refused_and_help_names_everything() {
         ("sgd", "--gamma", "0.5", "IRE optimizers"),
         ("sgd", "--kappa", "3", "IRE optimizers"),
         ("adamw", "--threshold-rule", "admire", "IRE optimizers"),
+        (
+            "sgd",
+            "--gamma-schedule",
+            "rank-increase:100",
+            "IRE optimizers",
+        ),
         ("adamw", "--rho", "0.1", "SAM"),
         ("adamw", "--momentum", "0.5", "built on SGD"),
         ("sgd", "--beta2", "0.9", "built on AdamW"),
@@ -1153,13 +1159,25 @@ fn flags_that_do_not_apply_are_refused_and_help_names_everything() {
     let ran = root.join("flat-rule");
     let mut args = base("admire");
     *args.last_mut().unwrap() = s(&ran).to_string();
-    let o = run(&args, &["--threshold-rule", "flat-kth-smallest"]);
+    let o = run(
+        &args,
+        &[
+            "--threshold-rule",
+            "flat-kth-smallest",
+            "--gamma-schedule",
+            "rank-increase:40",
+        ],
+    );
     assert_eq!(code(&o), Some(0), "{}", text(&o));
     let (_, cfg, _) = read_checkpoint(&checkpoint_path(&ran)).unwrap();
     assert_eq!(
         cfg.opt.threshold_rule,
         ire_models::train::ThresholdKind::FlatKthSmallest
     );
+    assert_eq!(cfg.opt.gamma_schedule.to_string(), "rank-increase:40");
+    let o = run(&base("admire"), &["--gamma-schedule", "rank-increase:5"]);
+    assert_eq!(code(&o), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("rank-increase:H"), "{}", text(&o));
     // The adaptive flag is a switch.
     let o = run(&base("sgd"), &["--adaptive"]);
     assert_eq!(code(&o), Some(2), "{}", text(&o));

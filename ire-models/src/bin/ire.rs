@@ -159,6 +159,10 @@ struct TrainArgs {
     /// 1−γ < 0.5, else the second).
     #[arg(long)]
     threshold_rule: Option<ire_models::train::ThresholdKind>,
+    /// How γ varies over the refreshes: constant (the default), or rank-increase:H, the
+    /// official rank_increase schedule over H ≥ 20 steps after the IRE warm-up.
+    #[arg(long)]
+    gamma_schedule: Option<ire_models::train::GammaChoice>,
     /// SAM ρ.
     #[arg(long)]
     rho: Option<f64>,
@@ -299,6 +303,7 @@ impl TrainArgs {
             refresh_every,
             ire_warmup,
             threshold_rule,
+            gamma_schedule,
             rho,
             momentum,
             weight_decay,

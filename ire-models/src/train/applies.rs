@@ -26,7 +26,7 @@ impl Scope {
     pub fn of(flag: &str) -> Option<Scope> {
         Some(match flag {
             "kappa" | "gamma" | "refresh-every" | "ire-warmup" | "kappa-decay"
-            | "threshold-rule" => Scope::Ire,
+            | "threshold-rule" | "gamma-schedule" => Scope::Ire,
             "rho" | "adaptive" => Scope::Sam,
             "momentum" => Scope::Sgd,
             "beta2" => Scope::Adam,

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use ire_core::optim::{Estimator, ThresholdRule};
+use ire_core::optim::{Estimator, GammaSchedule, ThresholdRule};
 use serde::{Deserialize, Serialize};
 
 use super::config_error::ConfigError;
@@ -115,6 +115,62 @@ impl ThresholdKind {
     }
 }
 
+/// How γ varies over the refreshes (config `opt.gamma_schedule`, `--gamma-schedule`):
+/// `constant`, or `rank-increase:H`, the official `rank_increase` schedule over a horizon of
+/// `H ≥ 20` steps after the IRE warm-up (see [`GammaSchedule::RankIncrease`] for what it does).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct GammaChoice(pub GammaSchedule);
+
+impl GammaChoice {
+    const RANK_INCREASE: &'static str = "rank-increase:";
+}
+
+impl FromStr for GammaChoice {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let unknown = || ConfigError::UnknownChoice {
+            field: "opt.gamma_schedule",
+            value: s.to_string(),
+            expected: &["constant", "rank-increase:H (H >= 20 steps)"],
+        };
+        if s == "constant" {
+            return Ok(GammaChoice(GammaSchedule::Constant));
+        }
+        let horizon: u64 = s
+            .strip_prefix(Self::RANK_INCREASE)
+            .and_then(|h| h.parse().ok())
+            .ok_or_else(unknown)?;
+        let schedule = GammaSchedule::RankIncrease { horizon };
+        schedule.validate().map_err(|_| unknown())?;
+        Ok(GammaChoice(schedule))
+    }
+}
+
+impl TryFrom<String> for GammaChoice {
+    type Error = ConfigError;
+    fn try_from(s: String) -> Result<Self, ConfigError> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for GammaChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            GammaSchedule::Constant => f.write_str("constant"),
+            GammaSchedule::RankIncrease { horizon } => {
+                write!(f, "{}{horizon}", Self::RANK_INCREASE)
+            }
+        }
+    }
+}
+
+impl From<GammaChoice> for String {
+    fn from(g: GammaChoice) -> String {
+        g.to_string()
+    }
+}
+
 /// `FromStr`, `TryFrom<String>` (serde's way in), `Display` and `Into<&str>` (serde's way out)
 /// of a choice, all through its `ALL` / `NAMES` tables.
 macro_rules! text_choice {
@@ -183,6 +239,28 @@ mod tests {
             ThresholdKind::FlatKthSmallest.rule(),
             ThresholdRule::FlatKthSmallest
         );
+        for text in ["constant", "rank-increase:20", "rank-increase:5000"] {
+            let g: GammaChoice = text.parse().unwrap();
+            assert_eq!(g.to_string(), text);
+            assert_eq!(serde_json::to_string(&g).unwrap(), format!("\"{text}\""));
+        }
+        assert_eq!(
+            "rank-increase:300".parse::<GammaChoice>().unwrap().0,
+            GammaSchedule::RankIncrease { horizon: 300 }
+        );
+        for bad in [
+            "rank-increase:19",
+            "rank-increase:",
+            "rank-increase:x",
+            "cosine",
+        ] {
+            match bad.parse::<GammaChoice>() {
+                Err(ConfigError::UnknownChoice { field, value, .. }) => {
+                    assert_eq!((field, value.as_str()), ("opt.gamma_schedule", bad));
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
         match "kth-largest".parse::<ThresholdKind>() {
             Err(ConfigError::UnknownChoice { field, value, .. }) => {
                 assert_eq!(

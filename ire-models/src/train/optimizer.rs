@@ -10,7 +10,7 @@ use ire_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::choices::{EstimatorKind, ThresholdKind};
+use super::choices::{EstimatorKind, GammaChoice, ThresholdKind};
 use crate::nn::NnOps;
 
 /// Which optimizer trains the model.
@@ -124,6 +124,8 @@ pub struct OptimizerConfig {
     /// How the threshold follows from γ: `sharp-top-k` (default), `flat-kth-smallest`,
     /// `admire`.
     pub threshold_rule: ThresholdKind,
+    /// How γ varies over the refreshes: `constant` (default) or `rank-increase:H`.
+    pub gamma_schedule: GammaChoice,
 }
 
 impl Default for OptimizerConfig {
@@ -145,6 +147,7 @@ impl Default for OptimizerConfig {
             kappa_decay: false,
             estimator: EstimatorKind::SquaredGradient,
             threshold_rule: ThresholdKind::SharpTopK,
+            gamma_schedule: GammaChoice::default(),
         }
     }
 }
@@ -164,7 +167,7 @@ impl OptimizerConfig {
             },
             estimator: self.estimator.estimator(),
             threshold: self.threshold_rule.rule(),
-            ..IreConfig::default()
+            gamma_schedule: self.gamma_schedule.0,
         })
     }
 }
@@ -328,10 +331,10 @@ fn ire_ctx<B: NnOps>(lr: f64, est: Option<&[B::Buffer<f32>]>) -> IreStep<'_, B, 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use ire_core::optim::ThresholdRule;
+    use ire_core::optim::{GammaSchedule, ThresholdRule};
 
     #[test]
-    fn the_threshold_rule_reaches_the_optimizer() {
+    fn the_threshold_rule_and_gamma_schedule_reach_the_optimizer() {
         let mut c = OptimizerConfig::default();
         assert_eq!(c.ire(0.1).unwrap().threshold, ThresholdRule::SharpTopK);
         for (kind, rule) in [
@@ -344,5 +347,10 @@ mod tests {
             c.threshold_rule = kind;
             assert_eq!(c.ire(0.1).unwrap().threshold, rule);
         }
+        c.gamma_schedule = "rank-increase:400".parse().unwrap();
+        assert_eq!(
+            c.ire(0.1).unwrap().gamma_schedule,
+            GammaSchedule::RankIncrease { horizon: 400 }
+        );
     }
 }
