@@ -111,8 +111,7 @@ pub struct Workload {
 impl Workload {
     /// Whether the preset is a language model (token batches) rather than an image model.
     pub fn is_lm(&self) -> bool {
-        let m = self.model.as_str();
-        m.starts_with("lm-") || m.starts_with("gpt") || m.starts_with("llama")
+        ire_models::crosscheck::is_language_model(&self.model)
     }
 
     /// Items (images or tokens) one step processes.

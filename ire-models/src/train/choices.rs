@@ -219,6 +219,18 @@ text_choice!(ThresholdKind, "opt.threshold_rule");
 mod tests {
     use super::*;
 
+    /// `text` is refused as an unknown choice of `field`, naming both.
+    fn assert_unknown<T: FromStr<Err = ConfigError> + fmt::Debug>(text: &str, field: &str) {
+        match text.parse::<T>() {
+            Err(ConfigError::UnknownChoice {
+                field: f, value, ..
+            }) => {
+                assert_eq!((f, value.as_str()), (field, text));
+            }
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
     #[test]
     fn names_round_trip_and_unknown_names_are_named() {
         for k in EstimatorKind::ALL {
@@ -254,35 +266,14 @@ mod tests {
             "rank-increase:x",
             "cosine",
         ] {
-            match bad.parse::<GammaChoice>() {
-                Err(ConfigError::UnknownChoice { field, value, .. }) => {
-                    assert_eq!((field, value.as_str()), ("opt.gamma_schedule", bad));
-                }
-                other => panic!("{bad}: {other:?}"),
-            }
+            assert_unknown::<GammaChoice>(bad, "opt.gamma_schedule");
         }
-        match "kth-largest".parse::<ThresholdKind>() {
-            Err(ConfigError::UnknownChoice { field, value, .. }) => {
-                assert_eq!(
-                    (field, value.as_str()),
-                    ("opt.threshold_rule", "kth-largest")
-                );
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_unknown::<ThresholdKind>("kth-largest", "opt.threshold_rule");
         assert_eq!(
             serde_json::from_str::<EstimatorKind>("\"abs-gradient\"").unwrap(),
             EstimatorKind::AbsGradient
         );
-        match "hessian-diagonal".parse::<EstimatorKind>() {
-            Err(ConfigError::UnknownChoice { field, value, .. }) => {
-                assert_eq!(
-                    (field, value.as_str()),
-                    ("opt.estimator", "hessian-diagonal")
-                );
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_unknown::<EstimatorKind>("hessian-diagonal", "opt.estimator");
         let e = serde_json::from_str::<EstimatorBatch>("\"random\"").unwrap_err();
         assert!(
             e.to_string()
