@@ -1089,8 +1089,16 @@ fn sigterm_checkpoints_like_ctrl_c_and_a_second_signal_forces_the_exit() {
     let child = spawn(&slow, &["--out", s(&b), "--checkpoint-every", "1"]);
     wait_for("a first checkpoint", || checkpoint_path(&b).exists());
     let step = checkpoint_and_history_intact(&b);
-    signal(&child, "-INT");
-    signal(&child, "-INT");
+    // Both signals from one shell, 20 ms apart: two `kill` processes spawned from here can
+    // take longer than a step on a loaded machine (the first would end the run alone), and
+    // with no gap the kernel may merge the two into one pending signal.
+    let pid = child.id();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -INT {pid}; sleep 0.02; kill -INT {pid}"))
+        .status()
+        .unwrap();
+    assert!(st.success());
     let out = child.wait_with_output();
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
     assert!(text(&out).contains("second interrupt"), "{}", text(&out));

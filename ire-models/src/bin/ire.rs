@@ -133,9 +133,13 @@ struct TrainArgs {
     /// Total steps (overrides epochs).
     #[arg(long)]
     steps: Option<u64>,
-    /// Batch size.
+    /// Examples per forward/backward pass (the micro-batch with --grad-accum).
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Gradient accumulation: each step sums the gradients of N micro-batches of
+    /// --batch-size examples (one step sees batch-size × N examples, as with that batch size).
+    #[arg(long)]
+    grad_accum: Option<usize>,
     /// Linear warm-up steps of the learning rate.
     #[arg(long)]
     warmup_steps: Option<u64>,
@@ -283,6 +287,7 @@ impl TrainArgs {
             epochs,
             steps,
             batch_size,
+            grad_accum,
             warmup_steps,
             label_smoothing,
             clip_grad_norm,
@@ -732,12 +737,20 @@ impl NnTask for TrainRun {
     fn run<B: NnOps + 'static>(self, b: B) -> Self::Output {
         let mut t = Trainer::new(b, self.cfg.clone())?;
         eprintln!(
-            "model {} ({} parameters), {}, {} steps of batch {}",
+            "model {} ({} parameters), {}, {} steps of batch {}{}",
             t.cfg.model,
             t.param_count(),
             t.data().describe(),
             t.total_steps(),
-            t.cfg.batch_size
+            t.cfg.step_batch(),
+            if t.cfg.grad_accum > 1 {
+                format!(
+                    " ({} micro-batches of {})",
+                    t.cfg.grad_accum, t.cfg.batch_size
+                )
+            } else {
+                String::new()
+            }
         );
         let mut from = None;
         if let Some((ck, meta, r)) = self.resume {

@@ -77,6 +77,40 @@ pub struct Batch {
     pub n: usize,
 }
 
+impl Batch {
+    /// Examples `r` of the batch as a batch of their own (inputs and labels split evenly per
+    /// example, as every batch here holds the same number of each per example).
+    pub fn examples(&self, r: std::ops::Range<usize>) -> Batch {
+        let per = |len: usize| len.checked_div(self.n).unwrap_or(0);
+        let (xs, ys) = (per(self.x.len()), per(self.y.len()));
+        let (a, b) = (
+            r.start.min(self.n),
+            r.end.min(self.n).max(r.start.min(self.n)),
+        );
+        Batch {
+            x: self.x[a * xs..b * xs].to_vec(),
+            y: self.y[a * ys..b * ys].to_vec(),
+            n: b - a,
+        }
+    }
+
+    /// The example ranges of `parts` micro-batches: near-equal consecutive runs (the first
+    /// `n mod parts` one example longer), none empty; one range when `parts ≤ 1`.
+    pub fn micro_ranges(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+        let parts = parts.clamp(1, n.max(1));
+        let (q, r) = (n / parts, n % parts);
+        let mut start = 0;
+        (0..parts)
+            .map(|i| {
+                let len = q + usize::from(i < r);
+                let range = start..start + len;
+                start += len;
+                range
+            })
+            .collect()
+    }
+}
+
 /// Cuts a dataset into batches, epoch by epoch, reproducibly from a seed.
 #[derive(Clone, Debug)]
 pub struct BatchLoader {

@@ -78,8 +78,12 @@ pub struct TrainConfig {
     pub epochs: u64,
     /// Total steps (0: `epochs` × batches per epoch).
     pub steps: u64,
-    /// Batch size.
+    /// Examples per forward/backward pass (the micro-batch when `grad_accum > 1`).
     pub batch_size: usize,
+    /// Micro-batches whose gradients are summed into one optimizer step (gradient
+    /// accumulation, nanoGPT's `gradient_accumulation_steps`): a step sees
+    /// `batch_size × grad_accum` examples, the same ones a run with that batch size sees.
+    pub grad_accum: usize,
     /// Label smoothing ε.
     pub label_smoothing: f64,
     /// Clip the training gradient's global norm to this (0 = off; never applied to ĝ).
@@ -127,6 +131,7 @@ impl Default for TrainConfig {
             epochs: 1,
             steps: 0,
             batch_size: 128,
+            grad_accum: 1,
             label_smoothing: 0.0,
             clip_grad_norm: 0.0,
             estimator_batch: EstimatorBatch::Current,
@@ -183,6 +188,16 @@ impl TrainConfig {
         if self.batch_size == 0 {
             return Err(bad("batch_size", self.batch_size, "must be >= 1"));
         }
+        if self.grad_accum == 0 {
+            return Err(bad("grad_accum", self.grad_accum, "must be >= 1"));
+        }
+        if self.batch_size.checked_mul(self.grad_accum).is_none() {
+            return Err(bad(
+                "grad_accum",
+                self.grad_accum,
+                "batch_size × grad_accum must fit in memory's address range",
+            ));
+        }
         if self.steps == 0 && self.epochs == 0 {
             return Err(bad("epochs", self.epochs, "epochs or steps must be >= 1"));
         }
@@ -210,6 +225,11 @@ impl TrainConfig {
             return Err(bad("log_every", self.log_every, "must be >= 1"));
         }
         Ok(())
+    }
+
+    /// Examples per optimizer step: `batch_size × grad_accum` (checked by [`Self::validate`]).
+    pub fn step_batch(&self) -> usize {
+        self.batch_size.saturating_mul(self.grad_accum)
     }
 
     /// The augmentation in effect (explicit settings, else the dataset's default).

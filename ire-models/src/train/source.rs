@@ -49,8 +49,10 @@ impl Source {
         } else {
             Normalize::from_dataset(&train)
         };
-        let drop_last = train.len() >= cfg.batch_size;
-        let loader = BatchLoader::new(train.len(), cfg.batch_size, cfg.seed, true, drop_last);
+        // A step's batch: every micro-batch of a gradient-accumulating step comes from it.
+        let step_batch = cfg.step_batch();
+        let drop_last = train.len() >= step_batch;
+        let loader = BatchLoader::new(train.len(), step_batch, cfg.seed, true, drop_last);
         Source::Images {
             norm,
             aug: cfg.augment(),
@@ -97,7 +99,7 @@ impl Source {
             tokenizer.as_ref(),
             &cache,
         )?;
-        let train = TokenBatches::new(train_ids, cfg.context, cfg.batch_size, cfg.seed)?;
+        let train = TokenBatches::new(train_ids, cfg.context, cfg.step_batch(), cfg.seed)?;
         let val = TokenBatches::new(val_ids, cfg.context, cfg.batch_size, cfg.seed)?;
         Ok(Source::Text {
             train,

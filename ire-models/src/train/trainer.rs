@@ -6,6 +6,8 @@
 //! at the perturbed point (statistics frozen); the optimizer step at the scheduled rate.
 //! Every random choice is derived from `(seed, step)`, so a resumed run is bit-identical.
 
+use std::ops::Range;
+
 use ire_core::{LrSchedule, Result as CoreResult};
 
 use super::choices::EstimatorBatch;
@@ -332,38 +334,69 @@ impl<B: NnOps + 'static> Trainer<B> {
         n * self.model.rows_per_example()
     }
 
-    /// Forward + loss + backward into `self.grads` (zeroed first), labels from `self.y`.
-    /// Returns the mean loss per logit row and the number of correct rows.
-    fn loss_and_grad(&mut self, n: usize, mode: BnMode) -> Result<(f64, usize), TrainError> {
+    /// Puts micro-batch `r` of `batch` into the input buffers: uploaded unless it is the whole
+    /// batch and the caller says the whole batch is already there.
+    fn upload_part(&mut self, batch: &Batch, r: &Range<usize>, uploaded: bool) -> CoreResult<()> {
+        if r.len() == batch.n {
+            if !uploaded {
+                self.upload(batch)?;
+            }
+            Ok(())
+        } else {
+            self.upload(&batch.examples(r.clone()))
+        }
+    }
+
+    /// Forward + loss + backward of `batch` into `self.grads` (zeroed first), in `parts`
+    /// micro-batches (`cfg.grad_accum` for a training step): the model's backward adds into the gradient and every
+    /// micro-batch's loss gradient is scaled by 1/rows of the WHOLE batch, so the sum is the
+    /// whole batch's mean gradient (equal to one large batch up to the order of the sums).
+    /// `uploaded`: the batch is already in the input buffers. Returns the mean loss per logit
+    /// row and the number of correct rows.
+    fn loss_and_grad(
+        &mut self,
+        batch: &Batch,
+        parts: usize,
+        uploaded: bool,
+        mode: BnMode,
+    ) -> Result<(f64, usize), TrainError> {
         let c = self.model.num_classes();
-        let rows = self.rows(n);
-        self.model
-            .forward(&self.b, &self.params[0], &self.x, n, mode)?;
-        let (loss, correct) = self
-            .b
-            .softmax_xent(
-                self.model.logits(),
-                &self.y,
-                rows,
-                c,
-                self.cfg.label_smoothing,
-                1.0 / rows as f64,
-                &mut self.dlogits,
-            )
-            .map_err(|e| TrainError::Diverged {
-                step: self.step,
-                what: e.to_string(),
-            })?;
+        let total_rows = self.rows(batch.n);
         self.b.fill(&mut self.grads[0], 0.0f32)?;
-        self.model.backward(
-            &self.b,
-            &self.params[0],
-            &mut self.grads[0],
-            &self.x,
-            &self.dlogits,
-            n,
-        )?;
-        Ok((loss / rows as f64, correct))
+        let (mut loss_sum, mut correct) = (0.0, 0);
+        for r in Batch::micro_ranges(batch.n, parts) {
+            let (n, rows) = (r.len(), self.rows(r.len()));
+            self.upload_part(batch, &r, uploaded)?;
+            self.ensure_logit_buffers(rows)?;
+            self.model
+                .forward(&self.b, &self.params[0], &self.x, n, mode)?;
+            let (loss, ok) = self
+                .b
+                .softmax_xent(
+                    self.model.logits(),
+                    &self.y,
+                    rows,
+                    c,
+                    self.cfg.label_smoothing,
+                    1.0 / total_rows as f64,
+                    &mut self.dlogits,
+                )
+                .map_err(|e| TrainError::Diverged {
+                    step: self.step,
+                    what: e.to_string(),
+                })?;
+            self.model.backward(
+                &self.b,
+                &self.params[0],
+                &mut self.grads[0],
+                &self.x,
+                &self.dlogits,
+                n,
+            )?;
+            loss_sum += loss;
+            correct += ok;
+        }
+        Ok((loss_sum / total_rows as f64, correct))
     }
 
     /// Scales the training gradient to the clipping norm when it is larger.
@@ -384,52 +417,59 @@ impl<B: NnOps + 'static> Trainer<B> {
     }
 
     /// The estimator gradient ĝ: labels sampled from the model's softmax on the estimator
-    /// batch, batch-norm statistics frozen; written into `est_grads`.
-    fn estimator_pass(&mut self, batch: &Batch) -> Result<(), TrainError> {
-        let n = batch.n;
-        let rows = self.rows(n);
+    /// batch, batch-norm statistics frozen; written into `est_grads`, accumulated over the
+    /// micro-batches like the training gradient. Each micro-batch samples with its own rows of
+    /// the step's uniforms, so the labels are those of one pass over the whole batch.
+    fn estimator_pass(&mut self, batch: &Batch, uploaded: bool) -> Result<(), TrainError> {
         let c = self.model.num_classes();
-        self.model.forward(
-            &self.b,
-            &self.params[0],
-            &self.x,
-            n,
-            BnMode::Train {
-                update_running: false,
-            },
-        )?;
-        let u = self.estimator_uniforms(self.step, rows);
-        self.b.upload(&mut self.uniforms, &u)?;
-        self.b.sample_labels(
-            self.model.logits(),
-            rows,
-            c,
-            &self.uniforms,
-            &mut self.sampled,
-        )?;
-        self.b
-            .softmax_xent(
+        let total_rows = self.rows(batch.n);
+        let u = self.estimator_uniforms(self.step, total_rows);
+        self.b.fill(&mut self.est_grads[0], 0.0f32)?;
+        for r in Batch::micro_ranges(batch.n, self.cfg.grad_accum) {
+            let (n, rows) = (r.len(), self.rows(r.len()));
+            self.upload_part(batch, &r, uploaded)?;
+            self.ensure_logit_buffers(rows)?;
+            self.model.forward(
+                &self.b,
+                &self.params[0],
+                &self.x,
+                n,
+                BnMode::Train {
+                    update_running: false,
+                },
+            )?;
+            let first = self.rows(r.start);
+            self.b.upload(&mut self.uniforms, &u[first..first + rows])?;
+            self.b.sample_labels(
                 self.model.logits(),
-                &self.sampled,
                 rows,
                 c,
-                0.0,
-                1.0 / rows as f64,
-                &mut self.dlogits,
-            )
-            .map_err(|e| TrainError::Diverged {
-                step: self.step,
-                what: e.to_string(),
-            })?;
-        self.b.fill(&mut self.est_grads[0], 0.0f32)?;
-        self.model.backward(
-            &self.b,
-            &self.params[0],
-            &mut self.est_grads[0],
-            &self.x,
-            &self.dlogits,
-            n,
-        )?;
+                &self.uniforms,
+                &mut self.sampled,
+            )?;
+            self.b
+                .softmax_xent(
+                    self.model.logits(),
+                    &self.sampled,
+                    rows,
+                    c,
+                    0.0,
+                    1.0 / total_rows as f64,
+                    &mut self.dlogits,
+                )
+                .map_err(|e| TrainError::Diverged {
+                    step: self.step,
+                    what: e.to_string(),
+                })?;
+            self.model.backward(
+                &self.b,
+                &self.params[0],
+                &mut self.est_grads[0],
+                &self.x,
+                &self.dlogits,
+                n,
+            )?;
+        }
         Ok(())
     }
 
@@ -440,34 +480,31 @@ impl<B: NnOps + 'static> Trainer<B> {
         let batch = self.data.train_batch(self.step);
         let n = batch.n;
         let rows = self.rows(n);
-        self.ensure_logit_buffers(rows)?;
         let lr = self.schedule.lr_at(self.step);
-        // 1. The IRE estimator pass, when a refresh is due.
+        // 1. The IRE estimator pass, when a refresh is due. On the current batch it uploads
+        //    the batch, which the training pass then reuses.
         let want_est = self.opt.wants_estimate();
+        let mut uploaded = false;
         if want_est {
             if self.cfg.estimator_batch == EstimatorBatch::Fixed {
                 let fixed = match self.fixed.take() {
                     Some(f) => f,
                     None => self.data.fixed_batch(),
                 };
-                let fixed_rows = self.rows(fixed.n);
-                self.ensure_logit_buffers(fixed_rows)?;
-                self.upload(&fixed)?;
-                self.estimator_pass(&fixed)?;
+                let done = self.estimator_pass(&fixed, false);
                 self.fixed = Some(fixed);
-                self.ensure_logit_buffers(rows)?;
+                done?;
             } else {
-                self.upload(&batch)?;
-                self.estimator_pass(&batch)?;
+                self.estimator_pass(&batch, false)?;
+                uploaded = true;
             }
         }
-        // 2. The training gradient (batch-norm statistics move once per step, here). The
-        //    estimator pass on the current batch has already uploaded it.
-        if !(want_est && self.cfg.estimator_batch != EstimatorBatch::Fixed) {
-            self.upload(&batch)?;
-        }
+        // 2. The training gradient (batch-norm statistics move with every forward here).
+        let accum = self.cfg.grad_accum;
         let (loss, correct) = self.loss_and_grad(
-            n,
+            &batch,
+            accum,
+            uploaded,
             BnMode::Train {
                 update_running: true,
             },
@@ -486,7 +523,9 @@ impl<B: NnOps + 'static> Trainer<B> {
             self.opt
                 .perturb(&self.b, &mut self.params, &self.grads, est)?;
             self.loss_and_grad(
-                n,
+                &batch,
+                accum,
+                true,
                 BnMode::Train {
                     update_running: false,
                 },
@@ -519,31 +558,35 @@ impl<B: NnOps + 'static> Trainer<B> {
     /// checkpoint is only written from parameters where it is finite.
     pub fn next_loss(&mut self) -> Result<f64, TrainError> {
         let batch = self.data.train_batch(self.step);
-        let rows = self.rows(batch.n);
-        self.ensure_logit_buffers(rows)?;
-        self.upload(&batch)?;
+        let c = self.model.num_classes();
         let mode = BnMode::Train {
             update_running: false,
         };
-        self.model
-            .forward(&self.b, &self.params[0], &self.x, batch.n, mode)?;
-        let c = self.model.num_classes();
-        let (loss, _) = self
-            .b
-            .softmax_xent(
-                self.model.logits(),
-                &self.y,
-                rows,
-                c,
-                self.cfg.label_smoothing,
-                1.0,
-                &mut self.dlogits,
-            )
-            .map_err(|e| TrainError::Diverged {
-                step: self.step,
-                what: e.to_string(),
-            })?;
-        Ok(loss / rows as f64)
+        let mut loss_sum = 0.0;
+        for r in Batch::micro_ranges(batch.n, self.cfg.grad_accum) {
+            let (n, rows) = (r.len(), self.rows(r.len()));
+            self.upload_part(&batch, &r, false)?;
+            self.ensure_logit_buffers(rows)?;
+            self.model
+                .forward(&self.b, &self.params[0], &self.x, n, mode)?;
+            let (loss, _) = self
+                .b
+                .softmax_xent(
+                    self.model.logits(),
+                    &self.y,
+                    rows,
+                    c,
+                    self.cfg.label_smoothing,
+                    1.0,
+                    &mut self.dlogits,
+                )
+                .map_err(|e| TrainError::Diverged {
+                    step: self.step,
+                    what: e.to_string(),
+                })?;
+            loss_sum += loss;
+        }
+        Ok(loss_sum / self.rows(batch.n) as f64)
     }
 
     /// Mean training loss and its gradient at parameters `theta`, over the first `batches`
@@ -573,10 +616,10 @@ impl<B: NnOps + 'static> Trainer<B> {
         let result = (|| -> Result<(), TrainError> {
             for batch in &probe {
                 let rows = self.rows(batch.n);
-                self.ensure_logit_buffers(rows)?;
-                self.upload(batch)?;
                 let (l, _) = self.loss_and_grad(
-                    batch.n,
+                    batch,
+                    1,
+                    false,
                     BnMode::Train {
                         update_running: false,
                     },
