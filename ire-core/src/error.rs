@@ -3,6 +3,7 @@
 use alloc::string::String;
 use core::fmt;
 
+use crate::collective::{CollectiveFailure, CollectiveOp};
 use crate::scalar::DType;
 
 /// Result alias used across the crate.
@@ -72,6 +73,14 @@ pub enum Error {
     Protocol(String),
     /// Saved state that cannot be loaded: wrong version, missing or extra entry, wrong size/type.
     State(String),
+    /// A collective operation over the ranks of a group ([`crate::collective::Collective`])
+    /// was refused or failed.
+    Collective {
+        /// The operation.
+        op: CollectiveOp,
+        /// What went wrong.
+        failure: CollectiveFailure,
+    },
 }
 
 impl fmt::Display for Error {
@@ -113,6 +122,9 @@ impl fmt::Display for Error {
             }
             Error::Protocol(m) => write!(f, "optimizer used out of order: {m}"),
             Error::State(m) => write!(f, "cannot load optimizer state: {m}"),
+            Error::Collective { op, failure } => {
+                write!(f, "collective {}: {failure}", op.name())
+            }
         }
     }
 }

@@ -13,6 +13,8 @@
 //! - [`device`]: the device layer: a [`Runtime`] trait per device API and one
 //!   [`DeviceBackend`] implementing every operation on top of it.
 //! - [`state`]: optimizer state save/load (named entries, versioned, all-or-nothing).
+//! - [`collective`]: collective operations over the ranks of a data-parallel group, and the
+//!   exact distributed IRE threshold built on them.
 //!
 //! `no_std` (with `alloc`) when built with `--no-default-features --features libm`.
 #![cfg_attr(not(feature = "std"), no_std)]
@@ -23,6 +25,7 @@ compile_error!("ire-core needs either the `std` or the `libm` feature for its ma
 extern crate alloc;
 
 pub mod backend;
+pub mod collective;
 pub mod device;
 mod error;
 pub mod formulas;
@@ -36,6 +39,7 @@ pub mod schedule;
 pub mod state;
 
 pub use backend::Backend;
+pub use collective::{Collective, SingleProcess};
 pub use device::{DeviceBackend, DeviceBuffer, GemmShape, KernelArg, Runtime};
 pub use error::{Error, Result, check, check_len};
 pub use optim::{

@@ -101,6 +101,10 @@ pub trait Scalar: Element + num_traits::Float + PartialOrd {
     fn order_key(self) -> Self::Bits;
     /// [`Scalar::order_key`] widened to `u64` (ulp distances are differences of these).
     fn order_key_u64(self) -> u64;
+    /// The inverse of [`Scalar::order_key_u64`]: the value whose key is `key` (bits above the
+    /// type's width are ignored). Every key of a non-NaN value maps back to that value's bits,
+    /// sign of zero included.
+    fn from_order_key_u64(key: u64) -> Self;
     /// Machine epsilon as `f64` (for tolerances).
     const EPSILON_F64: f64;
 }
@@ -123,6 +127,11 @@ impl Scalar for f32 {
     #[inline(always)]
     fn order_key_u64(self) -> u64 {
         self.order_key() as u64
+    }
+    #[inline(always)]
+    fn from_order_key_u64(key: u64) -> f32 {
+        let k = key as u32;
+        f32::from_bits(if k >> 31 == 1 { k & 0x7FFF_FFFF } else { !k })
     }
     const EPSILON_F64: f64 = f32::EPSILON as f64;
 }
@@ -149,6 +158,14 @@ impl Scalar for f64 {
     #[inline(always)]
     fn order_key_u64(self) -> u64 {
         self.order_key()
+    }
+    #[inline(always)]
+    fn from_order_key_u64(key: u64) -> f64 {
+        f64::from_bits(if key >> 63 == 1 {
+            key & 0x7FFF_FFFF_FFFF_FFFF
+        } else {
+            !key
+        })
     }
     const EPSILON_F64: f64 = f64::EPSILON;
 }
