@@ -75,6 +75,34 @@ impl EstimatorBatch {
     }
 }
 
+/// Where the IRE estimator pass on the current batch gets its logits (config
+/// `estimator_forward`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum EstimatorForward {
+    /// `shared`: from the training step's own forward pass (labels sampled from the same
+    /// logits, then two backward passes): the same numbers as `separate`, bit for bit (the
+    /// models' forward passes are deterministic and their backward passes leave the saved
+    /// activations intact), one forward pass fewer per refresh.
+    #[default]
+    Shared,
+    /// `separate`: a forward pass of its own before the training pass, as the official
+    /// scripts do.
+    Separate,
+}
+
+impl EstimatorForward {
+    /// Every choice, in the order of [`EstimatorForward::NAMES`].
+    pub const ALL: [EstimatorForward; 2] = [EstimatorForward::Shared, EstimatorForward::Separate];
+    /// The names in a config file.
+    pub const NAMES: [&'static str; 2] = ["shared", "separate"];
+
+    /// The name in a config file.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
 /// How IRE's threshold follows from γ (config `opt.threshold_rule`, `--threshold-rule`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "&'static str")]
@@ -213,6 +241,7 @@ macro_rules! text_choice {
 
 text_choice!(EstimatorKind, "opt.estimator");
 text_choice!(EstimatorBatch, "estimator_batch");
+text_choice!(EstimatorForward, "estimator_forward");
 text_choice!(ThresholdKind, "opt.threshold_rule");
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::choices::EstimatorBatch;
+use super::choices::{EstimatorBatch, EstimatorForward};
 use super::config_error::ConfigError;
 use super::optimizer::{OptimizerConfig, OptimizerKind};
 use crate::data::{self, Cifar100Labels, DataError, ImageDataset};
@@ -90,6 +90,9 @@ pub struct TrainConfig {
     pub clip_grad_norm: f64,
     /// The IRE estimator's batch: the current one (`current`), or a fixed first batch (`fixed`).
     pub estimator_batch: EstimatorBatch,
+    /// The estimator pass on the current batch: from the training forward (`shared`, the same
+    /// numbers, one forward fewer) or a forward of its own (`separate`).
+    pub estimator_forward: EstimatorForward,
     /// Random crop padding; unset: 4 for CIFAR and image folders, 0 for digits and IDX.
     pub crop_padding: Option<usize>,
     /// Random horizontal flips; unset: on for CIFAR and image folders, off for digits and IDX
@@ -135,6 +138,7 @@ impl Default for TrainConfig {
             label_smoothing: 0.0,
             clip_grad_norm: 0.0,
             estimator_batch: EstimatorBatch::Current,
+            estimator_forward: EstimatorForward::Shared,
             crop_padding: None,
             hflip: None,
             seed: 0,

@@ -15,7 +15,7 @@ pub mod source;
 pub mod train_error;
 pub mod trainer;
 
-pub use choices::{EstimatorBatch, EstimatorKind, GammaChoice, ThresholdKind};
+pub use choices::{EstimatorBatch, EstimatorForward, EstimatorKind, GammaChoice, ThresholdKind};
 pub use config::{DatasetKind, TrainConfig};
 pub use config_error::ConfigError;
 pub use optimizer::{AnyOptimizer, OptimizerConfig, OptimizerKind};

@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use ire_core::{LrSchedule, Result as CoreResult};
 
-use super::choices::EstimatorBatch;
+use super::choices::{EstimatorBatch, EstimatorForward};
 use super::config::TrainConfig;
 use super::config_error::ConfigError;
 use super::optimizer::AnyOptimizer;
@@ -473,6 +473,84 @@ impl<B: NnOps + 'static> Trainer<B> {
         Ok(())
     }
 
+    /// The estimator pass and the training pass on one forward of the current batch: per
+    /// micro-batch, one forward (batch-norm statistics updated), labels sampled from its
+    /// logits with the step's uniforms and backward into `est_grads`, then the true labels and
+    /// backward into `grads`. The same numbers as [`Self::estimator_pass`] followed by
+    /// [`Self::loss_and_grad`], one forward pass fewer. Returns what `loss_and_grad` does.
+    fn shared_pass(&mut self, batch: &Batch) -> Result<(f64, usize), TrainError> {
+        let c = self.model.num_classes();
+        let total_rows = self.rows(batch.n);
+        let u = self.estimator_uniforms(self.step, total_rows);
+        let diverged = |step: u64| {
+            move |e: ire_core::Error| TrainError::Diverged {
+                step,
+                what: e.to_string(),
+            }
+        };
+        self.b.fill(&mut self.est_grads[0], 0.0f32)?;
+        self.b.fill(&mut self.grads[0], 0.0f32)?;
+        let (mut loss_sum, mut correct) = (0.0, 0);
+        for r in Batch::micro_ranges(batch.n, self.cfg.grad_accum) {
+            let (n, rows) = (r.len(), self.rows(r.len()));
+            self.upload_part(batch, &r, false)?;
+            self.ensure_logit_buffers(rows)?;
+            let mode = BnMode::Train {
+                update_running: true,
+            };
+            self.model
+                .forward(&self.b, &self.params[0], &self.x, n, mode)?;
+            let first = self.rows(r.start);
+            self.b.upload(&mut self.uniforms, &u[first..first + rows])?;
+            let logits = self.model.logits();
+            self.b
+                .sample_labels(logits, rows, c, &self.uniforms, &mut self.sampled)?;
+            let scale = 1.0 / total_rows as f64;
+            self.b
+                .softmax_xent(
+                    logits,
+                    &self.sampled,
+                    rows,
+                    c,
+                    0.0,
+                    scale,
+                    &mut self.dlogits,
+                )
+                .map_err(diverged(self.step))?;
+            self.model.backward(
+                &self.b,
+                &self.params[0],
+                &mut self.est_grads[0],
+                &self.x,
+                &self.dlogits,
+                n,
+            )?;
+            let (loss, ok) = self
+                .b
+                .softmax_xent(
+                    self.model.logits(),
+                    &self.y,
+                    rows,
+                    c,
+                    self.cfg.label_smoothing,
+                    scale,
+                    &mut self.dlogits,
+                )
+                .map_err(diverged(self.step))?;
+            self.model.backward(
+                &self.b,
+                &self.params[0],
+                &mut self.grads[0],
+                &self.x,
+                &self.dlogits,
+                n,
+            )?;
+            loss_sum += loss;
+            correct += ok;
+        }
+        Ok((loss_sum / total_rows as f64, correct))
+    }
+
     /// One optimizer step on the next batch.
     pub fn train_step(&mut self) -> Result<StepMetrics, TrainError> {
         let spe = self.steps_per_epoch();
@@ -481,12 +559,18 @@ impl<B: NnOps + 'static> Trainer<B> {
         let n = batch.n;
         let rows = self.rows(n);
         let lr = self.schedule.lr_at(self.step);
-        // 1. The IRE estimator pass, when a refresh is due. On the current batch it uploads
-        //    the batch, which the training pass then reuses.
+        // 1. The IRE estimator pass, when a refresh is due: on the current batch from the
+        //    training forward itself (shared), else a pass of its own, which on the current
+        //    batch leaves the batch uploaded for the training pass.
         let want_est = self.opt.wants_estimate();
+        let current = self.cfg.estimator_batch == EstimatorBatch::Current;
+        let shared = want_est && current && self.cfg.estimator_forward == EstimatorForward::Shared;
         let mut uploaded = false;
-        if want_est {
-            if self.cfg.estimator_batch == EstimatorBatch::Fixed {
+        if want_est && !shared {
+            if current {
+                self.estimator_pass(&batch, false)?;
+                uploaded = true;
+            } else {
                 let fixed = match self.fixed.take() {
                     Some(f) => f,
                     None => self.data.fixed_batch(),
@@ -494,21 +578,22 @@ impl<B: NnOps + 'static> Trainer<B> {
                 let done = self.estimator_pass(&fixed, false);
                 self.fixed = Some(fixed);
                 done?;
-            } else {
-                self.estimator_pass(&batch, false)?;
-                uploaded = true;
             }
         }
         // 2. The training gradient (batch-norm statistics move with every forward here).
         let accum = self.cfg.grad_accum;
-        let (loss, correct) = self.loss_and_grad(
-            &batch,
-            accum,
-            uploaded,
-            BnMode::Train {
-                update_running: true,
-            },
-        )?;
+        let (loss, correct) = if shared {
+            self.shared_pass(&batch)?
+        } else {
+            self.loss_and_grad(
+                &batch,
+                accum,
+                uploaded,
+                BnMode::Train {
+                    update_running: true,
+                },
+            )?
+        };
         if !loss.is_finite() {
             return Err(TrainError::Diverged {
                 step: self.step,
