@@ -20,7 +20,8 @@ if [ "${avail_mb:-0}" -lt $((BUILD_GB * 1024)) ]; then
 fi
 
 # ---- system packages -------------------------------------------------------------------------
-APT_PKGS=(pocl-opencl-icd ocl-icd-opencl-dev libopenblas-dev pkg-config dataset-fashion-mnist fonts-dejavu-core)
+APT_PKGS=(pocl-opencl-icd ocl-icd-opencl-dev libopenblas-dev pkg-config dataset-fashion-mnist fonts-dejavu-core
+          openmpi-bin libopenmpi-dev libclang-dev)
 missing=()
 for p in "${APT_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -52,10 +53,11 @@ export LD_LIBRARY_PATH="$SITE/nvidia/cuda_nvrtc/lib${LD_LIBRARY_PATH:+:$LD_LIBRA
 export POCL_CACHE_DIR=$ROOT/target/pocl-cache
 mkdir -p "$POCL_CACHE_DIR"
 export OPENBLAS_NUM_THREADS=1
-# Absence of these is a failure here, not a skip: the OpenCL device (PoCL), NVRTC, and the data
+# Absence of these is a failure here, not a skip: the OpenCL device (PoCL), NVRTC, the data
 # the tests read beside the repository (`../shared/data`: CIFAR-10 and the text corpora) or
-# from the system (Debian's Fashion-MNIST, installed above).
-export IRE_REQUIRE=${IRE_REQUIRE:-opencl,nvrtc,data}
+# from the system (Debian's Fashion-MNIST, installed above), and `mpirun` (Open MPI, installed
+# above) for ire-mpi's tests on 2 and 3 ranks.
+export IRE_REQUIRE=${IRE_REQUIRE:-opencl,nvrtc,data,mpi}
 export CARGO_TERM_COLOR=never
 
 step "cargo fmt --check"

@@ -3,7 +3,7 @@
 use alloc::string::String;
 use core::fmt;
 
-use crate::collective::{CollectiveFailure, CollectiveOp};
+use crate::collective::failure::{CollectiveFailure, CollectiveOp};
 use crate::scalar::DType;
 
 /// Result alias used across the crate.

@@ -1,5 +1,5 @@
 //! The distributed IRE threshold against gathering every value to one rank, on ranks
-//! simulated by threads of this process (`ire_core::collective::ThreadGroup`).
+//! simulated by threads of this process (`ire_core::collective::threads::ThreadGroup`).
 //!
 //! `cargo bench -p ire-mpi --bench threshold` (optional arguments: sizes in millions, then
 //! `--ranks` and world sizes; default `10 100 --ranks 2 8`). For each size N (f32 values
@@ -13,13 +13,17 @@
 //!   shard of 100M values over 8 ranks (50 MB) takes about 40 ms, and rank 0 receives 7 times
 //!   that.
 //!
+//! Under `cargo test --benches` (no `--bench` argument) or with `--test`, one small run: 1M
+//! values on 3 ranks.
+//!
 //! Both must give τ with the same bits (checked; a difference ends the bench with an error).
 //! Times are the best of 3 runs.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use ire_core::collective::{Collective, Metered, ThreadGroup, select};
+use ire_core::collective::threads::ThreadGroup;
+use ire_core::collective::{Collective, Metered, select};
 use ire_core::host;
 use ire_core::optim::{Selection, ThresholdRule};
 
@@ -124,10 +128,11 @@ fn bench(n: usize, world: usize) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes `--bench`; without it (`cargo test --benches`), or with `--test`,
+    // one small run, as a smoke test.
+    let smoke = !raw.iter().any(|a| a == "--bench") || raw.iter().any(|a| a == "--test");
+    let args: Vec<String> = raw.into_iter().filter(|a| a != "--bench").collect();
     let split = args.iter().position(|a| a == "--ranks");
     let (sizes, ranks) = match split {
         Some(i) => (&args[..i], &args[i + 1..]),
@@ -137,8 +142,16 @@ fn main() -> ExitCode {
         let p: Vec<usize> = v.iter().filter_map(|s| s.parse().ok()).collect();
         if p.is_empty() { default.to_vec() } else { p }
     };
-    let sizes = parse(sizes, &[10, 100]);
-    let ranks = parse(ranks, &[2, 8]);
+    let sizes = if smoke {
+        vec![1]
+    } else {
+        parse(sizes, &[10, 100])
+    };
+    let ranks = if smoke {
+        vec![3]
+    } else {
+        parse(ranks, &[2, 8])
+    };
     println!(
         "distributed IRE threshold (SharpTopK, γ 0.5, f32) vs gather to rank 0; {} threads on {} cores; best of {REPEATS}",
         ranks.iter().max().copied().unwrap_or(1),

@@ -3,6 +3,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::threads::ThreadGroup;
 use super::*;
 
 fn op_err(op: CollectiveOp, f: CollectiveFailure) -> Error {

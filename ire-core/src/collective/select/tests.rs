@@ -5,7 +5,8 @@ use alloc::vec::Vec;
 
 use super::*;
 use crate::backend::Backend;
-use crate::collective::{Metered, SingleProcess, ThreadGroup};
+use crate::collective::threads::ThreadGroup;
+use crate::collective::{Metered, SingleProcess};
 use crate::reference::{HostBuffer, Reference};
 
 /// SplitMix64: a seeded stream for the test data.
