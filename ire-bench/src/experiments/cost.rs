@@ -83,6 +83,9 @@ pub fn run(opts: &Options) -> Res<ItemReport> {
     let mut lm_ire = lm::paper_cfg(&ls, &opts.lm_corpus, OptimizerKind::Admire, 2.0, 0.8, 0);
     let lm_base = lm::paper_cfg(&ls, &opts.lm_corpus, OptimizerKind::Adamw, 0.0, 0.0, 0);
     lm_ire.steps = lm_base.steps;
+    // IRE from the first step (the official recipe waits for the warm-up): every timed block
+    // holds one refresh.
+    lm_ire.opt.ire_warmup = 0;
     let pairs = [
         Pair {
             name: "transformer",

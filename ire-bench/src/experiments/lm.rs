@@ -16,7 +16,9 @@ use ire_backend_cpu::CpuBackend;
 use ire_models::artifacts::{self, MetricsWriter};
 use ire_models::sharpness;
 use ire_models::train::run::{self as trun, MetricsPosition};
-use ire_models::train::{DatasetKind, OptimizerConfig, OptimizerKind, TrainConfig, Trainer};
+use ire_models::train::{
+    DatasetKind, EstimatorKind, OptimizerConfig, OptimizerKind, ThresholdKind, TrainConfig, Trainer,
+};
 use serde_json::json;
 
 use super::{
@@ -91,8 +93,10 @@ const KAPPAS: [f64; 2] = [2.0, 5.0];
 const GAMMAS: [f64; 3] = [0.8, 0.9, 0.99];
 
 /// The 2-layer transformer's configuration: the paper's optimizer settings (AdamW lr 6e-4,
-/// betas (0.9, 0.95), wd 5e-4, eps 1e-16, 3 % warm-up, cosine to lr/20; K 10, κ decayed with the
-/// learning rate), character-level, the schedule scaled to `steps`.
+/// betas (0.9, 0.95), wd 5e-4 on every parameter, eps 1e-16, 3 % warm-up, cosine to lr/20; K 10,
+/// κ decayed with the learning rate), character-level, the schedule scaled to `steps`; and the
+/// IRE of its official notebook (`NLP/small-scale`, class `AdmWIRE`): the flat-k-th-smallest
+/// threshold on ĝ² with β 0, refreshes from the end of the warm-up on.
 pub fn paper_cfg(
     s: &Sizes,
     corpus: &Path,
@@ -115,10 +119,13 @@ pub fn paper_cfg(
             gamma,
             refresh_every: 10,
             kappa_decay: true,
+            ire_warmup: warmup(s.steps),
+            estimator: EstimatorKind::SquaredGradient,
+            threshold_rule: ThresholdKind::FlatKthSmallest,
             ..OptimizerConfig::default()
         },
         lr: 6e-4,
-        warmup_steps: (s.steps * 3 / 100).max(1),
+        warmup_steps: warmup(s.steps),
         lr_min_ratio: 0.05,
         steps: s.steps,
         batch_size: s.batch,
@@ -131,9 +138,22 @@ pub fn paper_cfg(
     }
 }
 
+/// The linear warm-up of a schedule of `steps`: its first 3 %.
+fn warmup(steps: u64) -> u64 {
+    (steps * 3 / 100).max(1)
+}
+
+/// Micro-batches per step of the Llama runs: the official script accumulates gradients
+/// (`grad_micro_steps`); here the step batch is cut in two.
+const LLAMA_ACCUM: usize = 2;
+
 /// The Llama configuration: the paper's Llama settings (AdamW lr 6e-4, betas (0.9, 0.95),
-/// wd 0.1, clip 1.0, cosine to lr/20; AdmIRE κ 3, γ 0.6, K 10), 3 % warm-up, κ decayed with the
-/// learning rate.
+/// wd 0.1 on every parameter, eps 1e-16, clip 1.0, cosine to lr/20; AdmIRE κ 3, γ 0.6, K 10),
+/// 3 % warm-up, κ decayed with the learning rate; and the IRE of the official script
+/// (`train_admire_web_Llama.py` with `ire_new.py`'s `IRE_PARAMS`): the flat-k-th-smallest
+/// threshold on |ĝ| without EMA, refreshes from the end of the warm-up on, gradients (the
+/// estimator's too) accumulated over micro-batches. Its bfloat16 autocast is not reproduced
+/// (the backends train in f32).
 fn llama_cfg(s: &Sizes, corpus: &Path, kind: OptimizerKind, steps: u64, seed: u64) -> TrainConfig {
     TrainConfig {
         model: "llama-tiny".into(),
@@ -144,22 +164,28 @@ fn llama_cfg(s: &Sizes, corpus: &Path, kind: OptimizerKind, steps: u64, seed: u6
             beta1: 0.9,
             beta2: 0.95,
             weight_decay: 0.1,
+            eps: 1e-16,
             kappa: 3.0,
             gamma: 0.6,
             refresh_every: 10,
             kappa_decay: true,
+            ire_warmup: warmup(steps),
+            estimator: EstimatorKind::AbsGradient,
+            threshold_rule: ThresholdKind::FlatKthSmallest,
             ..OptimizerConfig::default()
         },
         lr: 6e-4,
-        warmup_steps: (steps * 3 / 100).max(1),
+        warmup_steps: warmup(steps),
         lr_min_ratio: 0.05,
         clip_grad_norm: 1.0,
         steps,
-        batch_size: s.batch,
+        batch_size: s.batch / LLAMA_ACCUM,
+        grad_accum: LLAMA_ACCUM,
         tokenizer: "char".into(),
         context: s.context,
         val_fraction: 0.1,
-        eval_batches: s.eval_batches,
+        // Evaluation batches are micro-batches: as many windows as before.
+        eval_batches: s.eval_batches * LLAMA_ACCUM,
         seed,
         ..TrainConfig::default()
     }
@@ -605,9 +631,11 @@ transformer figure).\n\n\
 **Setting here.** `lm-paper` (the same network) with a context of {ctx} instead of 1000, batch \
 {batch} instead of 32, character-level on `{file}` (WikiText-2 is not available \
 here), {steps} steps for every run. The paper's optimizer settings: AdamW lr 6e-4, betas (0.9, \
-0.95), wd 5e-4, eps 1e-16, linear warm-up over the first 3 % of the steps, cosine to lr/20 at the \
-last step; AdmIRE over κ ∈ {{2, 5}} × γ ∈ {{0.8, 0.9, 0.99}}, K 10, κ decayed with the learning \
-rate. Every run of a seed sees the same batches.\n\n\
+0.95), wd 5e-4 on every parameter, eps 1e-16, linear warm-up over the first 3 % of the steps, \
+cosine to lr/20 at the last step; AdmIRE over κ ∈ {{2, 5}} × γ ∈ {{0.8, 0.9, 0.99}}, K 10, κ \
+decayed with the learning rate, with the IRE of the official notebook (`NLP/small-scale`): the \
+flat-k-th-smallest threshold (m = ⌊γN⌋ smallest estimates flat) on ĝ² without EMA, the mask \
+refreshed from the end of the warm-up on. Every run of a seed sees the same batches.\n\n\
 **Measure.** The training loss of a step is the loss of its batch before the step; the smoothed \
 loss at step s is the mean of the losses of steps s−{wm1}…s (a trailing window of {w} steps). \
 AdamW's final loss is its smoothed loss at step {steps}; \"steps to it\" is the first step whose \
@@ -840,9 +868,14 @@ pub fn llama(opts: &Options) -> Res<ItemReport> {
 (IRE-SPEC §4; the paper's Llama figure and table).\n\n\
 **Setting here.** `llama-tiny` (d 64, 4 heads, 2 layers, SwiGLU 172, RMSNorm, RoPE), \
 character-level on `{file}` (the last 10 % held out), context {ctx}, batch \
-{batch}, T = {t} steps. The paper's Llama optimizer settings: AdamW lr 6e-4, betas (0.9, 0.95), \
-wd 0.1, gradient clipping at 1.0, cosine to lr/20; a linear warm-up over the first 3 % of each \
-schedule; AdmIRE κ 3, γ 0.6, K 10, κ decayed with the learning rate. AdamW-T, AdamW-2T and \
+{batch} ({accum} micro-batches of {micro}), T = {t} steps. The paper's Llama optimizer \
+settings: AdamW lr 6e-4, betas (0.9, 0.95), wd 0.1 on every parameter, eps 1e-16, gradient \
+clipping at 1.0, cosine to lr/20; a linear warm-up over the first 3 % of each schedule; AdmIRE \
+κ 3, γ 0.6, K 10, κ decayed with the learning rate, with the IRE of the official script \
+(`train_admire_web_Llama.py`, `ire_new.py`): the flat-k-th-smallest threshold on |ĝ| without \
+EMA, the mask refreshed from the end of the warm-up on, gradients and estimator gradients \
+accumulated over micro-batches. The official bfloat16 autocast is not reproduced: the runs \
+are in f32. AdamW-T, AdamW-2T and \
 AdmIRE-T each follow their own schedule (warm-up + cosine over their own length). Validation \
 loss on the same {eb} windows of the held-out part every {eval_every} steps.\n\n\
 **Measure.** The ratio is 2T over the first evaluation step at which AdmIRE-T's validation \
@@ -854,6 +887,8 @@ steps are worth).\n\n\
         ctx = s.context,
         file = corpus_name(corpus),
         batch = s.batch,
+        accum = LLAMA_ACCUM,
+        micro = s.batch / LLAMA_ACCUM,
         eb = s.eval_batches * s.batch,
         cmd = command("llama", false),
         fig = figs.first().cloned().unwrap_or_default(),
