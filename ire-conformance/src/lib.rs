@@ -19,6 +19,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod borrowed;
+pub mod collective;
 pub mod emulator;
 pub mod inputs;
 mod rng;

@@ -292,6 +292,3 @@ fn radix_select<T: Scalar, C: Collective + ?Sized>(parts: &[&[T]], k: u64, c: &C
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

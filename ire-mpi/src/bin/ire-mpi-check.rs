@@ -11,74 +11,12 @@
 
 use std::process::ExitCode;
 
+use ire_conformance::Rng;
+use ire_conformance::collective::{deal, single_process_refresh, threshold_values};
 use ire_core::collective::{Buf, Collective, select};
-use ire_core::optim::{Selection, ThresholdRule};
-use ire_core::{Error, Scalar, formulas, host};
+use ire_core::optim::ThresholdRule;
+use ire_core::{Error, Scalar, host};
 use ire_mpi::{MpiCollective, detected_launcher, launched_by_mpi};
-
-/// SplitMix64: the same stream on every rank from the same seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-/// Seeded values: with `tied`, a few dozen distinct values (both zeros, both infinities,
-/// negatives, a subnormal); otherwise nearly all distinct.
-fn values<T: Scalar>(n: usize, seed: u64, tied: bool) -> Vec<T> {
-    let mut r = Rng(seed);
-    (0..n)
-        .map(|_| {
-            if !tied {
-                return T::of((r.next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 0.5);
-            }
-            match r.below(20) {
-                0 => T::zero(),
-                1 => -T::zero(),
-                2 => T::infinity(),
-                3 => T::neg_infinity(),
-                4 => T::min_positive_value() / T::of(4.0),
-                5 => T::of(-(r.below(5) as f64) - 0.5),
-                _ => T::of(r.below(30) as f64 * 0.125),
-            }
-        })
-        .collect()
-}
-
-/// Deals `all` out as parts of uneven lengths (empty ones included) to pseudo-random ranks;
-/// rank `empty_rank` gets only an empty part. Returns every rank's parts, in the global order.
-fn deal<T: Copy>(all: &[T], world: usize, seed: u64, empty_rank: usize) -> Vec<Vec<Vec<T>>> {
-    let mut r = Rng(seed);
-    let mut ranks: Vec<Vec<Vec<T>>> = vec![Vec::new(); world];
-    ranks[empty_rank].push(Vec::new());
-    let mut i = 0;
-    while i < all.len() {
-        let len = match r.below(4) {
-            0 => 0,
-            1 => 1,
-            _ => r.below(all.len() as u64 / 4 + 2) as usize,
-        };
-        let end = (i + len).min(all.len());
-        let mut owner = r.below(world as u64) as usize;
-        if owner == empty_rank && world > 1 {
-            owner = (owner + 1) % world;
-        }
-        if owner != empty_rank || world == 1 {
-            ranks[owner].push(all[i..end].to_vec());
-            i = end;
-        }
-    }
-    ranks
-}
 
 /// A failed check: what differed.
 struct Failed(String);
@@ -174,27 +112,6 @@ fn check_collectives(c: &dyn Collective) -> Result<(), Failed> {
     Ok(())
 }
 
-/// The single-process refresh over the concatenation: selection, τ, flat count.
-fn single_process<T: Scalar>(
-    all: &[T],
-    rule: ThresholdRule,
-    rank: f64,
-) -> Result<(Selection, Option<T>, u64), Failed> {
-    let sel = rule.selection(all.len(), rank);
-    Ok(match sel {
-        Selection::AllFlat => (sel, None, all.len() as u64),
-        Selection::NoneFlat => (sel, None, 0),
-        Selection::KthLargest(k) => {
-            let tau = host::kth_largest(&mut all.to_vec(), k)?;
-            let flat = all
-                .iter()
-                .filter(|&&h| formulas::mask_le(h, tau) == 1)
-                .count();
-            (sel, Some(tau), flat as u64)
-        }
-    })
-}
-
 fn check_threshold_of<T: Scalar>(c: &dyn Collective, cases: &mut usize) -> Result<(), Failed> {
     let (r, w) = (c.rank(), c.world_size());
     let rules = [
@@ -212,8 +129,9 @@ fn check_threshold_of<T: Scalar>(c: &dyn Collective, cases: &mut usize) -> Resul
     ];
     for (case, &(n, tied)) in sizes.iter().enumerate() {
         let seed = 1000 + case as u64 + 97 * core::mem::size_of::<T>() as u64;
-        let all = values::<T>(n, seed, tied);
-        let ranks = deal(&all, w, seed + 1, case % w);
+        // The same seeded data on every rank, dealt out the same way.
+        let all = threshold_values::<T>(&mut Rng::new(seed), n, tied);
+        let ranks = deal(&all, w, &mut Rng::new(seed + 1), case % w);
         // The global order is the order of the parts as dealt; its concatenation per rank
         // order is a permutation of `all`, which no selection can tell apart.
         let local: Vec<&[T]> = ranks[r].iter().map(|p| &p[..]).collect();
@@ -221,7 +139,7 @@ fn check_threshold_of<T: Scalar>(c: &dyn Collective, cases: &mut usize) -> Resul
             for gamma in [0.0, 0.1, 0.5, 0.9, 1.0] {
                 let rank = 1.0 - gamma;
                 let what = format!("{rule:?} γ {gamma} N {n} {}", T::DTYPE.name());
-                let (sel, tau, flat) = single_process(&all, rule, rank)?;
+                let (sel, tau, flat) = single_process_refresh(&all, rule, rank)?;
                 let t = select::threshold(&local, rule, rank, c)?;
                 let f = select::flat_count(&local, &t, c)?;
                 expect(&format!("{what}: N"), t.n, n as u64)?;

@@ -1,100 +1,17 @@
+//! The exact distributed IRE threshold (`ire_core::collective::select`) on simulated ranks
+//! (threads) against the single-process refresh: the same selection, τ with the same bits and
+//! the same flat count at every world size, on tied, signed-zero, infinite and NaN inputs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use alloc::vec;
-use alloc::vec::Vec;
-
-use super::*;
-use crate::backend::Backend;
-use crate::collective::threads::ThreadGroup;
-use crate::collective::{Metered, SingleProcess};
-use crate::reference::{HostBuffer, Reference};
-
-/// SplitMix64: a seeded stream for the test data.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// Values with many ties (a few dozen distinct values), both zeros, both infinities, negative
-/// and tiny (subnormal) values.
-fn tied_values<T: Scalar>(n: usize, seed: u64) -> Vec<T> {
-    let mut r = Rng(seed);
-    (0..n)
-        .map(|_| match r.below(20) {
-            0 => T::zero(),
-            1 => -T::zero(),
-            2 => T::infinity(),
-            3 => T::neg_infinity(),
-            4 => T::min_positive_value() / T::of(4.0),
-            5 => T::of(-(r.below(5) as f64) - 0.5),
-            6 | 7 => T::of(r.next() as f64 / u64::MAX as f64),
-            _ => T::of(r.below(30) as f64 * 0.125),
-        })
-        .collect()
-}
-
-/// Splits `all` into `world` ranks, each holding several local parts of uneven sizes, some
-/// of them empty (and some ranks holding nothing at all).
-fn shard<T: Copy>(all: &[T], world: usize, seed: u64) -> Vec<Vec<Vec<T>>> {
-    let mut r = Rng(seed);
-    let mut ranks: Vec<Vec<Vec<T>>> = vec![Vec::new(); world];
-    let mut i = 0;
-    let mut rank = 0;
-    while i < all.len() {
-        let len = match r.below(4) {
-            0 => 0,
-            1 => 1,
-            _ => r.below(all.len() as u64 / 3 + 2) as usize,
-        };
-        let end = (i + len).min(all.len());
-        ranks[rank].push(all[i..end].to_vec());
-        i = end;
-        // Rank `world − 1` (when there are several) gets nothing but empty parts.
-        rank = (rank + 1) % world.max(2).min(world.saturating_sub(1).max(1));
-    }
-    if world > 1 {
-        ranks[world - 1].push(Vec::new());
-    }
-    ranks
-}
-
-/// The single-process refresh of `ire::Ire`: the rule's selection on the concatenation, the
-/// reference backend's k-th largest over one buffer per part, its mask and flat count.
-fn single_process<T: Scalar>(
-    parts: &[Vec<T>],
-    rule: ThresholdRule,
-    rank: f64,
-) -> (Selection, Option<T>, u64) {
-    let b = Reference;
-    let bufs: Vec<HostBuffer<T>> = parts.iter().map(|p| HostBuffer(p.clone())).collect();
-    let n: usize = parts.iter().map(|p| p.len()).sum();
-    let selection = rule.selection(n, rank);
-    match selection {
-        Selection::AllFlat => (selection, None, n as u64),
-        Selection::NoneFlat => (selection, None, 0),
-        Selection::KthLargest(k) => {
-            let refs: Vec<&HostBuffer<T>> = bufs.iter().collect();
-            let tau = b.kth_largest(&refs, k).unwrap();
-            let mut flat = 0;
-            for h in &bufs {
-                let mut m = b.alloc::<u8>(h.0.len()).unwrap();
-                b.mask_le(h, tau, &mut m).unwrap();
-                flat += b.count_nonzero(&m).unwrap() as u64;
-            }
-            (selection, Some(tau), flat)
-        }
-    }
-}
+use ire_conformance::Rng;
+use ire_conformance::collective::{deal, single_process_refresh, threshold_values};
+use ire_core::collective::select::{
+    flat_count, kth_largest, kth_smallest, max_selection_bytes, threshold,
+};
+use ire_core::collective::threads::ThreadGroup;
+use ire_core::collective::{Collective, Metered, SingleProcess};
+use ire_core::optim::{Selection, ThresholdRule};
+use ire_core::{Error, Scalar};
 
 fn refs<T>(parts: &[Vec<T>]) -> Vec<&[T]> {
     parts.iter().map(|p| &p[..]).collect()
@@ -107,15 +24,25 @@ const RULES: [ThresholdRule; 3] = [
 ];
 const GAMMAS: [f64; 6] = [0.0, 0.1, 0.5, 0.6, 0.9, 1.0];
 
+/// Seeded tied values (see `threshold_values`).
+fn tied_values<T: Scalar>(n: usize, seed: u64) -> Vec<T> {
+    threshold_values(&mut Rng::new(seed), n, true)
+}
+
+/// `all` dealt to `world` ranks, the last one holding nothing.
+fn shard<T: Copy>(all: &[T], world: usize, seed: u64) -> Vec<Vec<Vec<T>>> {
+    deal(all, world, &mut Rng::new(seed), world.saturating_sub(1))
+}
+
 /// Every rule and γ on `world` simulated ranks against the single-process refresh: the same
 /// selection, τ with the same bits and the same flat count, on every rank.
 fn threshold_matches<T: Scalar>(all: &[T], world: usize, seed: u64) {
     let ranks = shard(all, world, seed);
-    let concat: Vec<Vec<T>> = ranks.iter().flatten().cloned().collect();
+    let concat: Vec<T> = ranks.iter().flatten().flatten().copied().collect();
     for rule in RULES {
         for gamma in GAMMAS {
             let rank = 1.0 - gamma;
-            let (sel, tau, flat) = single_process(&concat, rule, rank);
+            let (sel, tau, flat) = single_process_refresh(&concat, rule, rank).unwrap();
             let got = ThreadGroup::run(world, |c| {
                 let local = refs(&ranks[c.rank()]);
                 let t = threshold(&local, rule, rank, c).unwrap();
@@ -150,16 +77,16 @@ impl<T: Scalar> Bits for T {
 
 #[test]
 fn keys_invert_to_the_same_bits() {
-    let mut r = Rng(3);
+    let mut r = Rng::new(3);
     for _ in 0..10_000 {
-        let x = f32::from_bits(r.next() as u32);
+        let x = f32::from_bits(r.next_u64() as u32);
         if !x.is_nan() {
             assert_eq!(
                 f32::from_order_key_u64(x.order_key_u64()).to_bits(),
                 x.to_bits()
             );
         }
-        let y = f64::from_bits(r.next());
+        let y = f64::from_bits(r.next_u64());
         if !y.is_nan() {
             assert_eq!(
                 f64::from_order_key_u64(y.order_key_u64()).to_bits(),
@@ -196,9 +123,13 @@ fn the_threshold_equals_the_single_process_one_at_every_world_size() {
 #[test]
 fn distinct_values_take_the_early_exit_and_agree() {
     // Distinct values: a bucket soon holds a single value, whose owner sends its key.
-    let mut r = Rng(9);
-    let v: Vec<f64> = (0..5000).map(|_| r.next() as f64 / 3.0 - 1e18).collect();
-    let v32: Vec<f32> = (0..5000).map(|_| (r.next() >> 40) as f32 - 1e6).collect();
+    let mut r = Rng::new(9);
+    let v: Vec<f64> = (0..5000)
+        .map(|_| r.next_u64() as f64 / 3.0 - 1e18)
+        .collect();
+    let v32: Vec<f32> = (0..5000)
+        .map(|_| (r.next_u64() >> 40) as f32 - 1e6)
+        .collect();
     for world in [1, 2, 3, 4] {
         threshold_matches(&v, world, 40 + world as u64);
         threshold_matches(&v32, world, 50 + world as u64);
@@ -211,7 +142,7 @@ fn every_k_on_single_process_matches_the_host_selection() {
     let parts = shard(&v, 1, 22);
     let local = refs(&parts[0]);
     for k in 1..=v.len() {
-        let want = crate::host::kth_largest(&mut v.clone(), k).unwrap();
+        let want = ire_core::host::kth_largest(&mut v.clone(), k).unwrap();
         let got = kth_largest(&local, k, &SingleProcess).unwrap();
         assert_eq!(got.to_bits(), want.to_bits(), "k {k}");
         let got = kth_smallest(&local, v.len() + 1 - k, &SingleProcess).unwrap();
@@ -232,7 +163,7 @@ fn every_k_on_three_ranks_matches_the_host_selection() {
     })
     .unwrap();
     for k in 1..=concat.len() {
-        let want = crate::host::kth_largest(&mut concat.clone(), k).unwrap();
+        let want = ire_core::host::kth_largest(&mut concat.clone(), k).unwrap();
         for g in &got {
             assert_eq!(g[k - 1], want.to_bits(), "k {k}");
         }
@@ -258,7 +189,7 @@ fn signed_zeros_are_ranked_like_the_single_process_selection() {
     }
     // τ = -0.0: the mask's `h ≤ τ` holds for +0.0 too (IEEE equality), as in one process.
     let all = [vec![-0.0f32, 0.0, 0.0, -0.0, 1.0]];
-    let (sel, tau, flat) = single_process(&all, ThresholdRule::SharpTopK, 0.6);
+    let (sel, tau, flat) = single_process_refresh(&all[0], ThresholdRule::SharpTopK, 0.6).unwrap();
     assert_eq!(sel, Selection::KthLargest(3));
     assert_eq!(tau.unwrap().to_bits(), 0.0f32.to_bits());
     assert_eq!(flat, 4);
