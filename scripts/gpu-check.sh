@@ -198,16 +198,18 @@ if [ -n "$NVRTC_DIR" ]; then
 fi
 
 # ---- build ------------------------------------------------------------------------------------
-run_step build 300 "release build of ire-backend-cuda, its tests and examples" \
-    cargo test "${CARGO_FLAGS[@]}" --release -p ire-backend-cuda --all-targets --no-run
+run_step build 300 "release build of ire-backend-cuda (with NCCL), its tests and examples" \
+    cargo test "${CARGO_FLAGS[@]}" --release -p ire-backend-cuda --features nccl --all-targets \
+    --no-run
 
 # ---- device report and the test suite on the GPU ----------------------------------------------
 run_step devices 60 "probe, driver/NVRTC versions, one axpy per device" \
     cargo run "${CARGO_FLAGS[@]}" --release -q -p ire-backend-cuda --example cuda_info
 cp "$OUT/devices.log" "$OUT/devices.txt" 2> /dev/null
-run_step conformance 180 "all ire-backend-cuda tests, IRE_REQUIRE=cuda,nvrtc" \
+# The NCCL test runs a group of one GPU where libnccl is installed, and says it skipped if not.
+run_step conformance 180 "all ire-backend-cuda tests (NCCL too), IRE_REQUIRE=cuda,nvrtc" \
     env IRE_REQUIRE=cuda,nvrtc cargo test "${CARGO_FLAGS[@]}" --release -p ire-backend-cuda \
-    --no-fail-fast -- --nocapture
+    --features nccl --no-fail-fast -- --nocapture
 
 # ---- the ire command on CUDA --------------------------------------------------------------------
 ire_on_cuda() {

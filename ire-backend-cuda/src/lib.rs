@@ -14,6 +14,8 @@
 //! - Memory a caller owns: [`CudaMem::borrow`] wraps a framework's device pointer, and
 //!   [`Cuda::on_stream`] runs the backend on the framework's stream, so its kernels queue
 //!   behind the framework's work with no synchronization added.
+//! - Feature `nccl`: [`Nccl`], `ire-core`'s `Collective` across GPUs (one rank per process),
+//!   with an in-place all-reduce of device buffers on the backend's stream.
 //!
 //! ## Requirements at run time
 //! - **Driver**: an NVIDIA driver (`libcuda.so`). It is loaded dynamically: without it, or
@@ -56,10 +58,14 @@
 //! ```
 
 mod driver;
+#[cfg(feature = "nccl")]
+mod nccl;
 mod nvrtc;
 mod runtime;
 
 pub use driver::{DeviceInfo, driver_version, probe};
+#[cfg(feature = "nccl")]
+pub use nccl::Nccl;
 pub use nvrtc::{
     Compiled, compile_program, compile_ptx, compile_source, nvrtc_available, nvrtc_version,
     supported_archs,
