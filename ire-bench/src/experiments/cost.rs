@@ -80,8 +80,8 @@ pub fn run(opts: &Options) -> Res<ItemReport> {
     let ls = lm::sizes(opts.quick);
     let cs = cifar::sizes(opts.quick);
     let blocks = if opts.quick { 2 } else { 12 };
-    let mut lm_ire = lm::paper_cfg(&ls, &opts.lm_corpus, OptimizerKind::Admire, 2.0, 0.8, 0);
-    let lm_base = lm::paper_cfg(&ls, &opts.lm_corpus, OptimizerKind::Adamw, 0.0, 0.0, 0);
+    let mut lm_ire = lm::paper_cfg(&ls, &opts.lm_corpus, OptimizerKind::Admire, 2.0, 0.8, 0)?;
+    let lm_base = lm::paper_cfg(&ls, &opts.lm_corpus, OptimizerKind::Adamw, 0.0, 0.0, 0)?;
     lm_ire.steps = lm_base.steps;
     // IRE from the first step (the official recipe waits for the warm-up): every timed block
     // holds one refresh.

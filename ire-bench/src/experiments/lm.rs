@@ -16,9 +16,7 @@ use ire_backend_cpu::CpuBackend;
 use ire_models::artifacts::{self, MetricsWriter};
 use ire_models::sharpness;
 use ire_models::train::run::{self as trun, MetricsPosition};
-use ire_models::train::{
-    DatasetKind, EstimatorKind, OptimizerConfig, OptimizerKind, ThresholdKind, TrainConfig, Trainer,
-};
+use ire_models::train::{OptimizerKind, TrainConfig, Trainer};
 use serde_json::json;
 
 use super::{
@@ -92,11 +90,30 @@ pub fn sizes(quick: bool) -> Sizes {
 const KAPPAS: [f64; 2] = [2.0, 5.0];
 const GAMMAS: [f64; 3] = [0.8, 0.9, 0.99];
 
-/// The 2-layer transformer's configuration: the paper's optimizer settings (AdamW lr 6e-4,
-/// betas (0.9, 0.95), wd 5e-4 on every parameter, eps 1e-16, 3 % warm-up, cosine to lr/20; K 10,
-/// κ decayed with the learning rate), character-level, the schedule scaled to `steps`; and the
-/// IRE of its official notebook (`NLP/small-scale`, class `AdmWIRE`): the flat-k-th-smallest
-/// threshold on ĝ² with β 0, refreshes from the end of the warm-up on.
+/// The official recipes of the paper's language-model runs (`configs/` at the repository
+/// root, also `ire train --config` files): the runs here start from them.
+const LM_PAPER_RECIPE: (&str, &str) = (
+    "configs/lm-paper-official.toml",
+    include_str!("../../../configs/lm-paper-official.toml"),
+);
+const LLAMA_RECIPE: (&str, &str) = (
+    "configs/llama-official.toml",
+    include_str!("../../../configs/llama-official.toml"),
+);
+
+/// A recipe file's configuration.
+pub fn recipe((name, text): (&str, &str)) -> Res<TrainConfig> {
+    let c: TrainConfig = toml::from_str(text).map_err(|e| format!("{name}: {e}"))?;
+    c.validate().map_err(|e| format!("{name}: {e}"))?;
+    Ok(c)
+}
+
+/// The 2-layer transformer's configuration: the official recipe
+/// (`configs/lm-paper-official.toml`: AdamW lr 6e-4, betas (0.9, 0.95), wd 5e-4 on every
+/// parameter, eps 1e-16, cosine to lr/20; the notebook's IRE, the flat-k-th-smallest threshold
+/// on ĝ² with β 0, refreshes from the end of the warm-up on, κ decayed with the learning
+/// rate) at CPU scale: character-level, the schedule (3 % warm-up), context and batch of
+/// `s`, the given κ and γ.
 pub fn paper_cfg(
     s: &Sizes,
     corpus: &Path,
@@ -104,38 +121,22 @@ pub fn paper_cfg(
     kappa: f64,
     gamma: f64,
     seed: u64,
-) -> TrainConfig {
-    TrainConfig {
-        model: "lm-paper".into(),
-        dataset: DatasetKind::Text,
-        data: corpus.to_path_buf(),
-        optimizer: kind,
-        opt: OptimizerConfig {
-            beta1: 0.9,
-            beta2: 0.95,
-            weight_decay: 5e-4,
-            eps: 1e-16,
-            kappa,
-            gamma,
-            refresh_every: 10,
-            kappa_decay: true,
-            ire_warmup: warmup(s.steps),
-            estimator: EstimatorKind::SquaredGradient,
-            threshold_rule: ThresholdKind::FlatKthSmallest,
-            ..OptimizerConfig::default()
-        },
-        lr: 6e-4,
-        warmup_steps: warmup(s.steps),
-        lr_min_ratio: 0.05,
-        steps: s.steps,
-        batch_size: s.batch,
-        tokenizer: "char".into(),
-        context: s.context,
-        val_fraction: 0.1,
-        eval_batches: s.eval_batches,
-        seed,
-        ..TrainConfig::default()
-    }
+) -> Res<TrainConfig> {
+    let mut c = recipe(LM_PAPER_RECIPE)?;
+    c.data = corpus.to_path_buf();
+    c.optimizer = kind;
+    c.opt.kappa = kappa;
+    c.opt.gamma = gamma;
+    c.tokenizer = "char".into();
+    c.context = s.context;
+    c.batch_size = s.batch;
+    c.steps = s.steps;
+    c.warmup_steps = warmup(s.steps);
+    c.opt.ire_warmup = warmup(s.steps);
+    c.val_fraction = 0.1;
+    c.eval_batches = s.eval_batches;
+    c.seed = seed;
+    Ok(c)
 }
 
 /// The linear warm-up of a schedule of `steps`: its first 3 %.
@@ -147,48 +148,37 @@ fn warmup(steps: u64) -> u64 {
 /// (`grad_micro_steps`); here the step batch is cut in two.
 const LLAMA_ACCUM: usize = 2;
 
-/// The Llama configuration: the paper's Llama settings (AdamW lr 6e-4, betas (0.9, 0.95),
-/// wd 0.1 on every parameter, eps 1e-16, clip 1.0, cosine to lr/20; AdmIRE κ 3, γ 0.6, K 10),
-/// 3 % warm-up, κ decayed with the learning rate; and the IRE of the official script
-/// (`train_admire_web_Llama.py` with `ire_new.py`'s `IRE_PARAMS`): the flat-k-th-smallest
-/// threshold on |ĝ| without EMA, refreshes from the end of the warm-up on, gradients (the
-/// estimator's too) accumulated over micro-batches. Its bfloat16 autocast is not reproduced
-/// (the backends train in f32).
-fn llama_cfg(s: &Sizes, corpus: &Path, kind: OptimizerKind, steps: u64, seed: u64) -> TrainConfig {
-    TrainConfig {
-        model: "llama-tiny".into(),
-        dataset: DatasetKind::Text,
-        data: corpus.to_path_buf(),
-        optimizer: kind,
-        opt: OptimizerConfig {
-            beta1: 0.9,
-            beta2: 0.95,
-            weight_decay: 0.1,
-            eps: 1e-16,
-            kappa: 3.0,
-            gamma: 0.6,
-            refresh_every: 10,
-            kappa_decay: true,
-            ire_warmup: warmup(steps),
-            estimator: EstimatorKind::AbsGradient,
-            threshold_rule: ThresholdKind::FlatKthSmallest,
-            ..OptimizerConfig::default()
-        },
-        lr: 6e-4,
-        warmup_steps: warmup(steps),
-        lr_min_ratio: 0.05,
-        clip_grad_norm: 1.0,
-        steps,
-        batch_size: s.batch / LLAMA_ACCUM,
-        grad_accum: LLAMA_ACCUM,
-        tokenizer: "char".into(),
-        context: s.context,
-        val_fraction: 0.1,
-        // Evaluation batches are micro-batches: as many windows as before.
-        eval_batches: s.eval_batches * LLAMA_ACCUM,
-        seed,
-        ..TrainConfig::default()
-    }
+/// The Llama configuration: the official recipe (`configs/llama-official.toml`: AdamW lr 6e-4,
+/// betas (0.9, 0.95), wd 0.1 on every parameter, eps 1e-16, clip 1.0, cosine to lr/20; the
+/// script's IRE, the flat-k-th-smallest threshold on |ĝ| without EMA, refreshes from the end of
+/// the warm-up on, gradients and estimator gradients accumulated over micro-batches, κ decayed
+/// with the learning rate; its bfloat16 autocast is not reproduced) at CPU scale:
+/// `llama-tiny`, character-level, the schedule (3 % warm-up) of `steps`, context of `s`, a step
+/// batch of `s.batch` in [`LLAMA_ACCUM`] micro-batches, κ 3 (the paper's range is 3–4).
+fn llama_cfg(
+    s: &Sizes,
+    corpus: &Path,
+    kind: OptimizerKind,
+    steps: u64,
+    seed: u64,
+) -> Res<TrainConfig> {
+    let mut c = recipe(LLAMA_RECIPE)?;
+    c.model = "llama-tiny".into();
+    c.data = corpus.to_path_buf();
+    c.optimizer = kind;
+    c.opt.kappa = 3.0;
+    c.tokenizer = "char".into();
+    c.context = s.context;
+    c.batch_size = s.batch / LLAMA_ACCUM;
+    c.grad_accum = LLAMA_ACCUM;
+    c.steps = steps;
+    c.warmup_steps = warmup(steps);
+    c.opt.ire_warmup = warmup(steps);
+    c.val_fraction = 0.1;
+    // Evaluation batches are micro-batches: as many windows as before.
+    c.eval_batches = s.eval_batches * LLAMA_ACCUM;
+    c.seed = seed;
+    Ok(c)
 }
 
 /// The file name of a corpus, for titles and text.
@@ -249,7 +239,7 @@ fn adamw_with_levels(
     name: &str,
     seed: u64,
 ) -> Res<(RunOutcome, Levels, Vec<Reached>)> {
-    let cfg = paper_cfg(s, corpus, OptimizerKind::Adamw, 0.0, 0.0, seed);
+    let cfg = paper_cfg(s, corpus, OptimizerKind::Adamw, 0.0, 0.0, seed)?;
     let mut snaps: Vec<(u64, Vec<f32>)> = Vec::new();
     let run = train_run(
         &RunSpec {
@@ -306,7 +296,7 @@ fn admire_with_levels(
     let run = train_run(
         &RunSpec {
             name: name.into(),
-            cfg: paper_cfg(s, corpus, OptimizerKind::Admire, kappa, gamma, seed),
+            cfg: paper_cfg(s, corpus, OptimizerKind::Admire, kappa, gamma, seed)?,
             dir: rdir.clone(),
             eval_every: 0,
             checkpoint,
@@ -692,16 +682,18 @@ pub fn llama(opts: &Options) -> Res<ItemReport> {
     let mut summary_losses = Vec::new();
     let mut adamw_t = Vec::new();
     for &seed in &s.llama_seeds {
-        let mk = |name: &str, kind, steps| RunSpec {
-            name: format!("{name}-seed{seed}"),
-            cfg: llama_cfg(&s, corpus, kind, steps, seed),
-            dir: dir.join(format!("{name}-seed{seed}")),
-            eval_every,
-            checkpoint: true,
+        let mk = |name: &str, kind, steps| -> Res<RunSpec> {
+            Ok(RunSpec {
+                name: format!("{name}-seed{seed}"),
+                cfg: llama_cfg(&s, corpus, kind, steps, seed)?,
+                dir: dir.join(format!("{name}-seed{seed}")),
+                eval_every,
+                checkpoint: true,
+            })
         };
-        let a1 = train_run(&mk("adamw-T", OptimizerKind::Adamw, t), |_, _| Ok(()))?;
-        let a2 = train_run(&mk("adamw-2T", OptimizerKind::Adamw, 2 * t), |_, _| Ok(()))?;
-        let b1 = train_run(&mk("admire-T", OptimizerKind::Admire, t), |_, _| Ok(()))?;
+        let a1 = train_run(&mk("adamw-T", OptimizerKind::Adamw, t)?, |_, _| Ok(()))?;
+        let a2 = train_run(&mk("adamw-2T", OptimizerKind::Adamw, 2 * t)?, |_, _| Ok(()))?;
+        let b1 = train_run(&mk("admire-T", OptimizerKind::Admire, t)?, |_, _| Ok(()))?;
         let target = a2.final_eval().map_or(f64::NAN, |e| e.loss);
         let at_t = a1.final_eval().map_or(f64::NAN, |e| e.loss);
         let ours = b1.final_eval().map_or(f64::NAN, |e| e.loss);
@@ -1143,4 +1135,53 @@ initializations, batches and sampled labels), not the Hutchinson standard error 
         }],
         seconds: 0.0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use ire_models::train::{EstimatorKind, ThresholdKind};
+
+    #[test]
+    fn the_recipes_are_the_official_scripts() {
+        // The 2-layer transformer: AdmWIRE of the official notebook.
+        let p = recipe(LM_PAPER_RECIPE).unwrap();
+        assert_eq!(p.model, "lm-paper");
+        assert_eq!(p.opt.threshold_rule, ThresholdKind::FlatKthSmallest);
+        assert_eq!(p.opt.estimator, EstimatorKind::SquaredGradient);
+        assert_eq!(
+            (p.opt.ire_beta, p.opt.eps, p.opt.weight_decay),
+            (0.0, 1e-16, 5e-4)
+        );
+        assert_eq!((p.opt.kappa, p.opt.gamma), (5.0, 0.99));
+        assert_eq!(p.opt.ire_warmup, p.warmup_steps);
+        assert_eq!((p.context, p.batch_size, p.steps), (1000, 32, 100_000));
+        // Llama: IRE_PARAMS of ire_new.py with the training script's settings.
+        let l = recipe(LLAMA_RECIPE).unwrap();
+        assert_eq!(l.opt.threshold_rule, ThresholdKind::FlatKthSmallest);
+        assert_eq!(l.opt.estimator, EstimatorKind::AbsGradient);
+        assert_eq!(
+            (l.opt.ire_beta, l.opt.eps, l.opt.weight_decay),
+            (0.0, 1e-16, 0.1)
+        );
+        assert_eq!(l.opt.ire_warmup, l.warmup_steps);
+        assert_eq!(l.step_batch(), 480);
+        assert_eq!((l.clip_grad_norm, l.opt.gamma), (1.0, 0.6));
+    }
+
+    #[test]
+    fn the_runs_here_scale_the_recipes_and_keep_their_ire() {
+        let s = sizes(true);
+        let c = paper_cfg(&s, Path::new("x.txt"), OptimizerKind::Admire, 2.0, 0.9, 3).unwrap();
+        assert_eq!(
+            (c.context, c.batch_size, c.steps),
+            (s.context, s.batch, s.steps)
+        );
+        assert_eq!(c.opt.ire_warmup, c.warmup_steps);
+        assert_eq!(c.opt.threshold_rule, ThresholdKind::FlatKthSmallest);
+        let l = llama_cfg(&s, Path::new("x.txt"), OptimizerKind::Admire, 40, 0).unwrap();
+        assert_eq!((l.model.as_str(), l.step_batch()), ("llama-tiny", s.batch));
+        assert_eq!(l.opt.estimator, EstimatorKind::AbsGradient);
+    }
 }
