@@ -761,6 +761,33 @@ fn safetensors_round_trip_and_header() {
 }
 
 #[test]
+fn safetensors_files_of_the_same_weights_are_the_same_bytes() {
+    // The metadata goes through a HashMap, whose order changes with every map: eight exports
+    // of three keys would almost surely see two orders if the writer did not sort them.
+    let dir = scratch("safetensors-bytes");
+    let meta: Vec<(String, String)> = [("optimizer", "admire"), ("step", "12"), ("model", "m")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let first = dir.join("0.safetensors");
+    st::export(&first, &weights(), &meta).unwrap();
+    let bytes = fs::read(&first).unwrap();
+    for i in 1..8 {
+        let path = dir.join(format!("{i}.safetensors"));
+        st::export(&path, &weights(), &meta).unwrap();
+        assert!(fs::read(&path).unwrap() == bytes, "export {i} differs");
+    }
+    let mut sorted = meta.clone();
+    sorted.sort();
+    assert_eq!(st::import_metadata(&first).unwrap(), sorted);
+    let header = String::from_utf8_lossy(&bytes[8..]).into_owned();
+    assert!(
+        header.starts_with(r#"{"__metadata__":{"model":"m","optimizer":"admire","step":"12"}"#),
+        "{header}"
+    );
+}
+
+#[test]
 fn safetensors_bad_input() {
     let dir = scratch("safetensors-bad");
     let path = dir.join("w.safetensors");

@@ -20,6 +20,7 @@ use core::fmt;
 use crate::error::{Error, Result};
 
 pub(crate) mod failure;
+pub mod launch;
 pub mod select;
 #[cfg(feature = "std")]
 pub mod threads;
@@ -231,29 +232,42 @@ pub trait Collective {
     fn barrier(&self) -> Result<()>;
 }
 
-impl<C: Collective + ?Sized> Collective for &C {
-    fn rank(&self) -> usize {
-        (**self).rank()
-    }
-    fn world_size(&self) -> usize {
-        (**self).world_size()
-    }
-    fn all_reduce_sum(&self, buf: BufMut<'_>) -> Result<()> {
-        (**self).all_reduce_sum(buf)
-    }
-    fn reduce_scatter_sum(&self, send: Buf<'_>, recv: BufMut<'_>) -> Result<()> {
-        (**self).reduce_scatter_sum(send, recv)
-    }
-    fn all_gather(&self, send: Buf<'_>, recv: BufMut<'_>) -> Result<()> {
-        (**self).all_gather(send, recv)
-    }
-    fn broadcast(&self, buf: BufMut<'_>, root: usize) -> Result<()> {
-        (**self).broadcast(buf, root)
-    }
-    fn barrier(&self) -> Result<()> {
-        (**self).barrier()
-    }
+/// Forwards [`Collective`] through a reference or an owning pointer, so a group can be shared
+/// (`Rc`, `Arc`) or boxed as a trait object.
+macro_rules! forward_collective {
+    ($($ptr:ty),*) => { $(
+        impl<C: Collective + ?Sized> Collective for $ptr {
+            fn rank(&self) -> usize {
+                (**self).rank()
+            }
+            fn world_size(&self) -> usize {
+                (**self).world_size()
+            }
+            fn all_reduce_sum(&self, buf: BufMut<'_>) -> Result<()> {
+                (**self).all_reduce_sum(buf)
+            }
+            fn reduce_scatter_sum(&self, send: Buf<'_>, recv: BufMut<'_>) -> Result<()> {
+                (**self).reduce_scatter_sum(send, recv)
+            }
+            fn all_gather(&self, send: Buf<'_>, recv: BufMut<'_>) -> Result<()> {
+                (**self).all_gather(send, recv)
+            }
+            fn broadcast(&self, buf: BufMut<'_>, root: usize) -> Result<()> {
+                (**self).broadcast(buf, root)
+            }
+            fn barrier(&self) -> Result<()> {
+                (**self).barrier()
+            }
+        }
+    )* };
 }
+
+forward_collective!(
+    &C,
+    alloc::boxed::Box<C>,
+    alloc::rc::Rc<C>,
+    alloc::sync::Arc<C>
+);
 
 /// Checks the buffers of a reduce-scatter over `world_size` ranks (same type; `send` holds
 /// `world_size` blocks of `recv.len()`), for implementations of [`Collective`].

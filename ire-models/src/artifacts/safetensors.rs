@@ -4,7 +4,7 @@
 //! Tensors are stored as `F32`, little-endian, row-major. The format orders tensors in the file
 //! by name, so [`import`] returns them sorted by name whatever order [`export`] was given.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -69,8 +69,44 @@ pub fn export(path: &Path, tensors: &[NamedTensor], metadata: &[(String, String)
         }
         Some(map)
     };
-    let file = safetensors::serialize(views, info).map_err(st_err)?;
+    let mut file = safetensors::serialize(views, info).map_err(st_err)?;
+    sort_metadata(&mut file);
     atomic::write_bytes(path, &file)
+}
+
+/// Rewrites the `__metadata__` object of a serialized file with its keys in sorted order, so
+/// that the same tensors and metadata always give the same bytes (the `safetensors` crate
+/// takes the metadata as a `HashMap` and writes it in that map's random iteration order). The
+/// sorted object has the same length: same keys and values, compact JSON both times. Anything
+/// unexpected leaves the file as it is.
+fn sort_metadata(file: &mut [u8]) {
+    const KEY: &[u8] = b"{\"__metadata__\":";
+    let Some(len) = file
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .and_then(|n| usize::try_from(n).ok())
+    else {
+        return;
+    };
+    let Some(header) = file.get_mut(8..8usize.saturating_add(len)) else {
+        return;
+    };
+    if !header.starts_with(KEY) {
+        return;
+    }
+    let object = &header[KEY.len()..];
+    let mut stream =
+        serde_json::Deserializer::from_slice(object).into_iter::<BTreeMap<String, String>>();
+    let Some(Ok(map)) = stream.next() else {
+        return;
+    };
+    let end = stream.byte_offset();
+    if let Ok(sorted) = serde_json::to_vec(&map)
+        && sorted.len() == end
+    {
+        header[KEY.len()..KEY.len() + end].copy_from_slice(&sorted);
+    }
 }
 
 /// Reads every tensor of a `.safetensors` file, in file order (sorted by name for files written

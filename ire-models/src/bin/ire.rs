@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ire_core::Collective;
 use ire_models::artifacts::atomic::AtomicFile;
 use ire_models::device::{BackendKind, NnTask, compiled_backends, resolve, run_on};
 use ire_models::nn::NnOps;
@@ -13,7 +14,7 @@ use ire_models::toy::{self, ToyEnd, ToyError, ToyMethod};
 use ire_models::train::folder::{self, Claim, RunFolder};
 use ire_models::train::run::{
     ResumeFrom, RunOptions, RunSummary, check_resumable, metrics_position, read_checkpoint,
-    restore, run_in,
+    restore, run_follower, run_in,
 };
 use ire_models::train::{
     DatasetKind, EvalMetrics, OptimizerKind, RunError, TrainConfig, TrainError, Trainer,
@@ -24,7 +25,8 @@ use ire_models::train::{
 /// Exit status: 0 done; 2 invalid arguments, configuration, data or checkpoint (or a run
 /// folder that holds another run, or more memory than allowed); 3 diverged; 4 interrupted
 /// (Ctrl-C, SIGTERM or --stop-after: a checkpoint was written, continue with --resume); 5 the
-/// run folder is in use by another run; 130 a second Ctrl-C or SIGTERM forced the exit.
+/// run folder is in use by another run; 130 a second Ctrl-C or SIGTERM forced the exit. A
+/// data-parallel `ire train` that fails on one rank ends every rank with that rank's status.
 #[derive(Parser)]
 #[command(name = "ire", version, about)]
 struct Cli {
@@ -140,6 +142,16 @@ struct TrainArgs {
     /// --batch-size examples (one step sees batch-size × N examples, as with that batch size).
     #[arg(long)]
     grad_accum: Option<usize>,
+    /// Cut every step's batch into G fixed gradient shards added in shard order, so that runs
+    /// on any number of processes dividing G give the same numbers bit for bit (G ≤
+    /// batch-size; not with --grad-accum). Costs an all-gather of G gradients per step.
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Data-parallel training: auto (over MPI when an MPI launcher such as mpirun or srun
+    /// started this process), mpi (always, a process started alone is a group of one), none (a
+    /// single process, even under a launcher).
+    #[arg(long, value_enum, default_value = "auto")]
+    distributed: Distributed,
     /// Linear warm-up steps of the learning rate.
     #[arg(long)]
     warmup_steps: Option<u64>,
@@ -314,6 +326,10 @@ impl TrainArgs {
             weight_decay,
             beta2
         );
+        if let Some(g) = self.shards {
+            c.shards = Some(g);
+            given.push("shards");
+        }
         if self.kappa_decay {
             c.opt.kappa_decay = true;
             given.push("kappa_decay");
@@ -358,42 +374,203 @@ impl TrainArgs {
 
 /// Prints `e` and returns its documented exit status.
 fn fail(e: &TrainError) -> ExitCode {
+    ExitCode::from(fail_status(e))
+}
+
+/// Prints `e` and returns its documented exit status, as a number.
+fn fail_status(e: &TrainError) -> u8 {
     eprintln!("error: {e}");
-    ExitCode::from(match e {
+    match e {
         TrainError::Run(r) => r.exit_code(),
         TrainError::Diverged { .. } => 3,
         _ => 2,
-    })
+    }
+}
+
+/// How `ire train` chooses between one process and a data-parallel group.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Distributed {
+    /// Over MPI when an MPI launcher started this process, else a single process.
+    Auto,
+    /// Over MPI (a process started alone is a group of one).
+    Mpi,
+    /// A single process.
+    None,
+}
+
+/// The data-parallel group of this process: shared between the trainer and the error path,
+/// which must end every rank (`MPI_Abort`) before MPI would be finalized.
+#[cfg(feature = "mpi")]
+type Group = std::rc::Rc<ire_mpi::MpiCollective>;
+
+/// Without MPI compiled in there is no group (the type has no value).
+#[cfg(not(feature = "mpi"))]
+type Group = std::rc::Rc<Never>;
+
+/// No value: the group of a build without MPI.
+#[cfg(not(feature = "mpi"))]
+enum Never {}
+
+#[cfg(not(feature = "mpi"))]
+impl ire_core::Collective for Never {
+    fn rank(&self) -> usize {
+        match *self {}
+    }
+    fn world_size(&self) -> usize {
+        match *self {}
+    }
+    fn all_reduce_sum(&self, _: ire_core::collective::BufMut<'_>) -> ire_core::Result<()> {
+        match *self {}
+    }
+    fn reduce_scatter_sum(
+        &self,
+        _: ire_core::collective::Buf<'_>,
+        _: ire_core::collective::BufMut<'_>,
+    ) -> ire_core::Result<()> {
+        match *self {}
+    }
+    fn all_gather(
+        &self,
+        _: ire_core::collective::Buf<'_>,
+        _: ire_core::collective::BufMut<'_>,
+    ) -> ire_core::Result<()> {
+        match *self {}
+    }
+    fn broadcast(&self, _: ire_core::collective::BufMut<'_>, _: usize) -> ire_core::Result<()> {
+        match *self {}
+    }
+    fn barrier(&self) -> ire_core::Result<()> {
+        match *self {}
+    }
+}
+
+/// Joins the MPI job this process belongs to, as `d` says; `None`: a single process.
+#[cfg(feature = "mpi")]
+fn join_group(d: Distributed) -> std::result::Result<Option<Group>, String> {
+    let mpi = match d {
+        Distributed::None => return Ok(None),
+        Distributed::Auto if !ire_mpi::launched_by_mpi() => return Ok(None),
+        Distributed::Auto => ire_mpi::MpiCollective::init(),
+        Distributed::Mpi if ire_mpi::launched_by_mpi() => ire_mpi::MpiCollective::init(),
+        Distributed::Mpi => ire_mpi::MpiCollective::init_forced(),
+    };
+    // `init` installed the hook that ends every rank when one panics.
+    mpi.map(|m| Some(std::rc::Rc::new(m)))
+        .map_err(|e| format!("MPI could not start: {e}"))
+}
+
+/// Without MPI compiled in: a single process, or a clear refusal when MPI was asked for or a
+/// launcher started this process (each rank would otherwise train a copy of its own).
+#[cfg(not(feature = "mpi"))]
+fn join_group(d: Distributed) -> std::result::Result<Option<Group>, String> {
+    use ire_core::collective::launch::launcher_from;
+    let launched = launcher_from(|name| std::env::var(name).ok()).is_some();
+    match d {
+        Distributed::None => Ok(None),
+        Distributed::Auto if !launched => Ok(None),
+        _ => Err(format!(
+            "{}, but this `ire` was built without MPI: rebuild it with `--features mpi` \
+             (needs Open MPI), or pass --distributed none to train in each process on its own",
+            if launched {
+                "an MPI launcher started this process"
+            } else {
+                "--distributed mpi asks for MPI"
+            }
+        )),
+    }
+}
+
+/// Ends every rank of the group with status `code` (`MPI_Abort`).
+#[cfg(feature = "mpi")]
+fn abort_group(g: &Group, code: u8) -> ! {
+    g.abort(i32::from(code))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn abort_group(g: &Group, _code: u8) -> ! {
+    match **g {}
 }
 
 fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
     // Signals first: a Ctrl-C while the data loads must not kill the process mid-write.
     let stop = ire_models::interrupt::install().map_err(|e| e.to_string())?;
+    let group = join_group(a.distributed)?;
+    let (rank, world) = group
+        .as_ref()
+        .map_or((0, 1), |g| (g.rank(), g.world_size()));
+    if rank == 0 {
+        match &group {
+            Some(_) => eprintln!("world size: {world} (MPI)"),
+            None => eprintln!("world size: 1 (single process)"),
+        }
+    }
+    let mut out = train_ranks(a, stop, group.clone());
+    if let Some(g) = &group
+        && world > 1
+    {
+        if let Ok(0 | 4) = out {
+            // Every rank waits for rank 0's files: a rank that exits with a non-zero status
+            // (4, interrupted) while another still runs makes the launcher end the job.
+            if let Err(e) = g.barrier() {
+                out = Err(e.to_string());
+            }
+        }
+        // A rank that fails ends every rank now: the others may be waiting for it in a
+        // collective, and finalizing MPI would wait for them.
+        let code = match &out {
+            Ok(0 | 4) => None,
+            Ok(c) => Some(*c),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Some(2)
+            }
+        };
+        if let Some(c) = code {
+            eprintln!("rank {rank} of {world} failed: ending every rank (exit status {c})");
+            abort_group(g, c);
+        }
+    }
+    // The group (and MPI) ends when `group` drops, after every rank has finished.
+    out.map(ExitCode::from)
+}
+
+/// `ire train` on this rank of `group` (or alone); the exit status.
+fn train_ranks(
+    a: &TrainArgs,
+    stop: &'static AtomicBool,
+    group: Option<Group>,
+) -> std::result::Result<u8, String> {
+    let rank = group.as_ref().map_or(0, |g| g.rank());
     let (kind, why) = resolve(a.backend);
     let ck_path = a.resume.clone();
-    // With --resume, the checkpoint's folder is held before its checkpoint is read.
+    // With --resume, the checkpoint's folder is held before its checkpoint is read. Only rank
+    // 0 holds a folder; every rank reads the checkpoint.
     let (folder, cfg, resume) = match &ck_path {
         Some(path) => {
             if !path.is_file() {
                 // Nothing to hold: say why the checkpoint cannot be read.
                 if let Err(e) = read_checkpoint(path) {
-                    return Ok(fail(&e));
+                    return Ok(fail_status(&e));
                 }
             }
-            let folder = match a.folder(&TrainConfig::default()) {
-                Ok(f) => f,
-                Err(e) => return Ok(fail(&e.into())),
+            let folder = if rank == 0 {
+                match a.folder(&TrainConfig::default()) {
+                    Ok(f) => Some(f),
+                    Err(e) => return Ok(fail_status(&e.into())),
+                }
+            } else {
+                None
             };
             let (ck, ck_cfg, meta) = match read_checkpoint(path) {
                 Ok(r) => r,
-                Err(e) => return Ok(fail(&e)),
+                Err(e) => return Ok(fail_status(&e)),
             };
             let cfg = match a.config(Some(ck_cfg.clone())) {
                 Ok(c) => c,
-                Err(e) => return Ok(fail(&e)),
+                Err(e) => return Ok(fail_status(&e)),
             };
             if let Err(e) = check_resumable(&ck_cfg, &cfg) {
-                return Ok(fail(&e));
+                return Ok(fail_status(&e));
             }
             let from = ResumeFrom {
                 position: metrics_position(&meta),
@@ -404,31 +581,44 @@ fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
         None => {
             let cfg = match a.config(None) {
                 Ok(c) => c,
-                Err(e) => return Ok(fail(&e)),
+                Err(e) => return Ok(fail_status(&e)),
             };
-            match a.folder(&cfg) {
-                Ok(f) => (f, cfg, None),
-                Err(e) => return Ok(fail(&e.into())),
+            if rank == 0 {
+                match a.folder(&cfg) {
+                    Ok(f) => (Some(f), cfg, None),
+                    Err(e) => return Ok(fail_status(&e.into())),
+                }
+            } else {
+                (None, cfg, None)
             }
         }
     };
-    for note in folder.notes() {
-        eprintln!("note: {note}");
+    if let Some(folder) = &folder {
+        for note in folder.notes() {
+            eprintln!("note: {note}");
+        }
+        eprintln!("run folder: {}", folder.dir().display());
     }
-    eprintln!("run folder: {}", folder.dir().display());
     // A folder made for this run goes again if the run leaves nothing in it.
-    let made = (a.resume.is_none() && a.out.is_none()).then(|| folder.dir().to_path_buf());
+    let made = folder
+        .as_ref()
+        .filter(|_| a.resume.is_none() && a.out.is_none())
+        .map(|f| f.dir().to_path_buf());
     let task = TrainRun {
         cfg,
         opts: RunOptions {
-            out_dir: folder.dir().to_path_buf(),
-            progress: !a.quiet,
+            out_dir: folder
+                .as_ref()
+                .map(|f| f.dir().to_path_buf())
+                .unwrap_or_default(),
+            progress: !a.quiet && rank == 0,
             stop_after: a.stop_after,
             overwrite: a.overwrite,
         },
         folder,
         resume,
         stop,
+        group,
     };
     let out = run_on(kind, task);
     if let Some(dir) = made {
@@ -438,8 +628,12 @@ fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
     let (name, out) = out.map_err(|e| e.to_string())?;
     let s = match out {
         Ok(s) => s,
-        Err(e) => return Ok(fail(&e)),
+        Err(e) => return Ok(fail_status(&e)),
     };
+    if rank != 0 {
+        // Rank 0 reports for the group.
+        return Ok(if s.finished { 0 } else { 4 });
+    }
     eprintln!("backend: {name} ({why})");
     if s.already_finished {
         println!(
@@ -489,11 +683,7 @@ fn train_command(a: &TrainArgs) -> std::result::Result<ExitCode, String> {
     for f in &s.files {
         println!("wrote {}", f.display());
     }
-    Ok(if s.finished {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(4)
-    })
+    Ok(if s.finished { 0 } else { 4 })
 }
 
 fn eval_command(a: &EvalArgs) -> std::result::Result<ExitCode, String> {
@@ -722,7 +912,8 @@ fn main() -> ExitCode {
 
 struct TrainRun {
     cfg: TrainConfig,
-    folder: RunFolder,
+    /// Rank 0's (or a single process's) run folder; `None` on the other ranks.
+    folder: Option<RunFolder>,
     resume: Option<(
         ire_models::artifacts::Checkpoint,
         serde_json::Value,
@@ -730,39 +921,48 @@ struct TrainRun {
     )>,
     opts: RunOptions,
     stop: &'static AtomicBool,
+    group: Option<Group>,
 }
 
 impl NnTask for TrainRun {
     type Output = std::result::Result<RunSummary, TrainError>;
     fn run<B: NnOps + 'static>(self, b: B) -> Self::Output {
         let mut t = Trainer::new(b, self.cfg.clone())?;
-        eprintln!(
-            "model {} ({} parameters), {}, {} steps of batch {}{}",
-            t.cfg.model,
-            t.param_count(),
-            t.data().describe(),
-            t.total_steps(),
-            t.cfg.step_batch(),
-            if t.cfg.grad_accum > 1 {
-                format!(
-                    " ({} micro-batches of {})",
-                    t.cfg.grad_accum, t.cfg.batch_size
-                )
-            } else {
-                String::new()
-            }
-        );
+        if let Some(g) = self.group {
+            t = t.with_collective(Box::new(g))?;
+        }
+        let lead = t.rank() == 0;
+        if lead {
+            eprintln!(
+                "model {} ({} parameters), {}, {} steps of batch {}{}",
+                t.cfg.model,
+                t.param_count(),
+                t.data().describe(),
+                t.total_steps(),
+                t.cfg.step_batch(),
+                match (t.cfg.grad_accum, t.cfg.shards) {
+                    (_, Some(g)) => format!(" (in {g} shards)"),
+                    (1, None) => String::new(),
+                    (n, None) => format!(" ({n} micro-batches of {})", t.cfg.batch_size),
+                }
+            );
+        }
         let mut from = None;
         if let Some((ck, meta, r)) = self.resume {
             restore(&mut t, &ck, &meta)?;
-            eprintln!(
-                "resumed from {} at step {}",
-                r.folder.join(folder::CHECKPOINT_FILE).display(),
-                t.step
-            );
+            if lead {
+                eprintln!(
+                    "resumed from {} at step {}",
+                    r.folder.join(folder::CHECKPOINT_FILE).display(),
+                    t.step
+                );
+            }
             from = Some(r);
         }
-        run_in(&mut t, &self.folder, &self.opts, from, self.stop)
+        match &self.folder {
+            Some(f) => run_in(&mut t, f, &self.opts, from, self.stop),
+            None => run_follower(&mut t, &self.opts, from.is_some(), self.stop),
+        }
     }
 }
 

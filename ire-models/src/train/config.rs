@@ -84,6 +84,15 @@ pub struct TrainConfig {
     /// accumulation, nanoGPT's `gradient_accumulation_steps`): a step sees
     /// `batch_size × grad_accum` examples, the same ones a run with that batch size sees.
     pub grad_accum: usize,
+    /// Gradient shards: every step's batch is cut into this many fixed shards (near-equal
+    /// consecutive runs of examples) whose gradients are computed separately and added in
+    /// shard order, whatever the number of processes, so runs on any number of processes that
+    /// divides it give the same numbers bit for bit (see [`crate::train::Trainer`]). Unset:
+    /// one gradient per process, summed by the transport (faster, equal within rounding).
+    /// Each shard is one forward/backward pass, so it does not combine with `grad_accum > 1`
+    /// (cut a larger `batch_size` into more shards instead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<usize>,
     /// Label smoothing ε.
     pub label_smoothing: f64,
     /// Clip the training gradient's global norm to this (0 = off; never applied to ĝ).
@@ -135,6 +144,7 @@ impl Default for TrainConfig {
             steps: 0,
             batch_size: 128,
             grad_accum: 1,
+            shards: None,
             label_smoothing: 0.0,
             clip_grad_norm: 0.0,
             estimator_batch: EstimatorBatch::Current,
@@ -201,6 +211,26 @@ impl TrainConfig {
                 self.grad_accum,
                 "batch_size × grad_accum must fit in memory's address range",
             ));
+        }
+        if let Some(g) = self.shards {
+            if g == 0 {
+                return Err(bad("shards", g, "must be >= 1"));
+            }
+            if g > self.batch_size {
+                return Err(bad(
+                    "shards",
+                    g,
+                    "must be <= batch_size (every shard of a full batch holds an example)",
+                ));
+            }
+            if self.grad_accum > 1 {
+                return Err(bad(
+                    "shards",
+                    g,
+                    "does not combine with grad_accum > 1: each shard is one forward/backward \
+                     pass already (cut a larger batch_size into more shards instead)",
+                ));
+            }
         }
         if self.steps == 0 && self.epochs == 0 {
             return Err(bad("epochs", self.epochs, "epochs or steps must be >= 1"));

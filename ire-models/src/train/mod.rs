@@ -18,7 +18,7 @@ pub mod trainer;
 pub use choices::{EstimatorBatch, EstimatorForward, EstimatorKind, GammaChoice, ThresholdKind};
 pub use config::{DatasetKind, TrainConfig};
 pub use config_error::ConfigError;
-pub use optimizer::{AnyOptimizer, OptimizerConfig, OptimizerKind};
+pub use optimizer::{AnyOptimizer, MaskSummary, OptimizerConfig, OptimizerKind};
 pub use run_error::RunError;
 pub use train_error::TrainError;
 pub use trainer::{EvalMetrics, StepMetrics, Trainer};

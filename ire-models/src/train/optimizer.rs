@@ -295,6 +295,21 @@ impl<B: NnOps> AnyOptimizer<B> {
         })
     }
 
+    /// The IRE mask's flat count and hash ([`MaskSummary`]; `None` for the base optimizers).
+    pub fn mask_summary(&self, b: &B) -> Result<Option<MaskSummary>> {
+        let masks = match self {
+            AnyOptimizer::SgdIre(o) => o.mask(),
+            AnyOptimizer::SamIre(o) => o.mask(),
+            AnyOptimizer::Admire(o) => o.mask(),
+            _ => return Ok(None),
+        };
+        let mut s = MaskSummary::EMPTY;
+        for m in masks {
+            s.add(&b.to_vec(m)?);
+        }
+        Ok(Some(s))
+    }
+
     /// The optimizer's state.
     pub fn save(&self, b: &B) -> Result<StateDict> {
         match self {
@@ -320,6 +335,39 @@ impl<B: NnOps> AnyOptimizer<B> {
     }
 }
 
+/// What a run records of the IRE mask: the number of flat coordinates and the 64-bit FNV-1a
+/// hash of the mask bytes (one byte per coordinate, 0 = sharp, 1 = flat, the tensors'
+/// masks concatenated in order), so two runs can be compared mask for mask from their metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaskSummary {
+    /// Flat coordinates (non-zero mask bytes).
+    pub flat: usize,
+    /// FNV-1a 64 of the mask bytes.
+    pub fnv1a64: u64,
+}
+
+impl MaskSummary {
+    /// The summary of no byte (FNV-1a's offset basis).
+    pub const EMPTY: MaskSummary = MaskSummary {
+        flat: 0,
+        fnv1a64: 0xcbf2_9ce4_8422_2325,
+    };
+
+    /// Appends `bytes` to the summarized mask.
+    pub fn add(&mut self, bytes: &[u8]) {
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        for &x in bytes {
+            self.fnv1a64 = (self.fnv1a64 ^ u64::from(x)).wrapping_mul(PRIME);
+            self.flat += usize::from(x != 0);
+        }
+    }
+
+    /// The hash as 16 lowercase hex digits.
+    pub fn hash_hex(&self) -> String {
+        format!("{:016x}", self.fnv1a64)
+    }
+}
+
 fn ire_ctx<B: NnOps>(lr: f64, est: Option<&[B::Buffer<f32>]>) -> IreStep<'_, B, f32> {
     IreStep {
         lr,
@@ -332,6 +380,21 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use ire_core::optim::{GammaSchedule, ThresholdRule};
+
+    #[test]
+    fn the_mask_hash_is_fnv1a_64() {
+        // Reference values of FNV-1a 64: "" → cbf29ce484222325, "a" → af63dc4c8601ec8c.
+        assert_eq!(MaskSummary::EMPTY.hash_hex(), "cbf29ce484222325");
+        let mut s = MaskSummary::EMPTY;
+        s.add(b"a");
+        assert_eq!(s.hash_hex(), "af63dc4c8601ec8c");
+        let (mut whole, mut parts) = (MaskSummary::EMPTY, MaskSummary::EMPTY);
+        whole.add(&[0, 1, 1, 0, 1]);
+        parts.add(&[0, 1]);
+        parts.add(&[1, 0, 1]);
+        assert_eq!(whole, parts);
+        assert_eq!(whole.flat, 3);
+    }
 
     #[test]
     fn the_threshold_rule_and_gamma_schedule_reach_the_optimizer() {

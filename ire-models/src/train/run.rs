@@ -6,6 +6,13 @@
 //! ([`History`]); a checkpoint is written only from a healthy state (finite parameters, model
 //! and optimizer state, a finite loss at those parameters), so a divergence keeps the last good
 //! checkpoint; every checkpoint records its data's [`DataFingerprint`], checked when restored.
+//!
+//! In a data-parallel group ([`Trainer::with_collective`]) rank 0 runs [`run_in`] and alone
+//! writes the folder (metrics, plots, checkpoints, weights); the other ranks run
+//! [`run_follower`], which takes the same steps and writes nothing. Both decide together when
+//! to stop ([`Trainer::any_rank`]), so an interruption seen by one rank stops all at the same
+//! step. A checkpoint holds nothing of any rank but rank 0's model and optimizer state, which
+//! every rank shares, so it resumes on any number of ranks.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +27,7 @@ use super::folder::{CHECKPOINT_FILE, Claim, METRICS_FILE, RunFolder, WEIGHTS_FIL
 use super::history::{self, History, HistoryMark};
 use super::run_error::RunError;
 use super::train_error::{FieldDifference, TrainError};
-use super::trainer::{EvalMetrics, Trainer};
+use super::trainer::{EvalMetrics, StepMetrics, Trainer};
 use crate::artifacts::{self, Checkpoint, Series};
 use crate::nn::NnOps;
 
@@ -370,7 +377,7 @@ pub fn run_in<B: NnOps>(
     {
         return finished_already(t, &r.folder.join(METRICS_FILE), unit);
     }
-    if stop.load(Ordering::SeqCst) || opts.stop_after == Some(0) {
+    if stops_before_training(t, opts, stop)? {
         // Interrupted before training started (while the data loaded): nothing is touched.
         return Ok(RunSummary {
             steps: t.step,
@@ -437,13 +444,14 @@ pub fn run_in<B: NnOps>(
     let (mut win_loss, mut win_acc, mut win_refresh) = window;
     let mut last_loss = f64::NAN;
     let mut finished = true;
+    let world = t.world_size();
     while t.step < total {
-        if stop.load(Ordering::SeqCst) || opts.stop_after.is_some_and(|s| t.step - start_step >= s)
-        {
+        let Some(m) =
+            next_step(t, start_step, opts, stop).map_err(|e| diverged(e, &kept, t.step))?
+        else {
             finished = false;
             break;
-        }
-        let m = t.train_step().map_err(|e| diverged(e, &kept, t.step))?;
+        };
         images += m.n * t.model().rows_per_example();
         win_loss.push(m.loss);
         win_acc.push(m.acc);
@@ -452,10 +460,17 @@ pub fn run_in<B: NnOps>(
         if s % t.cfg.log_every == 0 || s == total {
             let ips = images as f64 / start.elapsed().as_secs_f64().max(1e-9);
             last_loss = mean(&win_loss);
-            history.append(
-                json!({"kind": "train", "step": s, "epoch": m.epoch, "lr": m.lr, "loss": last_loss,
-                       "acc": mean(&win_acc), "kappa": m.kappa, "refreshes": win_refresh, "images_per_sec": ips}),
-            )?;
+            let mut line = json!({"kind": "train", "step": s, "epoch": m.epoch, "lr": m.lr, "loss": last_loss,
+                       "acc": mean(&win_acc), "kappa": m.kappa, "refreshes": win_refresh, "images_per_sec": ips,
+                       "world_size": world});
+            if win_refresh > 0
+                && let Some(mask) = t.mask_summary()?
+            {
+                // The mask after the last refresh of this line's steps.
+                line["flat"] = json!(mask.flat);
+                line["mask_fnv1a64"] = json!(mask.hash_hex());
+            }
+            history.append(line)?;
             if let Some(pb) = &bar {
                 pb.set_message(format!(
                     "loss {last_loss:.4} acc {:.3} {ips:.0} {unit}/s",
@@ -469,7 +484,8 @@ pub fn run_in<B: NnOps>(
         if t.cfg.eval_every > 0 && s % t.cfg.eval_every == 0 && s < total {
             let e = t.evaluate().map_err(|e| diverged(e, &kept, t.step))?;
             history.append(
-                json!({"kind": "eval", "step": s, "epoch": s as f64 / spe as f64, "loss": e.loss, "acc": e.acc, "n": e.n}),
+                json!({"kind": "eval", "step": s, "epoch": s as f64 / spe as f64, "loss": e.loss, "acc": e.acc, "n": e.n,
+                       "world_size": world}),
             )?;
         }
         if t.cfg.checkpoint_every > 0 && s % t.cfg.checkpoint_every == 0 && s < total {
@@ -497,7 +513,8 @@ pub fn run_in<B: NnOps>(
     if finished {
         let e = t.evaluate().map_err(|e| diverged(e, &kept, t.step))?;
         history.append(
-            json!({"kind": "eval", "step": t.step, "epoch": t.step as f64 / spe as f64, "loss": e.loss, "acc": e.acc, "n": e.n}),
+            json!({"kind": "eval", "step": t.step, "epoch": t.step as f64 / spe as f64, "loss": e.loss, "acc": e.acc, "n": e.n,
+                   "world_size": world}),
         )?;
         eval = Some(e);
         files.extend(plots(folder.dir(), history.lines(), &t.cfg)?);
@@ -531,6 +548,82 @@ pub fn run_in<B: NnOps>(
         unit,
         already_finished: false,
     })
+}
+
+/// Whether the run stops before its first step (interrupted while the data loaded, or
+/// `--stop-after 0`), decided by all ranks together.
+fn stops_before_training<B: NnOps>(
+    t: &Trainer<B>,
+    opts: &RunOptions,
+    stop: &AtomicBool,
+) -> Result<bool, TrainError> {
+    Ok(t.any_rank(stop.load(Ordering::SeqCst) || opts.stop_after == Some(0))?)
+}
+
+/// The next step, unless the run stops before it (`stop` set, or `opts.stop_after` steps
+/// taken since `start_step`, on any rank).
+fn next_step<B: NnOps>(
+    t: &mut Trainer<B>,
+    start_step: u64,
+    opts: &RunOptions,
+    stop: &AtomicBool,
+) -> Result<Option<StepMetrics>, TrainError> {
+    let here =
+        stop.load(Ordering::SeqCst) || opts.stop_after.is_some_and(|s| t.step - start_step >= s);
+    if t.any_rank(here)? {
+        return Ok(None);
+    }
+    t.train_step().map(Some)
+}
+
+/// The part of [`run_in`] that ranks other than 0 of a data-parallel group run: the same
+/// steps, the same decisions to stop, no file read or written. The summary has the steps and
+/// whether the run finished (no losses, evaluation or files: rank 0 has those).
+pub fn run_follower<B: NnOps>(
+    t: &mut Trainer<B>,
+    opts: &RunOptions,
+    resumed: bool,
+    stop: &AtomicBool,
+) -> Result<RunSummary, TrainError> {
+    let total = t.total_steps();
+    let unit = if matches!(t.data(), super::source::Source::Text { .. }) {
+        "tokens"
+    } else {
+        "images"
+    };
+    let mut summary = RunSummary {
+        steps: t.step,
+        finished: false,
+        train_loss: f64::NAN,
+        eval: None,
+        seconds: 0.0,
+        images_per_sec: 0.0,
+        seconds_per_epoch: 0.0,
+        files: Vec::new(),
+        unit,
+        already_finished: false,
+    };
+    // The same sequence of decisions as `run_in`, so that every collective call matches.
+    if resumed && t.step >= total {
+        summary.finished = true;
+        summary.already_finished = true;
+        return Ok(summary);
+    }
+    if stops_before_training(t, opts, stop)? {
+        return Ok(summary);
+    }
+    let start = Instant::now();
+    let start_step = t.step;
+    summary.finished = true;
+    while t.step < total {
+        if next_step(t, start_step, opts, stop)?.is_none() {
+            summary.finished = false;
+            break;
+        }
+    }
+    summary.steps = t.step;
+    summary.seconds = start.elapsed().as_secs_f64();
+    Ok(summary)
 }
 
 /// The summary of a run whose checkpoint is at its last step: its history's last lines.

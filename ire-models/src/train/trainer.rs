@@ -5,15 +5,42 @@
 //! updated); optional clipping of the training gradient; for SAM the second forward/backward
 //! at the perturbed point (statistics frozen); the optimizer step at the scheduled rate.
 //! Every random choice is derived from `(seed, step)`, so a resumed run is bit-identical.
+//!
+//! # Data parallelism
+//!
+//! A trainer given a [`Collective`] ([`Trainer::with_collective`]) is one rank of a group that
+//! trains one model. Every rank draws the same step batch (same seed, same step) and computes
+//! the gradients of its share of it; the training gradient, the estimator gradient, the loss
+//! sum and the correct count are summed over the ranks, each loss gradient being scaled by
+//! 1/rows of the WHOLE step batch, so every rank holds the mean gradient of the whole batch.
+//! Everything after that (clipping, SAM's perturbation, the optimizer step, IRE's threshold)
+//! runs on every rank on identical numbers, so the parameters stay identical on every rank.
+//! The shares, for a step batch of `n` examples over `W` ranks:
+//! - without `shards`: rank `r` takes part `r` of `Batch::micro_ranges(n, W)` (cut again into
+//!   `grad_accum` micro-batches), and the gradients are all-reduced; the rounding of that sum
+//!   depends on `W` and on the transport;
+//! - with `shards = G` (a multiple of `W`): the batch is always cut into the same `G` shards,
+//!   rank `r` computes shards `r, r + W, …` each into a gradient of its own, every rank gathers
+//!   all `G` shard gradients and adds them in shard order `0, 1, …, G − 1`: the same
+//!   additions whatever `W`, so runs on any `W` dividing `G` agree bit for bit. The cost: an
+//!   all-gather of `G` gradients (`G × 4` bytes per parameter to every rank, and as much memory)
+//!   instead of an all-reduce of one; fine for small models. For large ones, a fixed-order
+//!   reduction that moves one gradient (a chain or a tree over the shards with the order fixed
+//!   by shard, not by rank) would keep the guarantee at the cost of an all-reduce.
+//!
+//! Batch-norm statistics are per rank: each forward normalizes with the statistics of the
+//! examples it sees (a rank's micro-batch or shard), and each rank's running statistics follow
+//! its own examples; a checkpoint and the weights file hold rank 0's.
 
 use std::ops::Range;
 
-use ire_core::{LrSchedule, Result as CoreResult};
+use ire_core::collective::{BufMut, SingleProcess};
+use ire_core::{Collective, LrSchedule, Result as CoreResult};
 
 use super::choices::{EstimatorBatch, EstimatorForward};
 use super::config::TrainConfig;
 use super::config_error::ConfigError;
-use super::optimizer::AnyOptimizer;
+use super::optimizer::{AnyOptimizer, MaskSummary};
 use super::source::{Input, Source};
 use super::train_error::TrainError;
 use crate::data::{Batch, ImageDataset};
@@ -54,6 +81,42 @@ pub struct EvalMetrics {
     pub n: usize,
 }
 
+/// Which examples of a batch this process computes, and how their gradients combine.
+enum Plan {
+    /// Micro-batches summed into one gradient here, nothing shared (a single process, or a
+    /// computation of this rank alone).
+    Local(Vec<Range<usize>>),
+    /// This rank's micro-batches summed into one gradient, then all-reduced over the ranks.
+    Reduce(Vec<Range<usize>>),
+    /// Of `count` shards, this rank's (shards `rank, rank + W, …`, in that order), each
+    /// computed into a gradient of its own; every shard gradient is gathered and they are
+    /// added in shard order.
+    Shards {
+        /// G.
+        count: usize,
+        /// This rank's shards.
+        mine: Vec<Range<usize>>,
+    },
+}
+
+/// The gradient arenas a pass writes.
+#[derive(Clone, Copy)]
+struct Targets {
+    train: bool,
+    est: bool,
+}
+
+/// `n` examples in exactly `parts` near-equal consecutive ranges ([`Batch::micro_ranges`]),
+/// the last ones empty when `n < parts`.
+fn exact_ranges(n: usize, parts: usize) -> Vec<Range<usize>> {
+    let mut r = Batch::micro_ranges(n, parts);
+    if n == 0 {
+        r.clear();
+    }
+    r.resize(parts, n..n);
+    r
+}
+
 // Stream identifiers of the derived generators.
 const INIT_STREAM: u64 = 0x1A17;
 const SAMPLE_STREAM: u64 = 0x5A3F;
@@ -77,6 +140,7 @@ pub struct Trainer<B: NnOps + 'static> {
     fixed: Option<Batch>,
     schedule: LrSchedule,
     total_steps: u64,
+    comm: Option<Box<dyn Collective>>,
     /// Steps taken.
     pub step: u64,
 }
@@ -188,9 +252,61 @@ impl<B: NnOps + 'static> Trainer<B> {
             fixed: None,
             schedule,
             total_steps,
+            comm: None,
             step: 0,
             cfg,
         })
+    }
+
+    /// Makes this trainer one rank of the data-parallel group `comm` (see the module
+    /// documentation), before its first step. Every rank of the group must be built from the
+    /// same configuration and data and take the same steps. Refused when `shards` is set and
+    /// is not a multiple of the group's size. The trainer owns the handle; it is not `Send`
+    /// (MPI wants its calls from the thread that started it).
+    pub fn with_collective(mut self, comm: Box<dyn Collective>) -> Result<Self, TrainError> {
+        let w = comm.world_size();
+        if let Some(g) = self.cfg.shards
+            && !g.is_multiple_of(w)
+        {
+            return Err(ConfigError::OutOfRange {
+                field: "shards",
+                value: format!("{g} on {w} processes"),
+                why: "must be a multiple of the number of processes",
+            }
+            .into());
+        }
+        self.comm = Some(comm);
+        Ok(self)
+    }
+
+    /// This process's rank in its data-parallel group (0 without one).
+    pub fn rank(&self) -> usize {
+        self.comm.as_ref().map_or(0, |c| c.rank())
+    }
+
+    /// The number of processes training together (1 without a group).
+    pub fn world_size(&self) -> usize {
+        self.comm.as_ref().map_or(1, |c| c.world_size())
+    }
+
+    fn comm(&self) -> &dyn Collective {
+        match &self.comm {
+            Some(c) => c.as_ref(),
+            None => &SingleProcess,
+        }
+    }
+
+    /// Whether `local` holds on any rank (an all-reduce of one number): every rank calls it at
+    /// the same point and gets the same answer, so all stop at the same step.
+    pub fn any_rank(&self, local: bool) -> CoreResult<bool> {
+        let mut v = [u32::from(local)];
+        self.comm().all_reduce_sum(BufMut::U32(&mut v))?;
+        Ok(v[0] > 0)
+    }
+
+    /// The IRE mask's flat count and hash (`None` for the base optimizers).
+    pub fn mask_summary(&self) -> CoreResult<Option<MaskSummary>> {
+        self.opt.mask_summary(&self.b)
     }
 
     /// The backend.
@@ -347,24 +463,193 @@ impl<B: NnOps + 'static> Trainer<B> {
         }
     }
 
-    /// Forward + loss + backward of `batch` into `self.grads` (zeroed first), in `parts`
-    /// micro-batches (`cfg.grad_accum` for a training step): the model's backward adds into the gradient and every
-    /// micro-batch's loss gradient is scaled by 1/rows of the WHOLE batch, so the sum is the
-    /// whole batch's mean gradient (equal to one large batch up to the order of the sums).
+    /// This rank's share of a step batch of `n` examples, in `accum` micro-batches (see the
+    /// module documentation).
+    fn plan(&self, n: usize, accum: usize) -> Plan {
+        let (w, rank) = (self.world_size(), self.rank());
+        match (self.cfg.shards, &self.comm) {
+            (Some(count), _) => Plan::Shards {
+                count,
+                mine: exact_ranges(n, count)
+                    .into_iter()
+                    .skip(rank)
+                    .step_by(w)
+                    .collect(),
+            },
+            (None, None) => Plan::Local(Batch::micro_ranges(n, accum)),
+            (None, Some(_)) => {
+                let part = exact_ranges(n, w).swap_remove(rank);
+                let micro = if part.is_empty() {
+                    Vec::new()
+                } else {
+                    Batch::micro_ranges(part.len(), accum)
+                        .into_iter()
+                        .map(|r| r.start + part.start..r.end + part.start)
+                        .collect()
+                };
+                Plan::Reduce(micro)
+            }
+        }
+    }
+
+    fn zero(&mut self, t: Targets) -> CoreResult<()> {
+        if t.train {
+            self.b.fill(&mut self.grads[0], 0.0f32)?;
+        }
+        if t.est {
+            self.b.fill(&mut self.est_grads[0], 0.0f32)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `body` (forward, loss, backward into the `targets` arenas; returns the loss sum and
+    /// the correct rows of its range) over the ranges of `plan`, and leaves in the targets the
+    /// gradient of all ranges of every rank; returns the loss sum and the correct rows of all.
+    fn combined(
+        &mut self,
+        plan: Plan,
+        targets: Targets,
+        mut body: impl FnMut(&mut Self, &Range<usize>) -> Result<(f64, usize), TrainError>,
+    ) -> Result<(f64, usize), TrainError> {
+        let (ranges, reduce) = match plan {
+            Plan::Local(r) => (r, false),
+            Plan::Reduce(r) => (r, true),
+            Plan::Shards { count, mine } => return self.sharded(count, mine, targets, body),
+        };
+        self.zero(targets)?;
+        let (mut loss_sum, mut correct) = (0.0, 0);
+        for r in ranges.iter().filter(|r| !r.is_empty()) {
+            let (l, k) = body(self, r)?;
+            loss_sum += l;
+            correct += k;
+        }
+        if !reduce {
+            return Ok((loss_sum, correct));
+        }
+        for (on, est) in [(targets.train, false), (targets.est, true)] {
+            if on {
+                let buf = if est {
+                    &self.est_grads[0]
+                } else {
+                    &self.grads[0]
+                };
+                let mut host = self.b.to_vec(buf)?;
+                self.comm().all_reduce_sum(BufMut::F32(&mut host))?;
+                let buf = if est {
+                    &mut self.est_grads[0]
+                } else {
+                    &mut self.grads[0]
+                };
+                self.b.upload(buf, &host)?;
+            }
+        }
+        // Correct counts are exact in an f64 up to 2^53.
+        let mut sums = [loss_sum, correct as f64];
+        self.comm().all_reduce_sum(BufMut::F64(&mut sums))?;
+        Ok((sums[0], sums[1] as usize))
+    }
+
+    /// [`Self::combined`] for `count` shards: each of this rank's shards into a gradient of its
+    /// own, all shard gradients gathered on every rank and added in shard order.
+    fn sharded(
+        &mut self,
+        count: usize,
+        mine: Vec<Range<usize>>,
+        targets: Targets,
+        mut body: impl FnMut(&mut Self, &Range<usize>) -> Result<(f64, usize), TrainError>,
+    ) -> Result<(f64, usize), TrainError> {
+        let (p, w, k) = (self.param_count(), self.world_size(), mine.len());
+        let mut train = vec![0f32; if targets.train { k * p } else { 0 }];
+        let mut est = vec![0f32; if targets.est { k * p } else { 0 }];
+        let mut sums = vec![0f64; 2 * k];
+        for (j, r) in mine.iter().enumerate() {
+            self.zero(targets)?;
+            if !r.is_empty() {
+                let (l, c) = body(self, r)?;
+                sums[2 * j] = l;
+                sums[2 * j + 1] = c as f64;
+            }
+            if targets.train {
+                self.b
+                    .download(&self.grads[0], &mut train[j * p..(j + 1) * p])?;
+            }
+            if targets.est {
+                self.b
+                    .download(&self.est_grads[0], &mut est[j * p..(j + 1) * p])?;
+            }
+        }
+        // Gathered in rank order: rank q's j-th shard (shard q + jW) is block qk + j.
+        let block = |g: usize| (g % w) * k + g / w;
+        for (on, host, is_est) in [(targets.train, &train, false), (targets.est, &est, true)] {
+            if !on {
+                continue;
+            }
+            let mut all = vec![0f32; count * p];
+            self.comm()
+                .all_gather(host.as_slice().into(), BufMut::F32(&mut all))?;
+            let mut total = vec![0f32; p];
+            for g in 0..count {
+                let b = block(g) * p;
+                for (t, v) in total.iter_mut().zip(&all[b..b + p]) {
+                    *t += *v;
+                }
+            }
+            let buf = if is_est {
+                &mut self.est_grads[0]
+            } else {
+                &mut self.grads[0]
+            };
+            self.b.upload(buf, &total)?;
+        }
+        let mut all = vec![0f64; 2 * count];
+        self.comm()
+            .all_gather(sums.as_slice().into(), BufMut::F64(&mut all))?;
+        let (mut loss_sum, mut correct) = (0.0, 0.0);
+        for g in 0..count {
+            loss_sum += all[2 * block(g)];
+            correct += all[2 * block(g) + 1];
+        }
+        Ok((loss_sum, correct as usize))
+    }
+
+    /// Forward + loss + backward of `batch` into `self.grads` (zeroed first), over the ranges
+    /// of `plan` (this rank's share of a training step in `cfg.grad_accum` micro-batches, or
+    /// local ones): the model's backward adds into the gradient and every micro-batch's loss
+    /// gradient is scaled by 1/rows of the WHOLE batch, so the sum is the whole batch's mean
+    /// gradient (equal to one large batch up to the order of the sums).
     /// `uploaded`: the batch is already in the input buffers. Returns the mean loss per logit
     /// row and the number of correct rows.
     fn loss_and_grad(
         &mut self,
         batch: &Batch,
-        parts: usize,
+        plan: Plan,
+        uploaded: bool,
+        mode: BnMode,
+    ) -> Result<(f64, usize), TrainError> {
+        let total_rows = self.rows(batch.n);
+        let targets = Targets {
+            train: true,
+            est: false,
+        };
+        let (loss_sum, correct) = self.combined(plan, targets, |t, r| {
+            t.loss_and_grad_of(batch, r, uploaded, mode)
+        })?;
+        Ok((loss_sum / total_rows as f64, correct))
+    }
+
+    /// [`Self::loss_and_grad`]'s work on the examples `r` of `batch`: adds their gradient into
+    /// `self.grads`; returns their loss sum and correct rows.
+    fn loss_and_grad_of(
+        &mut self,
+        batch: &Batch,
+        r: &Range<usize>,
         uploaded: bool,
         mode: BnMode,
     ) -> Result<(f64, usize), TrainError> {
         let c = self.model.num_classes();
         let total_rows = self.rows(batch.n);
-        self.b.fill(&mut self.grads[0], 0.0f32)?;
-        let (mut loss_sum, mut correct) = (0.0, 0);
-        for r in Batch::micro_ranges(batch.n, parts) {
+        {
+            let r = r.clone();
             let (n, rows) = (r.len(), self.rows(r.len()));
             self.upload_part(batch, &r, uploaded)?;
             self.ensure_logit_buffers(rows)?;
@@ -393,10 +678,8 @@ impl<B: NnOps + 'static> Trainer<B> {
                 &self.dlogits,
                 n,
             )?;
-            loss_sum += loss;
-            correct += ok;
+            Ok((loss, ok))
         }
-        Ok((loss_sum / total_rows as f64, correct))
     }
 
     /// Scales the training gradient to the clipping norm when it is larger.
@@ -418,58 +701,73 @@ impl<B: NnOps + 'static> Trainer<B> {
 
     /// The estimator gradient ĝ: labels sampled from the model's softmax on the estimator
     /// batch, batch-norm statistics frozen; written into `est_grads`, accumulated over the
-    /// micro-batches like the training gradient. Each micro-batch samples with its own rows of
-    /// the step's uniforms, so the labels are those of one pass over the whole batch.
+    /// micro-batches (and ranks) like the training gradient. Each micro-batch samples with its
+    /// own rows of the step's uniforms, so the labels are those of one pass over the whole batch.
     fn estimator_pass(&mut self, batch: &Batch, uploaded: bool) -> Result<(), TrainError> {
-        let c = self.model.num_classes();
         let total_rows = self.rows(batch.n);
         let u = self.estimator_uniforms(self.step, total_rows);
-        self.b.fill(&mut self.est_grads[0], 0.0f32)?;
-        for r in Batch::micro_ranges(batch.n, self.cfg.grad_accum) {
-            let (n, rows) = (r.len(), self.rows(r.len()));
-            self.upload_part(batch, &r, uploaded)?;
-            self.ensure_logit_buffers(rows)?;
-            self.model.forward(
-                &self.b,
-                &self.params[0],
-                &self.x,
-                n,
-                BnMode::Train {
-                    update_running: false,
-                },
-            )?;
-            let first = self.rows(r.start);
-            self.b.upload(&mut self.uniforms, &u[first..first + rows])?;
-            self.b.sample_labels(
+        let plan = self.plan(batch.n, self.cfg.grad_accum);
+        let targets = Targets {
+            train: false,
+            est: true,
+        };
+        self.combined(plan, targets, |t, r| {
+            t.upload_part(batch, r, uploaded)?;
+            let mode = BnMode::Train {
+                update_running: false,
+            };
+            t.estimator_backward(r, &u, total_rows, mode)?;
+            Ok((0.0, 0))
+        })?;
+        Ok(())
+    }
+
+    /// The estimator's half of a pass over the examples `r` (already in the input buffers):
+    /// forward, labels sampled from the logits with rows `r` of the step's uniforms `u`, and
+    /// backward into `est_grads` with the loss gradient scaled by 1/`total_rows`.
+    fn estimator_backward(
+        &mut self,
+        r: &Range<usize>,
+        u: &[f32],
+        total_rows: usize,
+        mode: BnMode,
+    ) -> Result<(), TrainError> {
+        let c = self.model.num_classes();
+        let (n, rows) = (r.len(), self.rows(r.len()));
+        self.ensure_logit_buffers(rows)?;
+        self.model
+            .forward(&self.b, &self.params[0], &self.x, n, mode)?;
+        let first = self.rows(r.start);
+        self.b.upload(&mut self.uniforms, &u[first..first + rows])?;
+        self.b.sample_labels(
+            self.model.logits(),
+            rows,
+            c,
+            &self.uniforms,
+            &mut self.sampled,
+        )?;
+        self.b
+            .softmax_xent(
                 self.model.logits(),
+                &self.sampled,
                 rows,
                 c,
-                &self.uniforms,
-                &mut self.sampled,
-            )?;
-            self.b
-                .softmax_xent(
-                    self.model.logits(),
-                    &self.sampled,
-                    rows,
-                    c,
-                    0.0,
-                    1.0 / total_rows as f64,
-                    &mut self.dlogits,
-                )
-                .map_err(|e| TrainError::Diverged {
-                    step: self.step,
-                    what: e.to_string(),
-                })?;
-            self.model.backward(
-                &self.b,
-                &self.params[0],
-                &mut self.est_grads[0],
-                &self.x,
-                &self.dlogits,
-                n,
-            )?;
-        }
+                0.0,
+                1.0 / total_rows as f64,
+                &mut self.dlogits,
+            )
+            .map_err(|e| TrainError::Diverged {
+                step: self.step,
+                what: e.to_string(),
+            })?;
+        self.model.backward(
+            &self.b,
+            &self.params[0],
+            &mut self.est_grads[0],
+            &self.x,
+            &self.dlogits,
+            n,
+        )?;
         Ok(())
     }
 
@@ -482,72 +780,36 @@ impl<B: NnOps + 'static> Trainer<B> {
         let c = self.model.num_classes();
         let total_rows = self.rows(batch.n);
         let u = self.estimator_uniforms(self.step, total_rows);
-        let diverged = |step: u64| {
-            move |e: ire_core::Error| TrainError::Diverged {
-                step,
-                what: e.to_string(),
-            }
+        let plan = self.plan(batch.n, self.cfg.grad_accum);
+        let targets = Targets {
+            train: true,
+            est: true,
         };
-        self.b.fill(&mut self.est_grads[0], 0.0f32)?;
-        self.b.fill(&mut self.grads[0], 0.0f32)?;
-        let (mut loss_sum, mut correct) = (0.0, 0);
-        for r in Batch::micro_ranges(batch.n, self.cfg.grad_accum) {
-            let (n, rows) = (r.len(), self.rows(r.len()));
-            self.upload_part(batch, &r, false)?;
-            self.ensure_logit_buffers(rows)?;
+        let (loss_sum, correct) = self.combined(plan, targets, |t, r| {
+            t.upload_part(batch, r, false)?;
             let mode = BnMode::Train {
                 update_running: true,
             };
-            self.model
-                .forward(&self.b, &self.params[0], &self.x, n, mode)?;
-            let first = self.rows(r.start);
-            self.b.upload(&mut self.uniforms, &u[first..first + rows])?;
-            let logits = self.model.logits();
-            self.b
-                .sample_labels(logits, rows, c, &self.uniforms, &mut self.sampled)?;
-            let scale = 1.0 / total_rows as f64;
-            self.b
-                .softmax_xent(
-                    logits,
-                    &self.sampled,
+            t.estimator_backward(r, &u, total_rows, mode)?;
+            let (n, rows) = (r.len(), t.rows(r.len()));
+            let (loss, ok) =
+                t.b.softmax_xent(
+                    t.model.logits(),
+                    &t.y,
                     rows,
                     c,
-                    0.0,
-                    scale,
-                    &mut self.dlogits,
+                    t.cfg.label_smoothing,
+                    1.0 / total_rows as f64,
+                    &mut t.dlogits,
                 )
-                .map_err(diverged(self.step))?;
-            self.model.backward(
-                &self.b,
-                &self.params[0],
-                &mut self.est_grads[0],
-                &self.x,
-                &self.dlogits,
-                n,
-            )?;
-            let (loss, ok) = self
-                .b
-                .softmax_xent(
-                    self.model.logits(),
-                    &self.y,
-                    rows,
-                    c,
-                    self.cfg.label_smoothing,
-                    scale,
-                    &mut self.dlogits,
-                )
-                .map_err(diverged(self.step))?;
-            self.model.backward(
-                &self.b,
-                &self.params[0],
-                &mut self.grads[0],
-                &self.x,
-                &self.dlogits,
-                n,
-            )?;
-            loss_sum += loss;
-            correct += ok;
-        }
+                .map_err(|e| TrainError::Diverged {
+                    step: t.step,
+                    what: e.to_string(),
+                })?;
+            t.model
+                .backward(&t.b, &t.params[0], &mut t.grads[0], &t.x, &t.dlogits, n)?;
+            Ok((loss, ok))
+        })?;
         Ok((loss_sum / total_rows as f64, correct))
     }
 
@@ -585,9 +847,10 @@ impl<B: NnOps + 'static> Trainer<B> {
         let (loss, correct) = if shared {
             self.shared_pass(&batch)?
         } else {
+            let plan = self.plan(batch.n, accum);
             self.loss_and_grad(
                 &batch,
-                accum,
+                plan,
                 uploaded,
                 BnMode::Train {
                     update_running: true,
@@ -607,9 +870,10 @@ impl<B: NnOps + 'static> Trainer<B> {
             let est = want_est.then_some(&self.est_grads[..]);
             self.opt
                 .perturb(&self.b, &mut self.params, &self.grads, est)?;
+            let plan = self.plan(batch.n, accum);
             self.loss_and_grad(
                 &batch,
-                accum,
+                plan,
                 true,
                 BnMode::Train {
                     update_running: false,
@@ -623,6 +887,11 @@ impl<B: NnOps + 'static> Trainer<B> {
         } else {
             None
         };
+        // In a data-parallel group every rank holds the same, all-reduced gradients and
+        // estimator gradient here, so the step (and IRE's threshold, selected locally over the
+        // whole estimate) gives the same parameters and mask on every rank. The distributed
+        // selection of `ire_core::collective::select` is for an estimate sharded over the ranks,
+        // which this trainer does not do.
         let (kappa, refreshed) = self.opt.step(&self.b, params, grads, lr, est)?;
         let m = StepMetrics {
             step: self.step,
@@ -703,7 +972,7 @@ impl<B: NnOps + 'static> Trainer<B> {
                 let rows = self.rows(batch.n);
                 let (l, _) = self.loss_and_grad(
                     batch,
-                    1,
+                    Plan::Local(Batch::micro_ranges(batch.n, 1)),
                     false,
                     BnMode::Train {
                         update_running: false,
