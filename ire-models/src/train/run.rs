@@ -76,6 +76,24 @@ pub struct RunSummary {
     pub already_finished: bool,
 }
 
+impl RunSummary {
+    /// Nothing trained yet: `steps` taken before, no loss, no time, no file.
+    fn untrained(steps: u64, unit: &'static str) -> Self {
+        RunSummary {
+            steps,
+            finished: false,
+            train_loss: f64::NAN,
+            eval: None,
+            seconds: 0.0,
+            images_per_sec: 0.0,
+            seconds_per_epoch: 0.0,
+            files: Vec::new(),
+            unit,
+            already_finished: false,
+        }
+    }
+}
+
 /// The checkpoint file of a run folder.
 pub fn checkpoint_path(out: &Path) -> PathBuf {
     out.join(CHECKPOINT_FILE)
@@ -379,18 +397,7 @@ pub fn run_in<B: NnOps>(
     }
     if stops_before_training(t, opts, stop)? {
         // Interrupted before training started (while the data loaded): nothing is touched.
-        return Ok(RunSummary {
-            steps: t.step,
-            finished: false,
-            train_loss: f64::NAN,
-            eval: None,
-            seconds: 0.0,
-            images_per_sec: 0.0,
-            seconds_per_epoch: 0.0,
-            files: Vec::new(),
-            unit,
-            already_finished: false,
-        });
+        return Ok(RunSummary::untrained(t.step, unit));
     }
     let (mut history, mut kept, window) = match &resume {
         None => {
@@ -591,18 +598,7 @@ pub fn run_follower<B: NnOps>(
     } else {
         "images"
     };
-    let mut summary = RunSummary {
-        steps: t.step,
-        finished: false,
-        train_loss: f64::NAN,
-        eval: None,
-        seconds: 0.0,
-        images_per_sec: 0.0,
-        seconds_per_epoch: 0.0,
-        files: Vec::new(),
-        unit,
-        already_finished: false,
-    };
+    let mut summary = RunSummary::untrained(t.step, unit);
     // The same sequence of decisions as `run_in`, so that every collective call matches.
     if resumed && t.step >= total {
         summary.finished = true;

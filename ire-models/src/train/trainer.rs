@@ -106,6 +106,25 @@ struct Targets {
     est: bool,
 }
 
+/// The labels a loss is taken against: the batch's own, or those sampled from the model.
+#[derive(Clone, Copy)]
+enum Labels {
+    /// The batch's labels (`y`), with the run's label smoothing.
+    True,
+    /// The labels sampled for the estimator (`sampled`), without smoothing.
+    Sampled,
+}
+
+/// The estimator's gradient arena (`est`) or the training one, from the two fields, so that
+/// the rest of the trainer stays borrowable beside it.
+fn arena<'a, X>(est: bool, grads: &'a mut [X], est_grads: &'a mut [X]) -> &'a mut X {
+    if est {
+        &mut est_grads[0]
+    } else {
+        &mut grads[0]
+    }
+}
+
 /// `n` examples in exactly `parts` near-equal consecutive ranges ([`Batch::micro_ranges`]),
 /// the last ones empty when `n < parts`.
 fn exact_ranges(n: usize, parts: usize) -> Vec<Range<usize>> {
@@ -463,6 +482,30 @@ impl<B: NnOps + 'static> Trainer<B> {
         }
     }
 
+    /// The loss sum and correct rows of the last forward's `rows` logit rows against the batch's
+    /// labels (the loss gradient it writes is not used).
+    fn loss_of_last_forward(
+        &mut self,
+        rows: usize,
+        smoothing: f64,
+    ) -> Result<(f64, usize), TrainError> {
+        let c = self.model.num_classes();
+        self.b
+            .softmax_xent(
+                self.model.logits(),
+                &self.y,
+                rows,
+                c,
+                smoothing,
+                1.0,
+                &mut self.dlogits,
+            )
+            .map_err(|e| TrainError::Diverged {
+                step: self.step,
+                what: e.to_string(),
+            })
+    }
+
     /// This rank's share of a step batch of `n` examples, in `accum` micro-batches (see the
     /// module documentation).
     fn plan(&self, n: usize, accum: usize) -> Plan {
@@ -493,13 +536,50 @@ impl<B: NnOps + 'static> Trainer<B> {
     }
 
     fn zero(&mut self, t: Targets) -> CoreResult<()> {
-        if t.train {
-            self.b.fill(&mut self.grads[0], 0.0f32)?;
-        }
-        if t.est {
-            self.b.fill(&mut self.est_grads[0], 0.0f32)?;
+        for (on, est) in [(t.train, false), (t.est, true)] {
+            if on {
+                self.b
+                    .fill(arena(est, &mut self.grads, &mut self.est_grads), 0.0f32)?;
+            }
         }
         Ok(())
+    }
+
+    /// The cross-entropy of the last forward's `n` examples against `labels`, its gradient
+    /// scaled by 1/`total_rows` back-propagated into the estimator gradient (`est`) or the
+    /// training one: the model's backward ADDS into it. Returns the loss sum and the correct
+    /// rows.
+    fn xent_backward(
+        &mut self,
+        n: usize,
+        labels: Labels,
+        total_rows: usize,
+        est: bool,
+    ) -> Result<(f64, usize), TrainError> {
+        let (rows, c) = (self.rows(n), self.model.num_classes());
+        let (target, smoothing) = match labels {
+            Labels::True => (&self.y, self.cfg.label_smoothing),
+            Labels::Sampled => (&self.sampled, 0.0),
+        };
+        let (loss, ok) = self
+            .b
+            .softmax_xent(
+                self.model.logits(),
+                target,
+                rows,
+                c,
+                smoothing,
+                1.0 / total_rows as f64,
+                &mut self.dlogits,
+            )
+            .map_err(|e| TrainError::Diverged {
+                step: self.step,
+                what: e.to_string(),
+            })?;
+        let grads = arena(est, &mut self.grads, &mut self.est_grads);
+        self.model
+            .backward(&self.b, &self.params[0], grads, &self.x, &self.dlogits, n)?;
+        Ok((loss, ok))
     }
 
     /// Runs `body` (forward, loss, backward into the `targets` arenas; returns the loss sum and
@@ -528,19 +608,12 @@ impl<B: NnOps + 'static> Trainer<B> {
         }
         for (on, est) in [(targets.train, false), (targets.est, true)] {
             if on {
-                let buf = if est {
-                    &self.est_grads[0]
-                } else {
-                    &self.grads[0]
-                };
-                let mut host = self.b.to_vec(buf)?;
+                let mut host = self
+                    .b
+                    .to_vec(arena(est, &mut self.grads, &mut self.est_grads))?;
                 self.comm().all_reduce_sum(BufMut::F32(&mut host))?;
-                let buf = if est {
-                    &mut self.est_grads[0]
-                } else {
-                    &mut self.grads[0]
-                };
-                self.b.upload(buf, &host)?;
+                self.b
+                    .upload(arena(est, &mut self.grads, &mut self.est_grads), &host)?;
             }
         }
         // Correct counts are exact in an f64 up to 2^53.
@@ -594,12 +667,8 @@ impl<B: NnOps + 'static> Trainer<B> {
                     *t += *v;
                 }
             }
-            let buf = if is_est {
-                &mut self.est_grads[0]
-            } else {
-                &mut self.grads[0]
-            };
-            self.b.upload(buf, &total)?;
+            self.b
+                .upload(arena(is_est, &mut self.grads, &mut self.est_grads), &total)?;
         }
         let mut all = vec![0f64; 2 * count];
         self.comm()
@@ -646,40 +715,12 @@ impl<B: NnOps + 'static> Trainer<B> {
         uploaded: bool,
         mode: BnMode,
     ) -> Result<(f64, usize), TrainError> {
-        let c = self.model.num_classes();
         let total_rows = self.rows(batch.n);
-        {
-            let r = r.clone();
-            let (n, rows) = (r.len(), self.rows(r.len()));
-            self.upload_part(batch, &r, uploaded)?;
-            self.ensure_logit_buffers(rows)?;
-            self.model
-                .forward(&self.b, &self.params[0], &self.x, n, mode)?;
-            let (loss, ok) = self
-                .b
-                .softmax_xent(
-                    self.model.logits(),
-                    &self.y,
-                    rows,
-                    c,
-                    self.cfg.label_smoothing,
-                    1.0 / total_rows as f64,
-                    &mut self.dlogits,
-                )
-                .map_err(|e| TrainError::Diverged {
-                    step: self.step,
-                    what: e.to_string(),
-                })?;
-            self.model.backward(
-                &self.b,
-                &self.params[0],
-                &mut self.grads[0],
-                &self.x,
-                &self.dlogits,
-                n,
-            )?;
-            Ok((loss, ok))
-        }
+        self.upload_part(batch, r, uploaded)?;
+        self.ensure_logit_buffers(self.rows(r.len()))?;
+        self.model
+            .forward(&self.b, &self.params[0], &self.x, r.len(), mode)?;
+        self.xent_backward(r.len(), Labels::True, total_rows, false)
     }
 
     /// Scales the training gradient to the clipping norm when it is larger.
@@ -746,28 +787,7 @@ impl<B: NnOps + 'static> Trainer<B> {
             &self.uniforms,
             &mut self.sampled,
         )?;
-        self.b
-            .softmax_xent(
-                self.model.logits(),
-                &self.sampled,
-                rows,
-                c,
-                0.0,
-                1.0 / total_rows as f64,
-                &mut self.dlogits,
-            )
-            .map_err(|e| TrainError::Diverged {
-                step: self.step,
-                what: e.to_string(),
-            })?;
-        self.model.backward(
-            &self.b,
-            &self.params[0],
-            &mut self.est_grads[0],
-            &self.x,
-            &self.dlogits,
-            n,
-        )?;
+        self.xent_backward(n, Labels::Sampled, total_rows, true)?;
         Ok(())
     }
 
@@ -777,7 +797,6 @@ impl<B: NnOps + 'static> Trainer<B> {
     /// backward into `grads`. The same numbers as [`Self::estimator_pass`] followed by
     /// [`Self::loss_and_grad`], one forward pass fewer. Returns what `loss_and_grad` does.
     fn shared_pass(&mut self, batch: &Batch) -> Result<(f64, usize), TrainError> {
-        let c = self.model.num_classes();
         let total_rows = self.rows(batch.n);
         let u = self.estimator_uniforms(self.step, total_rows);
         let plan = self.plan(batch.n, self.cfg.grad_accum);
@@ -791,24 +810,7 @@ impl<B: NnOps + 'static> Trainer<B> {
                 update_running: true,
             };
             t.estimator_backward(r, &u, total_rows, mode)?;
-            let (n, rows) = (r.len(), t.rows(r.len()));
-            let (loss, ok) =
-                t.b.softmax_xent(
-                    t.model.logits(),
-                    &t.y,
-                    rows,
-                    c,
-                    t.cfg.label_smoothing,
-                    1.0 / total_rows as f64,
-                    &mut t.dlogits,
-                )
-                .map_err(|e| TrainError::Diverged {
-                    step: t.step,
-                    what: e.to_string(),
-                })?;
-            t.model
-                .backward(&t.b, &t.params[0], &mut t.grads[0], &t.x, &t.dlogits, n)?;
-            Ok((loss, ok))
+            t.xent_backward(r.len(), Labels::True, total_rows, false)
         })?;
         Ok((loss_sum / total_rows as f64, correct))
     }
@@ -912,7 +914,6 @@ impl<B: NnOps + 'static> Trainer<B> {
     /// checkpoint is only written from parameters where it is finite.
     pub fn next_loss(&mut self) -> Result<f64, TrainError> {
         let batch = self.data.train_batch(self.step);
-        let c = self.model.num_classes();
         let mode = BnMode::Train {
             update_running: false,
         };
@@ -923,21 +924,7 @@ impl<B: NnOps + 'static> Trainer<B> {
             self.ensure_logit_buffers(rows)?;
             self.model
                 .forward(&self.b, &self.params[0], &self.x, n, mode)?;
-            let (loss, _) = self
-                .b
-                .softmax_xent(
-                    self.model.logits(),
-                    &self.y,
-                    rows,
-                    c,
-                    self.cfg.label_smoothing,
-                    1.0,
-                    &mut self.dlogits,
-                )
-                .map_err(|e| TrainError::Diverged {
-                    step: self.step,
-                    what: e.to_string(),
-                })?;
+            let (loss, _) = self.loss_of_last_forward(rows, self.cfg.label_smoothing)?;
             loss_sum += loss;
         }
         Ok(loss_sum / self.rows(batch.n) as f64)
@@ -1003,28 +990,13 @@ impl<B: NnOps + 'static> Trainer<B> {
             .data
             .eval_batches(self.cfg.batch_size.max(1), self.cfg.eval_batches);
         let (mut loss, mut correct, mut seen) = (0.0, 0usize, 0usize);
-        let c = self.model.num_classes();
         for batch in &batches {
             let rows = self.rows(batch.n);
             self.ensure_logit_buffers(rows)?;
             self.upload(batch)?;
             self.model
                 .forward(&self.b, &self.params[0], &self.x, batch.n, BnMode::Eval)?;
-            let (l, k) = self
-                .b
-                .softmax_xent(
-                    self.model.logits(),
-                    &self.y,
-                    rows,
-                    c,
-                    0.0,
-                    1.0,
-                    &mut self.dlogits,
-                )
-                .map_err(|e| TrainError::Diverged {
-                    step: self.step,
-                    what: e.to_string(),
-                })?;
+            let (l, k) = self.loss_of_last_forward(rows, 0.0)?;
             loss += l;
             correct += k;
             seen += rows;
