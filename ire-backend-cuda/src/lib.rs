@@ -70,14 +70,13 @@ pub use nvrtc::{
     Compiled, compile_program, compile_ptx, compile_source, nvrtc_available, nvrtc_version,
     supported_archs,
 };
-pub use runtime::{Cuda, CudaBackend, CudaMem, CudaProgram, ENV_ARCH, ENV_DEVICE, ptx_param_type};
+pub use runtime::{
+    Cuda, CudaBackend, CudaBuffer, CudaMem, CudaProgram, ENV_ARCH, ENV_DEVICE, ptx_param_type,
+};
 
 /// Re-export of the `cudarc` version this crate is built on (for code that launches its own
 /// kernels on [`Cuda::stream`]).
 pub use cudarc;
-
-/// A CUDA buffer.
-pub type CudaBuffer<E> = ire_core::DeviceBuffer<Cuda, E>;
 
 /// The backend on device `ordinal`, on a stream of its own.
 pub fn open(ordinal: usize) -> ire_core::Result<CudaBackend> {

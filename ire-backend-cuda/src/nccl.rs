@@ -22,7 +22,7 @@ use ire_core::collective::{
 };
 use ire_core::{Error, Result, Scalar};
 
-use crate::{CudaBackend, CudaBuffer};
+use crate::runtime::{CudaBackend, CudaBuffer};
 
 /// NCCL's unique id (128 bytes) as the host collective sends it: 16 `u64` words.
 const ID_WORDS: usize = 16;

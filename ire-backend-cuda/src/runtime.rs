@@ -23,6 +23,9 @@ use crate::nvrtc::{self, Compiled};
 /// The CUDA backend: every IRE operation on one CUDA device.
 pub type CudaBackend = DeviceBackend<Cuda>;
 
+/// A CUDA buffer.
+pub type CudaBuffer<E> = ire_core::DeviceBuffer<Cuda, E>;
+
 /// Environment variable: the device ordinal [`Cuda::from_env`] opens (default 0).
 pub const ENV_DEVICE: &str = "IRE_CUDA_DEVICE";
 /// Environment variable: compile for this architecture (`sm_90`, `compute_80`) instead of
