@@ -59,4 +59,41 @@ impl CpuBackend {
         }
         out
     }
+
+    /// [`ire_core::Backend::with_parts`] without a copy: consecutive parts of lengths `lens`
+    /// (checked by the caller to add up to each slice's length) lent from `mutable` (through
+    /// [`CpuBackend::with_borrowed`], with its escape check) and from each slice of `shared`.
+    pub(crate) fn lend_parts<E, R>(
+        &self,
+        mutable: &mut [E],
+        shared: &[&[E]],
+        lens: &[usize],
+        f: impl FnOnce(&mut [CpuBuffer<E>], &[Vec<CpuBuffer<E>>]) -> R,
+    ) -> R {
+        let mut rest = mutable;
+        let mut parts: Vec<&mut [E]> = Vec::with_capacity(lens.len());
+        for &l in lens {
+            let at = l.min(rest.len());
+            let (a, b) = std::mem::take(&mut rest).split_at_mut(at);
+            parts.push(a);
+            rest = b;
+        }
+        let lent: Vec<Vec<CpuBuffer<E>>> = shared
+            .iter()
+            .map(|s| {
+                let mut at = 0;
+                lens.iter()
+                    .map(|&l| {
+                        let part = &s[at.min(s.len())..(at + l).min(s.len())];
+                        at += l;
+                        // SAFETY: `part` is borrowed from `shared` for this whole call and these
+                        // buffers are handed to `f` by shared reference only (a clone is an
+                        // owned copy), then dropped here.
+                        unsafe { CpuBuffer::from_raw_parts(part.as_ptr(), part.len()) }
+                    })
+                    .collect()
+            })
+            .collect();
+        self.with_borrowed(&mut parts, &[], |p, _| f(p, &lent))
+    }
 }

@@ -345,6 +345,22 @@ fn same<A, B>(what: &str, a: &[A], b: &[B]) -> Result<()> {
 }
 
 impl Backend for CpuBackend {
+    fn with_parts<E: Element, R>(
+        &self,
+        mutable: &mut CpuBuffer<E>,
+        shared: &[&CpuBuffer<E>],
+        lens: &[usize],
+        f: impl FnOnce(&mut [CpuBuffer<E>], &[Vec<CpuBuffer<E>>]) -> Result<R>,
+    ) -> Result<R> {
+        let n = mutable.len();
+        ire_core::backend::check_parts(lens, n)?;
+        for (i, b) in shared.iter().enumerate() {
+            same(&format!("with_parts: shared buffer {i}"), &mutable.0, &b.0)?;
+        }
+        let sh: Vec<&[E]> = shared.iter().map(|b| b.as_slice()).collect();
+        self.lend_parts(mutable.as_mut_slice(), &sh, lens, f)
+    }
+
     type Buffer<E: Element> = CpuBuffer<E>;
 
     fn name(&self) -> &str {

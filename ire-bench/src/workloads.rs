@@ -144,6 +144,8 @@ impl Workload {
     /// augmentation for the image models.
     pub fn trainer<B: NnOps + 'static>(&self, b: B) -> Result<Trainer<B>, WorkloadError> {
         let mut cfg = TrainConfig {
+            // Like PyTorch's side: one parameter group, weight decay on every parameter.
+            decay_all: true,
             model: self.model.clone(),
             steps: 1_000_000,
             constant_lr: true,

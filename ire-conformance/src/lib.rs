@@ -217,6 +217,61 @@ pub fn plumbing<B: Backend>(b: &B) {
     both_dtypes!(b, plumbing_t);
 }
 
+// ------------------------------------------------------------------ parts of one buffer
+
+fn parts_t<B: Backend, T: Scalar>(b: &B) {
+    let mut rng = Rng::new(21);
+    let n = 1000;
+    let (v, g, h) = (rng.values::<T>(n), rng.values::<T>(n), rng.values::<T>(n));
+    let lens = [3, 0, 600, 1, 396];
+    let mut p = up(b, &v);
+    let (gb, hb) = (up(b, &g), up(b, &h));
+    // Each part of p gets axpy with its parts of g (a = 2) and h (a = −0.5), in place.
+    b.with_parts(&mut p, &[&gb, &hb], &lens, |ps, sh| {
+        assert_eq!(ps.len(), lens.len());
+        for (i, part) in ps.iter_mut().enumerate() {
+            assert_eq!(b.len(part), lens[i]);
+            b.axpy(part, T::of(2.0), &sh[0][i])?;
+            b.axpy(part, T::of(-0.5), &sh[1][i])?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let mut want = up(b, &v);
+    b.axpy(&mut want, T::of(2.0), &gb).unwrap();
+    b.axpy(&mut want, T::of(-0.5), &hb).unwrap();
+    assert_bitwise("with_parts", &down(b, &p), &down(b, &want));
+    assert_bitwise("with_parts leaves shared buffers", &down(b, &gb), &g);
+    // A failing `f` still leaves what it wrote, like an operation in place.
+    let mut p = up(b, &v);
+    let e = b.with_parts(&mut p, &[], &lens, |ps, _| {
+        b.fill(&mut ps[2], T::of(7.0))?;
+        Err::<(), _>(ire_core::Error::Protocol("stop".into()))
+    });
+    assert!(e.is_err());
+    let got = down(b, &p);
+    assert!(got[3..603].iter().all(|&x| x == T::of(7.0)));
+    assert_bitwise(
+        "with_parts outside the written part",
+        &got[603..],
+        &v[603..],
+    );
+    // Lengths that do not add up, or a shared buffer of another length, are refused.
+    let mut p = up(b, &v);
+    assert!(b.with_parts(&mut p, &[], &[10, 10], |_, _| Ok(())).is_err());
+    let short = up(b, &v[..10]);
+    assert!(
+        b.with_parts(&mut p, &[&short], &lens, |_, _| Ok(()))
+            .is_err()
+    );
+    assert_bitwise("with_parts refused: unchanged", &down(b, &p), &v);
+}
+
+/// [`Backend::with_parts`]: parts of one buffer as buffers of their own, written back.
+pub fn parts<B: Backend>(b: &B) {
+    both_dtypes!(b, parts_t);
+}
+
 // ------------------------------------------------------------------ element-wise ops
 
 fn elementwise_t<B: Backend, T: Scalar>(b: &B) {
@@ -1585,6 +1640,7 @@ pub fn all<B: Backend>(b: &B) {
 macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@one $make, conformance_plumbing, plumbing);
+        $crate::conformance_tests!(@one $make, conformance_parts, parts);
         $crate::conformance_tests!(@one $make, conformance_elementwise, elementwise);
         $crate::conformance_tests!(@one $make, conformance_reductions, reductions);
         $crate::conformance_tests!(@one $make, conformance_selection, selection);

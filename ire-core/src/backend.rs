@@ -140,6 +140,57 @@ pub trait Backend {
         Ok(v)
     }
 
+    /// Runs `f` with the consecutive parts of lengths `lens` (which must add up to the
+    /// buffers' length) of `mutable` and of every buffer of `shared`, each part a buffer of its
+    /// own: `f` gets `mutable`'s parts, and `shared[i]`'s parts as its `i`-th list. What `f`
+    /// writes into `mutable`'s parts is in `mutable` afterwards, whether `f` succeeds or not
+    /// (as if it had written in place). This is how an optimizer steps parameter groups that
+    /// live in one arena.
+    ///
+    /// The default copies each part out through the host and `mutable`'s parts back; a backend
+    /// that can address part of an allocation lends the parts without a copy (the CPU backend
+    /// does).
+    fn with_parts<E: Element, R>(
+        &self,
+        mutable: &mut Self::Buffer<E>,
+        shared: &[&Self::Buffer<E>],
+        lens: &[usize],
+        f: impl FnOnce(&mut [Self::Buffer<E>], &[Vec<Self::Buffer<E>>]) -> Result<R>,
+    ) -> Result<R> {
+        let n = self.len(mutable);
+        check_parts(lens, n)?;
+        for (i, b) in shared.iter().enumerate() {
+            check_len(
+                &alloc::format!("shared buffer {i} of with_parts"),
+                n,
+                self.len(*b),
+            )?;
+        }
+        let split = |v: Vec<E>| -> Result<Vec<Self::Buffer<E>>> {
+            let mut at = 0;
+            lens.iter()
+                .map(|&l| {
+                    at += l;
+                    self.alloc_from(&v[at - l..at])
+                })
+                .collect()
+        };
+        let mut parts = split(self.to_vec(mutable)?)?;
+        let sh: Vec<Vec<Self::Buffer<E>>> = shared
+            .iter()
+            .map(|b| split(self.to_vec(*b)?))
+            .collect::<Result<_>>()?;
+        let out = f(&mut parts, &sh);
+        let mut whole = Vec::with_capacity(n);
+        for p in &parts {
+            whole.extend_from_slice(&self.to_vec(p)?);
+        }
+        // A part `f` replaced by one of another length cannot go back: say so, keep `mutable`.
+        check_len("parts written back by with_parts", n, whole.len())?;
+        self.upload(mutable, &whole)?;
+        out
+    }
+
     /// SAM perturbation `θ ← θ + g·s` (same bits as `axpy`).
     fn sam_perturb<T: Scalar>(
         &self,
@@ -243,6 +294,16 @@ pub trait Backend {
         self.adamw_step(theta, grad, m, v, s)?;
         self.ire_boost(theta, &old, mask, kappa)
     }
+}
+
+/// Checks that the part lengths of [`Backend::with_parts`] add up to `n`.
+pub fn check_parts(lens: &[usize], n: usize) -> Result<()> {
+    let total = lens.iter().try_fold(0usize, |a, &l| a.checked_add(l));
+    check_len(
+        "sum of the part lengths (vs the buffer)",
+        n,
+        total.unwrap_or(usize::MAX),
+    )
 }
 
 /// Fails with [`Error::UnsupportedDType`] when the backend cannot hold `E`.

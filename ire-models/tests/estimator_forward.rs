@@ -7,31 +7,14 @@
 
 use ire_backend_cpu::CpuBackend;
 use ire_models::nn::NnOps;
-use ire_models::train::{
-    DatasetKind, EstimatorForward, EstimatorKind, OptimizerKind, TrainConfig, Trainer,
-};
+use ire_models::train::{EstimatorForward, EstimatorKind, OptimizerKind, TrainConfig, Trainer};
 
 mod common;
 
 const STEPS: usize = 7;
 
 fn cfg(model: &str, opt: OptimizerKind, accum: usize, fwd: EstimatorForward) -> TrainConfig {
-    let text = model.starts_with("llama");
     let mut c = TrainConfig {
-        model: model.into(),
-        dataset: if text {
-            DatasetKind::Text
-        } else {
-            DatasetKind::Digits
-        },
-        data: common::root().join(if text {
-            "data/moby-dick-opening.txt"
-        } else {
-            "data/digits.csv.gz"
-        }),
-        tokenizer: "char".into(),
-        context: 16,
-        optimizer: opt,
         lr: if opt == OptimizerKind::Admire {
             3e-3
         } else {
@@ -40,11 +23,10 @@ fn cfg(model: &str, opt: OptimizerKind, accum: usize, fwd: EstimatorForward) -> 
         steps: STEPS as u64,
         batch_size: 16 / accum,
         grad_accum: accum,
-        hflip: Some(false),
         crop_padding: Some(1),
         seed: 11,
         estimator_forward: fwd,
-        ..TrainConfig::default()
+        ..common::shipped_data_cfg(model, opt)
     };
     c.opt.refresh_every = 3;
     c

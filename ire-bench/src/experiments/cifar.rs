@@ -59,6 +59,8 @@ pub const OPTIMIZERS: [(OptimizerKind, &str); 4] = [
 /// accuracy.
 pub fn cfg(s: &Sizes, data: &Path, kind: OptimizerKind, seed: u64) -> TrainConfig {
     TrainConfig {
+        // The official CIFAR scripts decay every parameter (torch's SGD on model.parameters()).
+        decay_all: true,
         model: "resnet-small".into(),
         dataset: DatasetKind::Cifar10,
         data: data.to_path_buf(),

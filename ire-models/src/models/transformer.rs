@@ -615,7 +615,9 @@ impl<B: NnOps, T: Scalar> Transformer<B, T> {
         let t = cfg.ctx;
         let (embed, patch, cls) = match vit {
             None => (
-                Some(layout.add("embed.weight", &[cfg.vocab, d], Init::Normal(0.02), true)),
+                // Embeddings take no weight decay by default, like norms and biases (nanoGPT
+                // decays its 2-D ones; `decay_all` does too).
+                Some(layout.add("embed.weight", &[cfg.vocab, d], Init::Normal(0.02), false)),
                 None,
                 None,
             ),

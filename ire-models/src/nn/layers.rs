@@ -50,7 +50,8 @@ pub struct Layout {
     /// The tensors.
     pub slots: Vec<Slot>,
     inits: Vec<Init>,
-    /// Whether each tensor takes weight decay in the paper's recipes (false for norms, biases).
+    /// Whether each tensor takes weight decay by default (false for norms, biases and
+    /// embeddings); `ire train` steps the two kinds as parameter groups unless `decay_all`.
     pub decay: Vec<bool>,
     len: usize,
 }

@@ -93,6 +93,10 @@ pub struct TrainConfig {
     /// (cut a larger `batch_size` into more shards instead).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shards: Option<usize>,
+    /// Weight decay on every parameter (the official scripts' setting). False (the default):
+    /// none on norms, biases and embeddings, as the model's layout marks them (the nanoGPT
+    /// convention); the optimizer then steps the parameters in groups.
+    pub decay_all: bool,
     /// Label smoothing ε.
     pub label_smoothing: f64,
     /// Clip the training gradient's global norm to this (0 = off; never applied to ĝ).
@@ -145,6 +149,7 @@ impl Default for TrainConfig {
             batch_size: 128,
             grad_accum: 1,
             shards: None,
+            decay_all: false,
             label_smoothing: 0.0,
             clip_grad_norm: 0.0,
             estimator_batch: EstimatorBatch::Current,

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use ire_core::optim::{EstimateInput, Estimator, KappaSchedule, Optimizer};
+use ire_core::optim::{EstimateInput, Estimator, KappaSchedule, Optimizer, ParamGroups};
 use ire_core::state::StateDict;
 use ire_core::{
     AdamW, AdamWConfig, Ire, IreConfig, IreStep, Result, Sam, SamConfig, Sgd, SgdConfig,
@@ -192,7 +192,14 @@ pub enum AnyOptimizer<B: NnOps> {
 
 impl<B: NnOps> AnyOptimizer<B> {
     /// Builds `kind` from `cfg`; every hyper-parameter is validated (errors name the field).
-    pub fn new(kind: OptimizerKind, cfg: &OptimizerConfig, lr_max: f64) -> Result<Self> {
+    /// `groups`: parameter groups of the tensors the steps will get (IRE keeps them; the base
+    /// optimizers take them with every step, [`AnyOptimizer::step`]).
+    pub fn new(
+        kind: OptimizerKind,
+        cfg: &OptimizerConfig,
+        lr_max: f64,
+        groups: Option<&ParamGroups>,
+    ) -> Result<Self> {
         let sgd = || {
             Sgd::new(SgdConfig {
                 momentum: cfg.momentum,
@@ -218,15 +225,26 @@ impl<B: NnOps> AnyOptimizer<B> {
                 },
             )
         };
+        /// IRE around `base`, with the groups when there are some.
+        fn ire<B: NnOps, O: Optimizer<B, f32>>(
+            base: O,
+            cfg: IreConfig,
+            groups: Option<&ParamGroups>,
+        ) -> Result<Ire<B, f32, O>> {
+            let o = Ire::new(base, cfg)?;
+            match groups {
+                Some(g) => o.with_groups(g.clone()),
+                None => Ok(o),
+            }
+        }
+        let ire_cfg = || cfg.ire(lr_max);
         Ok(match kind {
             OptimizerKind::Sgd => AnyOptimizer::Sgd(sgd()?),
-            OptimizerKind::SgdIre => AnyOptimizer::SgdIre(Ire::new(sgd()?, cfg.ire(lr_max)?)?),
+            OptimizerKind::SgdIre => AnyOptimizer::SgdIre(ire(sgd()?, ire_cfg()?, groups)?),
             OptimizerKind::Sam => AnyOptimizer::Sam(sam(sgd()?)?),
-            OptimizerKind::SamIre => {
-                AnyOptimizer::SamIre(Ire::new(sam(sgd()?)?, cfg.ire(lr_max)?)?)
-            }
+            OptimizerKind::SamIre => AnyOptimizer::SamIre(ire(sam(sgd()?)?, ire_cfg()?, groups)?),
             OptimizerKind::Adamw => AnyOptimizer::Adamw(adamw()?),
-            OptimizerKind::Admire => AnyOptimizer::Admire(Ire::new(adamw()?, cfg.ire(lr_max)?)?),
+            OptimizerKind::Admire => AnyOptimizer::Admire(ire(adamw()?, ire_cfg()?, groups)?),
         })
     }
 
@@ -260,6 +278,8 @@ impl<B: NnOps> AnyOptimizer<B> {
     }
 
     /// The step (SAM: with the gradient at the perturbed point). Returns `(κ_t, refreshed)`.
+    /// `groups`: the base optimizers' parameter groups (the IRE ones keep those given to
+    /// [`AnyOptimizer::new`]).
     pub fn step(
         &mut self,
         b: &B,
@@ -267,11 +287,18 @@ impl<B: NnOps> AnyOptimizer<B> {
         grads: &[B::Buffer<f32>],
         lr: f64,
         estimate: Option<&[B::Buffer<f32>]>,
+        groups: Option<&ParamGroups>,
     ) -> Result<(f64, bool)> {
         match self {
-            AnyOptimizer::Sgd(o) => o.step(b, params, grads, lr).map(|_| (0.0, false)),
-            AnyOptimizer::Sam(o) => o.step(b, params, grads, lr).map(|_| (0.0, false)),
-            AnyOptimizer::Adamw(o) => o.step(b, params, grads, lr).map(|_| (0.0, false)),
+            AnyOptimizer::Sgd(o) => o
+                .step_grouped(b, params, grads, lr, groups)
+                .map(|_| (0.0, false)),
+            AnyOptimizer::Sam(o) => o
+                .step_grouped(b, params, grads, lr, groups)
+                .map(|_| (0.0, false)),
+            AnyOptimizer::Adamw(o) => o
+                .step_grouped(b, params, grads, lr, groups)
+                .map(|_| (0.0, false)),
             AnyOptimizer::SgdIre(o) => o
                 .step(b, params, grads, ire_ctx::<B>(lr, estimate))
                 .map(|r| (r.kappa, r.refreshed)),

@@ -193,12 +193,18 @@ pub fn read_checkpoint(
             supported: CHECKPOINT_META_VERSION,
         });
     }
-    let cfg: TrainConfig = serde_json::from_value(meta["config"].clone()).map_err(|source| {
-        TrainError::CheckpointConfig {
+    let mut stored = meta["config"].clone();
+    // Runs from before parameter groups decayed every parameter: their configuration has no
+    // `decay_all`, and resumes as what they were.
+    if let Some(c) = stored.as_object_mut() {
+        c.entry("decay_all")
+            .or_insert(serde_json::Value::Bool(true));
+    }
+    let cfg: TrainConfig =
+        serde_json::from_value(stored).map_err(|source| TrainError::CheckpointConfig {
             path: path.to_path_buf(),
             source,
-        }
-    })?;
+        })?;
     Ok((ck, cfg, meta))
 }
 

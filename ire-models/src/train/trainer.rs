@@ -35,6 +35,7 @@
 use std::ops::Range;
 
 use ire_core::collective::{BufMut, SingleProcess};
+use ire_core::optim::{ParamGroup, ParamGroups};
 use ire_core::{Collective, LrSchedule, Result as CoreResult};
 
 use super::choices::{EstimatorBatch, EstimatorForward};
@@ -45,6 +46,7 @@ use super::source::{Input, Source};
 use super::train_error::TrainError;
 use crate::data::{Batch, ImageDataset};
 use crate::models::{Model, ModelSpec};
+use crate::nn::layers::Layout;
 use crate::nn::ops::check_token_ids;
 use crate::nn::{BnMode, NnOps};
 use crate::rng::Rng;
@@ -115,6 +117,14 @@ enum Labels {
     Sampled,
 }
 
+/// The gradient arena and, when given, the estimator's: the buffers cut into parts beside the
+/// parameters.
+fn arena_and<'a, X>(grads: &'a [X], est: Option<&'a [X]>) -> Vec<&'a X> {
+    core::iter::once(&grads[0])
+        .chain(est.map(|e| &e[0]))
+        .collect()
+}
+
 /// The estimator's gradient arena (`est`) or the training one, from the two fields, so that
 /// the rest of the trainer stays borrowable beside it.
 fn arena<'a, X>(est: bool, grads: &'a mut [X], est_grads: &'a mut [X]) -> &'a mut X {
@@ -160,8 +170,46 @@ pub struct Trainer<B: NnOps + 'static> {
     schedule: LrSchedule,
     total_steps: u64,
     comm: Option<Box<dyn Collective>>,
+    /// The optimizer's parameter groups as parts of the arena (`None`: one group).
+    groups: Option<StepGroups>,
     /// Steps taken.
     pub step: u64,
+}
+
+/// The parameter groups of the optimizer steps: consecutive runs of the arena's tensors with
+/// the same weight-decay flag, each run a part of the arena stepped as a tensor of its own.
+struct StepGroups {
+    /// Elements of each part, in arena order.
+    lens: Vec<usize>,
+    /// Group 0 decays, group 1 does not; part `i` is in `groups.group_of(i)`.
+    groups: ParamGroups,
+}
+
+impl StepGroups {
+    /// The groups `cfg` asks for on `layout`: none when every parameter decays (`decay_all`,
+    /// no weight decay at all, or a model without norms, biases or embeddings).
+    fn of(layout: &Layout, cfg: &TrainConfig) -> CoreResult<Option<Self>> {
+        if cfg.decay_all || cfg.opt.weight_decay == 0.0 {
+            return Ok(None);
+        }
+        let (mut lens, mut of_part) = (Vec::new(), Vec::new());
+        for (slot, &decay) in layout.slots.iter().zip(&layout.decay) {
+            let group = usize::from(!decay);
+            match (lens.last_mut(), of_part.last()) {
+                (Some(len), Some(&last)) if last == group => *len += slot.len(),
+                _ => {
+                    lens.push(slot.len());
+                    of_part.push(group);
+                }
+            }
+        }
+        if of_part.iter().all(|&g| g == 0) {
+            return Ok(None);
+        }
+        let groups =
+            ParamGroups::new(vec![ParamGroup::default(), ParamGroup::no_decay()], of_part)?;
+        Ok(Some(StepGroups { lens, groups }))
+    }
 }
 
 impl<B: NnOps + 'static> Trainer<B> {
@@ -247,7 +295,13 @@ impl<B: NnOps + 'static> Trainer<B> {
             }
         };
         schedule.validate()?;
-        let opt = AnyOptimizer::new(cfg.optimizer, &cfg.opt, cfg.lr)?;
+        let groups = StepGroups::of(model.layout(), &cfg)?;
+        let opt = AnyOptimizer::new(
+            cfg.optimizer,
+            &cfg.opt,
+            cfg.lr,
+            groups.as_ref().map(|g| &g.groups),
+        )?;
         let (x, y, dlogits, uniforms, sampled) = (
             b.alloc(0)?,
             b.alloc(0)?,
@@ -272,6 +326,7 @@ impl<B: NnOps + 'static> Trainer<B> {
             schedule,
             total_steps,
             comm: None,
+            groups,
             step: 0,
             cfg,
         })
@@ -870,8 +925,16 @@ impl<B: NnOps + 'static> Trainer<B> {
         //    gradient at the perturbed point (statistics frozen).
         if self.cfg.optimizer.is_sam() {
             let est = want_est.then_some(&self.est_grads[..]);
-            self.opt
-                .perturb(&self.b, &mut self.params, &self.grads, est)?;
+            let (b, opt) = (&self.b, &mut self.opt);
+            match &self.groups {
+                None => opt.perturb(b, &mut self.params, &self.grads, est)?,
+                Some(sg) => {
+                    let shared = arena_and(&self.grads, est);
+                    b.with_parts(&mut self.params[0], &shared, &sg.lens, |p, sh| {
+                        opt.perturb(b, p, &sh[0], sh.get(1).map(|e| &e[..]))
+                    })?
+                }
+            }
             let plan = self.plan(batch.n, accum);
             self.loss_and_grad(
                 &batch,
@@ -894,7 +957,17 @@ impl<B: NnOps + 'static> Trainer<B> {
         // whole estimate) gives the same parameters and mask on every rank. The distributed
         // selection of `ire_core::collective::select` is for an estimate sharded over the ranks,
         // which this trainer does not do.
-        let (kappa, refreshed) = self.opt.step(&self.b, params, grads, lr, est)?;
+        let (b, opt) = (&self.b, &mut self.opt);
+        let (kappa, refreshed) = match &self.groups {
+            None => opt.step(b, params, grads, lr, est, None)?,
+            // The groups' parts of the arena as tensors of their own (no copy on the CPU).
+            Some(sg) => {
+                b.with_parts(&mut params[0], &arena_and(grads, est), &sg.lens, |p, sh| {
+                    let est = sh.get(1).map(|e| &e[..]);
+                    opt.step(b, p, &sh[0], lr, est, Some(&sg.groups))
+                })?
+            }
+        };
         let m = StepMetrics {
             step: self.step,
             epoch,

@@ -71,3 +71,33 @@ pub fn cuda(test: &str) -> Option<ire_backend_cuda::CudaBackend> {
         }
     }
 }
+
+/// A short run of `model` with `opt` on the data shipped in `data/`: the digits for an image
+/// model, the opening of Moby Dick (characters, context 16) for a language model; no flips.
+pub fn shipped_data_cfg(
+    model: &str,
+    opt: ire_models::train::OptimizerKind,
+) -> ire_models::train::TrainConfig {
+    use ire_models::train::{DatasetKind, TrainConfig};
+    let text = model
+        .parse::<ire_models::models::ModelSpec>()
+        .is_ok_and(|m| m.is_lm());
+    TrainConfig {
+        model: model.into(),
+        dataset: if text {
+            DatasetKind::Text
+        } else {
+            DatasetKind::Digits
+        },
+        data: root().join(if text {
+            "data/moby-dick-opening.txt"
+        } else {
+            "data/digits.csv.gz"
+        }),
+        tokenizer: "char".into(),
+        context: 16,
+        optimizer: opt,
+        hflip: Some(false),
+        ..TrainConfig::default()
+    }
+}

@@ -195,6 +195,10 @@ struct TrainArgs {
     /// Weight decay.
     #[arg(long)]
     weight_decay: Option<f64>,
+    /// Weight decay on every parameter (the official scripts' setting); without it norms,
+    /// biases and embeddings take none.
+    #[arg(long)]
+    decay_all: bool,
     /// Label smoothing.
     #[arg(long)]
     label_smoothing: Option<f64>,
@@ -337,6 +341,10 @@ impl TrainArgs {
         if self.kappa_decay {
             c.opt.kappa_decay = true;
             given.push("kappa_decay");
+        }
+        if self.decay_all {
+            c.decay_all = true;
+            given.push("decay_all");
         }
         if self.adaptive {
             c.opt.adaptive = true;
