@@ -188,6 +188,7 @@ pub const PLUMBING: &[&str] = &[
     "copy",
     "alloc_from",
     "to_vec",
+    "with_parts",
 ];
 
 /// Every kernel entry point defined in the source, in order.
