@@ -274,6 +274,20 @@ macro_rules! by_type {
     };
 }
 
+/// Dispatches a send and a receive buffer of one element type to `run` (the types were checked
+/// to agree before).
+macro_rules! by_pair {
+    ($n:expr, $op:expr, $send:expr, $recv:expr, $run:ident) => {
+        match ($send, $recv) {
+            (Buf::F32(s), BufMut::F32(r)) => $run($n, $op, s, r),
+            (Buf::F64(s), BufMut::F64(r)) => $run($n, $op, s, r),
+            (Buf::U32(s), BufMut::U32(r)) => $run($n, $op, s, r),
+            (Buf::U64(s), BufMut::U64(r)) => $run($n, $op, s, r),
+            _ => Err(failure($op, CollectiveFailure::RanksDisagree)),
+        }
+    };
+}
+
 impl Collective for Nccl {
     fn rank(&self) -> usize {
         self.rank
@@ -306,13 +320,7 @@ impl Collective for Nccl {
                 nr::reduce_scatter(a, b, len, T::TYPE, ns::ncclRedOp_t::ncclSum, n.comm, st)
             })
         }
-        match (send, recv) {
-            (Buf::F32(s), BufMut::F32(r)) => run(self, op, s, r),
-            (Buf::F64(s), BufMut::F64(r)) => run(self, op, s, r),
-            (Buf::U32(s), BufMut::U32(r)) => run(self, op, s, r),
-            (Buf::U64(s), BufMut::U64(r)) => run(self, op, s, r),
-            _ => Err(failure(op, CollectiveFailure::RanksDisagree)), // checked above
-        }
+        by_pair!(self, op, send, recv, run)
     }
 
     fn all_gather(&self, send: Buf<'_>, recv: BufMut<'_>) -> Result<()> {
@@ -325,13 +333,7 @@ impl Collective for Nccl {
                 nr::all_gather(a, b, len, T::TYPE, n.comm, st)
             })
         }
-        match (send, recv) {
-            (Buf::F32(s), BufMut::F32(r)) => run(self, op, s, r),
-            (Buf::F64(s), BufMut::F64(r)) => run(self, op, s, r),
-            (Buf::U32(s), BufMut::U32(r)) => run(self, op, s, r),
-            (Buf::U64(s), BufMut::U64(r)) => run(self, op, s, r),
-            _ => Err(failure(op, CollectiveFailure::RanksDisagree)), // checked above
-        }
+        by_pair!(self, op, send, recv, run)
     }
 
     fn broadcast(&self, buf: BufMut<'_>, root: usize) -> Result<()> {

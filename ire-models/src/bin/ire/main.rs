@@ -569,29 +569,37 @@ fn train_ranks(
         );
     }
     if let Some(e) = s.eval {
-        if s.unit == "tokens" {
-            println!(
-                "final train loss {:.4}; validation loss {:.4} (perplexity {:.2}), next-token accuracy {:.2}% ({} tokens)",
-                s.train_loss,
-                e.loss,
-                e.loss.exp(),
-                100.0 * e.acc,
-                e.n
-            );
-        } else {
-            println!(
-                "final train loss {:.4}; test loss {:.4}, test accuracy {:.2}% ({} images)",
-                s.train_loss,
-                e.loss,
-                100.0 * e.acc,
-                e.n
-            );
-        }
+        println!(
+            "final train loss {:.4}; {}",
+            s.train_loss,
+            eval_line(&e, s.unit == "tokens")
+        );
     }
     for f in &s.files {
         println!("wrote {}", f.display());
     }
     Ok(if s.finished { 0 } else { 4 })
+}
+
+/// The evaluation metrics as printed: validation loss, perplexity and next-token accuracy for
+/// text, test loss and accuracy for images.
+fn eval_line(e: &EvalMetrics, text: bool) -> String {
+    if text {
+        format!(
+            "validation loss {:.4} (perplexity {:.2}), next-token accuracy {:.2}% ({} tokens)",
+            e.loss,
+            e.loss.exp(),
+            100.0 * e.acc,
+            e.n
+        )
+    } else {
+        format!(
+            "test loss {:.4}, test accuracy {:.2}% ({} images)",
+            e.loss,
+            100.0 * e.acc,
+            e.n
+        )
+    }
 }
 
 fn eval_command(a: &EvalArgs) -> std::result::Result<ExitCode, String> {
@@ -608,22 +616,7 @@ fn eval_command(a: &EvalArgs) -> std::result::Result<ExitCode, String> {
         Err(e) => return Ok(fail(&e)),
     };
     eprintln!("backend: {name}");
-    if text {
-        println!(
-            "step {step}: validation loss {:.4} (perplexity {:.2}), next-token accuracy {:.2}% ({} tokens)",
-            e.loss,
-            e.loss.exp(),
-            100.0 * e.acc,
-            e.n
-        );
-    } else {
-        println!(
-            "step {step}: test loss {:.4}, test accuracy {:.2}% ({} images)",
-            e.loss,
-            100.0 * e.acc,
-            e.n
-        );
-    }
+    println!("step {step}: {}", eval_line(&e, text));
     Ok(ExitCode::SUCCESS)
 }
 
