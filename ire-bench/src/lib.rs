@@ -22,6 +22,7 @@ use ire_core::{Backend, Error, Result};
 use rayon::prelude::*;
 
 pub mod equivalence;
+pub mod interleave;
 pub mod model_equivalence;
 pub mod workloads;
 

@@ -138,11 +138,11 @@ impl Workload {
         }
     }
 
-    /// A trainer of this workload on `b`, seeded so that every backend starts from the same
-    /// parameters and batches. The paper's recipes: AdamW (0.9, 0.95), weight decay 5e-4,
-    /// eps 1e-16 for the language models; SGD, momentum 0.9, weight decay 5e-4, no
-    /// augmentation for the image models.
-    pub fn trainer<B: NnOps + 'static>(&self, b: B) -> Result<Trainer<B>, WorkloadError> {
+    /// The training configuration of this workload: the paper's recipes, AdamW (0.9, 0.95),
+    /// weight decay 5e-4, eps 1e-16 for the language models; SGD, momentum 0.9, weight decay
+    /// 5e-4, no augmentation for the image models. Change it before [`Workload::trainer_with`]
+    /// to time another optimizer on the same data.
+    pub fn config(&self) -> TrainConfig {
         let mut cfg = TrainConfig {
             // Like PyTorch's side: one parameter group, weight decay on every parameter.
             decay_all: true,
@@ -166,6 +166,34 @@ impl Workload {
                 ..OptimizerConfig::default()
             };
             cfg.context = self.context;
+        } else {
+            cfg.dataset = DatasetKind::Cifar10;
+            cfg.optimizer = OptimizerKind::Sgd;
+            cfg.lr = 0.1;
+            cfg.opt = OptimizerConfig {
+                momentum: 0.9,
+                weight_decay: 5e-4,
+                ..OptimizerConfig::default()
+            };
+            cfg.crop_padding = Some(0);
+            cfg.hflip = Some(false);
+        }
+        cfg
+    }
+
+    /// A trainer of this workload on `b` with its [`Workload::config`], seeded so that every
+    /// backend starts from the same parameters and batches.
+    pub fn trainer<B: NnOps + 'static>(&self, b: B) -> Result<Trainer<B>, WorkloadError> {
+        self.trainer_with(b, self.config())
+    }
+
+    /// A trainer of this workload's data on `b` with the configuration `cfg`.
+    pub fn trainer_with<B: NnOps + 'static>(
+        &self,
+        b: B,
+        cfg: TrainConfig,
+    ) -> Result<Trainer<B>, WorkloadError> {
+        if self.is_lm() {
             let mut rng = Rng::new(7);
             let vocab = self.vocab.max(2);
             let len = 16 * self.batch * self.context + 1;
@@ -178,16 +206,6 @@ impl Workload {
             };
             Ok(Trainer::with_source(b, cfg, src)?)
         } else {
-            cfg.dataset = DatasetKind::Cifar10;
-            cfg.optimizer = OptimizerKind::Sgd;
-            cfg.lr = 0.1;
-            cfg.opt = OptimizerConfig {
-                momentum: 0.9,
-                weight_decay: 5e-4,
-                ..OptimizerConfig::default()
-            };
-            cfg.crop_padding = Some(0);
-            cfg.hflip = Some(false);
             let train = synthetic_images(8 * self.batch, 1);
             let test = synthetic_images(self.batch, 2);
             Ok(Trainer::with_data(b, cfg, train, test)?)

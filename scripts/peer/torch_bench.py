@@ -12,7 +12,13 @@ time.perf_counter), and writes JSON:
   the flattened values, mask = h <= threshold) and the boosted AdamW step (copy theta, base
   step, theta += (delta * mask) * kappa);
 - one training step (forward, backward, optimizer step) of the same networks as the
-  ire-models presets `mlp`, `resnet20` and `lm-paper`, on synthetic data of the same shapes.
+  ire-models presets `mlp`, `resnet20`, `lm-paper` and `gpt2-block`, on synthetic data of the
+  same shapes;
+- the scaling of the fused AdamW step with the parameter count, and of causal attention
+  (scaled_dot_product_attention, forward and backward) with the context length.
+
+Every JSON file records the peak resident memory of the process (ru_maxrss), so the script
+runs each training row in a process of its own.
 
 Arguments have the same names and defaults as the Rust binary's.
 """
@@ -21,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import time
 import warnings
 
@@ -331,13 +338,40 @@ class PaperLm(nn.Module):
         return self.lm_head(h)
 
 
+class GptLm(nn.Module):
+    """`gpt2-block` (and any GPT-style preset): token and learned position embeddings, pre-LN
+    blocks (GELU, biases, no dropout), a final LayerNorm, the output layer tied to the token
+    embedding (no bias)."""
+
+    def __init__(self, vocab, ctx, d=768, heads=12, layers=1):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(ctx, d)
+        layer = nn.TransformerEncoderLayer(
+            d, heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.register_buffer(
+            "causal", nn.Transformer.generate_square_subsequent_mask(ctx), persistent=False
+        )
+
+    def forward(self, x):
+        h = self.embed(x) + self.pos.weight[: x.size(1)]
+        h = self.encoder(h, mask=self.causal, is_causal=True)
+        return F.linear(self.norm(h), self.embed.weight)
+
+
+LM_NETWORKS = {"lm-paper": PaperLm, "gpt2-block": GptLm}
+
+
 def train_step(model_name, args, fused_ok, out):
     torch.manual_seed(0)
     if model_name.startswith(("lm-", "gpt", "llama")):
-        if model_name != "lm-paper":
+        if model_name not in LM_NETWORKS:
             raise SystemExit(f"no PyTorch network for `{model_name}`")
         b, t, vocab = args.lm_batch, args.lm_context, args.lm_vocab
-        model = PaperLm(vocab, t)
+        model = LM_NETWORKS[model_name](vocab, t)
         # The paper's WikiText-2 recipe: AdamW (0.9, 0.95), weight decay 5e-4, eps 1e-16.
         kind = {"fused": True} if fused_ok else {"foreach": True}
         opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), eps=1e-16,
@@ -397,13 +431,62 @@ def train_step(model_name, args, fused_ok, out):
     t = timed(args.train_warmup, args.train_iters, step)
     record(out, f"train_{model_name}", size, f"{detail}; {params} parameters", t)
     out[-1]["params"] = params
+    out[-1]["context"] = args.lm_context if model_name in LM_NETWORKS else 0
+
+
+def scaling(args, fused_ok, out):
+    """PyTorch's fastest AdamW on the CPU at every size of the scaling table."""
+    kind = {"fused": True} if fused_ok else {"foreach": True}
+    for n in (int(s) for s in args.scaling_sizes.split(",") if s):
+        it = min(max(args.opt_iters * 10_000_000 // max(n, 1), 5), max(args.opt_iters, 5))
+        p = nn.Parameter(rand(n, 1.0, 1))
+        p.grad = rand(n, 1e-2, 2)
+        opt = torch.optim.AdamW([p], lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1,
+                                **kind)
+        record(out, "scaling_adamw", n, f"AdamW {'fused' if fused_ok else 'foreach'}",
+               timed(2, it, opt.step))
+        del opt, p
+
+
+def attention(args, out):
+    """Causal scaled_dot_product_attention of one sequence, forward and backward."""
+    h, dh = args.attention_heads, args.attention_head_dim
+    for t in (int(s) for s in args.attention_contexts.split(",") if s):
+        q, k, v = (torch.randn(1, h, t, dh, requires_grad=True) for _ in range(3))
+        dout = torch.randn(1, h, t, dh)
+
+        def fwd_bwd():
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            o.backward(dout)
+            q.grad = k.grad = v.grad = None
+
+        record(out, "attention", t,
+               f"causal scaled_dot_product_attention forward + backward, 1 sequence, "
+               f"{h} heads x {dh}",
+               timed(1, 3 if t >= 2048 else 10, fwd_bwd))
+
+
+def resident_bytes():
+    """The resident memory of this process now (VmRSS, bytes; Linux), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def main():
+    # What the process holds before any benchmark (Python and the torch library): the baseline
+    # the training rows' memory is measured above.
+    baseline_rss = resident_bytes()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--part", choices=["optim", "train", "all"], default="all")
+    ap.add_argument("--part", choices=["optim", "train", "scaling", "attention", "all"],
+                    default="all")
     ap.add_argument("--sizes", default="1000000,10000000")
     ap.add_argument("--opt-warmup", type=int, default=5)
     ap.add_argument("--opt-iters", type=int, default=50)
@@ -415,6 +498,10 @@ def main():
     ap.add_argument("--lm-batch", type=int, default=32)
     ap.add_argument("--lm-context", type=int, default=128)
     ap.add_argument("--lm-vocab", type=int, default=33278)
+    ap.add_argument("--scaling-sizes", default="1000000,3000000,10000000,30000000,100000000")
+    ap.add_argument("--attention-contexts", default="128,256,512,1024,2048,4096")
+    ap.add_argument("--attention-heads", type=int, default=8)
+    ap.add_argument("--attention-head-dim", type=int, default=16)
     args = ap.parse_args()
 
     # Same worker count as the Rust side (rayon's pool): one thread per core by default.
@@ -428,6 +515,10 @@ def main():
     if args.part in ("train", "all"):
         for m in (s for s in args.models.split(",") if s):
             train_step(m, args, fused_ok, out)
+    if args.part == "scaling":
+        scaling(args, fused_ok, out)
+    if args.part == "attention":
+        attention(args, out)
     doc = {
         "impl": "torch",
         "torch_version": torch.__version__,
@@ -435,6 +526,9 @@ def main():
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "fused_adamw_cpu": fused_ok,
         "results": out,
+        # Linux reports ru_maxrss in KiB.
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "baseline_rss_bytes": baseline_rss,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:

@@ -3,9 +3,8 @@
 //! process on the CPU backend with the two trainers stepping in turn, a block of K = 10 steps
 //! (one mask refresh) each, the order alternating from block to block.
 
-use std::time::Instant;
-
 use ire_backend_cpu::CpuBackend;
+use ire_bench::interleave::interleaved_blocks;
 use ire_models::artifacts::MetricsWriter;
 use ire_models::train::{EstimatorBatch, EstimatorForward, OptimizerKind, TrainConfig, Trainer};
 use serde_json::json;
@@ -35,31 +34,7 @@ fn interleave(p: &Pair, w: &mut MetricsWriter) -> Res<(Vec<f64>, Vec<f64>)> {
     };
     let mut a = Trainer::new(CpuBackend::new(), long(&p.base.1))?;
     let mut b = Trainer::new(CpuBackend::new(), long(&p.ire.1))?;
-    let block = |t: &mut Trainer<CpuBackend>| -> Res<f64> {
-        let t0 = Instant::now();
-        for _ in 0..BLOCK {
-            t.train_step()?;
-        }
-        Ok(t0.elapsed().as_secs_f64() / BLOCK as f64)
-    };
-    // A warm-up block each (allocations, first mask).
-    block(&mut a)?;
-    block(&mut b)?;
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
-    for i in 0..p.blocks {
-        let (x, y) = if i % 2 == 0 {
-            let x = block(&mut a)?;
-            (x, block(&mut b)?)
-        } else {
-            let y = block(&mut b)?;
-            (block(&mut a)?, y)
-        };
-        for (opt, s) in [(p.base.0, x), (p.ire.0, y)] {
-            w.write(
-                &json!({"pair": p.name, "optimizer": opt, "block": i, "steps": BLOCK,
-                "seconds_per_step": s}),
-            )?;
-        }
+    let times = interleaved_blocks(&mut a, &mut b, BLOCK, p.blocks, |i, x, y| {
         eprintln!(
             "[cost/{}] block {i}: {} {:.1} ms/step, {} {:.1} ms/step",
             p.name,
@@ -68,10 +43,17 @@ fn interleave(p: &Pair, w: &mut MetricsWriter) -> Res<(Vec<f64>, Vec<f64>)> {
             p.ire.0,
             y * 1e3
         );
-        ta.push(x);
-        tb.push(y);
+        Ok(())
+    })?;
+    for (i, (x, y)) in times.a.iter().zip(&times.b).enumerate() {
+        for (opt, s) in [(p.base.0, x), (p.ire.0, y)] {
+            w.write(
+                &json!({"pair": p.name, "optimizer": opt, "block": i, "steps": BLOCK,
+                "seconds_per_step": s}),
+            )?;
+        }
     }
-    Ok((ta, tb))
+    Ok((times.a, times.b))
 }
 
 /// Runs the item.

@@ -39,6 +39,9 @@ pub enum LmPreset {
     PaperQuirk,
     /// nanoGPT's documented CPU configuration: 4 layers, 4 heads, d 128 (GPT-style, pre-LN).
     GptNano,
+    /// One GPT-2-small-shaped block (d 768, 12 heads, FFN 3072, pre-LN, GELU, learned positions,
+    /// tied embeddings): the per-block cost of GPT-2 small, for benchmarks.
+    Gpt2Block,
     /// A tiny Llama for tests and CPU runs: d 64, 4 heads, 2 layers, SwiGLU 172.
     LlamaTiny,
     /// The paper's WikiText-103 Llama (d 410, 10 heads, 16 layers, FFN 4d).
@@ -59,6 +62,7 @@ impl LmPreset {
                 ..TransformerConfig::paper_lm(vocab, ctx)
             },
             LmPreset::GptNano => TransformerConfig::gpt(vocab, 128, 4, 4, ctx),
+            LmPreset::Gpt2Block => TransformerConfig::gpt(vocab, 768, 12, 1, ctx),
             LmPreset::LlamaTiny => TransformerConfig::llama(vocab, 64, 4, 2, 172, ctx),
             LmPreset::Llama60m => TransformerConfig::llama(vocab, 410, 10, 16, 4 * 410, ctx),
             LmPreset::Llama119m => TransformerConfig::llama(vocab, 768, 12, 6, 4 * 768, ctx),
@@ -84,6 +88,7 @@ impl ModelSpec {
         "lm-paper",
         "lm-paper-quirk",
         "gpt-nano",
+        "gpt2-block",
         "llama-tiny",
         "llama-60m",
         "llama-119m",
@@ -175,6 +180,7 @@ impl FromStr for ModelSpec {
             "lm-paper" => ModelSpec::Lm(LmPreset::Paper),
             "lm-paper-quirk" => ModelSpec::Lm(LmPreset::PaperQuirk),
             "gpt-nano" => ModelSpec::Lm(LmPreset::GptNano),
+            "gpt2-block" => ModelSpec::Lm(LmPreset::Gpt2Block),
             "llama-tiny" => ModelSpec::Lm(LmPreset::LlamaTiny),
             "llama-60m" => ModelSpec::Lm(LmPreset::Llama60m),
             "llama-119m" => ModelSpec::Lm(LmPreset::Llama119m),
@@ -211,6 +217,7 @@ impl fmt::Display for ModelSpec {
                 LmPreset::Paper => "lm-paper",
                 LmPreset::PaperQuirk => "lm-paper-quirk",
                 LmPreset::GptNano => "gpt-nano",
+                LmPreset::Gpt2Block => "gpt2-block",
                 LmPreset::LlamaTiny => "llama-tiny",
                 LmPreset::Llama60m => "llama-60m",
                 LmPreset::Llama119m => "llama-119m",

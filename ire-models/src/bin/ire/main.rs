@@ -117,7 +117,7 @@ struct TrainArgs {
     config: Option<PathBuf>,
     /// Model preset: mlp, mlp-small, resnet-small, resnet20, resnet56, wrn-small, wrn-16-8,
     /// wrn-28-10, vit-mini, vit-t, vit-s (images); lm-paper, lm-paper-quirk, gpt-nano,
-    /// llama-tiny, llama-60m, llama-119m, llama-229m (language models, with --dataset text).
+    /// gpt2-block, llama-tiny, llama-60m, llama-119m, llama-229m (language models, with --dataset text).
     #[arg(long)]
     model: Option<String>,
     /// Dataset format: cifar10, cifar100, idx (MNIST, Fashion-MNIST), folder, digits, text (a
