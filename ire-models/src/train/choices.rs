@@ -311,3 +311,16 @@ mod tests {
         );
     }
 }
+
+/// Where a data-parallel group keeps the optimizer state (config `optimizer_state`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerStateLayout {
+    /// `replicated`: every process holds the whole state and takes the whole step.
+    #[default]
+    Replicated,
+    /// `sharded`: ZeRO stage 1, each process holds and steps the state of its own range of the
+    /// parameters (see [`crate::train::shard_state`]); the parameters are all-gathered after
+    /// the step.
+    Sharded,
+}

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::choices::{EstimatorBatch, EstimatorForward};
+use super::choices::{EstimatorBatch, EstimatorForward, OptimizerStateLayout};
 use super::config_error::ConfigError;
 use super::optimizer::{OptimizerConfig, OptimizerKind};
 use crate::data::{self, Cifar100Labels, DataError, ImageDataset};
@@ -93,6 +93,13 @@ pub struct TrainConfig {
     /// (cut a larger `batch_size` into more shards instead).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shards: Option<usize>,
+    /// Where a data-parallel group keeps the optimizer state: `replicated` (default) or
+    /// `sharded` (ZeRO stage 1: each process holds the moments, IRE estimate and mask of its
+    /// own range of the parameters). How this invocation runs, not what it computes (the
+    /// numbers are the same bit for bit): never written into a checkpoint, whose optimizer
+    /// state is whole either way, so a run resumes with either.
+    #[serde(skip_serializing)]
+    pub optimizer_state: OptimizerStateLayout,
     /// Weight decay on every parameter (the official scripts' setting). False (the default):
     /// none on norms, biases and embeddings, as the model's layout marks them (the nanoGPT
     /// convention); the optimizer then steps the parameters in groups.
@@ -149,6 +156,7 @@ impl Default for TrainConfig {
             batch_size: 128,
             grad_accum: 1,
             shards: None,
+            optimizer_state: OptimizerStateLayout::Replicated,
             decay_all: false,
             label_smoothing: 0.0,
             clip_grad_norm: 0.0,
@@ -239,6 +247,14 @@ impl TrainConfig {
         }
         if self.steps == 0 && self.epochs == 0 {
             return Err(bad("epochs", self.epochs, "epochs or steps must be >= 1"));
+        }
+        if self.optimizer_state == OptimizerStateLayout::Sharded && self.optimizer.is_sam() {
+            return Err(bad(
+                "optimizer_state",
+                "sharded",
+                "does not combine with sam or sam-ire: SAM's perturbation needs the norm of the \
+                 whole gradient and moves every parameter (use replicated)",
+            ));
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return Err(bad(

@@ -11,11 +11,15 @@ pub mod history;
 pub mod optimizer;
 pub mod run;
 pub mod run_error;
+pub mod shard_state;
 pub mod source;
 pub mod train_error;
 pub mod trainer;
 
-pub use choices::{EstimatorBatch, EstimatorForward, EstimatorKind, GammaChoice, ThresholdKind};
+pub use choices::{
+    EstimatorBatch, EstimatorForward, EstimatorKind, GammaChoice, OptimizerStateLayout,
+    ThresholdKind,
+};
 pub use config::{DatasetKind, TrainConfig};
 pub use config_error::ConfigError;
 pub use optimizer::{AnyOptimizer, MaskSummary, OptimizerConfig, OptimizerKind};

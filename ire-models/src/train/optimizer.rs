@@ -3,10 +3,13 @@
 use std::fmt;
 use std::str::FromStr;
 
-use ire_core::optim::{EstimateInput, Estimator, KappaSchedule, Optimizer, ParamGroups};
+use ire_core::collective::select;
+use ire_core::optim::{
+    EstimateInput, Estimator, KappaSchedule, Optimizer, ParamGroups, TensorStep,
+};
 use ire_core::state::StateDict;
 use ire_core::{
-    AdamW, AdamWConfig, Ire, IreConfig, IreStep, Result, Sam, SamConfig, Sgd, SgdConfig,
+    AdamW, AdamWConfig, Collective, Ire, IreConfig, IreStep, Result, Sam, SamConfig, Sgd, SgdConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -311,6 +314,33 @@ impl<B: NnOps> AnyOptimizer<B> {
         }
     }
 
+    /// [`AnyOptimizer::step`] on one rank's pieces of a parameter arena whose optimizer state is
+    /// sharded over the ranks of `comm` (every rank calls it at every step): the IRE mask of a
+    /// refresh comes from ONE threshold over the estimates of every rank
+    /// ([`select::threshold`], the radix selection whose histograms are all-reduced), so the
+    /// mask equals the unsharded one bit for bit. SAM is not stepped here (refused by the
+    /// configuration: its perturbation needs the whole gradient's norm).
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_sharded(
+        &mut self,
+        b: &B,
+        params: &mut [B::Buffer<f32>],
+        grads: &[B::Buffer<f32>],
+        lr: f64,
+        estimate: Option<&[B::Buffer<f32>]>,
+        groups: Option<&ParamGroups>,
+        comm: &dyn Collective,
+    ) -> Result<(f64, bool)> {
+        match self {
+            AnyOptimizer::SgdIre(o) => ire_step_global(o, b, params, grads, lr, estimate, comm),
+            AnyOptimizer::Admire(o) => ire_step_global(o, b, params, grads, lr, estimate, comm),
+            AnyOptimizer::SamIre(_) | AnyOptimizer::Sam(_) => Err(ire_core::Error::Protocol(
+                "SAM with a sharded optimizer state".into(),
+            )),
+            _ => self.step(b, params, grads, lr, estimate, groups),
+        }
+    }
+
     /// Fraction of coordinates currently flat (IRE only).
     pub fn flat_fraction(&self, b: &B, n: usize) -> Result<Option<f64>> {
         let f = |c: usize| Some(c as f64 / n.max(1) as f64);
@@ -324,17 +354,27 @@ impl<B: NnOps> AnyOptimizer<B> {
 
     /// The IRE mask's flat count and hash ([`MaskSummary`]; `None` for the base optimizers).
     pub fn mask_summary(&self, b: &B) -> Result<Option<MaskSummary>> {
+        Ok(self.mask_bytes(b)?.map(|m| {
+            let mut s = MaskSummary::EMPTY;
+            s.add(&m);
+            s
+        }))
+    }
+
+    /// The IRE masks' bytes, the tensors' concatenated in order (`None` for the base
+    /// optimizers).
+    pub fn mask_bytes(&self, b: &B) -> Result<Option<Vec<u8>>> {
         let masks = match self {
             AnyOptimizer::SgdIre(o) => o.mask(),
             AnyOptimizer::SamIre(o) => o.mask(),
             AnyOptimizer::Admire(o) => o.mask(),
             _ => return Ok(None),
         };
-        let mut s = MaskSummary::EMPTY;
+        let mut out = Vec::new();
         for m in masks {
-            s.add(&b.to_vec(m)?);
+            out.extend(b.to_vec(m)?);
         }
-        Ok(Some(s))
+        Ok(Some(out))
     }
 
     /// The optimizer's state.
@@ -393,6 +433,58 @@ impl MaskSummary {
     pub fn hash_hex(&self) -> String {
         format!("{:016x}", self.fnv1a64)
     }
+}
+
+/// One IRE step whose mask, at a refresh, is rebuilt from the global threshold over the
+/// estimates of every rank of `comm` (see [`AnyOptimizer::step_sharded`]). The optimizer's own
+/// refresh first updates the estimate `h` of this rank's pieces (and a local mask, replaced
+/// here before any tensor moves).
+fn ire_step_global<B: NnOps, O: Optimizer<B, f32>>(
+    o: &mut Ire<B, f32, O>,
+    b: &B,
+    params: &mut [B::Buffer<f32>],
+    grads: &[B::Buffer<f32>],
+    lr: f64,
+    est: Option<&[B::Buffer<f32>]>,
+    comm: &dyn Collective,
+) -> Result<(f64, bool)> {
+    let sizes: Vec<usize> = params.iter().map(|p| b.len(p)).collect();
+    let estimate = match est {
+        Some(e) => Some(EstimateInput::Gradient(e)),
+        None if o.config().estimator == Estimator::SquaredTrainingGradient => {
+            Some(EstimateInput::Gradient(grads))
+        }
+        None => None,
+    };
+    let t = o.step_count();
+    let report = o.begin_step(b, &sizes, IreStep { lr, estimate })?;
+    if report.refreshed {
+        let cfg = *o.config();
+        let h = o
+            .estimate()
+            .iter()
+            .map(|x| b.to_vec(x))
+            .collect::<Result<Vec<_>>>()?;
+        let parts: Vec<&[f32]> = h.iter().map(Vec::as_slice).collect();
+        let rank = cfg
+            .gamma_schedule
+            .rank_at(cfg.gamma, t.saturating_sub(cfg.warmup_steps));
+        let th = select::threshold(&parts, cfg.threshold, rank, comm)?;
+        let masks: Vec<Vec<u8>> = h
+            .iter()
+            .map(|v| v.iter().map(|&x| th.mask(x)).collect())
+            .collect();
+        let refs: Vec<&[u8]> = masks.iter().map(Vec::as_slice).collect();
+        o.set_mask(b, params, &refs)?;
+    }
+    for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+        let hp = o
+            .groups()
+            .map_or(TensorStep::lr(lr), |gr| gr.tensor_step(i, lr));
+        o.step_tensor(b, i, p, g, hp)?;
+    }
+    let r = o.end_step()?;
+    Ok((r.kappa, r.refreshed))
 }
 
 fn ire_ctx<B: NnOps>(lr: f64, est: Option<&[B::Buffer<f32>]>) -> IreStep<'_, B, f32> {

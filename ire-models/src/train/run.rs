@@ -458,6 +458,7 @@ pub fn run_in<B: NnOps>(
     let mut last_loss = f64::NAN;
     let mut finished = true;
     let world = t.world_size();
+    let mut logged_state = false;
     while t.step < total {
         let Some(m) =
             next_step(t, start_step, opts, stop).map_err(|e| diverged(e, &kept, t.step))?
@@ -476,6 +477,11 @@ pub fn run_in<B: NnOps>(
             let mut line = json!({"kind": "train", "step": s, "epoch": m.epoch, "lr": m.lr, "loss": last_loss,
                        "acc": mean(&win_acc), "kappa": m.kappa, "refreshes": win_refresh, "images_per_sec": ips,
                        "world_size": world});
+            if !logged_state && !t.optimizer_state_bytes().is_empty() {
+                // The first line of this invocation: the optimizer state of each rank.
+                line["opt_state_bytes"] = json!(t.optimizer_state_bytes());
+                logged_state = true;
+            }
             if win_refresh > 0
                 && let Some(mask) = t.mask_summary()?
             {
@@ -591,13 +597,18 @@ fn next_step<B: NnOps>(
 
 /// The part of [`run_in`] that ranks other than 0 of a data-parallel group run: the same
 /// steps, the same decisions to stop, no file read or written. The summary has the steps and
-/// whether the run finished (no losses, evaluation or files: rank 0 has those).
+/// whether the run finished (no losses, evaluation or files: rank 0 has those). `resume`: the
+/// metrics position of the checkpoint `t` was restored from. With a sharded optimizer state
+/// the follower also joins rank 0's gathers: the mask at every logged line with a refresh,
+/// the optimizer state at every checkpoint.
 pub fn run_follower<B: NnOps>(
     t: &mut Trainer<B>,
     opts: &RunOptions,
-    resumed: bool,
+    resume: Option<&MetricsPosition>,
     stop: &AtomicBool,
 ) -> Result<RunSummary, TrainError> {
+    let resumed = resume.is_some();
+    let mut refreshes = resume.map_or(0, |p| p.window_refreshes);
     let total = t.total_steps();
     let unit = if matches!(t.data(), super::source::Source::Text { .. }) {
         "tokens"
@@ -618,10 +629,28 @@ pub fn run_follower<B: NnOps>(
     let start_step = t.step;
     summary.finished = true;
     while t.step < total {
-        if next_step(t, start_step, opts, stop)?.is_none() {
+        let Some(m) = next_step(t, start_step, opts, stop)? else {
             summary.finished = false;
             break;
+        };
+        if t.shards_optimizer_state() {
+            // The same conditions as `run_in`'s mask line and checkpoints.
+            refreshes += m.refreshed as usize;
+            let s = m.step + 1;
+            if s % t.cfg.log_every == 0 || s == total {
+                if refreshes > 0 {
+                    t.mask_summary()?;
+                }
+                refreshes = 0;
+            }
+            if t.cfg.checkpoint_every > 0 && s % t.cfg.checkpoint_every == 0 && s < total {
+                t.optimizer_state()?;
+            }
         }
+    }
+    if t.shards_optimizer_state() && t.step > start_step {
+        // `run_in`'s last checkpoint.
+        t.optimizer_state()?;
     }
     summary.steps = t.step;
     summary.seconds = start.elapsed().as_secs_f64();

@@ -28,6 +28,17 @@
 //!   reduction that moves one gradient (a chain or a tree over the shards with the order fixed
 //!   by shard, not by rank) would keep the guarantee at the cost of an all-reduce.
 //!
+//! # Sharded optimizer state
+//!
+//! With `optimizer_state = sharded` (ZeRO stage 1, [`super::shard_state`]) each rank holds the
+//! optimizer state (moments, IRE estimate and mask) of its own range of the arena only and
+//! steps only that range; the parameters are then all-gathered. The gradients are combined
+//! exactly as above (all-reduced, or gathered by shard) and each rank slices its range: the
+//! same sums as a replicated run, so the two give the same numbers bit for bit with or without
+//! `shards`, and clipping still sees the whole gradient. IRE's threshold is ONE selection over
+//! the estimates of every rank ([`ire_core::collective::select`]), so the mask is the
+//! replicated run's, bit for bit.
+//!
 //! Batch-norm statistics are per rank: each forward normalizes with the statistics of the
 //! examples it sees (a rank's micro-batch or shard), and each rank's running statistics follow
 //! its own examples; a checkpoint and the weights file hold rank 0's.
@@ -38,10 +49,12 @@ use ire_core::collective::{BufMut, SingleProcess};
 use ire_core::optim::{ParamGroup, ParamGroups};
 use ire_core::{Collective, LrSchedule, Result as CoreResult};
 
+use super::choices::OptimizerStateLayout;
 use super::choices::{EstimatorBatch, EstimatorForward};
 use super::config::TrainConfig;
 use super::config_error::ConfigError;
 use super::optimizer::{AnyOptimizer, MaskSummary};
+use super::shard_state::{self, ShardLayout};
 use super::source::{Input, Source};
 use super::train_error::TrainError;
 use crate::data::{Batch, ImageDataset};
@@ -135,6 +148,24 @@ fn arena<'a, X>(est: bool, grads: &'a mut [X], est_grads: &'a mut [X]) -> &'a mu
     }
 }
 
+/// Replaces every rank's range of `params` with what that rank holds (one all-gather of the
+/// ranges, each padded to the layout's chunk).
+fn gather_params<B: NnOps>(
+    b: &B,
+    params: &mut B::Buffer<f32>,
+    layout: &ShardLayout,
+    comm: &dyn Collective,
+) -> CoreResult<()> {
+    let host = b.to_vec(params)?;
+    let r = layout.ranges[comm.rank()].clone();
+    let mut mine = vec![0f32; layout.chunk];
+    mine[..r.len()].copy_from_slice(&host[r]);
+    let mut all = vec![0f32; layout.chunk * comm.world_size()];
+    comm.all_gather(mine.as_slice().into(), BufMut::F32(&mut all))?;
+    all.truncate(host.len());
+    b.upload(params, &all)
+}
+
 /// `n` examples in exactly `parts` near-equal consecutive ranges ([`Batch::micro_ranges`]),
 /// the last ones empty when `n < parts`.
 fn exact_ranges(n: usize, parts: usize) -> Vec<Range<usize>> {
@@ -172,8 +203,20 @@ pub struct Trainer<B: NnOps + 'static> {
     comm: Option<Box<dyn Collective>>,
     /// The optimizer's parameter groups as parts of the arena (`None`: one group).
     groups: Option<StepGroups>,
+    /// This rank's share of a sharded optimizer state (`None`: replicated).
+    shard: Option<ShardState>,
+    /// Bytes of optimizer state each rank holds, once measured
+    /// ([`Trainer::measure_optimizer_state`]).
+    state_bytes: Vec<u64>,
     /// Steps taken.
     pub step: u64,
+}
+
+/// A rank's share of a sharded optimizer state: the layout over the group, and the parameter
+/// groups of this rank's pieces (`None`: one group).
+struct ShardState {
+    layout: ShardLayout,
+    groups: Option<ParamGroups>,
 }
 
 /// The parameter groups of the optimizer steps: consecutive runs of the arena's tensors with
@@ -181,6 +224,8 @@ pub struct Trainer<B: NnOps + 'static> {
 struct StepGroups {
     /// Elements of each part, in arena order.
     lens: Vec<usize>,
+    /// The group of each part (0 decays, 1 does not).
+    of_part: Vec<usize>,
     /// Group 0 decays, group 1 does not; part `i` is in `groups.group_of(i)`.
     groups: ParamGroups,
 }
@@ -206,9 +251,17 @@ impl StepGroups {
         if of_part.iter().all(|&g| g == 0) {
             return Ok(None);
         }
-        let groups =
-            ParamGroups::new(vec![ParamGroup::default(), ParamGroup::no_decay()], of_part)?;
-        Ok(Some(StepGroups { lens, groups }))
+        let groups = Self::groups(of_part.clone())?;
+        Ok(Some(StepGroups {
+            lens,
+            of_part,
+            groups,
+        }))
+    }
+
+    /// Group 0 decays, group 1 does not; tensor `i` is in `of_part[i]`.
+    fn groups(of_part: Vec<usize>) -> CoreResult<ParamGroups> {
+        ParamGroups::new(vec![ParamGroup::default(), ParamGroup::no_decay()], of_part)
     }
 }
 
@@ -327,9 +380,40 @@ impl<B: NnOps + 'static> Trainer<B> {
             total_steps,
             comm: None,
             groups,
+            shard: None,
+            state_bytes: Vec::new(),
             step: 0,
             cfg,
         })
+        .and_then(|t| t.shard_over(1))
+    }
+
+    /// With a sharded optimizer state, this rank's share of it over `world` ranks: the
+    /// optimizer is built again over this rank's pieces (before the first step).
+    fn shard_over(mut self, world: usize) -> Result<Self, TrainError> {
+        if self.cfg.optimizer_state != OptimizerStateLayout::Sharded {
+            return Ok(self);
+        }
+        let parts = match &self.groups {
+            Some(g) => g.lens.clone(),
+            None => vec![self.param_count()],
+        };
+        let layout = ShardLayout::new(&parts, world);
+        let pieces = &layout.pieces[self.rank().min(world - 1)];
+        let groups = match &self.groups {
+            Some(g) if !pieces.is_empty() => Some(StepGroups::groups(
+                pieces.iter().map(|p| g.of_part[p.part]).collect(),
+            )?),
+            _ => None,
+        };
+        self.opt = AnyOptimizer::new(
+            self.cfg.optimizer,
+            &self.cfg.opt,
+            self.cfg.lr,
+            groups.as_ref(),
+        )?;
+        self.shard = Some(ShardState { layout, groups });
+        Ok(self)
     }
 
     /// Makes this trainer one rank of the data-parallel group `comm` (see the module
@@ -350,7 +434,65 @@ impl<B: NnOps + 'static> Trainer<B> {
             .into());
         }
         self.comm = Some(comm);
-        Ok(self)
+        self.shard_over(w)
+    }
+
+    /// Whether this trainer holds only its share of a sharded optimizer state (then
+    /// [`Trainer::optimizer_state`] and [`Trainer::mask_summary`] are collective: every rank
+    /// calls them at the same point).
+    pub fn shards_optimizer_state(&self) -> bool {
+        self.shard.is_some()
+    }
+
+    /// Measures the bytes of optimizer state every rank holds (collective: every rank calls it
+    /// once, before the first step): each rank steps a copy of its optimizer once on zeros of
+    /// its own parts' sizes, and counts the tensors of the state that copy saves (moments,
+    /// estimate, mask: what the real one holds after its first step). Returns the bytes of
+    /// each rank, in rank order; kept for [`Trainer::optimizer_state_bytes`].
+    pub fn measure_optimizer_state(&mut self) -> Result<Vec<u64>, TrainError> {
+        let sizes: Vec<usize> = match (&self.shard, &self.groups) {
+            (Some(sh), _) => sh.layout.pieces[self.rank()]
+                .iter()
+                .map(|p| p.len)
+                .collect(),
+            (None, Some(g)) => g.lens.clone(),
+            (None, None) => vec![self.param_count()],
+        };
+        let groups = match (&self.shard, &self.groups) {
+            (Some(sh), _) => sh.groups.clone(),
+            (None, g) => g.as_ref().map(|g| g.groups.clone()),
+        };
+        let b = &self.b;
+        let mut probe = AnyOptimizer::new(
+            self.cfg.optimizer,
+            &self.cfg.opt,
+            self.cfg.lr,
+            groups.as_ref(),
+        )?;
+        let zeros = |n: usize| b.alloc::<f32>(n);
+        let mut params = sizes
+            .iter()
+            .map(|&n| zeros(n))
+            .collect::<CoreResult<Vec<_>>>()?;
+        let grads = sizes
+            .iter()
+            .map(|&n| zeros(n))
+            .collect::<CoreResult<Vec<_>>>()?;
+        let est = probe.wants_estimate().then_some(&grads[..]);
+        probe.perturb(b, &mut params, &grads, est)?;
+        probe.step(b, &mut params, &grads, self.cfg.lr, est, groups.as_ref())?;
+        let mine = [shard_state::tensor_bytes(&probe.save(b)?)];
+        let mut all = vec![0u64; self.world_size()];
+        self.comm()
+            .all_gather((&mine[..]).into(), BufMut::U64(&mut all))?;
+        self.state_bytes = all.clone();
+        Ok(all)
+    }
+
+    /// The bytes of optimizer state of each rank, as [`Trainer::measure_optimizer_state`]
+    /// measured them (empty before).
+    pub fn optimizer_state_bytes(&self) -> &[u64] {
+        &self.state_bytes
     }
 
     /// This process's rank in its data-parallel group (0 without one).
@@ -378,9 +520,20 @@ impl<B: NnOps + 'static> Trainer<B> {
         Ok(v[0] > 0)
     }
 
-    /// The IRE mask's flat count and hash (`None` for the base optimizers).
+    /// The IRE mask's flat count and hash (`None` for the base optimizers). With a sharded
+    /// optimizer state every rank must call it (the ranks' masks are gathered).
     pub fn mask_summary(&self) -> CoreResult<Option<MaskSummary>> {
-        self.opt.mask_summary(&self.b)
+        if self.shard.is_none() {
+            return self.opt.mask_summary(&self.b);
+        }
+        let Some(mine) = self.opt.mask_bytes(&self.b)? else {
+            return Ok(None);
+        };
+        let mut s = MaskSummary::EMPTY;
+        for m in shard_state::gather_bytes(self.comm(), &mine)? {
+            s.add(&m);
+        }
+        Ok(Some(s))
     }
 
     /// The backend.
@@ -422,9 +575,19 @@ impl<B: NnOps + 'static> Trainer<B> {
             .collect()
     }
 
-    /// The optimizer's state.
-    pub fn optimizer_state(&self) -> CoreResult<ire_core::state::StateDict> {
-        self.opt.save(&self.b)
+    /// The optimizer's state, whole: with a sharded state, every rank's share is gathered and
+    /// joined into the state a replicated run holds (every rank must call it).
+    pub fn optimizer_state(&self) -> Result<ire_core::state::StateDict, TrainError> {
+        let mine = self.opt.save(&self.b)?;
+        let Some(sh) = &self.shard else {
+            return Ok(mine);
+        };
+        let bytes = crate::artifacts::checkpoint::encode(&mine)?;
+        let states = shard_state::gather_bytes(self.comm(), &bytes)?
+            .iter()
+            .map(|b| crate::artifacts::checkpoint::decode(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(shard_state::merge(&sh.layout, &states)?)
     }
 
     /// Restores step, parameters, model state and optimizer state; checks everything first,
@@ -467,7 +630,13 @@ impl<B: NnOps + 'static> Trainer<B> {
         }
         // The optimizer validates and loads all-or-nothing; then nothing below can fail
         // except a device error.
-        self.opt.load(&self.b, opt)?;
+        match &self.shard {
+            None => self.opt.load(&self.b, opt)?,
+            Some(sh) => {
+                let mine = shard_state::slice(&sh.layout, opt, &sh.layout.pieces[self.rank()])?;
+                self.opt.load(&self.b, &mine)?
+            }
+        }
         self.b.upload(&mut self.params[0], params)?;
         for ((_, buf), (_, v)) in self.model.state_mut().into_iter().zip(state) {
             self.b.upload(buf, v)?;
@@ -953,15 +1122,42 @@ impl<B: NnOps + 'static> Trainer<B> {
             None
         };
         // In a data-parallel group every rank holds the same, all-reduced gradients and
-        // estimator gradient here, so the step (and IRE's threshold, selected locally over the
-        // whole estimate) gives the same parameters and mask on every rank. The distributed
-        // selection of `ire_core::collective::select` is for an estimate sharded over the ranks,
-        // which this trainer does not do.
+        // estimator gradient here, so a replicated step (and IRE's threshold, selected locally
+        // over the whole estimate) gives the same parameters and mask on every rank.
+        // Sharded state: the gradients were all-reduced (or gathered by shard), not
+        // reduce-scattered, and each rank slices its range: the very sums of a replicated run,
+        // so sharded equals replicated bit for bit (with `shards` at any world size), and
+        // clipping saw the whole gradient; IRE's threshold is the distributed selection.
         let (b, opt) = (&self.b, &mut self.opt);
-        let (kappa, refreshed) = match &self.groups {
-            None => opt.step(b, params, grads, lr, est, None)?,
+        let comm: &dyn Collective = match &self.comm {
+            Some(c) => c.as_ref(),
+            None => &SingleProcess,
+        };
+        let (kappa, refreshed) = match (&self.shard, &self.groups) {
+            // This rank's pieces of the arena as tensors of their own; then every rank's
+            // stepped range is gathered.
+            (Some(sh), _) => {
+                let rank = comm.rank();
+                let cut = sh.layout.cut_for(rank);
+                let k = cut.len() - 1;
+                let r = b.with_parts(&mut params[0], &arena_and(grads, est), &cut, |p, sh2| {
+                    let est = sh2.get(1).map(|e| &e[1..k]);
+                    opt.step_sharded(
+                        b,
+                        &mut p[1..k],
+                        &sh2[0][1..k],
+                        lr,
+                        est,
+                        sh.groups.as_ref(),
+                        comm,
+                    )
+                })?;
+                gather_params(b, &mut params[0], &sh.layout, comm)?;
+                r
+            }
+            (None, None) => opt.step(b, params, grads, lr, est, None)?,
             // The groups' parts of the arena as tensors of their own (no copy on the CPU).
-            Some(sg) => {
+            (None, Some(sg)) => {
                 b.with_parts(&mut params[0], &arena_and(grads, est), &sg.lens, |p, sh| {
                     let est = sh.get(1).map(|e| &e[..]);
                     opt.step(b, p, &sh[0], lr, est, Some(&sg.groups))

@@ -21,7 +21,8 @@ use ire_models::train::run::{
     restore, run_follower, run_in,
 };
 use ire_models::train::{
-    DatasetKind, EvalMetrics, OptimizerKind, RunError, TrainConfig, TrainError, Trainer,
+    ConfigError, DatasetKind, EvalMetrics, OptimizerKind, OptimizerStateLayout, RunError,
+    TrainConfig, TrainError, Trainer,
 };
 
 /// IRE: Implicit Regularization Enhancement optimizers.
@@ -151,6 +152,16 @@ struct TrainArgs {
     /// batch-size; not with --grad-accum). Costs an all-gather of G gradients per step.
     #[arg(long)]
     shards: Option<usize>,
+    /// ZeRO stage 1 in a data-parallel group: each process holds and steps the optimizer state
+    /// (moments, IRE estimate and mask) of its own range of the parameters only, then the
+    /// parameters are all-gathered; the same numbers bit for bit (same as --optimizer-state
+    /// sharded). Needs a group of processes (an MPI launcher, or --distributed mpi).
+    #[arg(long, conflicts_with = "optimizer_state")]
+    shard_optimizer_state: bool,
+    /// Where a data-parallel group keeps the optimizer state: replicated or sharded. Not kept
+    /// in checkpoints: a resumed run is replicated unless told otherwise.
+    #[arg(long, value_enum)]
+    optimizer_state: Option<StateArg>,
     /// Data-parallel training: auto (over MPI when an MPI launcher such as mpirun or srun
     /// started this process), mpi (always, a process started alone is a group of one), none (a
     /// single process, even under a launcher).
@@ -338,6 +349,15 @@ impl TrainArgs {
             c.shards = Some(g);
             given.push("shards");
         }
+        match (self.shard_optimizer_state, self.optimizer_state) {
+            (true, _) | (_, Some(StateArg::Sharded)) => {
+                c.optimizer_state = OptimizerStateLayout::Sharded
+            }
+            (false, Some(StateArg::Replicated)) => {
+                c.optimizer_state = OptimizerStateLayout::Replicated
+            }
+            (false, None) => {}
+        }
         if self.kappa_decay {
             c.opt.kappa_decay = true;
             given.push("kappa_decay");
@@ -382,6 +402,15 @@ impl TrainArgs {
             ),
         }
     }
+}
+
+/// The choices of `--optimizer-state`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StateArg {
+    /// Every process holds the whole optimizer state.
+    Replicated,
+    /// Each process holds the state of its own range of the parameters (ZeRO stage 1).
+    Sharded,
 }
 
 /// Prints `e` and returns its documented exit status.
@@ -501,6 +530,17 @@ fn train_ranks(
             }
         }
     };
+    if cfg.optimizer_state == OptimizerStateLayout::Sharded && group.is_none() {
+        return Ok(fail_status(
+            &ConfigError::OutOfRange {
+                field: "optimizer_state",
+                value: "sharded in a single process".into(),
+                why: "shards the state over the processes of a data-parallel group: start `ire \
+                      train` under an MPI launcher (mpirun -np N) or with --distributed mpi",
+            }
+            .into(),
+        ));
+    }
     if let Some(folder) = &folder {
         for note in folder.notes() {
             eprintln!("note: {note}");
@@ -833,7 +873,18 @@ impl NnTask for TrainRun {
             t = t.with_collective(Box::new(g))?;
         }
         let lead = t.rank() == 0;
+        let state = t.measure_optimizer_state()?;
         if lead {
+            let list: Vec<String> = state.iter().map(u64::to_string).collect();
+            eprintln!(
+                "optimizer state per process: {} bytes ({})",
+                list.join(", "),
+                if t.shards_optimizer_state() {
+                    "sharded"
+                } else {
+                    "replicated"
+                }
+            );
             eprintln!(
                 "model {} ({} parameters), {}, {} steps of batch {}{}",
                 t.cfg.model,
@@ -862,7 +913,12 @@ impl NnTask for TrainRun {
         }
         match &self.folder {
             Some(f) => run_in(&mut t, f, &self.opts, from, self.stop),
-            None => run_follower(&mut t, &self.opts, from.is_some(), self.stop),
+            None => run_follower(
+                &mut t,
+                &self.opts,
+                from.as_ref().map(|r| &r.position),
+                self.stop,
+            ),
         }
     }
 }
