@@ -1,7 +1,8 @@
 //! Data-parallel `ire train` under `mpirun` on this machine (oversubscribed): the same run, bit
 //! for bit, on 1, 2 and 3 processes with `--shards 6`; within a stated tolerance without it; a
 //! failing or killed rank ends the job with an error, never a hang, and the last checkpoint
-//! survives; a checkpoint of 2 ranks resumes on 3.
+//! survives; a checkpoint of 2 ranks resumes on 3; a sharded optimizer state (ZeRO stage 1)
+//! gives the numbers of a replicated one, bit for bit, in half the memory on 2 ranks.
 //!
 //! Every job runs under `timeout`, so a hang fails the test (status 124) instead of stalling it.
 //! Without `mpirun` on `PATH` the tests print a `skipped` line and pass, unless `IRE_REQUIRE`
@@ -539,5 +540,199 @@ fn a_killed_rank_ends_the_job_and_the_checkpoint_survives() {
         .unwrap();
     expect_status(&o, 0, "eval of the surviving checkpoint");
     assert!(text(&o).contains(&format!("step {step}:")), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The optimizer state per process that rank 0 prints at the start (bytes, in rank order).
+fn printed_state_bytes(o: &Output) -> Vec<u64> {
+    let t = text(o);
+    let line = t
+        .lines()
+        .find_map(|l| l.strip_prefix("optimizer state per process: "))
+        .unwrap_or_else(|| panic!("no optimizer state line:\n{t}"));
+    let list = line.split(" bytes").next().unwrap();
+    list.split(", ").map(|x| x.parse().unwrap()).collect()
+}
+
+/// The parameters and the encoded optimizer state of a checkpoint.
+fn checkpoint_state(ck: &Path) -> (Vec<f32>, Vec<u8>) {
+    let (c, _, _) = read_checkpoint(ck).unwrap();
+    (
+        c.tensor("params").unwrap().to_vec(),
+        c.blob("optimizer").unwrap().to_vec(),
+    )
+}
+
+/// A finished run of `args` with `--shards 6` in a single process (replicated state) against
+/// the same run under `mpirun` on 1, 2 and 3 processes with `--shard-optimizer-state`: the
+/// same trajectory (losses, flat counts, mask hashes), weights file and checkpoint state (the
+/// whole optimizer state, gathered), byte for byte. Returns the state bytes printed per rank
+/// on 1, 2 and 3 processes.
+fn sharded_equals_replicated(name: &str, args: Vec<String>, refreshes: usize) -> Vec<Vec<u64>> {
+    let args = with(args, "--shards", "6");
+    let alone = tmp(&format!("{name}-replicated"));
+    let o = Command::new(IRE)
+        .args(with(args.clone(), "--out", "run"))
+        .current_dir(&alone)
+        .output()
+        .unwrap();
+    expect_status(&o, 0, "single process");
+    let reference = trajectory(&train_lines(&alone.join("run")));
+    assert_eq!(
+        reference.iter().filter(|t| t.4.is_some()).count(),
+        refreshes
+    );
+    let reference_weights = weights(&alone.join("run"));
+    let reference_state = checkpoint_state(&checkpoint_path(&alone.join("run")));
+    let sharded: Vec<String> = args
+        .into_iter()
+        .chain(["--shard-optimizer-state".into()])
+        .collect();
+    let mut printed = Vec::new();
+    for np in [1, 2, 3] {
+        let dir = tmp(&format!("{name}-sharded-{np}"));
+        let o = mpirun(np, &with(sharded.clone(), "--out", "run"), &dir);
+        expect_status(&o, 0, &format!("{name}, sharded state on {np} ranks"));
+        let run = dir.join("run");
+        let lines = train_lines(&run);
+        assert_eq!(
+            trajectory(&lines),
+            reference,
+            "{name}, sharded on {np} ranks"
+        );
+        assert!(
+            weights(&run) == reference_weights,
+            "{name}: the weights of a sharded state on {np} ranks differ"
+        );
+        assert!(
+            checkpoint_state(&checkpoint_path(&run)) == reference_state,
+            "{name}: the checkpoint state of a sharded run on {np} ranks differs"
+        );
+        let bytes = printed_state_bytes(&o);
+        assert!(text(&o).contains("bytes (sharded)"), "{}", text(&o));
+        assert_eq!(lines[0]["opt_state_bytes"], serde_json::json!(bytes));
+        printed.push(bytes);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let _ = std::fs::remove_dir_all(&alone);
+    printed
+}
+
+#[test]
+fn a_sharded_optimizer_state_trains_the_mlp_as_a_replicated_one_in_a_share_of_the_memory() {
+    if !have_mpirun("sharded mlp") {
+        return;
+    }
+    let bytes = sharded_equals_replicated("mlp", mlp_args(), 4);
+    // mlp-small on the digits has P = 9,610 parameters; AdmIRE holds 13 bytes per parameter
+    // (Adam's m and v and IRE's estimate h in f32, the mask in u8). Ranges are multiples of 64:
+    // on 2 ranks ⌈9610/2⌉ = 4805 → 4864 and 4746 parameters; on 3, ⌈9610/3⌉ = 3204 → 3264,
+    // 3264 and 3082.
+    assert_eq!(bytes[0], [9610 * 13]);
+    assert_eq!(bytes[1], [4864 * 13, 4746 * 13]);
+    assert_eq!(bytes[2], [3264 * 13, 3264 * 13, 3082 * 13]);
+    // About half on 2 ranks: at most 64 parameters' worth above it.
+    assert!(bytes[1][0] * 2 - bytes[0][0] <= 2 * 64 * 13);
+}
+
+#[test]
+fn a_sharded_optimizer_state_trains_llama_as_a_replicated_one() {
+    if !have_mpirun("sharded llama") {
+        return;
+    }
+    let bytes = sharded_equals_replicated("llama", llama_args(), 3);
+    // Every rank's share is its range (a multiple of 64 but the last) times 13 bytes, and the
+    // shares add up to the whole state.
+    for b in &bytes {
+        assert_eq!(b.iter().sum::<u64>(), bytes[0][0], "{bytes:?}");
+        assert!(
+            b[..b.len() - 1]
+                .iter()
+                .all(|x| (x / 13) % 64 == 0 && x % 13 == 0)
+        );
+    }
+}
+
+#[test]
+fn a_sharded_checkpoint_of_two_ranks_resumes_replicated_on_three_to_the_same_run() {
+    if !have_mpirun("sharded resume") {
+        return;
+    }
+    let args = with(mlp_args(), "--shards", "6");
+    let dir = tmp("sharded-resume");
+    let whole = mpirun(3, &with(args.clone(), "--out", "whole"), &dir);
+    expect_status(&whole, 0, "3 ranks, uninterrupted");
+    // The state a replicated pair of ranks checkpoints at step 5 …
+    let o = mpirun(
+        2,
+        &with(
+            with(args.clone(), "--stop-after", "5"),
+            "--out",
+            "replicated",
+        ),
+        &dir,
+    );
+    expect_status(&o, 4, "2 ranks stopped");
+    let replicated = checkpoint_state(&checkpoint_path(&dir.join("replicated")));
+    // … is what a sharded pair writes.
+    let sharded: Vec<String> = args
+        .iter()
+        .cloned()
+        .chain(["--shard-optimizer-state".into()])
+        .collect();
+    let (ck, _, step) = two_rank_checkpoint(&dir, &sharded, "5");
+    assert_eq!(step, 5);
+    assert!(
+        checkpoint_state(&ck) == replicated,
+        "the sharded checkpoint differs"
+    );
+    let o = mpirun(3, &with(args, "--resume", &s(&ck)), &dir);
+    expect_status(&o, 0, "resumed replicated on 3 ranks");
+    assert!(text(&o).contains("bytes (replicated)"), "{}", text(&o));
+    let (a, b) = (
+        train_lines(&dir.join("whole")),
+        train_lines(&dir.join("run")),
+    );
+    assert_eq!(trajectory(&b), trajectory(&a));
+    assert!(weights(&dir.join("run")) == weights(&dir.join("whole")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_sharded_optimizer_state_where_it_cannot_apply_is_refused_with_the_reason() {
+    if !have_mpirun("sharded refused") {
+        return;
+    }
+    let dir = tmp("sharded-refused");
+    // One process started without a launcher: nothing to shard over.
+    let o = Command::new(IRE)
+        .args(with(mlp_args(), "--out", "run"))
+        .arg("--shard-optimizer-state")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    expect_status(&o, 2, "sharded state in a single process");
+    assert!(
+        text(&o).contains(
+            "invalid config `optimizer_state`: shards the state over the processes of a \
+             data-parallel group"
+        ),
+        "{}",
+        text(&o)
+    );
+    // SAM: its perturbation needs the whole gradient.
+    let sam = with(with(mlp_args(), "--optimizer", "sam-ire"), "--out", "run");
+    let sam: Vec<String> = sam
+        .into_iter()
+        .chain(["--optimizer-state".into(), "sharded".into()])
+        .collect();
+    let o = mpirun(2, &sam, &dir);
+    expect_status(&o, 2, "sharded state with SAM");
+    assert!(
+        text(&o).contains("invalid config `optimizer_state`: does not combine with sam or sam-ire"),
+        "{}",
+        text(&o)
+    );
+    assert!(!text(&o).contains("panicked"), "{}", text(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,7 +12,8 @@
 //! [`run_follower`], which takes the same steps and writes nothing. Both decide together when
 //! to stop ([`Trainer::any_rank`]), so an interruption seen by one rank stops all at the same
 //! step. A checkpoint holds nothing of any rank but rank 0's model and optimizer state, which
-//! every rank shares, so it resumes on any number of ranks.
+//! every rank shares (a sharded optimizer state is gathered whole first), so it resumes on any
+//! number of ranks.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

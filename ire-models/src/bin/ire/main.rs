@@ -161,7 +161,7 @@ struct TrainArgs {
     /// Where a data-parallel group keeps the optimizer state: replicated or sharded. Not kept
     /// in checkpoints: a resumed run is replicated unless told otherwise.
     #[arg(long, value_enum)]
-    optimizer_state: Option<StateArg>,
+    optimizer_state: Option<StateLayoutChoice>,
     /// Data-parallel training: auto (over MPI when an MPI launcher such as mpirun or srun
     /// started this process), mpi (always, a process started alone is a group of one), none (a
     /// single process, even under a launcher).
@@ -350,10 +350,10 @@ impl TrainArgs {
             given.push("shards");
         }
         match (self.shard_optimizer_state, self.optimizer_state) {
-            (true, _) | (_, Some(StateArg::Sharded)) => {
+            (true, _) | (_, Some(StateLayoutChoice::Sharded)) => {
                 c.optimizer_state = OptimizerStateLayout::Sharded
             }
-            (false, Some(StateArg::Replicated)) => {
+            (false, Some(StateLayoutChoice::Replicated)) => {
                 c.optimizer_state = OptimizerStateLayout::Replicated
             }
             (false, None) => {}
@@ -406,7 +406,7 @@ impl TrainArgs {
 
 /// The choices of `--optimizer-state`.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum StateArg {
+enum StateLayoutChoice {
     /// Every process holds the whole optimizer state.
     Replicated,
     /// Each process holds the state of its own range of the parameters (ZeRO stage 1).
