@@ -222,18 +222,35 @@ fn listing(dir: &Path) -> Vec<String> {
     v
 }
 
+/// A finished run of `args` in a single process started without a launcher, into `run` of a
+/// new folder `name`: the folder and the output.
+fn alone_run(name: &str, args: &[String]) -> (PathBuf, Output) {
+    let dir = tmp(name);
+    let o = Command::new(IRE)
+        .args(with(args.to_vec(), "--out", "run"))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    expect_status(&o, 0, "single process");
+    (dir, o)
+}
+
+/// The MLP's arguments with `--shards 6`, and its uninterrupted run on 3 ranks into `whole` of
+/// a new folder `name`.
+fn whole_on_three(name: &str) -> (Vec<String>, PathBuf) {
+    let args = with(mlp_args(), "--shards", "6");
+    let dir = tmp(name);
+    let whole = mpirun(3, &with(args.clone(), "--out", "whole"), &dir);
+    expect_status(&whole, 0, "3 ranks, uninterrupted");
+    (args, dir)
+}
+
 /// A finished run of `args` with `--shards 6` in a single process (no launcher) and under
 /// `mpirun` on 1, 2 and 3 processes: the same trajectory and the same weights file, byte for
 /// byte; only rank 0 writes, and nothing else.
 fn same_on_every_world_size(name: &str, args: Vec<String>, refreshes: usize) {
     let args = with(args, "--shards", "6");
-    let alone = tmp(&format!("{name}-alone"));
-    let o = Command::new(IRE)
-        .args(with(args.clone(), "--out", "run"))
-        .current_dir(&alone)
-        .output()
-        .unwrap();
-    expect_status(&o, 0, "single process");
+    let (alone, o) = alone_run(&format!("{name}-alone"), &args);
     assert!(
         text(&o).contains("world size: 1 (single process)"),
         "{}",
@@ -371,10 +388,7 @@ fn a_checkpoint_of_two_ranks_resumes_on_three_to_the_same_run() {
     if !have_mpirun("resume 2 to 3") {
         return;
     }
-    let args = with(mlp_args(), "--shards", "6");
-    let dir = tmp("resume");
-    let whole = mpirun(3, &with(args.clone(), "--out", "whole"), &dir);
-    expect_status(&whole, 0, "3 ranks, uninterrupted");
+    let (args, dir) = whole_on_three("resume");
     let (ck, _, step) = two_rank_checkpoint(&dir, &args, "5");
     assert_eq!(step, 5);
     let o = mpirun(3, &with(args, "--resume", &s(&ck)), &dir);
@@ -570,13 +584,7 @@ fn checkpoint_state(ck: &Path) -> (Vec<f32>, Vec<u8>) {
 /// on 1, 2 and 3 processes.
 fn sharded_equals_replicated(name: &str, args: Vec<String>, refreshes: usize) -> Vec<Vec<u64>> {
     let args = with(args, "--shards", "6");
-    let alone = tmp(&format!("{name}-replicated"));
-    let o = Command::new(IRE)
-        .args(with(args.clone(), "--out", "run"))
-        .current_dir(&alone)
-        .output()
-        .unwrap();
-    expect_status(&o, 0, "single process");
+    let (alone, _) = alone_run(&format!("{name}-replicated"), &args);
     let reference = trajectory(&train_lines(&alone.join("run")));
     assert_eq!(
         reference.iter().filter(|t| t.4.is_some()).count(),
@@ -658,10 +666,7 @@ fn a_sharded_checkpoint_of_two_ranks_resumes_replicated_on_three_to_the_same_run
     if !have_mpirun("sharded resume") {
         return;
     }
-    let args = with(mlp_args(), "--shards", "6");
-    let dir = tmp("sharded-resume");
-    let whole = mpirun(3, &with(args.clone(), "--out", "whole"), &dir);
-    expect_status(&whole, 0, "3 ranks, uninterrupted");
+    let (args, dir) = whole_on_three("sharded-resume");
     // The state a replicated pair of ranks checkpoints at step 5 …
     let o = mpirun(
         2,

@@ -283,6 +283,14 @@ impl<B: NnOps> AnyOptimizer<B> {
     /// The step (SAM: with the gradient at the perturbed point). Returns `(κ_t, refreshed)`.
     /// `groups`: the base optimizers' parameter groups (the IRE ones keep those given to
     /// [`AnyOptimizer::new`]).
+    ///
+    /// `sharded`: `params` are one rank's pieces of a parameter arena whose optimizer state is
+    /// sharded over the ranks of this group (every rank steps at every step): the IRE mask of
+    /// a refresh then comes from ONE threshold over the estimates of every rank
+    /// ([`select::threshold`], the radix selection whose histograms are all-reduced), so it
+    /// equals the unsharded mask bit for bit. SAM is refused there (and by the configuration:
+    /// its perturbation needs the whole gradient's norm).
+    #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
         b: &B,
@@ -291,53 +299,36 @@ impl<B: NnOps> AnyOptimizer<B> {
         lr: f64,
         estimate: Option<&[B::Buffer<f32>]>,
         groups: Option<&ParamGroups>,
+        sharded: Option<&dyn Collective>,
     ) -> Result<(f64, bool)> {
-        match self {
-            AnyOptimizer::Sgd(o) => o
+        match (self, sharded) {
+            (AnyOptimizer::SgdIre(o), Some(c)) => {
+                ire_step_global(o, b, params, grads, lr, estimate, c)
+            }
+            (AnyOptimizer::Admire(o), Some(c)) => {
+                ire_step_global(o, b, params, grads, lr, estimate, c)
+            }
+            (AnyOptimizer::SamIre(_) | AnyOptimizer::Sam(_), Some(_)) => Err(
+                ire_core::Error::Protocol("SAM with a sharded optimizer state".into()),
+            ),
+            (AnyOptimizer::Sgd(o), _) => o
                 .step_grouped(b, params, grads, lr, groups)
                 .map(|_| (0.0, false)),
-            AnyOptimizer::Sam(o) => o
+            (AnyOptimizer::Sam(o), None) => o
                 .step_grouped(b, params, grads, lr, groups)
                 .map(|_| (0.0, false)),
-            AnyOptimizer::Adamw(o) => o
+            (AnyOptimizer::Adamw(o), _) => o
                 .step_grouped(b, params, grads, lr, groups)
                 .map(|_| (0.0, false)),
-            AnyOptimizer::SgdIre(o) => o
+            (AnyOptimizer::SgdIre(o), None) => o
                 .step(b, params, grads, ire_ctx::<B>(lr, estimate))
                 .map(|r| (r.kappa, r.refreshed)),
-            AnyOptimizer::SamIre(o) => o
+            (AnyOptimizer::SamIre(o), None) => o
                 .step(b, params, grads, ire_ctx::<B>(lr, None))
                 .map(|r| (r.kappa, r.refreshed)),
-            AnyOptimizer::Admire(o) => o
+            (AnyOptimizer::Admire(o), None) => o
                 .step(b, params, grads, ire_ctx::<B>(lr, estimate))
                 .map(|r| (r.kappa, r.refreshed)),
-        }
-    }
-
-    /// [`AnyOptimizer::step`] on one rank's pieces of a parameter arena whose optimizer state is
-    /// sharded over the ranks of `comm` (every rank calls it at every step): the IRE mask of a
-    /// refresh comes from ONE threshold over the estimates of every rank
-    /// ([`select::threshold`], the radix selection whose histograms are all-reduced), so the
-    /// mask equals the unsharded one bit for bit. SAM is not stepped here (refused by the
-    /// configuration: its perturbation needs the whole gradient's norm).
-    #[allow(clippy::too_many_arguments)]
-    pub fn step_sharded(
-        &mut self,
-        b: &B,
-        params: &mut [B::Buffer<f32>],
-        grads: &[B::Buffer<f32>],
-        lr: f64,
-        estimate: Option<&[B::Buffer<f32>]>,
-        groups: Option<&ParamGroups>,
-        comm: &dyn Collective,
-    ) -> Result<(f64, bool)> {
-        match self {
-            AnyOptimizer::SgdIre(o) => ire_step_global(o, b, params, grads, lr, estimate, comm),
-            AnyOptimizer::Admire(o) => ire_step_global(o, b, params, grads, lr, estimate, comm),
-            AnyOptimizer::SamIre(_) | AnyOptimizer::Sam(_) => Err(ire_core::Error::Protocol(
-                "SAM with a sharded optimizer state".into(),
-            )),
-            _ => self.step(b, params, grads, lr, estimate, groups),
         }
     }
 
@@ -436,7 +427,7 @@ impl MaskSummary {
 }
 
 /// One IRE step whose mask, at a refresh, is rebuilt from the global threshold over the
-/// estimates of every rank of `comm` (see [`AnyOptimizer::step_sharded`]). The optimizer's own
+/// estimates of every rank of `comm` (see [`AnyOptimizer::step`]). The optimizer's own
 /// refresh first updates the estimate `h` of this rank's pieces (and a local mask, replaced
 /// here before any tensor moves).
 fn ire_step_global<B: NnOps, O: Optimizer<B, f32>>(

@@ -480,7 +480,15 @@ impl<B: NnOps + 'static> Trainer<B> {
             .collect::<CoreResult<Vec<_>>>()?;
         let est = probe.wants_estimate().then_some(&grads[..]);
         probe.perturb(b, &mut params, &grads, est)?;
-        probe.step(b, &mut params, &grads, self.cfg.lr, est, groups.as_ref())?;
+        probe.step(
+            b,
+            &mut params,
+            &grads,
+            self.cfg.lr,
+            est,
+            groups.as_ref(),
+            None,
+        )?;
         let mine = [shard_state::tensor_bytes(&probe.save(b)?)];
         let mut all = vec![0u64; self.world_size()];
         self.comm()
@@ -1142,25 +1150,25 @@ impl<B: NnOps + 'static> Trainer<B> {
                 let k = cut.len() - 1;
                 let r = b.with_parts(&mut params[0], &arena_and(grads, est), &cut, |p, sh2| {
                     let est = sh2.get(1).map(|e| &e[1..k]);
-                    opt.step_sharded(
+                    opt.step(
                         b,
                         &mut p[1..k],
                         &sh2[0][1..k],
                         lr,
                         est,
                         sh.groups.as_ref(),
-                        comm,
+                        Some(comm),
                     )
                 })?;
                 gather_params(b, &mut params[0], &sh.layout, comm)?;
                 r
             }
-            (None, None) => opt.step(b, params, grads, lr, est, None)?,
+            (None, None) => opt.step(b, params, grads, lr, est, None, None)?,
             // The groups' parts of the arena as tensors of their own (no copy on the CPU).
             (None, Some(sg)) => {
                 b.with_parts(&mut params[0], &arena_and(grads, est), &sg.lens, |p, sh| {
                     let est = sh.get(1).map(|e| &e[..]);
-                    opt.step(b, p, &sh[0], lr, est, Some(&sg.groups))
+                    opt.step(b, p, &sh[0], lr, est, Some(&sg.groups), None)
                 })?
             }
         };
