@@ -5,6 +5,7 @@
 #![cfg(any(feature = "opencl", feature = "cuda"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::rc::Rc;
 #[cfg(feature = "opencl")]
 use std::sync::OnceLock;
 
@@ -12,10 +13,13 @@ use ire_backend_cpu::CpuBackend;
 #[cfg(feature = "opencl")]
 use ire_backend_opencl::OpenClBackend;
 use ire_core::GemmShape;
+use ire_core::collective::SingleProcess;
 use ire_core::{Backend, DType, Error, Scalar};
+use ire_models::nn::batch_norm::BnSync;
 use ire_models::nn::device::CNN_TOLERANCES;
 use ire_models::nn::{BnMode, BnShape, BnState, ConvGeom, NnOps};
 use ire_models::rng::Rng;
+use ire_models::train::sync_bn::GroupBnSync;
 
 /// One device for every test (its program is compiled once per dtype).
 #[cfg(feature = "opencl")]
@@ -462,12 +466,14 @@ fn elementwise_ops_match_the_cpu_backend() {
 // Batch norm
 
 /// Outputs: y, running mean and variance, saved mean and invstd; then dx and the gradient
-/// arena of a backward from the saved statistics.
+/// arena of a backward from the saved statistics. `sync` (training mode): the synchronized
+/// ops.
 fn run_batch_norm<B: NnOps, T: Scalar>(
     b: &B,
     s: BnShape,
     mode: BnMode,
     data: &[Vec<f64>],
+    sync: Option<&dyn BnSync>,
 ) -> Vec<Vec<f64>> {
     let [x, params, rm, rv, dy, grads] = data else {
         panic!("six inputs")
@@ -485,8 +491,24 @@ fn run_batch_norm<B: NnOps, T: Scalar>(
         save_invstd: &mut si,
     };
     let (g_off, b_off) = (1, 1 + s.c);
-    b.batch_norm(&xb, &mut y, s, &pb, g_off, b_off, st, mode, 0.1, 1e-5)
-        .unwrap();
+    match (mode, sync) {
+        (BnMode::Train { update_running }, Some(sync)) => {
+            let (offsets, consts) = ((g_off, b_off), (0.1, 1e-5));
+            b.batch_norm_synced(
+                &xb,
+                &mut y,
+                s,
+                &pb,
+                offsets,
+                st,
+                update_running,
+                consts,
+                sync,
+            )
+        }
+        _ => b.batch_norm(&xb, &mut y, s, &pb, g_off, b_off, st, mode, 0.1, 1e-5),
+    }
+    .unwrap();
     let mut out = vec![
         down(b, &y),
         down(b, &rmb),
@@ -498,19 +520,31 @@ fn run_batch_norm<B: NnOps, T: Scalar>(
         let mut dx = up::<B, T>(b, &vec![f64::NAN; len]);
         let mut gb = up::<B, T>(b, grads);
         let dyb = up::<B, T>(b, dy);
-        b.batch_norm_backward(
-            &xb,
-            &dyb,
-            &mut dx,
-            s,
-            &pb,
-            g_off,
-            &sm,
-            &si,
-            &mut gb,
-            2,
-            2 + s.c,
-        )
+        match sync {
+            Some(sync) => b.batch_norm_backward_synced(
+                &xb,
+                &dyb,
+                &mut dx,
+                s,
+                (&pb, g_off),
+                (&sm, &si),
+                (&mut gb, 2, 2 + s.c),
+                sync,
+            ),
+            None => b.batch_norm_backward(
+                &xb,
+                &dyb,
+                &mut dx,
+                s,
+                &pb,
+                g_off,
+                &sm,
+                &si,
+                &mut gb,
+                2,
+                2 + s.c,
+            ),
+        }
         .unwrap();
         out.extend([down(b, &dx), down(b, &gb)]);
     }
@@ -550,12 +584,12 @@ fn batch_norm_matches_the_cpu_backend_on<D: NnOps>(dev: &D) {
                 let cpu = CpuBackend::new();
                 let (want, got) = match dt {
                     DType::F64 => (
-                        run_batch_norm::<_, f64>(&cpu, s, mode, &data),
-                        run_batch_norm::<_, f64>(dev, s, mode, &data),
+                        run_batch_norm::<_, f64>(&cpu, s, mode, &data, None),
+                        run_batch_norm::<_, f64>(dev, s, mode, &data, None),
                     ),
                     _ => (
-                        run_batch_norm::<_, f32>(&cpu, s, mode, &data),
-                        run_batch_norm::<_, f32>(dev, s, mode, &data),
+                        run_batch_norm::<_, f32>(&cpu, s, mode, &data, None),
+                        run_batch_norm::<_, f32>(dev, s, mode, &data, None),
                     ),
                 };
                 let f64s = dt == DType::F64;
@@ -572,8 +606,8 @@ fn batch_norm_matches_the_cpu_backend_on<D: NnOps>(dev: &D) {
                 }
                 // Deterministic: the same bits again.
                 let again = match dt {
-                    DType::F64 => run_batch_norm::<_, f64>(dev, s, mode, &data),
-                    _ => run_batch_norm::<_, f32>(dev, s, mode, &data),
+                    DType::F64 => run_batch_norm::<_, f64>(dev, s, mode, &data, None),
+                    _ => run_batch_norm::<_, f32>(dev, s, mode, &data, None),
                 };
                 for (a, b) in again.iter().zip(&got) {
                     assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
@@ -588,6 +622,55 @@ fn batch_norm_matches_the_cpu_backend_on<D: NnOps>(dev: &D) {
 fn batch_norm_matches_the_cpu_backend() {
     if let Some(dev) = device("batch_norm_matches_the_cpu_backend") {
         batch_norm_matches_the_cpu_backend_on(dev);
+    }
+}
+
+/// The synchronized batch norm on a device goes through the host implementation: in a group
+/// of one it is the CPU backend's plain batch norm, bit for bit (forward, running and saved
+/// statistics, dx and the gradient arena).
+fn synced_batch_norm_matches_the_cpu_backend_on<D: NnOps>(dev: &D) {
+    both(dev, |dev, dt| {
+        let mut rng = Rng::new(7);
+        let s = BnShape { n: 3, c: 5, hw: 7 };
+        let len = s.n * s.c * s.hw;
+        let data = vec![
+            randn(&mut rng, len),
+            randn(&mut rng, 2 * s.c + 1),
+            randn(&mut rng, s.c),
+            randn(&mut rng, s.c).iter().map(|v| v * v + 0.5).collect(),
+            randn(&mut rng, len),
+            randn(&mut rng, 2 * s.c + 2),
+        ];
+        let sync = GroupBnSync::new(Rc::new(SingleProcess));
+        sync.set(Some(vec![s.n]));
+        let mode = BnMode::Train {
+            update_running: true,
+        };
+        let cpu = CpuBackend::new();
+        let (want, got) = match dt {
+            DType::F64 => (
+                run_batch_norm::<_, f64>(&cpu, s, mode, &data, None),
+                run_batch_norm::<_, f64>(dev, s, mode, &data, Some(&sync)),
+            ),
+            _ => (
+                run_batch_norm::<_, f32>(&cpu, s, mode, &data, None),
+                run_batch_norm::<_, f32>(dev, s, mode, &data, Some(&sync)),
+            ),
+        };
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{dt:?} output {i}: {g:?} vs {w:?}"
+            );
+        }
+    });
+}
+
+#[cfg(feature = "opencl")]
+#[test]
+fn synced_batch_norm_matches_the_cpu_backend() {
+    if let Some(dev) = device("synced_batch_norm_matches_the_cpu_backend") {
+        synced_batch_norm_matches_the_cpu_backend_on(dev);
     }
 }
 
@@ -811,6 +894,7 @@ fn cuda_matches_the_cpu_backend() {
     convolutions_match_the_cpu_backend_on(&dev);
     elementwise_ops_match_the_cpu_backend_on(&dev);
     batch_norm_matches_the_cpu_backend_on(&dev);
+    synced_batch_norm_matches_the_cpu_backend_on(&dev);
     pooling_matches_the_cpu_backend_on(&dev);
     wrong_sizes_are_errors_and_empty_ops_do_nothing_on(&dev);
 }

@@ -703,6 +703,52 @@ fn a_sharded_checkpoint_of_two_ranks_resumes_replicated_on_three_to_the_same_run
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `args` without `flag` and its value.
+fn without(mut args: Vec<String>, flag: &str) -> Vec<String> {
+    if let Some(i) = args.iter().position(|a| a == flag) {
+        args.drain(i..i + 2);
+    }
+    args
+}
+
+/// SAM's perturbation needs the norm of the whole gradient: every rank takes it from the
+/// gradient it holds whole, over the tensors of the replicated run, and perturbs its own range
+/// (SAM-IRE refreshing its mask first from the global threshold); the ranges are then
+/// gathered for the second pass. SAM-IRE and ASAM-IRE (the parameter groups' parts, whose
+/// norms add in their order) and SAM decaying everything (one tensor): the replicated run's losses, masks, weights
+/// and checkpointed state on 1, 2 and 3 ranks, bit for bit.
+#[test]
+fn a_sharded_optimizer_state_trains_sam_and_sam_ire_as_a_replicated_one() {
+    if !have_mpirun("sharded sam") {
+        return;
+    }
+    let sam_ire = with(mlp_args(), "--optimizer", "sam-ire");
+    let asam = with(
+        with(sam_ire.clone(), "--weight-decay", "0.0005"),
+        "--rho",
+        "0.5",
+    )
+    .into_iter()
+    .chain(["--adaptive".into()])
+    .collect();
+    // Plain SAM decaying every parameter: one tensor, the whole arena.
+    let sam = with(without(mlp_args(), "--refresh-every"), "--optimizer", "sam")
+        .into_iter()
+        .chain(["--decay-all".into()])
+        .collect();
+    // SGD-IRE under SAM holds SGD's momentum (4 bytes), IRE's estimate (4) and mask (1) per
+    // parameter; SAM alone the momentum.
+    for (name, args, refreshes, per) in [
+        ("sam-ire", sam_ire, 4, 9),
+        ("asam-ire", asam, 4, 9),
+        ("sam", sam, 0, 4),
+    ] {
+        let bytes = sharded_equals_replicated(name, args, refreshes);
+        assert_eq!(bytes[0], [9610 * per], "{name}");
+        assert_eq!(bytes[1], [4864 * per, 4746 * per], "{name}");
+    }
+}
+
 #[test]
 fn a_sharded_optimizer_state_where_it_cannot_apply_is_refused_with_the_reason() {
     if !have_mpirun("sharded refused") {
@@ -725,19 +771,174 @@ fn a_sharded_optimizer_state_where_it_cannot_apply_is_refused_with_the_reason() 
         "{}",
         text(&o)
     );
-    // SAM: its perturbation needs the whole gradient.
-    let sam = with(with(mlp_args(), "--optimizer", "sam-ire"), "--out", "run");
-    let sam: Vec<String> = sam
-        .into_iter()
-        .chain(["--optimizer-state".into(), "sharded".into()])
-        .collect();
-    let o = mpirun(2, &sam, &dir);
-    expect_status(&o, 2, "sharded state with SAM");
+    assert!(!text(&o).contains("panicked"), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SGD-IRE on `resnet-small` (batch norm after every convolution) and the digits: 10 steps of
+/// 16 examples, a mask refresh every 2 steps (the estimator's passes synced too).
+fn resnet_args() -> Vec<String> {
+    [
+        ("--model", "resnet-small"),
+        ("--optimizer", "sgd-ire"),
+        ("--lr", "0.05"),
+        ("--batch-size", "16"),
+        ("--refresh-every", "2"),
+        ("--steps", "10"),
+    ]
+    .into_iter()
+    .fold(mlp_args(), |a, (flag, value)| with(a, flag, value))
+}
+
+fn sync_bn(args: Vec<String>) -> Vec<String> {
+    args.into_iter().chain(["--sync-bn".into()]).collect()
+}
+
+/// The largest difference of a step's loss between two runs (the same steps, the same number
+/// of flat coordinates at every refresh).
+fn largest_loss_gap(a: &[Value], b: &[Value]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mut gap = 0f64;
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x["step"], y["step"]);
+        assert_eq!(x["flat"], y["flat"], "step {}", x["step"]);
+        let (lx, ly) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
+        gap = gap.max((lx - ly).abs());
+    }
+    gap
+}
+
+/// The largest difference of a weight (batch-norm running statistics included) between two
+/// weights files.
+fn largest_weight_gap(a: &Path, b: &Path) -> f32 {
+    let read = |d: &Path| {
+        ire_models::artifacts::safetensors::import(&d.join("weights.safetensors")).unwrap()
+    };
+    let (wa, wb) = (read(a), read(b));
+    assert_eq!(wa.len(), wb.len());
+    let mut gap = 0f32;
+    for ((na, _, va), (nb, _, vb)) in wa.iter().zip(&wb) {
+        assert_eq!(na, nb);
+        for (p, q) in va.iter().zip(vb) {
+            gap = gap.max((p - q).abs());
+        }
+    }
+    gap
+}
+
+/// `--sync-bn` takes every batch-norm layer's statistics over the whole batch, so 2 and 3
+/// ranks follow 1 process of the same batch within the tolerance of the gradient's all-reduce
+/// alone: 1e-5 in the loss and 2e-5 in every weight over 10 steps, as without batch norm
+/// (measured: at most 1.0e-7 in the loss, 3.6e-7 in a weight). The statistics themselves are those of the whole
+/// batch bit for bit (the library's test); only the all-reduced gradient rounds otherwise.
+/// Without the flag each rank normalizes over its own 8 (or 5–6) examples: the runs part by
+/// more than 1e-3 in the loss (measured 0.016 at the first step, 0.18 at most), so the
+/// tolerance does tell the two apart. In a group of one, `--sync-bn` changes no bit.
+#[test]
+fn with_sync_bn_two_and_three_ranks_follow_one_process_and_without_it_they_do_not() {
+    if !have_mpirun("sync-bn") {
+        return;
+    }
+    let args = resnet_args();
+    let dir = tmp("sync-bn");
+    let run = |np: usize, args: &[String], out: &str| {
+        let o = mpirun(np, &with(args.to_vec(), "--out", out), &dir);
+        expect_status(&o, 0, &format!("{out} on {np} ranks"));
+        assert!(!text(&o).contains("panicked"), "{}", text(&o));
+        train_lines(&dir.join(out))
+    };
+    let one = run(1, &sync_bn(args.clone()), "one");
+    assert_eq!(one.len(), 10);
+    assert!(one.iter().filter(|l| l["flat"].is_u64()).count() == 5);
+    // A group of one: the flag changes nothing, bit for bit.
+    let plain_one = run(1, &args, "plain-one");
+    assert_eq!(trajectory(&plain_one), trajectory(&one));
+    assert!(weights(&dir.join("plain-one")) == weights(&dir.join("one")));
+    for np in [2, 3] {
+        let out = format!("sync-{np}");
+        let lines = run(np, &sync_bn(args.clone()), &out);
+        assert!(lines.iter().all(|l| l["world_size"] == np));
+        let loss = largest_loss_gap(&one, &lines);
+        let weight = largest_weight_gap(&dir.join("one"), &dir.join(&out));
+        eprintln!("sync-bn on {np} ranks vs 1: loss {loss:e}, weight {weight:e}");
+        assert!(loss <= 1e-5, "{np} ranks: loss {loss}");
+        assert!(weight <= 2e-5, "{np} ranks: weight {weight}");
+    }
+    // Per-rank statistics (the default) move the run by far more than the tolerance.
+    let plain_two = run(2, &args, "plain-two");
+    let loss = largest_loss_gap(&one, &plain_two);
+    eprintln!("per-rank statistics on 2 ranks vs 1: loss {loss:e}");
+    assert!(loss > 1e-3, "per-rank statistics: loss {loss}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--sync-bn` in one process started without a launcher: that process holds the whole batch,
+/// so the flag is a no-op (the same run, bit for bit).
+#[test]
+fn sync_bn_in_a_single_process_is_the_same_run() {
+    if !have_mpirun("sync-bn alone") {
+        return;
+    }
+    let (plain, _) = alone_run("sync-bn-alone-plain", &resnet_args());
+    let (synced, o) = alone_run("sync-bn-alone", &sync_bn(resnet_args()));
     assert!(
-        text(&o).contains("invalid config `optimizer_state`: does not combine with sam or sam-ire"),
+        text(&o).contains("world size: 1 (single process)"),
         "{}",
         text(&o)
     );
-    assert!(!text(&o).contains("panicked"), "{}", text(&o));
+    let (a, b) = (plain.join("run"), synced.join("run"));
+    assert_eq!(trajectory(&train_lines(&b)), trajectory(&train_lines(&a)));
+    assert!(weights(&a) == weights(&b));
+    let _ = std::fs::remove_dir_all(&plain);
+    let _ = std::fs::remove_dir_all(&synced);
+}
+
+/// Where `--sync-bn` cannot apply it is refused with the reason (exit 2), on every rank alike,
+/// never a hang or a panic: with `--shards`, on a model without batch norm, and with a batch
+/// that leaves a rank without examples.
+#[test]
+fn sync_bn_where_it_cannot_apply_is_refused_with_the_reason() {
+    if !have_mpirun("sync-bn refused") {
+        return;
+    }
+    let dir = tmp("sync-bn-refused");
+    let cases = [
+        (
+            with(sync_bn(resnet_args()), "--shards", "4"),
+            2,
+            "invalid config `sync_bn`: does not combine with shards",
+        ),
+        (
+            sync_bn(mlp_args()),
+            2,
+            "invalid config `sync_bn`: synchronizes batch-norm statistics, and this model has no \
+             batch norm (got true with --model mlp-small)",
+        ),
+        (
+            with(sync_bn(resnet_args()), "--batch-size", "2"),
+            3,
+            "invalid config `sync_bn`: needs an example of every micro-batch on every process \
+             (a batch of at least processes × grad_accum examples) (got a batch of 2 examples \
+             in 1 micro-batches on 3 processes)",
+        ),
+    ];
+    for (args, np, why) in cases {
+        let o = mpirun(np, &with(args, "--out", "run"), &dir);
+        expect_status(&o, 2, why);
+        assert!(text(&o).contains(why), "{}", text(&o));
+        assert!(!text(&o).contains("panicked"), "{}", text(&o));
+    }
+    // Nor does a single process take it on a model without batch norm.
+    let o = Command::new(IRE)
+        .args(with(sync_bn(mlp_args()), "--out", "alone"))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    expect_status(&o, 2, "sync-bn on the MLP, alone");
+    assert!(
+        text(&o).contains("this model has no batch norm"),
+        "{}",
+        text(&o)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

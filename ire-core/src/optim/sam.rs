@@ -116,11 +116,18 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Sam<B, T, O> {
         params: &mut [B::Buffer<T>],
         grads: &[B::Buffer<T>],
     ) -> Result<()> {
-        if self.perturbed {
-            return Err(Error::Protocol(
-                "SAM: perturb called twice without a step".into(),
-            ));
-        }
+        let sq = self.squared_norm(b, params, grads)?;
+        self.perturb_with_norm(b, params, grads, sq)
+    }
+
+    /// The squared norm [`Sam::perturb`] divides by: `Σ ‖g‖²` (ASAM: `Σ ‖|θ| ⊙ g‖²`), each
+    /// tensor's sum of squares in `T`, added over the tensors in order in `f64`.
+    pub fn squared_norm(
+        &self,
+        b: &B,
+        params: &[B::Buffer<T>],
+        grads: &[B::Buffer<T>],
+    ) -> Result<f64> {
         check_params(b, params, grads)?;
         let mut sq = 0.0f64;
         for (p, g) in params.iter().zip(grads) {
@@ -131,6 +138,26 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Sam<B, T, O> {
             };
             sq += s.as_f64();
         }
+        Ok(sq)
+    }
+
+    /// [`Sam::perturb`] with the squared norm `sq` given ([`Sam::squared_norm`] of the whole
+    /// parameters): for a caller whose `params` are a share of parameters held elsewhere too,
+    /// such as one rank's range of a sharded optimizer state, which computes the norm of the
+    /// whole gradient itself.
+    pub fn perturb_with_norm(
+        &mut self,
+        b: &B,
+        params: &mut [B::Buffer<T>],
+        grads: &[B::Buffer<T>],
+        sq: f64,
+    ) -> Result<()> {
+        if self.perturbed {
+            return Err(Error::Protocol(
+                "SAM: perturb called twice without a step".into(),
+            ));
+        }
+        check_params(b, params, grads)?;
         let norm = sq.sqrt();
         if !norm.is_finite() {
             return Err(Error::NonFinite {

@@ -3,7 +3,7 @@
 
 use ire_core::{Result, Scalar};
 
-use crate::nn::layers::Layout;
+use crate::nn::layers::{BatchNorm2d, Layout};
 use crate::nn::{BnMode, NnOps};
 
 /// A classifier with its parameters in one arena.
@@ -49,4 +49,9 @@ pub trait Model<B: NnOps, T: Scalar> {
     fn state(&self) -> Vec<(String, &B::Buffer<T>)>;
     /// The same, mutably (to restore a checkpoint).
     fn state_mut(&mut self) -> Vec<(String, &mut B::Buffer<T>)>;
+    /// Its batch-norm layers (none by default), e.g. to synchronize their statistics over a
+    /// data-parallel group.
+    fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm2d<B, T>> {
+        Vec::new()
+    }
 }

@@ -561,6 +561,20 @@ impl<B: NnOps, T: Scalar> Model<B, T> for ResNet<B, T> {
         self.stem.backward(b, p, g, x, &g0.buf, n, None)
     }
 
+    fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm2d<B, T>> {
+        let mut bns: Vec<&mut BatchNorm2d<B, T>> = Vec::new();
+        if let Some(bn) = &mut self.stem_bn {
+            bns.push(bn);
+        }
+        for blk in &mut self.blocks {
+            bns.extend(blk.bns_mut());
+        }
+        if let Some(bn) = &mut self.head_bn {
+            bns.push(bn);
+        }
+        bns
+    }
+
     fn state(&self) -> Vec<(String, &B::Buffer<T>)> {
         let mut bns: Vec<&BatchNorm2d<B, T>> = self.stem_bn.iter().collect();
         for blk in &self.blocks {
@@ -577,18 +591,8 @@ impl<B: NnOps, T: Scalar> Model<B, T> for ResNet<B, T> {
     }
 
     fn state_mut(&mut self) -> Vec<(String, &mut B::Buffer<T>)> {
-        let mut bns: Vec<&mut BatchNorm2d<B, T>> = Vec::new();
-        if let Some(bn) = &mut self.stem_bn {
-            bns.push(bn);
-        }
-        for blk in &mut self.blocks {
-            bns.extend(blk.bns_mut());
-        }
-        if let Some(bn) = &mut self.head_bn {
-            bns.push(bn);
-        }
         let mut v = Vec::new();
-        for bn in bns {
+        for bn in self.batch_norms_mut() {
             let base = bn.gamma.name.trim_end_matches(".weight").to_string();
             v.push((format!("{base}.running_mean"), &mut bn.running_mean));
             v.push((format!("{base}.running_var"), &mut bn.running_var));

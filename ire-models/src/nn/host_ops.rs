@@ -6,7 +6,7 @@ use ire_core::{Backend, Error, GemmShape, Result, Scalar};
 use rayon::prelude::*;
 
 use super::attention;
-use super::batch_norm::{self, BnMode, BnShape, BnState};
+use super::batch_norm::{self, BnMode, BnShape, BnState, BnSync};
 use super::conv::{self, ConvGeom};
 use super::gemm_fast;
 use super::host;
@@ -380,73 +380,43 @@ impl<B: HostMemory + Sync> ConvNetOps for B {
         momentum: f64,
         eps: f64,
     ) -> Result<()> {
-        let (x, y, p) = (B::host(x), B::host_mut(y), B::host(params));
-        let len = s.n * s.c * s.hw;
-        need("batch_norm: x", x.len().min(y.len()), len)?;
-        need("batch_norm: gamma", p.len().saturating_sub(g_off), s.c)?;
-        need("batch_norm: beta", p.len().saturating_sub(b_off), s.c)?;
-        let (rm, rv) = (B::host_mut(st.running_mean), B::host_mut(st.running_var));
-        let (sm, si) = (B::host_mut(st.save_mean), B::host_mut(st.save_invstd));
-        need(
-            "batch_norm: statistics",
-            rm.len().min(rv.len()).min(sm.len()).min(si.len()),
-            s.c,
-        )?;
-        let m = (s.n * s.hw) as f64;
-        // Per channel (mean, invstd): the statistics read x channel by channel (in parallel),
-        // the normalization then writes y image by image (in parallel).
-        let stats: Vec<(f64, f64)> = match mode {
-            BnMode::Eval => Vec::new(),
-            BnMode::Train { .. } => {
-                let one = |ch| batch_norm::bn_channel_stats(x, s, ch);
-                if self.parallel() {
-                    (0..s.c).into_par_iter().map(one).collect()
-                } else {
-                    (0..s.c).map(one).collect()
-                }
-            }
-        };
-        let mut coef = Vec::with_capacity(s.c);
-        for ch in 0..s.c {
-            let (gamma, beta) = (p[g_off + ch], p[b_off + ch]);
-            let (mean, invstd) = match mode {
-                BnMode::Eval => (rm[ch], T::of(1.0 / (rv[ch].as_f64() + eps).sqrt())),
-                BnMode::Train { update_running } => {
-                    let (mean, var) = stats[ch];
-                    if update_running {
-                        let unbiased = if m > 1.0 { var * m / (m - 1.0) } else { var };
-                        rm[ch] = T::of((1.0 - momentum) * rm[ch].as_f64() + momentum * mean);
-                        rv[ch] = T::of((1.0 - momentum) * rv[ch].as_f64() + momentum * unbiased);
-                    }
-                    let invstd = T::of(1.0 / (var + eps).sqrt());
-                    sm[ch] = T::of(mean);
-                    si[ch] = invstd;
-                    (T::of(mean), invstd)
-                }
-            };
-            coef.push((mean, invstd, gamma, beta));
-        }
-        let image = |(yi, xi): (&mut [T], &[T])| {
-            let planes = yi
-                .chunks_exact_mut(s.hw.max(1))
-                .zip(xi.chunks_exact(s.hw.max(1)));
-            for ((yp, xp), &(mean, invstd, gamma, beta)) in planes.zip(&coef) {
-                batch_norm::bn_plane_apply(xp, yp, mean, invstd, gamma, beta);
-            }
-        };
-        let per = (s.c * s.hw).max(1);
-        if self.parallel() {
-            y[..len]
-                .par_chunks_mut(per)
-                .zip(x[..len].par_chunks(per))
-                .for_each(image);
-        } else {
-            y[..len]
-                .chunks_mut(per)
-                .zip(x[..len].chunks(per))
-                .for_each(image);
-        }
-        Ok(())
+        host_batch_norm(
+            self,
+            x,
+            y,
+            s,
+            (params, g_off, b_off),
+            st,
+            mode,
+            (momentum, eps),
+            None,
+        )
+    }
+
+    fn batch_norm_synced<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        y: &mut Self::Buffer<T>,
+        s: BnShape,
+        params: &Self::Buffer<T>,
+        (g_off, b_off): (usize, usize),
+        st: BnState<'_, Self, T>,
+        update_running: bool,
+        (momentum, eps): (f64, f64),
+        sync: &dyn BnSync,
+    ) -> Result<()> {
+        let mode = BnMode::Train { update_running };
+        host_batch_norm(
+            self,
+            x,
+            y,
+            s,
+            (params, g_off, b_off),
+            st,
+            mode,
+            (momentum, eps),
+            Some(sync),
+        )
     }
 
     fn batch_norm_backward<T: Scalar>(
@@ -463,75 +433,41 @@ impl<B: HostMemory + Sync> ConvNetOps for B {
         dg_off: usize,
         db_off: usize,
     ) -> Result<()> {
-        let (x, dy, dx, p) = (B::host(x), B::host(dy), B::host_mut(dx), B::host(params));
-        let (sm, si, gr) = (B::host(save_mean), B::host(save_invstd), B::host_mut(grads));
-        let len = s.n * s.c * s.hw;
-        need(
-            "batch_norm_backward",
-            x.len().min(dy.len()).min(dx.len()),
-            len,
-        )?;
-        need(
-            "batch_norm_backward: gamma",
-            p.len().saturating_sub(g_off),
-            s.c,
-        )?;
-        need(
-            "batch_norm_backward: grads",
-            gr.len().saturating_sub(dg_off.max(db_off)),
-            s.c,
-        )?;
-        need(
-            "batch_norm_backward: statistics",
-            sm.len().min(si.len()),
-            s.c,
-        )?;
-        // The sums read channel by channel (in parallel); dx is written image by image.
-        let one = |ch| batch_norm::bn_channel_grad_sums(x, dy, s, ch, sm[ch], si[ch]);
-        let sums: Vec<(f64, f64)> = if self.parallel() {
-            (0..s.c).into_par_iter().map(one).collect()
-        } else {
-            (0..s.c).map(one).collect()
-        };
-        let m = (s.n * s.hw) as f64;
-        let image = |((dxi, xi), dyi): ((&mut [T], &[T]), &[T])| {
-            let hw = s.hw.max(1);
-            let planes = dxi
-                .chunks_exact_mut(hw)
-                .zip(xi.chunks_exact(hw))
-                .zip(dyi.chunks_exact(hw));
-            for (ch, ((dxp, xp), dyp)) in planes.enumerate() {
-                batch_norm::bn_plane_backward(
-                    xp,
-                    dyp,
-                    dxp,
-                    m,
-                    sm[ch],
-                    si[ch],
-                    p[g_off + ch],
-                    sums[ch],
-                );
-            }
-        };
-        let per = (s.c * s.hw).max(1);
-        if self.parallel() {
-            dx[..len]
-                .par_chunks_mut(per)
-                .zip(x[..len].par_chunks(per))
-                .zip(dy[..len].par_chunks(per))
-                .for_each(image);
-        } else {
-            dx[..len]
-                .chunks_mut(per)
-                .zip(x[..len].chunks(per))
-                .zip(dy[..len].chunks(per))
-                .for_each(image);
-        }
-        for (ch, &(dg, db)) in sums.iter().enumerate() {
-            gr[dg_off + ch] = gr[dg_off + ch] + T::of(dg);
-            gr[db_off + ch] = gr[db_off + ch] + T::of(db);
-        }
-        Ok(())
+        host_batch_norm_backward(
+            self,
+            x,
+            dy,
+            dx,
+            s,
+            (params, g_off),
+            (save_mean, save_invstd),
+            (grads, dg_off, db_off),
+            None,
+        )
+    }
+
+    fn batch_norm_backward_synced<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        dy: &Self::Buffer<T>,
+        dx: &mut Self::Buffer<T>,
+        s: BnShape,
+        (params, g_off): (&Self::Buffer<T>, usize),
+        saved: (&Self::Buffer<T>, &Self::Buffer<T>),
+        (grads, dg_off, db_off): (&mut Self::Buffer<T>, usize, usize),
+        sync: &dyn BnSync,
+    ) -> Result<()> {
+        host_batch_norm_backward(
+            self,
+            x,
+            dy,
+            dx,
+            s,
+            (params, g_off),
+            saved,
+            (grads, dg_off, db_off),
+            Some(sync),
+        )
     }
 
     fn global_avg_pool<T: Scalar>(
@@ -626,6 +562,178 @@ impl<B: HostMemory + Sync> ConvNetOps for B {
         B::host_mut(x).iter_mut().for_each(|v| *v = *v * s);
         Ok(())
     }
+}
+
+/// The host batch norm, its statistics over this process's examples or (`sync`) over the whole
+/// batch of a group.
+#[allow(clippy::too_many_arguments)]
+fn host_batch_norm<B: HostMemory + Sync, T: Scalar>(
+    b: &B,
+    x: &B::Buffer<T>,
+    y: &mut B::Buffer<T>,
+    s: BnShape,
+    (params, g_off, b_off): (&B::Buffer<T>, usize, usize),
+    st: BnState<'_, B, T>,
+    mode: BnMode,
+    (momentum, eps): (f64, f64),
+    sync: Option<&dyn BnSync>,
+) -> Result<()> {
+    let (x, y, p) = (B::host(x), B::host_mut(y), B::host(params));
+    let len = s.n * s.c * s.hw;
+    need("batch_norm: x", x.len().min(y.len()), len)?;
+    need("batch_norm: gamma", p.len().saturating_sub(g_off), s.c)?;
+    need("batch_norm: beta", p.len().saturating_sub(b_off), s.c)?;
+    let (rm, rv) = (B::host_mut(st.running_mean), B::host_mut(st.running_var));
+    let (sm, si) = (B::host_mut(st.save_mean), B::host_mut(st.save_invstd));
+    need(
+        "batch_norm: statistics",
+        rm.len().min(rv.len()).min(sm.len()).min(si.len()),
+        s.c,
+    )?;
+    let mut m = (s.n * s.hw) as f64;
+    // Per channel (mean, invstd): the statistics read x channel by channel (in parallel),
+    // the normalization then writes y image by image (in parallel).
+    let stats: Vec<(f64, f64)> = match (mode, sync) {
+        (BnMode::Eval, _) => Vec::new(),
+        (BnMode::Train { .. }, Some(sync)) => {
+            let (stats, whole) = batch_norm::bn_synced_stats(x, s, b.parallel(), sync)?;
+            m = whole;
+            stats
+        }
+        (BnMode::Train { .. }, None) => {
+            let one = |ch| batch_norm::bn_channel_stats(x, s, ch);
+            if b.parallel() {
+                (0..s.c).into_par_iter().map(one).collect()
+            } else {
+                (0..s.c).map(one).collect()
+            }
+        }
+    };
+    let mut coef = Vec::with_capacity(s.c);
+    for ch in 0..s.c {
+        let (gamma, beta) = (p[g_off + ch], p[b_off + ch]);
+        let (mean, invstd) = match mode {
+            BnMode::Eval => (rm[ch], T::of(1.0 / (rv[ch].as_f64() + eps).sqrt())),
+            BnMode::Train { update_running } => {
+                let (mean, var) = stats[ch];
+                if update_running {
+                    let unbiased = if m > 1.0 { var * m / (m - 1.0) } else { var };
+                    rm[ch] = T::of((1.0 - momentum) * rm[ch].as_f64() + momentum * mean);
+                    rv[ch] = T::of((1.0 - momentum) * rv[ch].as_f64() + momentum * unbiased);
+                }
+                let invstd = T::of(1.0 / (var + eps).sqrt());
+                sm[ch] = T::of(mean);
+                si[ch] = invstd;
+                (T::of(mean), invstd)
+            }
+        };
+        coef.push((mean, invstd, gamma, beta));
+    }
+    let image = |(yi, xi): (&mut [T], &[T])| {
+        let planes = yi
+            .chunks_exact_mut(s.hw.max(1))
+            .zip(xi.chunks_exact(s.hw.max(1)));
+        for ((yp, xp), &(mean, invstd, gamma, beta)) in planes.zip(&coef) {
+            batch_norm::bn_plane_apply(xp, yp, mean, invstd, gamma, beta);
+        }
+    };
+    let per = (s.c * s.hw).max(1);
+    if b.parallel() {
+        y[..len]
+            .par_chunks_mut(per)
+            .zip(x[..len].par_chunks(per))
+            .for_each(image);
+    } else {
+        y[..len]
+            .chunks_mut(per)
+            .zip(x[..len].chunks(per))
+            .for_each(image);
+    }
+    Ok(())
+}
+
+/// The host batch-norm backward, its sums over this process's examples or (`sync`) over the
+/// whole batch of a group.
+#[allow(clippy::too_many_arguments)]
+fn host_batch_norm_backward<B: HostMemory + Sync, T: Scalar>(
+    b: &B,
+    x: &B::Buffer<T>,
+    dy: &B::Buffer<T>,
+    dx: &mut B::Buffer<T>,
+    s: BnShape,
+    (params, g_off): (&B::Buffer<T>, usize),
+    (save_mean, save_invstd): (&B::Buffer<T>, &B::Buffer<T>),
+    (grads, dg_off, db_off): (&mut B::Buffer<T>, usize, usize),
+    sync: Option<&dyn BnSync>,
+) -> Result<()> {
+    let (x, dy, dx, p) = (B::host(x), B::host(dy), B::host_mut(dx), B::host(params));
+    let (sm, si, gr) = (B::host(save_mean), B::host(save_invstd), B::host_mut(grads));
+    let len = s.n * s.c * s.hw;
+    need(
+        "batch_norm_backward",
+        x.len().min(dy.len()).min(dx.len()),
+        len,
+    )?;
+    need(
+        "batch_norm_backward: gamma",
+        p.len().saturating_sub(g_off),
+        s.c,
+    )?;
+    need(
+        "batch_norm_backward: grads",
+        gr.len().saturating_sub(dg_off.max(db_off)),
+        s.c,
+    )?;
+    need(
+        "batch_norm_backward: statistics",
+        sm.len().min(si.len()),
+        s.c,
+    )?;
+    // The sums read channel by channel (in parallel); dx is written image by image. Synced:
+    // dx takes the group's sums, dγ and dβ this process's (the gradient reduction adds them).
+    let (sums, local, m) = match sync {
+        Some(sync) => {
+            batch_norm::bn_synced_grad_sums(x, dy, s, (&sm[..s.c], &si[..s.c]), b.parallel(), sync)?
+        }
+        None => {
+            let one = |ch| batch_norm::bn_channel_grad_sums(x, dy, s, ch, sm[ch], si[ch]);
+            let sums: Vec<(f64, f64)> = if b.parallel() {
+                (0..s.c).into_par_iter().map(one).collect()
+            } else {
+                (0..s.c).map(one).collect()
+            };
+            (sums.clone(), sums, (s.n * s.hw) as f64)
+        }
+    };
+    let image = |((dxi, xi), dyi): ((&mut [T], &[T]), &[T])| {
+        let hw = s.hw.max(1);
+        let planes = dxi
+            .chunks_exact_mut(hw)
+            .zip(xi.chunks_exact(hw))
+            .zip(dyi.chunks_exact(hw));
+        for (ch, ((dxp, xp), dyp)) in planes.enumerate() {
+            batch_norm::bn_plane_backward(xp, dyp, dxp, m, sm[ch], si[ch], p[g_off + ch], sums[ch]);
+        }
+    };
+    let per = (s.c * s.hw).max(1);
+    if b.parallel() {
+        dx[..len]
+            .par_chunks_mut(per)
+            .zip(x[..len].par_chunks(per))
+            .zip(dy[..len].par_chunks(per))
+            .for_each(image);
+    } else {
+        dx[..len]
+            .chunks_mut(per)
+            .zip(x[..len].chunks(per))
+            .zip(dy[..len].chunks(per))
+            .for_each(image);
+    }
+    for (ch, &(dg, db)) in local.iter().enumerate() {
+        gr[dg_off + ch] = gr[dg_off + ch] + T::of(dg);
+        gr[db_off + ch] = gr[db_off + ch] + T::of(db);
+    }
+    Ok(())
 }
 
 impl<B: HostMemory + Sync> TransformerOps for B {

@@ -6,7 +6,9 @@
 
 use ire_core::{Backend, GemmShape, Result, Scalar};
 
-use super::batch_norm::{BnMode, BnShape, BnState};
+use std::rc::Rc;
+
+use super::batch_norm::{BnMode, BnShape, BnState, BnSync};
 use super::conv::ConvGeom;
 use super::ops::NnOps;
 use crate::rng::Rng;
@@ -306,6 +308,9 @@ pub struct BatchNorm2d<B: Backend, T: Scalar> {
     pub running_var: B::Buffer<T>,
     save_mean: B::Buffer<T>,
     save_invstd: B::Buffer<T>,
+    /// The group whose whole batch gives the training statistics while it is active (`None`:
+    /// this process's examples).
+    sync: Option<Rc<dyn BnSync>>,
 }
 
 /// PyTorch's batch-norm momentum.
@@ -341,7 +346,19 @@ impl<B: NnOps, T: Scalar> BatchNorm2d<B, T> {
             running_var,
             save_mean: b.alloc(c)?,
             save_invstd: b.alloc(c)?,
+            sync: None,
         })
+    }
+
+    /// Takes the training statistics over the whole batch of `sync`'s group while it is
+    /// active (synchronized batch norm).
+    pub fn set_sync(&mut self, sync: Rc<dyn BnSync>) {
+        self.sync = Some(sync);
+    }
+
+    /// The group, while it is active.
+    fn synced(&self) -> Option<&dyn BnSync> {
+        self.sync.as_deref().filter(|s| s.active())
     }
 
     fn shape(&self, n: usize) -> BnShape {
@@ -363,12 +380,28 @@ impl<B: NnOps, T: Scalar> BatchNorm2d<B, T> {
         mode: BnMode,
     ) -> Result<()> {
         let shape = self.shape(n);
+        let sync = self.sync.clone().filter(|s| s.active());
         let st = BnState {
             running_mean: &mut self.running_mean,
             running_var: &mut self.running_var,
             save_mean: &mut self.save_mean,
             save_invstd: &mut self.save_invstd,
         };
+        if let (BnMode::Train { update_running }, Some(sync)) = (mode, &sync) {
+            let offsets = (self.gamma.off, self.beta.off);
+            let consts = (BN_MOMENTUM, BN_EPS);
+            return b.batch_norm_synced(
+                x,
+                y,
+                shape,
+                p,
+                offsets,
+                st,
+                update_running,
+                consts,
+                sync.as_ref(),
+            );
+        }
         b.batch_norm(
             x,
             y,
@@ -395,6 +428,18 @@ impl<B: NnOps, T: Scalar> BatchNorm2d<B, T> {
         n: usize,
         dx: &mut B::Buffer<T>,
     ) -> Result<()> {
+        if let Some(sync) = self.synced() {
+            return b.batch_norm_backward_synced(
+                x,
+                dy,
+                dx,
+                self.shape(n),
+                (p, self.gamma.off),
+                (&self.save_mean, &self.save_invstd),
+                (g, self.gamma.off, self.beta.off),
+                sync,
+            );
+        }
         b.batch_norm_backward(
             x,
             dy,

@@ -7,9 +7,9 @@
 //! op reads its weights at an element offset into the arena. Weight gradients ACCUMULATE (`+=`)
 //! into the gradient arena; input gradients are written (`=`).
 
-use ire_core::{Backend, Error, GemmShape, Result, Scalar};
+use ire_core::{Backend, Error, GemmShape, Reference, Result, Scalar};
 
-use super::batch_norm::{BnMode, BnShape, BnState};
+use super::batch_norm::{BnMode, BnShape, BnState, BnSync};
 use super::conv::ConvGeom;
 use super::host_tf::{AttnShape, NormKind};
 
@@ -139,6 +139,95 @@ pub trait ConvNetOps: Backend {
         dg_off: usize,
         db_off: usize,
     ) -> Result<()>;
+
+    /// Training-mode [`Self::batch_norm`] with the batch statistics of a data-parallel group's
+    /// whole batch (`sync`, collective); the running statistics move (when `update_running`)
+    /// with the group's statistics. The default runs the host implementation on copies of the
+    /// buffers (on a device, the activations travel through the host); the host backends run
+    /// it in place.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_synced<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        y: &mut Self::Buffer<T>,
+        s: BnShape,
+        params: &Self::Buffer<T>,
+        offsets: (usize, usize),
+        st: BnState<'_, Self, T>,
+        update_running: bool,
+        consts: (f64, f64),
+        sync: &dyn BnSync,
+    ) -> Result<()> {
+        let r = Reference;
+        let copy = |b: &Self::Buffer<T>| self.to_vec(b).and_then(|v| r.alloc_from(&v));
+        let (hx, hp) = (copy(x)?, copy(params)?);
+        let mut h = [
+            copy(y)?,
+            copy(st.running_mean)?,
+            copy(st.running_var)?,
+            copy(st.save_mean)?,
+            copy(st.save_invstd)?,
+        ];
+        let [hy, rm, rv, sm, si] = &mut h;
+        let hst = BnState {
+            running_mean: rm,
+            running_var: rv,
+            save_mean: sm,
+            save_invstd: si,
+        };
+        r.batch_norm_synced(&hx, hy, s, &hp, offsets, hst, update_running, consts, sync)?;
+        let dst = [
+            y,
+            st.running_mean,
+            st.running_var,
+            st.save_mean,
+            st.save_invstd,
+        ];
+        for (dst, src) in dst.into_iter().zip(&h) {
+            self.upload(dst, &r.to_vec(src)?)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::batch_norm_backward`] after [`Self::batch_norm_synced`]: `dx` from the sums of
+    /// the group's whole batch (`sync`, collective), `dγ, dβ +=` this process's own sums (the
+    /// group's gradient reduction adds them up). The default runs the host implementation on
+    /// copies of the buffers; the host backends run it in place.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_backward_synced<T: Scalar>(
+        &self,
+        x: &Self::Buffer<T>,
+        dy: &Self::Buffer<T>,
+        dx: &mut Self::Buffer<T>,
+        s: BnShape,
+        (params, g_off): (&Self::Buffer<T>, usize),
+        (save_mean, save_invstd): (&Self::Buffer<T>, &Self::Buffer<T>),
+        (grads, dg_off, db_off): (&mut Self::Buffer<T>, usize, usize),
+        sync: &dyn BnSync,
+    ) -> Result<()> {
+        let r = Reference;
+        let copy = |b: &Self::Buffer<T>| self.to_vec(b).and_then(|v| r.alloc_from(&v));
+        let (hx, hdy, hp, hm, hi) = (
+            copy(x)?,
+            copy(dy)?,
+            copy(params)?,
+            copy(save_mean)?,
+            copy(save_invstd)?,
+        );
+        let (mut hdx, mut hg) = (copy(dx)?, copy(grads)?);
+        r.batch_norm_backward_synced(
+            &hx,
+            &hdy,
+            &mut hdx,
+            s,
+            (&hp, g_off),
+            (&hm, &hi),
+            (&mut hg, dg_off, db_off),
+            sync,
+        )?;
+        self.upload(dx, &r.to_vec(&hdx)?)?;
+        self.upload(grads, &r.to_vec(&hg)?)
+    }
 
     /// Mean over `HW`: `N × C × HW → N × C`.
     fn global_avg_pool<T: Scalar>(

@@ -93,6 +93,14 @@ pub struct TrainConfig {
     /// (cut a larger `batch_size` into more shards instead).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shards: Option<usize>,
+    /// Synchronized batch norm in a data-parallel group: every batch-norm layer (training
+    /// mode) normalizes with the statistics of the whole batch of all processes together, and
+    /// its running statistics follow those, instead of each process's own examples (the
+    /// default, as PyTorch DDP). A no-op in a single process (its batch is the whole batch).
+    /// Not with `shards`: each shard is a forward pass of its own, so the statistics of the
+    /// whole batch would need every process's shards to advance layer by layer together.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sync_bn: bool,
     /// Where a data-parallel group keeps the optimizer state: `replicated` (default) or
     /// `sharded` (ZeRO stage 1: each process holds the moments, IRE estimate and mask of its
     /// own range of the parameters). How this invocation runs, not what it computes (the
@@ -156,6 +164,7 @@ impl Default for TrainConfig {
             batch_size: 128,
             grad_accum: 1,
             shards: None,
+            sync_bn: false,
             optimizer_state: OptimizerStateLayout::Replicated,
             decay_all: false,
             label_smoothing: 0.0,
@@ -245,16 +254,18 @@ impl TrainConfig {
                 ));
             }
         }
+        if self.sync_bn && self.shards.is_some() {
+            return Err(bad(
+                "sync_bn",
+                "true with shards",
+                "does not combine with shards: each shard is a forward pass of its own, and \
+                 statistics over the whole batch would need every process's shards to advance \
+                 layer by layer together (sync_bn without shards takes them over the whole \
+                 batch; shards without sync_bn, per shard, bit for bit at any world size)",
+            ));
+        }
         if self.steps == 0 && self.epochs == 0 {
             return Err(bad("epochs", self.epochs, "epochs or steps must be >= 1"));
-        }
-        if self.optimizer_state == OptimizerStateLayout::Sharded && self.optimizer.is_sam() {
-            return Err(bad(
-                "optimizer_state",
-                "sharded",
-                "does not combine with sam or sam-ire: SAM's perturbation needs the norm of the \
-                 whole gradient and moves every parameter (use replicated)",
-            ));
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return Err(bad(

@@ -13,6 +13,7 @@ pub mod run;
 pub mod run_error;
 pub mod shard_state;
 pub mod source;
+pub mod sync_bn;
 pub mod train_error;
 pub mod trainer;
 

@@ -280,6 +280,53 @@ impl<B: NnOps> AnyOptimizer<B> {
         }
     }
 
+    /// SAM's squared gradient norm over `params` and `grads` as [`AnyOptimizer::perturb`]
+    /// takes it (`None` for the optimizers without SAM).
+    pub fn sam_squared_norm(
+        &self,
+        b: &B,
+        params: &[B::Buffer<f32>],
+        grads: &[B::Buffer<f32>],
+    ) -> Result<Option<f64>> {
+        match self {
+            AnyOptimizer::Sam(o) => o.squared_norm(b, params, grads).map(Some),
+            AnyOptimizer::SamIre(o) => o.base().squared_norm(b, params, grads).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// [`AnyOptimizer::perturb`] of one rank's pieces of a sharded optimizer state: `sq` is
+    /// the squared norm of the WHOLE gradient ([`AnyOptimizer::sam_squared_norm`] over the
+    /// replicated parameters), and a SAM-IRE refresh due here takes its mask from ONE
+    /// threshold over the estimates of every rank of `comm`, so both equal the replicated
+    /// run's bit for bit. The caller gathers the perturbed pieces.
+    pub fn perturb_sharded(
+        &mut self,
+        b: &B,
+        params: &mut [B::Buffer<f32>],
+        grads: &[B::Buffer<f32>],
+        estimate: Option<&[B::Buffer<f32>]>,
+        sq: f64,
+        comm: &dyn Collective,
+    ) -> Result<()> {
+        match self {
+            AnyOptimizer::Sam(o) => o.perturb_with_norm(b, params, grads, sq),
+            AnyOptimizer::SamIre(o) => {
+                if o.refresh_due() {
+                    let sizes: Vec<usize> = params.iter().map(|p| b.len(p)).collect();
+                    let input = estimate_of(o, grads, estimate).ok_or_else(|| {
+                        ire_core::Error::Protocol("SAM-IRE refresh without an estimate".into())
+                    })?;
+                    let t = o.step_count();
+                    o.refresh_now(b, &sizes, &input, None)?;
+                    global_mask(o, b, params, t, comm)?;
+                }
+                o.base_mut().perturb_with_norm(b, params, grads, sq)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The step (SAM: with the gradient at the perturbed point). Returns `(κ_t, refreshed)`.
     /// `groups`: the base optimizers' parameter groups (the IRE ones keep those given to
     /// [`AnyOptimizer::new`]).
@@ -288,8 +335,8 @@ impl<B: NnOps> AnyOptimizer<B> {
     /// sharded over the ranks of this group (every rank steps at every step): the IRE mask of
     /// a refresh then comes from ONE threshold over the estimates of every rank
     /// ([`select::threshold`], the radix selection whose histograms are all-reduced), so it
-    /// equals the unsharded mask bit for bit. SAM is refused there (and by the configuration:
-    /// its perturbation needs the whole gradient's norm).
+    /// equals the unsharded mask bit for bit. SAM and SAM-IRE step their pieces as the
+    /// replicated run does, after [`AnyOptimizer::perturb_sharded`].
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
@@ -308,13 +355,13 @@ impl<B: NnOps> AnyOptimizer<B> {
             (AnyOptimizer::Admire(o), Some(c)) => {
                 ire_step_global(o, b, params, grads, lr, estimate, c)
             }
-            (AnyOptimizer::SamIre(_) | AnyOptimizer::Sam(_), Some(_)) => Err(
-                ire_core::Error::Protocol("SAM with a sharded optimizer state".into()),
-            ),
+            // SAM's perturbation (with the whole gradient's norm) refreshed SAM-IRE's mask
+            // from the global threshold already ([`AnyOptimizer::perturb_sharded`]): the step
+            // itself is the replicated one on this rank's pieces.
             (AnyOptimizer::Sgd(o), _) => o
                 .step_grouped(b, params, grads, lr, groups)
                 .map(|_| (0.0, false)),
-            (AnyOptimizer::Sam(o), None) => o
+            (AnyOptimizer::Sam(o), _) => o
                 .step_grouped(b, params, grads, lr, groups)
                 .map(|_| (0.0, false)),
             (AnyOptimizer::Adamw(o), _) => o
@@ -323,7 +370,7 @@ impl<B: NnOps> AnyOptimizer<B> {
             (AnyOptimizer::SgdIre(o), None) => o
                 .step(b, params, grads, ire_ctx::<B>(lr, estimate))
                 .map(|r| (r.kappa, r.refreshed)),
-            (AnyOptimizer::SamIre(o), None) => o
+            (AnyOptimizer::SamIre(o), _) => o
                 .step(b, params, grads, ire_ctx::<B>(lr, None))
                 .map(|r| (r.kappa, r.refreshed)),
             (AnyOptimizer::Admire(o), None) => o
@@ -440,33 +487,11 @@ fn ire_step_global<B: NnOps, O: Optimizer<B, f32>>(
     comm: &dyn Collective,
 ) -> Result<(f64, bool)> {
     let sizes: Vec<usize> = params.iter().map(|p| b.len(p)).collect();
-    let estimate = match est {
-        Some(e) => Some(EstimateInput::Gradient(e)),
-        None if o.config().estimator == Estimator::SquaredTrainingGradient => {
-            Some(EstimateInput::Gradient(grads))
-        }
-        None => None,
-    };
+    let estimate = estimate_of(o, grads, est);
     let t = o.step_count();
     let report = o.begin_step(b, &sizes, IreStep { lr, estimate })?;
     if report.refreshed {
-        let cfg = *o.config();
-        let h = o
-            .estimate()
-            .iter()
-            .map(|x| b.to_vec(x))
-            .collect::<Result<Vec<_>>>()?;
-        let parts: Vec<&[f32]> = h.iter().map(Vec::as_slice).collect();
-        let rank = cfg
-            .gamma_schedule
-            .rank_at(cfg.gamma, t.saturating_sub(cfg.warmup_steps));
-        let th = select::threshold(&parts, cfg.threshold, rank, comm)?;
-        let masks: Vec<Vec<u8>> = h
-            .iter()
-            .map(|v| v.iter().map(|&x| th.mask(x)).collect())
-            .collect();
-        let refs: Vec<&[u8]> = masks.iter().map(Vec::as_slice).collect();
-        o.set_mask(b, params, &refs)?;
+        global_mask(o, b, params, t, comm)?;
     }
     for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
         let hp = o
@@ -476,6 +501,50 @@ fn ire_step_global<B: NnOps, O: Optimizer<B, f32>>(
     }
     let r = o.end_step()?;
     Ok((r.kappa, r.refreshed))
+}
+
+/// The estimator input of an IRE refresh: the estimator gradient, or the training gradient
+/// for the estimator that squares it.
+fn estimate_of<'a, B: NnOps, O: Optimizer<B, f32>>(
+    o: &Ire<B, f32, O>,
+    grads: &'a [B::Buffer<f32>],
+    est: Option<&'a [B::Buffer<f32>]>,
+) -> Option<EstimateInput<'a, B, f32>> {
+    match est {
+        Some(e) => Some(EstimateInput::Gradient(e)),
+        None if o.config().estimator == Estimator::SquaredTrainingGradient => {
+            Some(EstimateInput::Gradient(grads))
+        }
+        None => None,
+    }
+}
+
+/// Replaces the mask of a refresh at step `t` (made from this rank's estimate `h`) with the
+/// mask of ONE threshold over the estimates of every rank of `comm` ([`select::threshold`]).
+fn global_mask<B: NnOps, O: Optimizer<B, f32>>(
+    o: &mut Ire<B, f32, O>,
+    b: &B,
+    params: &[B::Buffer<f32>],
+    t: u64,
+    comm: &dyn Collective,
+) -> Result<()> {
+    let cfg = *o.config();
+    let h = o
+        .estimate()
+        .iter()
+        .map(|x| b.to_vec(x))
+        .collect::<Result<Vec<_>>>()?;
+    let parts: Vec<&[f32]> = h.iter().map(Vec::as_slice).collect();
+    let rank = cfg
+        .gamma_schedule
+        .rank_at(cfg.gamma, t.saturating_sub(cfg.warmup_steps));
+    let th = select::threshold(&parts, cfg.threshold, rank, comm)?;
+    let masks: Vec<Vec<u8>> = h
+        .iter()
+        .map(|v| v.iter().map(|&x| th.mask(x)).collect())
+        .collect();
+    let refs: Vec<&[u8]> = masks.iter().map(Vec::as_slice).collect();
+    o.set_mask(b, params, &refs)
 }
 
 fn ire_ctx<B: NnOps>(lr: f64, est: Option<&[B::Buffer<f32>]>) -> IreStep<'_, B, f32> {

@@ -37,13 +37,31 @@
 //! same sums as a replicated run, so the two give the same numbers bit for bit with or without
 //! `shards`, and clipping still sees the whole gradient. IRE's threshold is ONE selection over
 //! the estimates of every rank ([`ire_core::collective::select`]), so the mask is the
-//! replicated run's, bit for bit.
+//! replicated run's, bit for bit. SAM's perturbation divides by the norm of the whole
+//! gradient: every rank takes it from the gradient it holds whole (over the replicated run's
+//! tensors), perturbs its own range, and the ranges are all-gathered for the second pass.
 //!
-//! Batch-norm statistics are per rank: each forward normalizes with the statistics of the
-//! examples it sees (a rank's micro-batch or shard), and each rank's running statistics follow
-//! its own examples; a checkpoint and the weights file hold rank 0's.
+//! Batch-norm statistics are per rank by default: each forward normalizes with the statistics
+//! of the examples it sees (a rank's micro-batch or shard), and each rank's running statistics
+//! follow its own examples; a checkpoint and the weights file hold rank 0's.
+//!
+//! # Synchronized batch norm
+//!
+//! With `sync_bn` every batch-norm layer of a training pass (the estimator's and SAM's second
+//! pass included) takes its statistics over the examples of that pass on ALL ranks
+//! ([`super::sync_bn`]): the sums of each image are gathered and added in the order of the
+//! images in the batch, so with one micro-batch the statistics (and the running statistics,
+//! identical on every rank) are those of one process holding the whole batch, bit for bit, at
+//! any world size; only the gradient's all-reduce rounds differently. With `grad_accum` a pass
+//! is the j-th micro-batch of every rank together. Every rank must hold an example of every
+//! pass (a step batch of at least `W × grad_accum` examples), else the step is refused on
+//! every rank alike. It does not combine with `shards` (refused by the configuration): a rank
+//! runs its shards one forward after the other, while statistics over the whole batch would
+//! need all of them to advance layer by layer together. A single process has nothing to sync
+//! (its batch is the whole batch): there `sync_bn` changes nothing.
 
 use std::ops::Range;
+use std::rc::Rc;
 
 use ire_core::collective::{BufMut, SingleProcess};
 use ire_core::optim::{ParamGroup, ParamGroups};
@@ -56,6 +74,7 @@ use super::config_error::ConfigError;
 use super::optimizer::{AnyOptimizer, MaskSummary};
 use super::shard_state::{self, ShardLayout};
 use super::source::{Input, Source};
+use super::sync_bn::GroupBnSync;
 use super::train_error::TrainError;
 use crate::data::{Batch, ImageDataset};
 use crate::models::{Model, ModelSpec};
@@ -102,7 +121,12 @@ enum Plan {
     /// computation of this rank alone).
     Local(Vec<Range<usize>>),
     /// This rank's micro-batches summed into one gradient, then all-reduced over the ranks.
-    Reduce(Vec<Range<usize>>),
+    Reduce {
+        /// This rank's micro-batches.
+        mine: Vec<Range<usize>>,
+        /// The lengths of every rank's micro-batches, rank by rank.
+        everyone: Vec<Vec<usize>>,
+    },
     /// Of `count` shards, this rank's (shards `rank, rank + W, …`, in that order), each
     /// computed into a gradient of its own; every shard gradient is gathered and they are
     /// added in shard order.
@@ -200,7 +224,10 @@ pub struct Trainer<B: NnOps + 'static> {
     fixed: Option<Batch>,
     schedule: LrSchedule,
     total_steps: u64,
-    comm: Option<Box<dyn Collective>>,
+    comm: Option<Rc<dyn Collective>>,
+    /// Synchronized batch norm over the group (`sync_bn` with a group), active during the
+    /// training passes.
+    bn_sync: Option<Rc<GroupBnSync>>,
     /// The optimizer's parameter groups as parts of the arena (`None`: one group).
     groups: Option<StepGroups>,
     /// This rank's share of a sharded optimizer state (`None`: replicated).
@@ -299,7 +326,7 @@ impl<B: NnOps + 'static> Trainer<B> {
         let spec: ModelSpec = cfg.model.parse().map_err(|_| ConfigError::UnknownModel {
             value: cfg.model.clone(),
         })?;
-        let model = match data.input() {
+        let mut model = match data.input() {
             Input::Image { shape, classes } if !spec.is_lm() => {
                 spec.build::<B, f32>(&b, shape, classes)?
             }
@@ -313,6 +340,14 @@ impl<B: NnOps + 'static> Trainer<B> {
                 });
             }
         };
+        if cfg.sync_bn && model.batch_norms_mut().is_empty() {
+            return Err(ConfigError::OutOfRange {
+                field: "sync_bn",
+                value: format!("true with --model {}", cfg.model),
+                why: "synchronizes batch-norm statistics, and this model has no batch norm",
+            }
+            .into());
+        }
         super::footprint::check(&super::footprint::training(
             &cfg,
             &data,
@@ -379,6 +414,7 @@ impl<B: NnOps + 'static> Trainer<B> {
             schedule,
             total_steps,
             comm: None,
+            bn_sync: None,
             groups,
             shard: None,
             state_bytes: Vec::new(),
@@ -432,6 +468,14 @@ impl<B: NnOps + 'static> Trainer<B> {
                 why: "must be a multiple of the number of processes",
             }
             .into());
+        }
+        let comm: Rc<dyn Collective> = Rc::from(comm);
+        if self.cfg.sync_bn {
+            let sync = Rc::new(GroupBnSync::new(comm.clone()));
+            for bn in self.model.batch_norms_mut() {
+                bn.set_sync(sync.clone());
+            }
+            self.bn_sync = Some(sync);
         }
         self.comm = Some(comm);
         self.shard_over(w)
@@ -753,16 +797,25 @@ impl<B: NnOps + 'static> Trainer<B> {
             },
             (None, None) => Plan::Local(Batch::micro_ranges(n, accum)),
             (None, Some(_)) => {
-                let part = exact_ranges(n, w).swap_remove(rank);
-                let micro = if part.is_empty() {
-                    Vec::new()
-                } else {
-                    Batch::micro_ranges(part.len(), accum)
-                        .into_iter()
-                        .map(|r| r.start + part.start..r.end + part.start)
-                        .collect()
+                let micro = |part: &Range<usize>| -> Vec<Range<usize>> {
+                    if part.is_empty() {
+                        Vec::new()
+                    } else {
+                        Batch::micro_ranges(part.len(), accum)
+                            .into_iter()
+                            .map(|r| r.start + part.start..r.end + part.start)
+                            .collect()
+                    }
                 };
-                Plan::Reduce(micro)
+                let parts = exact_ranges(n, w);
+                let everyone = parts
+                    .iter()
+                    .map(|p| micro(p).iter().map(|r| r.len()).collect())
+                    .collect();
+                Plan::Reduce {
+                    mine: micro(&parts[rank]),
+                    everyone,
+                }
             }
         }
     }
@@ -823,15 +876,46 @@ impl<B: NnOps + 'static> Trainer<B> {
         targets: Targets,
         mut body: impl FnMut(&mut Self, &Range<usize>) -> Result<(f64, usize), TrainError>,
     ) -> Result<(f64, usize), TrainError> {
-        let (ranges, reduce) = match plan {
-            Plan::Local(r) => (r, false),
-            Plan::Reduce(r) => (r, true),
+        let (ranges, everyone) = match plan {
+            Plan::Local(r) => (r, None),
+            Plan::Reduce { mine, everyone } => (mine, Some(everyone)),
             Plan::Shards { count, mine } => return self.sharded(count, mine, targets, body),
+        };
+        let reduce = everyone.is_some();
+        let sync = match (everyone, &self.bn_sync) {
+            (Some(e), Some(s)) => {
+                // A rank without examples in a pass would leave the others waiting for its
+                // sums: refused on every rank alike (they all cut the same batch).
+                let ragged = e.iter().any(|m| m.len() != ranges.len() || m.contains(&0));
+                if ragged || ranges.is_empty() {
+                    let n: usize = e.iter().flatten().sum();
+                    return Err(ConfigError::OutOfRange {
+                        field: "sync_bn",
+                        value: format!(
+                            "a batch of {n} examples in {} micro-batches on {} processes",
+                            self.cfg.grad_accum,
+                            e.len()
+                        ),
+                        why: "needs an example of every micro-batch on every process (a batch \
+                              of at least processes × grad_accum examples)",
+                    }
+                    .into());
+                }
+                Some((s.clone(), e))
+            }
+            _ => None,
         };
         self.zero(targets)?;
         let (mut loss_sum, mut correct) = (0.0, 0);
-        for r in ranges.iter().filter(|r| !r.is_empty()) {
-            let (l, k) = body(self, r)?;
+        for (j, r) in ranges.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+            if let Some((s, e)) = &sync {
+                s.set(Some(e.iter().map(|m| m[j]).collect()));
+            }
+            let done = body(self, r);
+            if let Some((s, _)) = &sync {
+                s.set(None);
+            }
+            let (l, k) = done?;
             loss_sum += l;
             correct += k;
         }
@@ -1101,17 +1185,7 @@ impl<B: NnOps + 'static> Trainer<B> {
         // 3. SAM: perturb (SAM-IRE refreshes its mask here, at the unperturbed θ), then the
         //    gradient at the perturbed point (statistics frozen).
         if self.cfg.optimizer.is_sam() {
-            let est = want_est.then_some(&self.est_grads[..]);
-            let (b, opt) = (&self.b, &mut self.opt);
-            match &self.groups {
-                None => opt.perturb(b, &mut self.params, &self.grads, est)?,
-                Some(sg) => {
-                    let shared = arena_and(&self.grads, est);
-                    b.with_parts(&mut self.params[0], &shared, &sg.lens, |p, sh| {
-                        opt.perturb(b, p, &sh[0], sh.get(1).map(|e| &e[..]))
-                    })?
-                }
-            }
+            self.perturb(want_est)?;
             let plan = self.plan(batch.n, accum);
             self.loss_and_grad(
                 &batch,
@@ -1184,6 +1258,54 @@ impl<B: NnOps + 'static> Trainer<B> {
         };
         self.step += 1;
         Ok(m)
+    }
+
+    /// SAM's perturbation (SAM-IRE's refresh at the unperturbed θ first), with the training
+    /// gradient and (`want_est`) the estimator's. Sharded state: each rank perturbs its own
+    /// range with the norm of the whole gradient, which every rank holds, taken over the
+    /// replicated run's tensors (the arena, or its groups' parts), so the same bits; then the
+    /// ranges are all-gathered for the second pass.
+    fn perturb(&mut self, want_est: bool) -> Result<(), TrainError> {
+        let est = want_est.then_some(&self.est_grads[..]);
+        let (b, opt) = (&self.b, &mut self.opt);
+        let Some(shard) = &self.shard else {
+            match &self.groups {
+                None => opt.perturb(b, &mut self.params, &self.grads, est)?,
+                Some(sg) => {
+                    let shared = arena_and(&self.grads, est);
+                    b.with_parts(&mut self.params[0], &shared, &sg.lens, |p, sh| {
+                        opt.perturb(b, p, &sh[0], sh.get(1).map(|e| &e[..]))
+                    })?
+                }
+            }
+            return Ok(());
+        };
+        let sq = match &self.groups {
+            None => opt.sam_squared_norm(b, &self.params, &self.grads)?,
+            Some(sg) => {
+                b.with_parts(&mut self.params[0], &[&self.grads[0]], &sg.lens, |p, sh| {
+                    opt.sam_squared_norm(b, p, &sh[0])
+                })?
+            }
+        }
+        .unwrap_or(0.0);
+        let comm: &dyn Collective = match &self.comm {
+            Some(c) => c.as_ref(),
+            None => &SingleProcess,
+        };
+        let cut = shard.layout.cut_for(comm.rank());
+        let k = cut.len() - 1;
+        b.with_parts(
+            &mut self.params[0],
+            &arena_and(&self.grads, est),
+            &cut,
+            |p, sh| {
+                let est = sh.get(1).map(|e| &e[1..k]);
+                opt.perturb_sharded(b, &mut p[1..k], &sh[0][1..k], est, sq, comm)
+            },
+        )?;
+        gather_params(b, &mut self.params[0], &shard.layout, comm)?;
+        Ok(())
     }
 
     /// The training loss the next step will see (its batch at the current parameters, batch

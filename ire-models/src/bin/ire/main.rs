@@ -152,6 +152,12 @@ struct TrainArgs {
     /// batch-size; not with --grad-accum). Costs an all-gather of G gradients per step.
     #[arg(long)]
     shards: Option<usize>,
+    /// Synchronized batch norm in a data-parallel group: batch-norm statistics over the whole
+    /// batch of all processes instead of each process's share (costs two all-gathers of 8
+    /// bytes per image and channel in each batch-norm forward, one of 16 in its backward).
+    /// A no-op in a single process; not with --shards.
+    #[arg(long)]
+    sync_bn: bool,
     /// ZeRO stage 1 in a data-parallel group: each process holds and steps the optimizer state
     /// (moments, IRE estimate and mask) of its own range of the parameters only, then the
     /// parameters are all-gathered; the same numbers bit for bit (same as --optimizer-state
@@ -361,6 +367,10 @@ impl TrainArgs {
         if self.kappa_decay {
             c.opt.kappa_decay = true;
             given.push("kappa_decay");
+        }
+        if self.sync_bn {
+            c.sync_bn = true;
+            given.push("sync_bn");
         }
         if self.decay_all {
             c.decay_all = true;
