@@ -164,7 +164,11 @@ fn records(dir: &Path) -> Vec<serde_json::Value> {
         .unwrap()
         .into_iter()
         .map(|mut v| {
-            v.as_object_mut().unwrap().remove("images_per_sec");
+            // Measurements of the process that wrote the line, not of the run: the speed, and
+            // the optimizer-state bytes that every start (a resume too) records once.
+            let o = v.as_object_mut().unwrap();
+            o.remove("images_per_sec");
+            o.remove("opt_state_bytes");
             v
         })
         .collect()
