@@ -24,7 +24,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use ire_core::formulas::{AdamWScalars, SgdScalars};
-use ire_core::{Backend, DType, Element, Error, Result, Scalar};
+use ire_core::{Backend, DType, Element, Error, Result, Scalar, mask};
 use rayon::prelude::*;
 
 mod borrow;
@@ -252,28 +252,6 @@ impl CpuBackend {
         }
     }
 
-    fn zip_mmrr<A: Send, B: Send, C: Sync, D: Sync>(
-        &self,
-        a: &mut [A],
-        b: &mut [B],
-        cc: &[C],
-        d: &[D],
-        k: impl Fn(&mut [A], &mut [B], &[C], &[D]) + Sync + Send,
-    ) {
-        if self.parallel(a.len()) {
-            let c = self.chunk;
-            self.install(|| {
-                a.par_chunks_mut(c)
-                    .zip(b.par_chunks_mut(c))
-                    .zip(cc.par_chunks(c))
-                    .zip(d.par_chunks(c))
-                    .for_each(|(((a, b), cc), d)| k(a, b, cc, d))
-            });
-        } else {
-            k(a, b, cc, d)
-        }
-    }
-
     fn zip_mmmr<A: Send, B: Send, C: Send, D: Sync>(
         &self,
         a: &mut [A],
@@ -296,28 +274,81 @@ impl CpuBackend {
         }
     }
 
+    // ---- drivers over a packed mask: chunks of whole mask words ----
+    //
+    // The element operands are split into chunks of a multiple of 32 elements and the mask
+    // into the words of each chunk ([`ire_core::mask`]).
+
+    /// Elements per task of an operation over a packed mask: the task size rounded up to
+    /// whole mask words.
+    fn word_chunk(&self) -> usize {
+        self.chunk.div_ceil(mask::WORD_BITS) * mask::WORD_BITS
+    }
+
+    fn zip_mr_words<A: Send, B: Sync>(
+        &self,
+        a: &mut [A],
+        b: &[B],
+        n: &[u32],
+        k: impl Fn(&mut [A], &[B], &[u32]) + Sync + Send,
+    ) {
+        if self.parallel(a.len()) {
+            let c = self.word_chunk();
+            self.install(|| {
+                a.par_chunks_mut(c)
+                    .zip(b.par_chunks(c))
+                    .zip(n.par_chunks(c / mask::WORD_BITS))
+                    .for_each(|((a, b), n)| k(a, b, n))
+            });
+        } else {
+            k(a, b, n)
+        }
+    }
+
+    fn zip_mmr_words<A: Send, B: Send, C: Sync>(
+        &self,
+        a: &mut [A],
+        b: &mut [B],
+        cc: &[C],
+        n: &[u32],
+        k: impl Fn(&mut [A], &mut [B], &[C], &[u32]) + Sync + Send,
+    ) {
+        if self.parallel(a.len()) {
+            let c = self.word_chunk();
+            self.install(|| {
+                a.par_chunks_mut(c)
+                    .zip(b.par_chunks_mut(c))
+                    .zip(cc.par_chunks(c))
+                    .zip(n.par_chunks(c / mask::WORD_BITS))
+                    .for_each(|(((a, b), cc), n)| k(a, b, cc, n))
+            });
+        } else {
+            k(a, b, cc, n)
+        }
+    }
+
     #[allow(clippy::type_complexity)]
-    fn zip_mmmrr<A: Send, B: Send, C: Send, D: Sync, E: Sync>(
+    fn zip_mmmr_words<A: Send, B: Send, C: Send, D: Sync>(
         &self,
         a: &mut [A],
         b: &mut [B],
         cc: &mut [C],
         d: &[D],
-        e: &[E],
-        k: impl Fn(&mut [A], &mut [B], &mut [C], &[D], &[E]) + Sync + Send,
+        n: &[u32],
+        k: impl Fn(&mut [A], &mut [B], &mut [C], &[D], &[u32]) + Sync + Send,
     ) {
         if self.parallel(a.len()) {
-            let c = self.chunk;
+            let c = self.word_chunk();
             self.install(|| {
                 a.par_chunks_mut(c)
                     .zip(b.par_chunks_mut(c))
                     .zip(cc.par_chunks_mut(c))
                     .zip(d.par_chunks(c))
-                    .zip(e.par_chunks(c))
-                    .for_each(|((((a, b), cc), d), e)| k(a, b, cc, d, e))
+                    .zip(n.par_chunks(c / mask::WORD_BITS))
+                    .for_each(|((((a, b), cc), d), n)| k(a, b, cc, d, n))
             });
         } else {
-            k(a, b, cc, d, e)
+            k(a, b, cc, d, n)
         }
     }
 
@@ -460,13 +491,13 @@ impl Backend for CpuBackend {
         &self,
         theta: &mut CpuBuffer<T>,
         theta_old: &CpuBuffer<T>,
-        mask: &CpuBuffer<u8>,
+        mask: &CpuBuffer<u32>,
         kappa: T,
     ) -> Result<()> {
         same("ire_boost: theta_old", &theta.0, &theta_old.0)?;
-        same("ire_boost: mask", &theta.0, &mask.0)?;
+        mask::check_words("ire_boost: mask", theta.0.len(), mask.0.len())?;
         let w = self.wide_simd();
-        self.zip_mrr(&mut theta.0, &theta_old.0, &mask.0, |p, o, n| {
+        self.zip_mr_words(&mut theta.0, &theta_old.0, &mask.0, |p, o, n| {
             kernels::boost(w, p, o, n, kappa)
         });
         Ok(())
@@ -502,10 +533,27 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn mask_le<T: Scalar>(&self, h: &CpuBuffer<T>, tau: T, mask: &mut CpuBuffer<u8>) -> Result<()> {
-        same("mask_le", &h.0, &mask.0)?;
+    fn mask_le<T: Scalar>(
+        &self,
+        h: &CpuBuffer<T>,
+        tau: T,
+        words: &mut CpuBuffer<u32>,
+    ) -> Result<()> {
+        mask::check_words("mask_le", h.0.len(), words.0.len())?;
         let w = self.wide_simd();
-        self.zip_mr(&mut mask.0, &h.0, |n, h| kernels::mask_le(w, n, h, tau));
+        let k = |n: &mut [u32], h: &[T]| kernels::mask_le(w, n, h, tau);
+        if self.parallel(h.0.len()) {
+            let c = self.word_chunk();
+            self.install(|| {
+                words
+                    .0
+                    .par_chunks_mut(c / mask::WORD_BITS)
+                    .zip(h.0.par_chunks(c))
+                    .for_each(|(n, h)| k(n, h))
+            });
+        } else {
+            k(&mut words.0, &h.0)
+        }
         Ok(())
     }
 
@@ -553,8 +601,8 @@ impl Backend for CpuBackend {
         Ok(self.count(&x.0, |c| kernels::count_non_finite(w, c)))
     }
 
-    fn count_nonzero(&self, x: &CpuBuffer<u8>) -> Result<usize> {
-        Ok(self.count(&x.0, kernels::count_nonzero))
+    fn count_flat(&self, words: &CpuBuffer<u32>) -> Result<usize> {
+        Ok(self.count(&words.0, mask::count))
     }
 
     /// Exact k-th largest over all buffers, O(N), in parallel (see [`select`]).
@@ -575,13 +623,13 @@ impl Backend for CpuBackend {
         theta: &mut CpuBuffer<T>,
         grad: &CpuBuffer<T>,
         s: &SgdScalars<T>,
-        mask: &CpuBuffer<u8>,
+        mask: &CpuBuffer<u32>,
         kappa: T,
     ) -> Result<()> {
         same("sgd_ire_step: grad", &theta.0, &grad.0)?;
-        same("sgd_ire_step: mask", &theta.0, &mask.0)?;
+        mask::check_words("sgd_ire_step: mask", theta.0.len(), mask.0.len())?;
         let (w, s) = (self.wide_simd(), *s);
-        self.zip_mrr(&mut theta.0, &grad.0, &mask.0, |p, g, n| {
+        self.zip_mr_words(&mut theta.0, &grad.0, &mask.0, |p, g, n| {
             kernels::sgd_ire(w, p, g, n, &s, kappa)
         });
         Ok(())
@@ -593,14 +641,14 @@ impl Backend for CpuBackend {
         grad: &CpuBuffer<T>,
         momentum: &mut CpuBuffer<T>,
         s: &SgdScalars<T>,
-        mask: &CpuBuffer<u8>,
+        mask: &CpuBuffer<u32>,
         kappa: T,
     ) -> Result<()> {
         same("sgd_momentum_ire_step: grad", &theta.0, &grad.0)?;
         same("sgd_momentum_ire_step: momentum", &theta.0, &momentum.0)?;
-        same("sgd_momentum_ire_step: mask", &theta.0, &mask.0)?;
+        mask::check_words("sgd_momentum_ire_step: mask", theta.0.len(), mask.0.len())?;
         let (w, s) = (self.wide_simd(), *s);
-        self.zip_mmrr(
+        self.zip_mmr_words(
             &mut theta.0,
             &mut momentum.0,
             &grad.0,
@@ -617,15 +665,15 @@ impl Backend for CpuBackend {
         m: &mut CpuBuffer<T>,
         v: &mut CpuBuffer<T>,
         s: &AdamWScalars<T>,
-        mask: &CpuBuffer<u8>,
+        mask: &CpuBuffer<u32>,
         kappa: T,
     ) -> Result<()> {
         same("adamw_ire_step: grad", &theta.0, &grad.0)?;
         same("adamw_ire_step: m", &theta.0, &m.0)?;
         same("adamw_ire_step: v", &theta.0, &v.0)?;
-        same("adamw_ire_step: mask", &theta.0, &mask.0)?;
+        mask::check_words("adamw_ire_step: mask", theta.0.len(), mask.0.len())?;
         let (w, s) = (self.wide_simd(), *s);
-        self.zip_mmmrr(
+        self.zip_mmmr_words(
             &mut theta.0,
             &mut m.0,
             &mut v.0,

@@ -40,7 +40,7 @@ fn sgd_scalars<T: Scalar>(nesterov: bool, first_step: bool) -> SgdScalars<T> {
 macro_rules! check_op {
     ($name:expr, $cpu:expr, $ins:expr, $masks:expr, |$b:ident, $bufs:ident, $mk:ident| $body:expr) => {{
         let ins: &[Vec<T>] = $ins;
-        let masks: &[Vec<u8>] = $masks;
+        let masks: &[Vec<u32>] = $masks;
         let got = {
             let $b = $cpu;
             let mut $bufs: Vec<_> = ins.iter().map(|v| $b.alloc_from(v).unwrap()).collect();
@@ -84,7 +84,7 @@ fn elementwise_big<T: Scalar>(cpu: &CpuBackend, n: usize) {
     let g = rng.values::<T>(n);
     let m = rng.values::<T>(n);
     let v = rng.positive::<T>(n);
-    let mask = rng.mask(n);
+    let mask = ire_core::mask::pack(&rng.mask(n));
     let a = T::of(-0.37);
     let kappa = T::of(3.0);
     let beta = T::of(0.95);
@@ -223,20 +223,20 @@ fn elementwise_big<T: Scalar>(cpu: &CpuBackend, n: usize) {
     let tau = T::of(0.3);
     let got = {
         let h = cpu.alloc_from(&v).unwrap();
-        let mut mk = cpu.alloc::<u8>(n).unwrap();
+        let mut mk = cpu.alloc::<u32>(ire_core::mask::words(n)).unwrap();
         cpu.mask_le(&h, tau, &mut mk).unwrap();
         cpu.to_vec(&mk).unwrap()
     };
     let want = {
         let h = Reference.alloc_from(&v).unwrap();
-        let mut mk = Reference.alloc::<u8>(n).unwrap();
+        let mut mk = Reference.alloc::<u32>(ire_core::mask::words(n)).unwrap();
         Reference.mask_le(&h, tau, &mut mk).unwrap();
         Reference.to_vec(&mk).unwrap()
     };
     assert_eq!(got, want, "mask_le");
-    let flat = want.iter().filter(|&&x| x != 0).count();
+    let flat = ire_core::mask::count(&want);
     assert_eq!(
-        cpu.count_nonzero(&cpu.alloc_from(&want).unwrap()).unwrap(),
+        cpu.count_flat(&cpu.alloc_from(&want).unwrap()).unwrap(),
         flat
     );
     let mut bad = th.clone();
@@ -439,7 +439,7 @@ fn size_mismatches_and_bad_pools_are_errors() {
     let mut v = cpu.alloc::<f32>(BIG).unwrap();
     let g = cpu.alloc::<f32>(BIG - 1).unwrap();
     let ok = cpu.alloc::<f32>(BIG).unwrap();
-    let mask = cpu.alloc::<u8>(BIG + 1).unwrap();
+    let mask = cpu.alloc::<u32>(ire_core::mask::words(BIG) + 1).unwrap();
     let s = adamw_scalars::<f32>();
     assert!(cpu.adamw_step(&mut a, &g, &mut m, &mut v, &s).is_err());
     let r = cpu.adamw_ire_step(&mut a, &ok, &mut m, &mut v, &s, &mask, 1.0);
@@ -452,6 +452,6 @@ fn size_mismatches_and_bad_pools_are_errors() {
     );
     assert!(cpu.sum_squares_product(&a, &g).is_err());
     assert!(cpu.ire_boost(&mut a, &ok, &mask, 1.0).is_err());
-    let mut short_mask = cpu.alloc::<u8>(3).unwrap();
+    let mut short_mask = cpu.alloc::<u32>(3).unwrap();
     assert!(cpu.mask_le(&a, 0.0, &mut short_mask).is_err());
 }

@@ -10,7 +10,8 @@
 //!   [`ire_core::kernels::NVRTC_OPTIONS`] (`--fmad=false`, IEEE division and square root).
 //! - Sums, counts and the exact k-th-largest selection are those of `ire_core::device`
 //!   (device partials added on the host; a radix selection on the device).
-//! - `f32` and `f64`; masks are `u8`. Zero-length buffers hold no device memory.
+//! - `f32` and `f64`; masks are packed `u32` words (`ire_core::mask`). Zero-length buffers hold
+//!   no device memory.
 //! - Memory a caller owns: [`CudaMem::borrow`] wraps a framework's device pointer, and
 //!   [`Cuda::on_stream`] runs the backend on the framework's stream, so its kernels queue
 //!   behind the framework's work with no synchronization added.

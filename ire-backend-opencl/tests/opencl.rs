@@ -219,10 +219,8 @@ fn large_reductions_span_several_passes() {
         .map(|i| (i % 7 == 0 || i % 3 == 1) as u8)
         .collect();
     let want = mask.iter().filter(|&&m| m != 0).count();
-    assert_eq!(
-        b.count_nonzero(&b.alloc_from(&mask).unwrap()).unwrap(),
-        want
-    );
+    let words = b.alloc_from(&ire_core::mask::pack(&mask)).unwrap();
+    assert_eq!(b.count_flat(&words).unwrap(), want);
 }
 
 fn selection_paths_t<T: Scalar>(b: &OpenClBackend) {
@@ -309,7 +307,7 @@ fn large_elementwise_t<T: Scalar>(b: &OpenClBackend) {
         rng.values::<T>(n),
         rng.positive::<T>(n),
     );
-    let mask = rng.mask(n);
+    let mask = ire_core::mask::pack(&rng.mask(n));
     let kappa = T::of(2.5);
     let s = AdamWConfig::default().scalars::<T>(1e-3, 7);
     let (mut dp, mut dm, mut dv) = (
@@ -362,11 +360,11 @@ fn large_elementwise_t<T: Scalar>(b: &OpenClBackend) {
         rv.as_slice(),
     );
     let tau = p[n / 3];
-    let mut dmask2 = b.alloc::<u8>(n).unwrap();
+    let mut dmask2 = b.alloc::<u32>(ire_core::mask::words(n)).unwrap();
     b.mask_le(&b.alloc_from(&p).unwrap(), tau, &mut dmask2)
         .unwrap();
     let want: Vec<u8> = p.iter().map(|&x| (x <= tau) as u8).collect();
-    assert_eq!(b.to_vec(&dmask2).unwrap(), want);
+    assert_eq!(b.to_vec(&dmask2).unwrap(), ire_core::mask::pack(&want));
 }
 
 #[test]
@@ -396,9 +394,12 @@ fn empty_buffers_are_no_ops() {
     assert_eq!(b.sum_squares(&e).unwrap(), 0.0);
     assert_eq!(b.sum_squares_product(&e, &e2).unwrap(), 0.0);
     assert_eq!(b.count_non_finite(&e).unwrap(), 0);
-    let mut m = b.alloc::<u8>(0).unwrap();
+    let mut m = b.alloc::<u32>(0).unwrap();
     b.mask_le(&e, 1.0, &mut m).unwrap();
-    assert_eq!(b.count_nonzero(&m).unwrap(), 0);
+    assert_eq!(b.count_flat(&m).unwrap(), 0);
+    let mut bytes = b.alloc::<u8>(0).unwrap();
+    b.mask_unpack(&m, &mut bytes).unwrap();
+    b.mask_pack(&bytes, &mut m).unwrap();
     for path in [SelectionPath::Device, SelectionPath::Host] {
         let p = b.clone().with_selection_path(path);
         assert!(p.kth_largest(&[&e, &e2], 1).is_err());

@@ -29,7 +29,7 @@ use ire_core::optim::{
     AdamW, AdamWConfig, EstimateInput, Estimator, Ire, IreConfig, IreStep, KappaSchedule,
     Optimizer, Sam, SamConfig, Sgd, SgdConfig,
 };
-use ire_core::{Backend, DType, Reference, Scalar};
+use ire_core::{Backend, DType, Reference, Scalar, mask};
 use ire_models::device::{BackendKind, NnTask, run_if_present, run_on};
 use ire_models::nn::NnOps;
 
@@ -604,8 +604,8 @@ pub enum Op {
     SumSquaresProduct,
     /// `count_non_finite` (NaNs and infinities planted).
     CountNonFinite,
-    /// `count_nonzero` of a mask.
-    CountNonzero,
+    /// `count_flat` of a packed mask.
+    CountFlat,
     /// `kth_largest` over four buffers (one empty), several `k`.
     KthLargest,
 }
@@ -636,7 +636,7 @@ impl Op {
         Op::SumSquares,
         Op::SumSquaresProduct,
         Op::CountNonFinite,
-        Op::CountNonzero,
+        Op::CountFlat,
         Op::KthLargest,
     ];
 
@@ -666,7 +666,7 @@ impl Op {
             Op::SumSquares => "sum_squares",
             Op::SumSquaresProduct => "sum_squares_product",
             Op::CountNonFinite => "count_non_finite",
-            Op::CountNonzero => "count_nonzero",
+            Op::CountFlat => "count_flat",
             Op::KthLargest => "kth_largest",
         }
     }
@@ -676,7 +676,7 @@ impl Op {
         match self {
             Op::SumSquares => table_bound("sum_squares", dtype),
             Op::SumSquaresProduct => table_bound("sum_squares_product", dtype),
-            Op::CountNonFinite | Op::CountNonzero => Ok(Bound::Exact),
+            Op::CountNonFinite | Op::CountFlat => Ok(Bound::Exact),
             _ => Ok(Bound::Bitwise),
         }
     }
@@ -758,7 +758,7 @@ fn run_op<B: Backend, T: Scalar>(b: &B, op: Op, x: &OpInputs<T>) -> ire_core::Re
             b.ire_boost(
                 &mut p,
                 &b.alloc_from(&x.v2)?,
-                &b.alloc_from(&x.mask)?,
+                &b.alloc_from(&mask::pack(&x.mask))?,
                 kappa,
             )?;
             out.floats = b.to_vec(&p)?;
@@ -779,9 +779,11 @@ fn run_op<B: Backend, T: Scalar>(b: &B, op: Op, x: &OpInputs<T>) -> ire_core::Re
         Op::MaskLe => {
             // A threshold equal to one of the values: ties must be flat everywhere.
             let tau = x.v1.get(n / 2).copied().unwrap_or_else(T::zero);
-            let mut m = b.alloc::<u8>(n)?;
+            let mut m = b.alloc::<u32>(mask::words(n))?;
             b.mask_le(&b.alloc_from(&x.v1)?, tau, &mut m)?;
-            out.bytes = b.to_vec(&m)?;
+            // The packed words themselves (their unused bits included) must match.
+            let words = b.to_vec(&m)?;
+            out.bytes = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         }
         Op::SgdStep | Op::SgdIre => {
             let mut p = b.alloc_from(&x.v1)?;
@@ -790,7 +792,7 @@ fn run_op<B: Backend, T: Scalar>(b: &B, op: Op, x: &OpInputs<T>) -> ire_core::Re
             if op == Op::SgdStep {
                 b.sgd_step(&mut p, &g, &s)?;
             } else {
-                b.sgd_ire_step(&mut p, &g, &s, &b.alloc_from(&x.mask)?, kappa)?;
+                b.sgd_ire_step(&mut p, &g, &s, &b.alloc_from(&mask::pack(&x.mask))?, kappa)?;
             }
             out.floats = b.to_vec(&p)?;
         }
@@ -811,7 +813,7 @@ fn run_op<B: Backend, T: Scalar>(b: &B, op: Op, x: &OpInputs<T>) -> ire_core::Re
             let g = b.alloc_from(&x.v2)?;
             let mut buf = b.alloc_from(&x.v3)?;
             if fused {
-                let mask = b.alloc_from(&x.mask)?;
+                let mask = b.alloc_from(&mask::pack(&x.mask))?;
                 b.sgd_momentum_ire_step(&mut p, &g, &mut buf, &s, &mask, kappa)?;
             } else {
                 b.sgd_momentum_step(&mut p, &g, &mut buf, &s)?;
@@ -821,7 +823,7 @@ fn run_op<B: Backend, T: Scalar>(b: &B, op: Op, x: &OpInputs<T>) -> ire_core::Re
         }
         Op::AdamW | Op::AdamWIre => {
             let g = b.alloc_from(&x.v2)?;
-            let mask = b.alloc_from(&x.mask)?;
+            let mask = b.alloc_from(&mask::pack(&x.mask))?;
             for t in ADAMW_STEPS {
                 let s = adamw_scalars::<T>(t);
                 let mut p = b.alloc_from(&x.v1)?;
@@ -846,8 +848,8 @@ fn run_op<B: Backend, T: Scalar>(b: &B, op: Op, x: &OpInputs<T>) -> ire_core::Re
             let c = b.count_non_finite(&b.alloc_from(&x.non_finite)?)?;
             out.counts = vec![c as u64];
         }
-        Op::CountNonzero => {
-            let c = b.count_nonzero(&b.alloc_from(&x.mask)?)?;
+        Op::CountFlat => {
+            let c = b.count_flat(&b.alloc_from(&mask::pack(&x.mask))?)?;
             out.counts = vec![c as u64];
         }
         Op::KthLargest => {
@@ -1158,7 +1160,7 @@ impl<'a, B: Backend, T: Scalar> Run<'a, B, T> {
             };
             ire.step(self.b, &mut self.params, &self.grads, ctx)?;
         }
-        self.masks(ire.mask())
+        Ok(ire.mask(self.b)?.concat())
     }
 
     fn sam<O: Optimizer<B, T>>(&mut self, mut sam: Sam<B, T, O>) -> ire_core::Result<()> {
@@ -1192,15 +1194,7 @@ impl<'a, B: Backend, T: Scalar> Run<'a, B, T> {
                 p.load_grads(b, t, at, g)
             })?;
         }
-        self.masks(ire.mask())
-    }
-
-    fn masks(&self, masks: &[B::Buffer<u8>]) -> ire_core::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        for m in masks {
-            out.extend(self.b.to_vec(m)?);
-        }
-        Ok(out)
+        Ok(ire.mask(self.b)?.concat())
     }
 
     fn finish(self, bytes: Vec<u8>) -> ire_core::Result<Out<T>> {

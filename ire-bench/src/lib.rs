@@ -29,29 +29,29 @@ pub mod workloads;
 /// Parameter counts of the benches: 1M and 10M.
 pub const SIZES: [usize; 2] = [1_000_000, 10_000_000];
 
-/// Bytes per parameter each benchmarked operation must move (f32 values, u8 mask).
+/// Bytes per parameter each benchmarked operation must move (f32 values, packed mask).
 ///
 /// Counted like STREAM: every array read once and every array written once, 4 bytes per `f32`
-/// and 1 per mask byte, with no write-allocate traffic (the triad is counted the same way, so
+/// and 1/8 per mask bit (`ire_core::mask`), with no write-allocate traffic (the triad is counted the same way, so
 /// the ratio compares like with like).
 pub mod traffic {
     /// AdamW: reads θ, g, m, v; writes θ, m, v.
     pub const ADAMW: f64 = 28.0;
     /// SGD with momentum: reads θ, g, b; writes θ, b.
     pub const SGD_MOMENTUM: f64 = 20.0;
-    /// Fused AdmIRE step: AdamW plus the mask byte.
-    pub const ADMIRE: f64 = 29.0;
+    /// Fused AdmIRE step: AdamW plus the packed mask (one bit per parameter, 1/8 byte).
+    pub const ADMIRE: f64 = 28.125;
     /// Mask refresh: `ema_square` (reads h, ĝ; writes h: 12), the selection (reads h: 4),
-    /// `mask_le` (reads h, writes the mask: 5).
-    pub const MASK_REFRESH: f64 = 21.0;
+    /// `mask_le` (reads h, writes the packed mask: 4.125).
+    pub const MASK_REFRESH: f64 = 20.125;
     /// One AdmIRE step through `Ire<AdamW>` with a refresh every 10 steps, amortised: the
-    /// fused step (29) plus a tenth of the refresh, which `Ire` precedes by a non-finite check
-    /// of ĝ (4 + 21 = 25).
-    pub const ADMIRE_K10_PER_STEP: f64 = 29.0 + 25.0 / 10.0;
+    /// fused step (28.125) plus a tenth of the refresh, which `Ire` precedes by a non-finite
+    /// check of ĝ (4 + 20.125 = 24.125).
+    pub const ADMIRE_K10_PER_STEP: f64 = 28.125 + 24.125 / 10.0;
     /// SAM-IRE step (gradient at the perturbed point excluded): ‖g‖² (4), θ backup (8),
-    /// perturbation (12), restore (8), fused SGD-momentum-IRE step (reads θ, g, b, mask;
-    /// writes θ, b: 21).
-    pub const SAM_IRE: f64 = 53.0;
+    /// perturbation (12), restore (8), fused SGD-momentum-IRE step (reads θ, g, b and the
+    /// packed mask; writes θ, b: 20.125).
+    pub const SAM_IRE: f64 = 52.125;
 }
 
 /// STREAM triad `a ← b + s·c` on three `f32` arrays of `len` elements, in parallel on rayon's
@@ -268,6 +268,17 @@ impl Samples {
     }
 }
 
+/// The mask of the benches' IRE steps: `n` coordinates, about 80 % flat (deterministic), as
+/// its host bytes and packed on `b` ([`ire_core::mask`]).
+pub fn bench_mask<B: Backend>(b: &B, n: usize) -> ire_core::Result<(Vec<u8>, B::Buffer<u32>)> {
+    let bytes: Vec<u8> = random_f32(n, 4, 1.0)
+        .iter()
+        .map(|&x| u8::from(x < 0.6))
+        .collect();
+    let packed = b.alloc_from(&ire_core::mask::pack(&bytes))?;
+    Ok((bytes, packed))
+}
+
 /// Deterministic pseudo-random `f32` values in `[-scale, scale)` (generated in parallel).
 pub fn random_f32(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     (0..n)
@@ -320,12 +331,7 @@ pub fn bench_backend<B: Backend>(
     let mut m = b.alloc::<f32>(n)?;
     let mut v = b.alloc::<f32>(n)?;
     let mut h = b.alloc::<f32>(n)?;
-    let mut mask = b.alloc::<u8>(n)?;
-    let mask_host: Vec<u8> = random_f32(n, 4, 1.0)
-        .iter()
-        .map(|&x| (x < 0.6) as u8)
-        .collect();
-    b.upload(&mut mask, &mask_host)?;
+    let (mask_host, mut mask) = bench_mask(b, n)?;
     let s = adamw_scalars();
     let k = sharp_count(n, 0.6);
 
@@ -488,12 +494,12 @@ mod tests {
         assert_eq!(d.op, ADMIRE_K10_OPS);
         assert_eq!(d.median_s, 0.011 + 0.002);
         assert_eq!(d.best_s, 0.009 + 0.001);
-        assert_eq!(d.bytes_per_param, 29.0 + 2.1);
+        assert_eq!(d.bytes_per_param, 28.125 + 2.4125);
         assert_eq!(r.entries[0].floor_s(r.bandwidth), 0.028);
         let (m, b) = r.ratio_to_adamw(&r.entries[2]).unwrap();
         assert_eq!((m, b), (2.0, 1.25));
         let t = r.table();
-        assert!(t.contains("| cpu | 1M | mask_refresh | 20.000 ms | 10.000 ms | 21.000 ms |"));
+        assert!(t.contains("| cpu | 1M | mask_refresh | 20.000 ms | 10.000 ms | 20.125 ms |"));
         assert!(t.contains("| 2.00 (1.25) |"));
     }
 

@@ -13,6 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use ire_core::device::{DeviceClass, KernelArg, Launch, ProgramSource, Runtime};
 use ire_core::formulas as f;
 use ire_core::kernels::{Dialect, REDUCE_WG};
+use ire_core::mask as pm;
 use ire_core::{DType, Error, Result, Scalar};
 
 thread_local! {
@@ -287,7 +288,7 @@ fn run<T: Real>(kernel: &str, groups: usize, args: &[KernelArg<'_, Mutex<Vec<u8>
             };
             let fused = kernel == "sgd_ire_step";
             let (mask, kappa) = if fused {
-                (a.b(4).clone(), a.s(5))
+                (a.w(4).clone(), a.s(5))
             } else {
                 (Vec::new(), T::zero())
             };
@@ -298,7 +299,7 @@ fn run<T: Real>(kernel: &str, groups: usize, args: &[KernelArg<'_, Mutex<Vec<u8>
             for i in 0..n {
                 let base = f::sgd(p[i], g[i], &s);
                 p[i] = if fused {
-                    f::boost(base, p[i], mask[i], kappa)
+                    f::boost(base, p[i], pm::bit(&mask, i), kappa)
                 } else {
                     base
                 };
@@ -316,7 +317,7 @@ fn run<T: Real>(kernel: &str, groups: usize, args: &[KernelArg<'_, Mutex<Vec<u8>
             };
             let fused = kernel == "sgd_momentum_ire_step";
             let (mask, kappa) = if fused {
-                (a.b(8).clone(), a.s(9))
+                (a.w(8).clone(), a.s(9))
             } else {
                 (Vec::new(), T::zero())
             };
@@ -329,7 +330,7 @@ fn run<T: Real>(kernel: &str, groups: usize, args: &[KernelArg<'_, Mutex<Vec<u8>
                 let (base, b2) = f::sgd_momentum(p[i], g[i], buf[i], &s);
                 buf[i] = b2;
                 p[i] = if fused {
-                    f::boost(base, p[i], mask[i], kappa)
+                    f::boost(base, p[i], pm::bit(&mask, i), kappa)
                 } else {
                     base
                 };
@@ -349,7 +350,7 @@ fn run<T: Real>(kernel: &str, groups: usize, args: &[KernelArg<'_, Mutex<Vec<u8>
             };
             let fused = kernel == "adamw_ire_step";
             let (mask, kappa) = if fused {
-                (a.b(12).clone(), a.s(13))
+                (a.w(12).clone(), a.s(13))
             } else {
                 (Vec::new(), T::zero())
             };
@@ -368,7 +369,7 @@ fn run<T: Real>(kernel: &str, groups: usize, args: &[KernelArg<'_, Mutex<Vec<u8>
                 m[i] = m2;
                 v[i] = v2;
                 p[i] = if fused {
-                    f::boost(base, p[i], mask[i], kappa)
+                    f::boost(base, p[i], pm::bit(&mask, i), kappa)
                 } else {
                     base
                 };
@@ -379,11 +380,12 @@ fn run<T: Real>(kernel: &str, groups: usize, args: &[KernelArg<'_, Mutex<Vec<u8>
         "ire_boost" => {
             let (kappa, n) = (a.s(3), covered(a.u64(4)));
             let old = a.r(1).clone();
-            let mask = a.b(2).clone();
+            let mask = a.w(2).clone();
             let p = a.r(0);
-            len_ok("theta/old/mask", p.len().min(old.len()).min(mask.len()), n)?;
+            len_ok("theta/old", p.len().min(old.len()), n)?;
+            len_ok("mask", mask.len(), pm::words(n))?;
             for i in 0..n {
-                p[i] = f::boost(p[i], old[i], mask[i], kappa);
+                p[i] = f::boost(p[i], old[i], pm::bit(&mask, i), kappa);
             }
         }
         "ema_square" | "ema_abs" => {
@@ -409,13 +411,38 @@ fn run<T: Real>(kernel: &str, groups: usize, args: &[KernelArg<'_, Mutex<Vec<u8>
                 h[i] = f::ema_product(h[i], x[i], y[i], beta, c);
             }
         }
-        "mask_le" => {
-            let (tau, n) = (a.s(1), covered(a.u64(3)));
-            let h = a.r(0).clone();
-            let m = a.b(2);
-            len_ok("h/mask", h.len().min(m.len()), n)?;
-            for i in 0..n {
-                m[i] = f::mask_le(h[i], tau);
+        // One work-item per mask word.
+        "mask_le" | "mask_pack" => {
+            let n = a.u64(last) as usize;
+            let words = pm::words(n).min(threads);
+            let m = if kernel == "mask_le" {
+                let h = a.r(0).clone();
+                len_ok("h", h.len(), n)?;
+                let tau = a.s(1);
+                (0..words)
+                    .map(|w| {
+                        pm::le_word(&h[w * pm::WORD_BITS..((w + 1) * pm::WORD_BITS).min(n)], tau)
+                    })
+                    .collect::<Vec<u32>>()
+            } else {
+                let x = a.b(0).clone();
+                len_ok("bytes", x.len(), n)?;
+                (0..words)
+                    .map(|w| pm::pack_word(&x[w * pm::WORD_BITS..((w + 1) * pm::WORD_BITS).min(n)]))
+                    .collect()
+            };
+            let out = a.w(if kernel == "mask_le" { 2 } else { 1 });
+            len_ok("mask", out.len(), words)?;
+            out[..words].copy_from_slice(&m);
+        }
+        "mask_unpack" => {
+            let n = covered(a.u64(2));
+            let mask = a.w(0).clone();
+            let out = a.b(1);
+            len_ok("bytes", out.len(), n)?;
+            len_ok("mask", mask.len(), pm::words(n))?;
+            for (i, x) in out[..n].iter_mut().enumerate() {
+                *x = pm::bit(&mask, i);
             }
         }
         "asam_perturb" => {
@@ -449,13 +476,13 @@ fn run<T: Real>(kernel: &str, groups: usize, args: &[KernelArg<'_, Mutex<Vec<u8>
             len_ok("partial", out.len(), groups)?;
             out[..groups].copy_from_slice(&partial);
         }
-        "count_non_finite_partial" | "count_nan_partial" | "count_nonzero_partial" => {
+        "count_non_finite_partial" | "count_nan_partial" | "count_flat_partial" => {
             let n = a.u64(1) as usize;
             let term: Box<dyn Fn(usize) -> u32> = match kernel {
-                "count_nonzero_partial" => {
-                    let x = a.b(0).clone();
+                "count_flat_partial" => {
+                    let x = a.w(0).clone();
                     len_ok("x", x.len(), n)?;
-                    Box::new(move |i| u32::from(x[i] != 0))
+                    Box::new(move |i| x[i].count_ones())
                 }
                 "count_nan_partial" => {
                     let x = a.r(0).clone();

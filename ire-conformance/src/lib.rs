@@ -31,6 +31,8 @@ use std::string::String;
 use std::vec::Vec;
 
 use ire_core::backend::Backend;
+use ire_core::formulas as f;
+use ire_core::mask;
 use ire_core::optim::{
     AdamW, AdamWConfig, EstimateInput, Estimator, Ire, IreConfig, IreStep, KappaSchedule,
     Optimizer, Sam, SamConfig, Sgd, SgdConfig,
@@ -194,13 +196,14 @@ fn plumbing_t<B: Backend, T: Scalar>(b: &B) {
         assert!(down(b, &y).iter().all(|x| x.as_f64() == -2.5), "fill");
         let mut m: B::Buffer<u8> = b.alloc(n).unwrap();
         b.fill(&mut m, 1u8).unwrap();
-        assert_eq!(b.count_nonzero(&m).unwrap(), n);
-        b.upload(&mut m, &rng.mask(n)).unwrap();
-        let mv = down(b, &m);
+        assert_eq!(down(b, &m), vec![1u8; n], "fill u8");
+        let bytes = rng.mask(n);
+        let words = up(b, &mask::pack(&bytes));
         assert_eq!(
-            b.count_nonzero(&m).unwrap(),
-            mv.iter().filter(|&&x| x != 0).count()
+            b.count_flat(&words).unwrap(),
+            bytes.iter().filter(|&&x| x != 0).count()
         );
+        assert_eq!(b.count_flat(&up(b, &mask::filled(n, true))).unwrap(), n);
     }
     // Size mismatches are errors, not panics.
     let mut a: B::Buffer<T> = b.alloc(3).unwrap();
@@ -279,7 +282,7 @@ fn elementwise_t<B: Backend, T: Scalar>(b: &B) {
     let mut rng = Rng::new(7);
     for &n in SIZES {
         let (v1, v2, v3) = (rng.values::<T>(n), rng.values::<T>(n), rng.positive::<T>(n));
-        let mask = rng.mask(n);
+        let mask = mask::pack(&rng.mask(n));
         let kappa = T::of(4.0);
         let a = T::of(-0.37);
         // axpy
@@ -328,9 +331,9 @@ fn elementwise_t<B: Backend, T: Scalar>(b: &B) {
         }
         // mask_le, at a threshold that is one of the values (ties)
         let tau = if n > 0 { v1[n / 2] } else { T::zero() };
-        let mut m: B::Buffer<u8> = b.alloc(n).unwrap();
+        let mut m: B::Buffer<u32> = b.alloc(mask::words(n)).unwrap();
         b.mask_le(&up(b, &v1), tau, &mut m).unwrap();
-        let mut rm = r.alloc::<u8>(n).unwrap();
+        let mut rm = r.alloc::<u32>(mask::words(n)).unwrap();
         r.mask_le(&up(&r, &v1), tau, &mut rm).unwrap();
         assert_eq!(down(b, &m), rm.0, "mask_le n={n}");
         // sgd (plain, momentum first/later, nesterov), plain and fused IRE
@@ -401,6 +404,204 @@ fn elementwise_t<B: Backend, T: Scalar>(b: &B) {
 /// Every element-wise op, bit for bit against the reference, on [`SIZES`].
 pub fn elementwise<B: Backend>(b: &B) {
     both_dtypes!(b, elementwise_t);
+}
+
+// ------------------------------------------------------------------ the packed mask
+
+/// Lengths the packed mask is checked on: empty, within one word, word boundaries, and long
+/// tensors whose length is not a multiple of 32 (more are drawn at random).
+const MASK_SIZES: &[usize] = &[0, 1, 31, 32, 33, 63, 64, 65, 1000, 4099, 70_001];
+
+/// The tail of a packed mask: the bits of its last word past the coordinates are zero.
+fn assert_tail_zero(what: &str, words: &[u32], n: usize) {
+    assert_eq!(
+        words.len(),
+        mask::words(n),
+        "{what}: number of words for n={n}"
+    );
+    if let Some(&last) = words.last() {
+        assert_eq!(
+            last & !mask::tail_bits(n),
+            0,
+            "{what}: unused bits of n={n}"
+        );
+    }
+}
+
+fn packed_mask_t<B: Backend, T: Scalar>(b: &B) {
+    let mut rng = Rng::new(32);
+    let random: Vec<usize> = (0..4).map(|_| (rng.next_u64() % 3000) as usize).collect();
+    for &n in MASK_SIZES.iter().chain(&random) {
+        // Any byte value: 0 is sharp, anything else flat.
+        let raw: Vec<u8> = (0..n).map(|_| (rng.next_u64() % 4) as u8 * 85).collect();
+        let bytes: Vec<u8> = raw.iter().map(|&x| u8::from(x != 0)).collect();
+        let flat = bytes.iter().filter(|&&x| x == 1).count();
+        // pack on the device → the canonical layout; unpack → the byte mask.
+        let mut words: B::Buffer<u32> = b.alloc(mask::words(n)).unwrap();
+        b.mask_pack(&up(b, &raw), &mut words).unwrap();
+        let got = down(b, &words);
+        assert_eq!(got, mask::pack(&raw), "mask_pack n={n}");
+        assert_tail_zero("mask_pack", &got, n);
+        let mut back: B::Buffer<u8> = b.alloc(n).unwrap();
+        b.mask_unpack(&words, &mut back).unwrap();
+        assert_eq!(down(b, &back), bytes, "pack then unpack n={n}");
+        assert_eq!(mask::unpack(&got, n).unwrap(), bytes, "host unpack n={n}");
+        assert_eq!(b.count_flat(&words).unwrap(), flat, "count_flat n={n}");
+        // The rule h ≤ τ, packed, equals the byte rule packed (ties at τ flat).
+        let h = rng.values::<T>(n);
+        let tau = if n > 0 { h[n / 3] } else { T::zero() };
+        let mut m: B::Buffer<u32> = b.alloc(mask::words(n)).unwrap();
+        b.upload(&mut m, &vec![u32::MAX; mask::words(n)]).unwrap();
+        b.mask_le(&up(b, &h), tau, &mut m).unwrap();
+        let rule: Vec<u8> = h.iter().map(|&x| f::mask_le(x, tau)).collect();
+        let got = down(b, &m);
+        assert_eq!(got, mask::pack(&rule), "mask_le n={n}");
+        assert_tail_zero("mask_le", &got, n);
+        // Through Ire: set_mask from host bytes, read back as bytes; flat count.
+        let params = vec![up(b, &vec![T::zero(); n]), up(b, &[T::zero(); 33])];
+        let mut ire = Ire::new(
+            Sgd::<B, T>::new(SgdConfig::default()).unwrap(),
+            ire_manual(),
+        )
+        .unwrap();
+        let other: Vec<u8> = (0..33).map(|i| (i % 3 == 0) as u8).collect();
+        ire.set_mask(b, &params, &[&raw, &other]).unwrap();
+        assert_eq!(
+            ire.mask(b).unwrap(),
+            vec![bytes.clone(), other.clone()],
+            "Ire mask n={n}"
+        );
+        assert_eq!(
+            ire.flat_count(b).unwrap(),
+            flat + 11,
+            "Ire flat count n={n}"
+        );
+        assert_tail_zero("Ire packed mask", &down(b, &ire.packed_mask()[0]), n);
+        let mut out: B::Buffer<u8> = b.alloc(n).unwrap();
+        ire.mask_into(b, 0, &mut out).unwrap();
+        assert_eq!(down(b, &out), bytes, "Ire mask_into n={n}");
+    }
+    // Word counts that do not fit the length are errors, not panics.
+    let mut short: B::Buffer<u32> = b.alloc(1).unwrap();
+    assert!(b.mask_pack(&up(b, &[1u8; 33]), &mut short).is_err());
+    let mut out: B::Buffer<u8> = b.alloc(33).unwrap();
+    assert!(b.mask_unpack(&short, &mut out).is_err());
+    assert!(
+        b.mask_le(&up(b, &[T::zero(); 33]), T::zero(), &mut short)
+            .is_err()
+    );
+    let mut p = up(b, &[T::zero(); 33]);
+    assert!(
+        b.ire_boost(&mut p, &up(b, &[T::zero(); 33]), &short, T::one())
+            .is_err()
+    );
+}
+
+fn ire_manual() -> IreConfig {
+    IreConfig {
+        estimator: Estimator::Manual,
+        ..IreConfig::default()
+    }
+}
+
+/// The packed mask ([`ire_core::mask`]): pack and unpack on the backend round-trip the byte
+/// mask (lengths 0, 1, 31, 32, 33, 1000, … and random), the unused bits stay zero, `mask_le`
+/// and the flat count agree with the byte rule, and `Ire`'s byte views read what was set.
+pub fn packed_mask<B: Backend>(b: &B) {
+    both_dtypes!(b, packed_mask_t);
+}
+
+fn fused_vs_byte_mask_t<B: Backend, T: Scalar>(b: &B) {
+    let mut rng = Rng::new(33);
+    let random: Vec<usize> = (0..3)
+        .map(|_| 1 + (rng.next_u64() % 5000) as usize)
+        .collect();
+    let kappa = T::of(3.0);
+    for &n in [1usize, 31, 33, 95, 1000, 4099, 70_001]
+        .iter()
+        .chain(&random)
+    {
+        let (p0, g, m0, v0) = (
+            rng.values::<T>(n),
+            rng.values::<T>(n),
+            rng.values::<T>(n),
+            rng.positive::<T>(n),
+        );
+        let bytes = rng.mask(n);
+        let words = up(b, &mask::pack(&bytes));
+        let gb = up(b, &g);
+        // The byte-mask formula: θ_base from the base formula, boosted where the byte is 1.
+        let boost = |base: T, old: T, i: usize| f::boost(base, old, bytes[i], kappa);
+        for (first, nesterov) in [(true, false), (false, true)] {
+            let s = sgd_scalars::<T>(&mut rng, first, nesterov);
+            let mut p = up(b, &p0);
+            b.sgd_ire_step(&mut p, &gb, &s, &words, kappa).unwrap();
+            let want: Vec<T> = (0..n)
+                .map(|i| boost(f::sgd(p0[i], g[i], &s), p0[i], i))
+                .collect();
+            assert_bitwise(&format!("sgd_ire_step n={n}"), &down(b, &p), &want);
+            let (mut p, mut mb) = (up(b, &p0), up(b, &m0));
+            b.sgd_momentum_ire_step(&mut p, &gb, &mut mb, &s, &words, kappa)
+                .unwrap();
+            let (want, want_b): (Vec<T>, Vec<T>) = (0..n)
+                .map(|i| {
+                    let (base, b2) = f::sgd_momentum(p0[i], g[i], m0[i], &s);
+                    (boost(base, p0[i], i), b2)
+                })
+                .unzip();
+            assert_bitwise(&format!("sgd_momentum_ire_step n={n}"), &down(b, &p), &want);
+            assert_bitwise(
+                &format!("sgd_momentum_ire_step buffer n={n}"),
+                &down(b, &mb),
+                &want_b,
+            );
+        }
+        for t in [1, 7] {
+            let s = adamw_scalars::<T>(t);
+            let (mut p, mut m, mut v) = (up(b, &p0), up(b, &m0), up(b, &v0));
+            b.adamw_ire_step(&mut p, &gb, &mut m, &mut v, &s, &words, kappa)
+                .unwrap();
+            let mut want = (Vec::new(), Vec::new(), Vec::new());
+            for i in 0..n {
+                let (base, m2, v2) = f::adamw(p0[i], g[i], m0[i], v0[i], &s);
+                want.0.push(boost(base, p0[i], i));
+                want.1.push(m2);
+                want.2.push(v2);
+            }
+            assert_bitwise(&format!("adamw_ire_step n={n}"), &down(b, &p), &want.0);
+            assert_bitwise(&format!("adamw_ire_step m n={n}"), &down(b, &m), &want.1);
+            assert_bitwise(&format!("adamw_ire_step v n={n}"), &down(b, &v), &want.2);
+        }
+        // The unfused boost (SAM-IRE's step, external bases) and SAM-IRE's perturbation
+        // followed by the boosted SGD step.
+        let mut p = up(b, &p0);
+        b.ire_boost(&mut p, &up(b, &m0), &words, kappa).unwrap();
+        let want: Vec<T> = (0..n).map(|i| boost(p0[i], m0[i], i)).collect();
+        assert_bitwise(&format!("ire_boost n={n}"), &down(b, &p), &want);
+        let rho = T::of(0.05);
+        let mut p = up(b, &p0);
+        b.sam_perturb(&mut p, &gb, rho).unwrap();
+        let s = sgd_scalars::<T>(&mut rng, false, false);
+        b.sgd_ire_step(&mut p, &gb, &s, &words, kappa).unwrap();
+        let want: Vec<T> = (0..n)
+            .map(|i| {
+                let q = f::sam_perturb(p0[i], g[i], rho);
+                boost(f::sgd(q, g[i], &s), q, i)
+            })
+            .collect();
+        assert_bitwise(
+            &format!("sam perturb + sgd_ire_step n={n}"),
+            &down(b, &p),
+            &want,
+        );
+    }
+}
+
+/// Every fused step over the packed mask equals, bit for bit, the byte-mask formula
+/// (`formulas::boost` with one byte per coordinate) on random data with lengths that are not
+/// multiples of 32.
+pub fn fused_vs_byte_mask<B: Backend>(b: &B) {
+    both_dtypes!(b, fused_vs_byte_mask_t);
 }
 
 // ------------------------------------------------------------------ reductions and selection
@@ -496,7 +697,10 @@ fn mask_rule_t<B: Backend, T: Scalar>(b: &B) {
         let grads = vec![up(b, &[T::zero(); 6]), up(b, &[T::zero(); 4])];
         ire.refresh(b, &params, &grads, Some(&EstimateInput::Gradient(&est)))
             .unwrap();
-        (down(b, &ire.mask()[0]), down(b, &ire.mask()[1]))
+        (
+            ire.mask(b).unwrap()[0].clone(),
+            ire.mask(b).unwrap()[1].clone(),
+        )
     };
     // γ = 0.5: k = 5, τ = 6² → flat iff h ≤ 36: six coordinates (N − k + 1, the official quirk).
     assert_eq!(flat(0.5, (&g1, &g2)), (vec![1; 6], vec![0; 4]));
@@ -529,8 +733,8 @@ fn mask_rule_t<B: Backend, T: Scalar>(b: &B) {
     ire.refresh(b, &params, &grads, Some(&EstimateInput::Gradient(&est)))
         .unwrap();
     let before = (
-        down(b, &ire.mask()[0]),
-        down(b, &ire.mask()[1]),
+        ire.mask(b).unwrap()[0].clone(),
+        ire.mask(b).unwrap()[1].clone(),
         down(b, &ire.estimate()[1]),
     );
     let mut bad = g2;
@@ -542,8 +746,8 @@ fn mask_rule_t<B: Backend, T: Scalar>(b: &B) {
         "{err:?}"
     );
     let after = (
-        down(b, &ire.mask()[0]),
-        down(b, &ire.mask()[1]),
+        ire.mask(b).unwrap()[0].clone(),
+        ire.mask(b).unwrap()[1].clone(),
         down(b, &ire.estimate()[1]),
     );
     assert_eq!(before.0, after.0);
@@ -614,7 +818,11 @@ fn threshold_rules_t<B: Backend, T: Scalar>(b: &B) {
         let tau = ire
             .refresh(b, &params, &grads, Some(&EstimateInput::Gradient(&est)))
             .unwrap();
-        let mask: Vec<u8> = [down(b, &ire.mask()[0]), down(b, &ire.mask()[1])].concat();
+        let mask: Vec<u8> = [
+            ire.mask(b).unwrap()[0].clone(),
+            ire.mask(b).unwrap()[1].clone(),
+        ]
+        .concat();
         let expected: Vec<u8> = match want {
             Want::Tau(t) => h.iter().map(|&x| (x <= *t) as u8).collect(),
             Want::All => vec![1; 10],
@@ -1379,9 +1587,9 @@ fn sam_oracle_run<B: Backend>(
             b.name()
         );
         if let Some(o) = &boosted {
-            for (i, (m, want)) in o.mask().iter().zip(&oracle.flat).enumerate() {
+            for (i, (m, want)) in o.mask(b).unwrap().iter().zip(&oracle.flat).enumerate() {
                 assert_eq!(
-                    &down(b, m),
+                    m,
                     want,
                     "{what} [{}]: mask of tensor {i} after step {t}",
                     b.name()
@@ -1620,7 +1828,9 @@ pub fn save_load<B: Backend>(b: &B) {
 /// Every check of the suite, in order (for runners that want one call).
 pub fn all<B: Backend>(b: &B) {
     plumbing(b);
+    packed_mask(b);
     elementwise(b);
+    fused_vs_byte_mask(b);
     reductions(b);
     selection(b);
     mask_rule(b);
@@ -1641,7 +1851,9 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@one $make, conformance_plumbing, plumbing);
         $crate::conformance_tests!(@one $make, conformance_parts, parts);
+        $crate::conformance_tests!(@one $make, conformance_packed_mask, packed_mask);
         $crate::conformance_tests!(@one $make, conformance_elementwise, elementwise);
+        $crate::conformance_tests!(@one $make, conformance_fused_vs_byte_mask, fused_vs_byte_mask);
         $crate::conformance_tests!(@one $make, conformance_reductions, reductions);
         $crate::conformance_tests!(@one $make, conformance_selection, selection);
         $crate::conformance_tests!(@one $make, conformance_mask_rule, mask_rule);

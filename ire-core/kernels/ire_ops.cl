@@ -31,6 +31,18 @@ DEVICE_FN KEY order_key(T x) {
 /* Only a NaN is unequal to itself. */
 #define IS_NAN(x) ((x) != (x))
 
+/* The packed IRE mask (ire-core/src/mask.rs): coordinate i is bit i % 32 of word i / 32
+ * (least significant first), a set bit = flat; the unused bits of the last word are zero. */
+#define MASK_BIT(mask, i) ((U8)(((mask)[(i) >> 5] >> (U32)((i) & 31u)) & 1u))
+
+/* Set bits of a word (portable: no popcount builtin is shared by both dialects). */
+DEVICE_FN U32 bit_count(U32 x) {
+    x = x - ((x >> 1) & 0x55555555u);
+    x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+    x = (x + (x >> 4)) & 0x0F0F0F0Fu;
+    return (x * 0x01010101u) >> 24;
+}
+
 /* ---------------------------------------------------------------- plumbing */
 
 KERNEL void fill(GLOBAL T* x, T value, INDEX n) {
@@ -111,45 +123,45 @@ KERNEL void adamw_step(GLOBAL T* theta, GLOBAL const T* grad, GLOBAL T* m, GLOBA
     }
 }
 
-KERNEL void ire_boost(GLOBAL T* theta, GLOBAL const T* theta_old, GLOBAL const U8* mask,
+KERNEL void ire_boost(GLOBAL T* theta, GLOBAL const T* theta_old, GLOBAL const U32* mask,
                       T kappa, INDEX n) {
     INDEX i = GLOBAL_ID;
-    if (i < n) theta[i] = f_boost(theta[i], theta_old[i], mask[i], kappa);
+    if (i < n) theta[i] = f_boost(theta[i], theta_old[i], MASK_BIT(mask, i), kappa);
 }
 
 /* Fused IRE steps: θ_base stays in a register, the old θ is never stored. */
 KERNEL void sgd_ire_step(GLOBAL T* theta, GLOBAL const T* grad, T lr, T wd,
-                         GLOBAL const U8* mask, T kappa, INDEX n) {
+                         GLOBAL const U32* mask, T kappa, INDEX n) {
     INDEX i = GLOBAL_ID;
     if (i < n) {
         T p = theta[i];
-        theta[i] = f_boost(f_sgd(p, grad[i], lr, wd), p, mask[i], kappa);
+        theta[i] = f_boost(f_sgd(p, grad[i], lr, wd), p, MASK_BIT(mask, i), kappa);
     }
 }
 
 KERNEL void sgd_momentum_ire_step(GLOBAL T* theta, GLOBAL const T* grad, GLOBAL T* buf, T lr,
-                                  T wd, T mu, T dc, U32 flags, GLOBAL const U8* mask, T kappa,
+                                  T wd, T mu, T dc, U32 flags, GLOBAL const U32* mask, T kappa,
                                   INDEX n) {
     INDEX i = GLOBAL_ID;
     if (i < n) {
         T p = theta[i];
         T b = buf[i];
         T pb = f_sgd_momentum(p, grad[i], &b, lr, wd, mu, dc, flags);
-        theta[i] = f_boost(pb, p, mask[i], kappa);
+        theta[i] = f_boost(pb, p, MASK_BIT(mask, i), kappa);
         buf[i] = b;
     }
 }
 
 KERNEL void adamw_ire_step(GLOBAL T* theta, GLOBAL const T* grad, GLOBAL T* m, GLOBAL T* v,
                            T decay, T b1, T omb1, T b2, T omb2, T step_size, T bc2s, T eps,
-                           GLOBAL const U8* mask, T kappa, INDEX n) {
+                           GLOBAL const U32* mask, T kappa, INDEX n) {
     INDEX i = GLOBAL_ID;
     if (i < n) {
         T p = theta[i];
         T mi = m[i];
         T vi = v[i];
         T pb = f_adamw(p, grad[i], &mi, &vi, decay, b1, omb1, b2, omb2, step_size, bc2s, eps);
-        theta[i] = f_boost(pb, p, mask[i], kappa);
+        theta[i] = f_boost(pb, p, MASK_BIT(mask, i), kappa);
         m[i] = mi;
         v[i] = vi;
     }
@@ -175,9 +187,34 @@ KERNEL void ema_product(GLOBAL T* h, GLOBAL const T* a, GLOBAL const T* b, T bet
     if (i < n) h[i] = beta * h[i] + c * (a[i] * b[i]);
 }
 
-KERNEL void mask_le(GLOBAL const T* h, T tau, GLOBAL U8* mask, INDEX n) {
+/* One work-item per mask word: the rule h <= tau over its (up to) 32 coordinates. */
+KERNEL void mask_le(GLOBAL const T* h, T tau, GLOBAL U32* mask, INDEX n) {
+    INDEX w = GLOBAL_ID;
+    INDEX start = w * 32;
+    if (start < n) {
+        INDEX end = (n - start < 32) ? n : start + 32;
+        U32 word = 0u;
+        for (INDEX i = start; i < end; ++i) word |= ((h[i] <= tau) ? 1u : 0u) << (U32)(i - start);
+        mask[w] = word;
+    }
+}
+
+/* One work-item per mask word of n coordinates: bytes (0 = sharp) packed. */
+KERNEL void mask_pack(GLOBAL const U8* bytes, GLOBAL U32* mask, INDEX n) {
+    INDEX w = GLOBAL_ID;
+    INDEX start = w * 32;
+    if (start < n) {
+        INDEX end = (n - start < 32) ? n : start + 32;
+        U32 word = 0u;
+        for (INDEX i = start; i < end; ++i) word |= ((bytes[i] != 0) ? 1u : 0u) << (U32)(i - start);
+        mask[w] = word;
+    }
+}
+
+/* One work-item per coordinate: the packed mask as 0/1 bytes. */
+KERNEL void mask_unpack(GLOBAL const U32* mask, GLOBAL U8* bytes, INDEX n) {
     INDEX i = GLOBAL_ID;
-    if (i < n) mask[i] = (h[i] <= tau) ? (U8)1 : (U8)0;
+    if (i < n) bytes[i] = MASK_BIT(mask, i);
 }
 
 KERNEL void asam_perturb(GLOBAL T* theta, GLOBAL const T* g, T s, INDEX n) {
@@ -236,10 +273,11 @@ KERNEL void count_non_finite_partial(GLOBAL const T* x, INDEX n, GLOBAL U32* par
     GROUP_REDUCE(U32, acc, partial);
 }
 
-KERNEL void count_nonzero_partial(GLOBAL const U8* x, INDEX n, GLOBAL U32* partial) {
+/* Set bits of n packed mask words (flat coordinates: the unused bits are zero). */
+KERNEL void count_flat_partial(GLOBAL const U32* x, INDEX n, GLOBAL U32* partial) {
     LOCAL_ARRAY(U32, scratch_, REDUCE_WG);
     U32 acc = 0;
-    for (INDEX i = GLOBAL_ID; i < n; i += GLOBAL_SIZE) acc += (x[i] != 0) ? 1u : 0u;
+    for (INDEX i = GLOBAL_ID; i < n; i += GLOBAL_SIZE) acc += bit_count(x[i]);
     GROUP_REDUCE(U32, acc, partial);
 }
 

@@ -73,12 +73,13 @@ pub trait Backend {
         v: &mut Self::Buffer<T>,
         s: &AdamWScalars<T>,
     ) -> Result<()>;
-    /// `θ ← θ + (κ·n)·(θ − θ_old)`: the IRE boost of a step already taken.
+    /// `θ ← θ + (κ·n)·(θ − θ_old)`: the IRE boost of a step already taken. `mask` is the
+    /// packed mask of `θ`'s coordinates ([`crate::mask`]: `⌈len / 32⌉` words).
     fn ire_boost<T: Scalar>(
         &self,
         theta: &mut Self::Buffer<T>,
         theta_old: &Self::Buffer<T>,
-        mask: &Self::Buffer<u8>,
+        mask: &Self::Buffer<u32>,
         kappa: T,
     ) -> Result<()>;
     /// `h ← β·h + (1−β)·g²`.
@@ -103,12 +104,13 @@ pub trait Backend {
         b: &Self::Buffer<T>,
         beta: T,
     ) -> Result<()>;
-    /// `n ← (h ≤ τ)` as 0/1 bytes.
+    /// `n ← (h ≤ τ)` into the packed mask ([`crate::mask`]: `⌈len(h) / 32⌉` words, the unused
+    /// bits of the last one zero).
     fn mask_le<T: Scalar>(
         &self,
         h: &Self::Buffer<T>,
         tau: T,
-        mask: &mut Self::Buffer<u8>,
+        mask: &mut Self::Buffer<u32>,
     ) -> Result<()>;
     /// ASAM perturbation `θ ← θ + ((θ·θ)·g)·s`.
     fn asam_perturb<T: Scalar>(
@@ -227,10 +229,24 @@ pub trait Backend {
         Ok(v.iter().filter(|x| !x.is_finite()).count())
     }
 
-    /// Number of non-zero bytes (flat coordinates of a mask).
-    fn count_nonzero(&self, x: &Self::Buffer<u8>) -> Result<usize> {
-        let v = self.to_vec(x)?;
-        Ok(v.iter().filter(|&&x| x != 0).count())
+    /// Number of flat coordinates of a packed mask (its set bits; the unused bits are zero).
+    fn count_flat(&self, mask: &Self::Buffer<u32>) -> Result<usize> {
+        Ok(crate::mask::count(&self.to_vec(mask)?))
+    }
+
+    /// Packs a byte mask (0 = sharp, anything else = flat) into `mask`, the packed mask of
+    /// `bytes.len()` coordinates ([`crate::mask`]).
+    fn mask_pack(&self, bytes: &Self::Buffer<u8>, mask: &mut Self::Buffer<u32>) -> Result<()> {
+        let mut words = vec![0u32; self.len(mask)];
+        crate::mask::pack_into(&self.to_vec(bytes)?, &mut words)?;
+        self.upload(mask, &words)
+    }
+
+    /// Unpacks the packed mask of `bytes.len()` coordinates into 0/1 bytes.
+    fn mask_unpack(&self, mask: &Self::Buffer<u32>, bytes: &mut Self::Buffer<u8>) -> Result<()> {
+        let mut out = vec![0u8; self.len(bytes)];
+        crate::mask::unpack_into(&self.to_vec(mask)?, &mut out)?;
+        self.upload(bytes, &out)
     }
 
     /// The k-th largest value (1-based) over all buffers concatenated; exact (it is one of the
@@ -245,6 +261,8 @@ pub trait Backend {
     }
 
     // ---- provided: fused IRE steps (default: copy, base step, boost) ----
+    //
+    // `mask` is the packed mask of `θ`'s coordinates ([`crate::mask`]).
 
     /// Plain SGD step followed by the IRE boost; identical to the unfused sequence.
     fn sgd_ire_step<T: Scalar>(
@@ -252,7 +270,7 @@ pub trait Backend {
         theta: &mut Self::Buffer<T>,
         grad: &Self::Buffer<T>,
         s: &SgdScalars<T>,
-        mask: &Self::Buffer<u8>,
+        mask: &Self::Buffer<u32>,
         kappa: T,
     ) -> Result<()> {
         let mut old = self.alloc(self.len(theta))?;
@@ -268,7 +286,7 @@ pub trait Backend {
         grad: &Self::Buffer<T>,
         momentum: &mut Self::Buffer<T>,
         s: &SgdScalars<T>,
-        mask: &Self::Buffer<u8>,
+        mask: &Self::Buffer<u32>,
         kappa: T,
     ) -> Result<()> {
         let mut old = self.alloc(self.len(theta))?;
@@ -286,7 +304,7 @@ pub trait Backend {
         m: &mut Self::Buffer<T>,
         v: &mut Self::Buffer<T>,
         s: &AdamWScalars<T>,
-        mask: &Self::Buffer<u8>,
+        mask: &Self::Buffer<u32>,
         kappa: T,
     ) -> Result<()> {
         let mut old = self.alloc(self.len(theta))?;

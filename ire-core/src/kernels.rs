@@ -35,8 +35,9 @@ pub const NVRTC_OPTIONS: &[&str] = &["--fmad=false", "--prec-div=true", "--prec-
 
 /// The full program text for one dialect and one floating-point dtype (`F32` or `F64`).
 ///
-/// Byte kernels (`fill_u8`, `count_nonzero_partial`) are in every program; backends use the
-/// `F32` program for them so that they work on devices without `f64`.
+/// Byte and mask-word kernels (`fill_u8`, `mask_pack`, `mask_unpack`, `count_flat_partial`)
+/// are in every program; backends use the `F32` program for them so that they work on devices
+/// without `f64`.
 pub fn program_source(dialect: Dialect, dtype: DType) -> String {
     with_prelude(dialect, dtype, OPS_SOURCE)
 }
@@ -167,8 +168,16 @@ pub const KERNELS: &[KernelOp] = &[
         kernels: &["count_non_finite_partial"],
     },
     KernelOp {
-        op: "count_nonzero",
-        kernels: &["count_nonzero_partial"],
+        op: "count_flat",
+        kernels: &["count_flat_partial"],
+    },
+    KernelOp {
+        op: "mask_pack",
+        kernels: &["mask_pack"],
+    },
+    KernelOp {
+        op: "mask_unpack",
+        kernels: &["mask_unpack"],
     },
     KernelOp {
         op: "kth_largest",

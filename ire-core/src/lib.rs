@@ -31,6 +31,7 @@ mod error;
 pub mod formulas;
 pub mod host;
 pub mod kernels;
+pub mod mask;
 pub mod optim;
 pub mod reference;
 pub mod sampling;

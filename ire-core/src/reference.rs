@@ -9,6 +9,7 @@ use alloc::vec::Vec;
 use crate::backend::Backend;
 use crate::error::{Result, check_len};
 use crate::formulas::{self as f, AdamWScalars, SgdScalars};
+use crate::mask as pm;
 use crate::scalar::{Element, Scalar};
 
 /// A buffer of the reference backend: a host vector.
@@ -135,13 +136,13 @@ impl Backend for Reference {
         &self,
         theta: &mut HostBuffer<T>,
         theta_old: &HostBuffer<T>,
-        mask: &HostBuffer<u8>,
+        mask: &HostBuffer<u32>,
         kappa: T,
     ) -> Result<()> {
         same("ire_boost: theta_old", &theta.0, &theta_old.0)?;
-        same("ire_boost: mask", &theta.0, &mask.0)?;
-        for ((p, &o), &n) in theta.0.iter_mut().zip(&theta_old.0).zip(&mask.0) {
-            *p = f::boost(*p, o, n, kappa);
+        pm::check_words("ire_boost: mask", theta.0.len(), mask.0.len())?;
+        for (i, (p, &o)) in theta.0.iter_mut().zip(&theta_old.0).enumerate() {
+            *p = f::boost(*p, o, pm::bit(&mask.0, i), kappa);
         }
         Ok(())
     }
@@ -189,11 +190,11 @@ impl Backend for Reference {
         &self,
         h: &HostBuffer<T>,
         tau: T,
-        mask: &mut HostBuffer<u8>,
+        mask: &mut HostBuffer<u32>,
     ) -> Result<()> {
-        same("mask_le", &h.0, &mask.0)?;
-        for (n, &h) in mask.0.iter_mut().zip(&h.0) {
-            *n = f::mask_le(h, tau);
+        pm::check_words("mask_le", h.0.len(), mask.0.len())?;
+        for (w, h) in mask.0.iter_mut().zip(h.0.chunks(pm::WORD_BITS)) {
+            *w = pm::le_word(h, tau);
         }
         Ok(())
     }

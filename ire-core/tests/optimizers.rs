@@ -252,7 +252,7 @@ fn ire_sgd_moves_flat_coordinates_one_plus_kappa_times_as_far() {
     assert!(rep.refreshed);
     assert_eq!(rep.threshold, Some(16.0));
     assert_eq!(ire.flat_count(&R).unwrap(), 4);
-    assert_eq!(ire.mask()[0].0, [0, 0, 1, 1, 1, 1]);
+    assert_eq!(ire.mask(&R).unwrap()[0], [0, 0, 1, 1, 1, 1]);
     sgd.step(&R, &mut q, &g, lr).unwrap();
     for i in 0..6 {
         let plain = q[0].0[i] - 1.0;
@@ -424,7 +424,7 @@ fn hutchinson_and_training_gradient_estimators() {
     )
     .unwrap();
     assert_eq!(ire.estimate()[0].0, a);
-    assert_eq!(ire.mask()[0].0, [0, 1, 1, 1]); // k = 2, τ = 2
+    assert_eq!(ire.mask(&R).unwrap()[0], [0, 1, 1, 1]); // k = 2, τ = 2
     // The wrong kind of input is a clear error.
     let mut ire2 = Ire::new(
         Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap(),
@@ -456,7 +456,7 @@ fn hutchinson_and_training_gradient_estimators() {
     let g = bufs(&[&[3.0, 1.0, -2.0, 0.5]]);
     ire3.step(&R, &mut p, &g, IreStep::lr(0.1)).unwrap();
     assert_eq!(ire3.estimate()[0].0, [9.0, 1.0, 4.0, 0.25]);
-    assert_eq!(ire3.mask()[0].0, [0, 1, 1, 1]);
+    assert_eq!(ire3.mask(&R).unwrap()[0], [0, 1, 1, 1]);
     // EMA: β = 0.5 twice on the same g² gives h = 0.75·g² (from h = 0), then ...
     let cfg = IreConfig {
         gamma: 0.5,
@@ -704,12 +704,12 @@ fn groups_share_one_threshold_and_keep_their_settings() {
         )
         .unwrap();
     assert_eq!(rep.threshold, Some(3.0));
-    assert_eq!(ire.mask()[0].0, [0, 1]);
+    assert_eq!(ire.mask(&R).unwrap()[0], [0, 1]);
     assert!(
-        ire.mask()[1].0.is_empty(),
+        ire.mask(&R).unwrap()[1].is_empty(),
         "no state for a tensor outside IRE"
     );
-    assert_eq!(ire.mask()[2].0, [1, 1]);
+    assert_eq!(ire.mask(&R).unwrap()[2], [1, 1]);
     assert_eq!(ire.flat_count(&R).unwrap(), 3);
     // Group 0: d = g + 0.1 θ = 1.1, step 0.5 · 1.1 = 0.55; boosted ×2 where flat.
     assert_eq!(p[0].0, [1.0 - 0.55, 1.0 - 2.0 * 0.55]);
@@ -971,7 +971,7 @@ fn refresh_now_serves_the_next_step() {
         Err(Error::NonFinite { .. })
     ));
     assert!(ire.refresh_due());
-    assert_eq!(R.to_vec(&ire.mask()[0]).unwrap(), [0, 1, 0, 1]);
+    assert_eq!(ire.mask(&R).unwrap()[0], [0, 1, 0, 1]);
     assert!(
         ire.refresh_now(&R, &[4], &EstimateInput::Gradient(&est), Some(f64::NAN))
             .is_err()
@@ -1137,4 +1137,45 @@ fn a_clone_continues_exactly_as_the_original() {
     t.step(&R, &mut q, &g, 0.1).unwrap();
     assert_eq!(p, q);
     assert_eq!(s.save(&R).unwrap(), t.save(&R).unwrap());
+}
+
+/// Checkpoints keep one byte per coordinate (the format of every earlier checkpoint): the
+/// packed mask is unpacked on save and packed on load, tail word included.
+#[test]
+fn checkpoints_store_the_mask_as_bytes() {
+    use ire_core::state::StateValue;
+    let cfg = IreConfig {
+        kappa: 1.0,
+        estimator: Estimator::Manual,
+        ..IreConfig::default()
+    };
+    let new = || {
+        Ire::new(
+            Sgd::<Reference, f64>::new(SgdConfig::default()).unwrap(),
+            cfg,
+        )
+    };
+    let mut ire = new().unwrap();
+    let p = bufs(&[&[0.0; 33], &[0.0; 2]]);
+    let bytes: Vec<u8> = (0..33).map(|i| u8::from(i % 5 != 1)).collect();
+    ire.set_mask(&R, &p, &[&bytes, &[0, 1]]).unwrap();
+    let saved = ire.save(&R).unwrap();
+    let entry = |name: &str| saved.entries.iter().find(|e| e.name == name).unwrap();
+    assert_eq!(entry("mask.0").value, StateValue::U8(bytes.clone()));
+    assert_eq!(entry("mask.1").value, StateValue::U8(vec![0, 1]));
+    // A mask written with other non-zero bytes (flat) loads as 0/1.
+    let mut old = saved.clone();
+    for e in old.entries.iter_mut().filter(|e| e.name == "mask.1") {
+        e.value = StateValue::U8(vec![0, 7]);
+    }
+    let mut back = new().unwrap();
+    back.load(&R, &old).unwrap();
+    assert_eq!(back.mask(&R).unwrap(), vec![bytes, vec![0, 1]]);
+    assert_eq!(back.packed_mask()[0].0.len(), 2);
+    assert_eq!(
+        back.packed_mask()[0].0[1] >> 1,
+        0,
+        "unused bits of the last word"
+    );
+    assert_eq!(back.flat_count(&R).unwrap(), ire.flat_count(&R).unwrap());
 }

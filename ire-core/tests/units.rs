@@ -280,10 +280,18 @@ mod signature {
                 Real,
                 Real,
                 U32,
-                r(PtrElem::U8),
+                r(PtrElem::U32),
                 Real,
                 Index
             ]
+        );
+        assert_eq!(
+            sig("mask_le").params,
+            vec![r(PtrElem::Real), Real, w(PtrElem::U32), Index]
+        );
+        assert_eq!(
+            sig("mask_unpack").params,
+            vec![r(PtrElem::U32), w(PtrElem::U8), Index]
         );
         assert_eq!(
             sig("select_histogram").params,

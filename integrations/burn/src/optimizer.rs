@@ -166,8 +166,9 @@ impl<B: AutodiffBackend, T: BurnElement, O: CoreOptimizer<CpuBackend, T>> IreOpt
 
     /// The mask of each trainable parameter (1 = flat), flattened in row-major order; empty
     /// for a parameter that does not take part, and for all before the first step or refresh.
-    pub fn mask(&self) -> Vec<&[u8]> {
-        self.ire.mask().iter().map(|m| m.as_slice()).collect()
+    /// (Stored packed, one bit per coordinate: unpacked here.)
+    pub fn mask(&self) -> Result<Vec<Vec<u8>>> {
+        Ok(self.ire.mask(&self.backend)?)
     }
 
     /// Refreshes the estimate and the mask from `estimate` (the gradient at labels sampled

@@ -165,6 +165,7 @@ fn one_threshold_spans_every_parameter() {
     // τ is the k-th largest of ALL estimates; h ≤ τ is flat: N − k + 1 flat without ties.
     let flat: usize = opt
         .mask()
+        .unwrap()
         .iter()
         .map(|m| m.iter().filter(|&&b| b == 1).count())
         .sum();
@@ -173,6 +174,7 @@ fn one_threshold_spans_every_parameter() {
     // A per-tensor threshold would flag 80 % of every tensor; the global one does not.
     let per_tensor: Vec<f64> = opt
         .mask()
+        .unwrap()
         .iter()
         .map(|m| m.iter().filter(|&&b| b == 1).count() as f64 / m.len() as f64)
         .collect();

@@ -309,7 +309,7 @@ impl<T: CandleElement, O: CoreOptimizer<CpuBackend, T>> IreOptimizer<T, O> {
     /// The mask of each variable as a `u8` tensor of its shape (1 = flat); `None` for a
     /// variable that does not take part, and for all before the first step or refresh.
     pub fn mask(&self) -> Result<Vec<Option<Tensor>>> {
-        let masks = self.ire.mask();
+        let masks = self.ire.mask(&self.backend)?;
         let mut out = Vec::with_capacity(self.vars.len());
         for (i, v) in self.vars.iter().enumerate() {
             out.push(match masks.get(i) {

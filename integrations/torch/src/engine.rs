@@ -597,9 +597,15 @@ impl<B: TensorBackend, T: TorchScalar> Engine<B, T> {
     pub unsafe fn mask_into(&self, i: usize, out: &Span) -> Result<()> {
         self.check_index(i, out)?;
         check_out_dtype(out, DType::U8)?;
-        let mask = each!(&self.base, ire => ire.mask().get(i).filter(|m| self.b.len(m) > 0));
+        let mask = each!(&self.base, ire => ire.packed_mask().get(i).filter(|m| self.b.len(m) > 0));
         // SAFETY: the caller's contract.
-        unsafe { self.copy_or_zero(mask, out) }
+        let mut dst = unsafe { self.b.wrap_mut::<u8>(out)? };
+        // The mask is stored packed (one bit per coordinate): unpacked here, on the backend.
+        match mask {
+            Some(m) => self.b.mask_unpack(m, &mut dst)?,
+            None => self.b.fill(&mut dst, 0u8)?,
+        }
+        Ok(())
     }
 
     /// Copies tensor `i`'s estimate `h` into `out` (as [`Engine::mask_into`], of the dtype).
@@ -634,9 +640,9 @@ impl<B: TensorBackend, T: TorchScalar> Engine<B, T> {
 
     /// Number of flat coordinates of tensor `i` (0 for a tensor that takes no part).
     pub fn flat_count(&self, i: usize) -> Result<usize> {
-        let mask = each!(&self.base, ire => ire.mask().get(i).filter(|m| self.b.len(m) > 0));
+        let mask = each!(&self.base, ire => ire.packed_mask().get(i).filter(|m| self.b.len(m) > 0));
         Ok(match mask {
-            Some(m) => self.b.count_nonzero(m)?,
+            Some(m) => self.b.count_flat(m)?,
             None => 0,
         })
     }

@@ -27,7 +27,7 @@ use clap::{Parser, ValueEnum};
 use ire_backend_cpu::CpuBackend;
 use ire_bench::interleave::interleaved_blocks;
 use ire_bench::workloads::Workload;
-use ire_bench::{SIZES, random_f32};
+use ire_bench::{SIZES, bench_mask, random_f32};
 use ire_core::formulas::SgdScalars;
 use ire_core::optim::sharp_count;
 use ire_core::{AdamWConfig, Backend};
@@ -179,12 +179,7 @@ fn optimizer_steps(b: &CpuBackend, n: usize, args: &Args, out: &mut Vec<Value>) 
         b.alloc::<f32>(n)?,
         b.alloc::<f32>(n)?,
     );
-    let mut mask = b.alloc::<u8>(n)?;
-    let mask_host: Vec<u8> = random_f32(n, 4, 1.0)
-        .iter()
-        .map(|&x| u8::from(x < 0.6))
-        .collect();
-    b.upload(&mut mask, &mask_host)?;
+    let (_, mut mask) = bench_mask(b, n)?;
     // PyTorch's AdamW at lr 1e-3, weight decay 0.1, betas (0.9, 0.999), eps 1e-8.
     let s = AdamWConfig {
         weight_decay: 0.1,

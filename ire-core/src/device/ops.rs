@@ -14,6 +14,7 @@ use super::select;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::formulas::{AdamWScalars, SgdScalars};
+use crate::mask as pm;
 use crate::scalar::{DType, Element, Scalar, as_bytes};
 
 type Buf<R, E> = DeviceBuffer<R, E>;
@@ -270,11 +271,11 @@ impl<R: Runtime> Backend for DeviceBackend<R> {
         &self,
         theta: &mut Buf<R, T>,
         theta_old: &Buf<R, T>,
-        mask: &Buf<R, u8>,
+        mask: &Buf<R, u32>,
         kappa: T,
     ) -> Result<()> {
         let n = same("ire_boost: theta_old", theta.len(), theta_old.len())?;
-        same("ire_boost: mask", n, mask.len())?;
+        pm::check_words("ire_boost: mask", n, mask.len())?;
         let args = [
             theta.output(),
             theta_old.input(),
@@ -313,10 +314,26 @@ impl<R: Runtime> Backend for DeviceBackend<R> {
         self.each::<T>("ema_product", n, &args)
     }
 
-    fn mask_le<T: Scalar>(&self, h: &Buf<R, T>, tau: T, mask: &mut Buf<R, u8>) -> Result<()> {
-        let n = same("mask_le", h.len(), mask.len())?;
+    fn mask_le<T: Scalar>(&self, h: &Buf<R, T>, tau: T, mask: &mut Buf<R, u32>) -> Result<()> {
+        let n = h.len();
+        pm::check_words("mask_le", n, mask.len())?;
         let args = [h.input(), real(tau), mask.output(), Index(n)];
-        self.each::<T>("mask_le", n, &args)
+        self.each::<T>("mask_le", pm::words(n), &args)
+    }
+
+    fn mask_pack(&self, bytes: &Buf<R, u8>, mask: &mut Buf<R, u32>) -> Result<()> {
+        let n = bytes.len();
+        pm::check_words("mask_pack", n, mask.len())?;
+        // Mask kernels live in the f32 program, which every device has.
+        let args = [bytes.input(), mask.output(), Index(n)];
+        self.each::<f32>("mask_pack", pm::words(n), &args)
+    }
+
+    fn mask_unpack(&self, mask: &Buf<R, u32>, bytes: &mut Buf<R, u8>) -> Result<()> {
+        let n = bytes.len();
+        pm::check_words("mask_unpack", n, mask.len())?;
+        let args = [mask.input(), bytes.output(), Index(n)];
+        self.each::<f32>("mask_unpack", n, &args)
     }
 
     fn asam_perturb<T: Scalar>(&self, theta: &mut Buf<R, T>, g: &Buf<R, T>, s: T) -> Result<()> {
@@ -347,14 +364,13 @@ impl<R: Runtime> Backend for DeviceBackend<R> {
         )
     }
 
-    fn count_nonzero(&self, x: &Buf<R, u8>) -> Result<usize> {
-        // Byte kernels live in the f32 program, which every device has.
+    fn count_flat(&self, mask: &Buf<R, u32>) -> Result<usize> {
         reduce::count(
             self,
             DType::F32,
-            "count_nonzero_partial",
-            x.input(),
-            x.len(),
+            "count_flat_partial",
+            mask.input(),
+            mask.len(),
         )
     }
 
@@ -367,11 +383,11 @@ impl<R: Runtime> Backend for DeviceBackend<R> {
         theta: &mut Buf<R, T>,
         grad: &Buf<R, T>,
         s: &SgdScalars<T>,
-        mask: &Buf<R, u8>,
+        mask: &Buf<R, u32>,
         kappa: T,
     ) -> Result<()> {
         let n = same("sgd_ire_step: grad", theta.len(), grad.len())?;
-        same("sgd_ire_step: mask", n, mask.len())?;
+        pm::check_words("sgd_ire_step: mask", n, mask.len())?;
         let args = [
             theta.output(),
             grad.input(),
@@ -390,12 +406,12 @@ impl<R: Runtime> Backend for DeviceBackend<R> {
         grad: &Buf<R, T>,
         momentum: &mut Buf<R, T>,
         s: &SgdScalars<T>,
-        mask: &Buf<R, u8>,
+        mask: &Buf<R, u32>,
         kappa: T,
     ) -> Result<()> {
         let n = same("sgd_momentum_ire_step: grad", theta.len(), grad.len())?;
         same("sgd_momentum_ire_step: momentum", n, momentum.len())?;
-        same("sgd_momentum_ire_step: mask", n, mask.len())?;
+        pm::check_words("sgd_momentum_ire_step: mask", n, mask.len())?;
         let [wd, mu, dc, flags] = momentum_args(s);
         let args = [
             theta.output(),
@@ -420,13 +436,13 @@ impl<R: Runtime> Backend for DeviceBackend<R> {
         m: &mut Buf<R, T>,
         v: &mut Buf<R, T>,
         s: &AdamWScalars<T>,
-        mask: &Buf<R, u8>,
+        mask: &Buf<R, u32>,
         kappa: T,
     ) -> Result<()> {
         let n = same("adamw_ire_step: grad", theta.len(), grad.len())?;
         same("adamw_ire_step: m", n, m.len())?;
         same("adamw_ire_step: v", n, v.len())?;
-        same("adamw_ire_step: mask", n, mask.len())?;
+        pm::check_words("adamw_ire_step: mask", n, mask.len())?;
         let [a, b, c, d, e, f, g, h] = adamw_args(s);
         let args = [
             theta.output(),

@@ -195,6 +195,11 @@ impl IreConfig {
     }
 }
 
+/// Word counts of the packed masks of tensors of `sizes` coordinates.
+fn packed_sizes(sizes: &[usize]) -> Vec<usize> {
+    sizes.iter().map(|&n| crate::mask::words(n)).collect()
+}
+
 /// A base optimizer that runs outside this crate (e.g. a framework's own optimizer): the
 /// marker for [`Ire::begin_external`] / [`Ire::finish_external`]. It cannot step by itself.
 #[derive(Clone, Copy, Debug, Default)]
@@ -246,9 +251,10 @@ pub struct Ire<B: Backend, T: Scalar, O> {
     base: O,
     cfg: IreConfig,
     groups: Option<ParamGroups>,
-    /// Estimate and mask per tensor (zero-length for tensors that do not take part).
+    /// Estimate and packed mask ([`crate::mask`]) per tensor (zero-length for tensors that do
+    /// not take part).
     h: Vec<B::Buffer<T>>,
-    mask: Vec<B::Buffer<u8>>,
+    mask: Vec<B::Buffer<u32>>,
     /// `θ_old` per tensor, for a base that does not fuse the boost and for external bases.
     scratch: Vec<B::Buffer<T>>,
     sizes: Option<Vec<usize>>,
@@ -264,7 +270,7 @@ pub struct Ire<B: Backend, T: Scalar, O> {
 impl<B: Backend, T: Scalar, O: Clone> Clone for Ire<B, T, O>
 where
     B::Buffer<T>: Clone,
-    B::Buffer<u8>: Clone,
+    B::Buffer<u32>: Clone,
 {
     fn clone(&self) -> Self {
         Ire {
@@ -340,10 +346,32 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
         self.t
     }
 
-    /// The masks (one per tensor; empty before the first step; zero-length for tensors that
-    /// do not take part).
-    pub fn mask(&self) -> &[B::Buffer<u8>] {
+    /// The masks as 0/1 bytes (1 = flat), unpacked on the host: one per tensor, empty before
+    /// the first step, zero-length for tensors that do not take part.
+    pub fn mask(&self, b: &B) -> Result<Vec<Vec<u8>>> {
+        self.mask
+            .iter()
+            .zip(&self.h)
+            .map(|(m, h)| crate::mask::unpack(&b.to_vec(m)?, b.len(h)))
+            .collect()
+    }
+
+    /// The masks as stored: packed, one bit per coordinate ([`crate::mask`]), one buffer per
+    /// tensor as [`Ire::mask`].
+    pub fn packed_mask(&self) -> &[B::Buffer<u32>] {
         &self.mask
+    }
+
+    /// Unpacks tensor `i`'s mask into `out` (0/1 bytes, on the backend; the tensor's length, or
+    /// zero-length for a tensor that takes no part).
+    pub fn mask_into(&self, b: &B, i: usize, out: &mut B::Buffer<u8>) -> Result<()> {
+        let m = self.mask.get(i).ok_or_else(|| Error::SizeMismatch {
+            what: "mask tensor index (vs the number of tensors)".into(),
+            expected: self.mask.len(),
+            found: i + 1,
+        })?;
+        check_len(&format!("mask tensor {i}"), b.len(&self.h[i]), b.len(out))?;
+        b.mask_unpack(m, out)
     }
 
     /// The estimates `h` (one per tensor, as [`Ire::mask`]).
@@ -420,7 +448,7 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
     pub fn flat_count(&self, b: &B) -> Result<usize> {
         let mut n = 0;
         for m in &self.mask {
-            n += b.count_nonzero(m)?;
+            n += b.count_flat(m)?;
         }
         Ok(n)
     }
@@ -435,12 +463,11 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
     pub fn set_mask(&mut self, b: &B, params: &[B::Buffer<T>], mask: &[&[u8]]) -> Result<()> {
         self.ensure_state(b, &sizes(b, params))?;
         check_len("number of mask tensors", self.mask.len(), mask.len())?;
-        for (i, (m, src)) in self.mask.iter().zip(mask).enumerate() {
-            check_len(&format!("mask tensor {i}"), b.len(m), src.len())?;
+        for (i, (h, src)) in self.h.iter().zip(mask).enumerate() {
+            check_len(&format!("mask tensor {i}"), b.len(h), src.len())?;
         }
         for (m, src) in self.mask.iter_mut().zip(mask) {
-            let v: Vec<u8> = src.iter().map(|&x| (x != 0) as u8).collect();
-            b.upload(m, &v)?;
+            b.upload(m, &crate::mask::pack(src))?;
         }
         Ok(())
     }
@@ -467,7 +494,7 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
             None => {
                 let ranked = self.ranked_sizes(sizes);
                 let h = zeros(b, &ranked)?;
-                let mask = zeros::<B, u8>(b, &ranked)?;
+                let mask = zeros::<B, u32>(b, &packed_sizes(&ranked))?;
                 let scratch = if self.needs_scratch() {
                     zeros(b, &ranked)?
                 } else {
@@ -588,15 +615,10 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Ire<B, T, O> {
             None => self.cfg.gamma_schedule.rank_at(self.cfg.gamma, since),
         };
         match self.cfg.threshold.selection(n, rank) {
-            Selection::AllFlat => {
-                for m in self.mask.iter_mut() {
-                    b.fill(m, 1u8)?;
-                }
-                Ok(None)
-            }
-            Selection::NoneFlat => {
-                for m in self.mask.iter_mut() {
-                    b.fill(m, 0u8)?;
+            every @ (Selection::AllFlat | Selection::NoneFlat) => {
+                let flat = matches!(every, Selection::AllFlat);
+                for (h, m) in self.h.iter().zip(self.mask.iter_mut()) {
+                    b.upload(m, &crate::mask::filled(b.len(h), flat))?;
                 }
                 Ok(None)
             }
@@ -942,7 +964,11 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Optimizer<B, T> for Ire<B, T, O>
             StateValue::U64s(sizes.iter().map(|&n| n as u64).collect()),
         );
         d.put_tensors(b, "h", &self.h)?;
-        d.put_tensors(b, "mask", &self.mask)?;
+        // Checkpoints keep one byte per coordinate (unpacked here, packed on load): the
+        // format of every earlier checkpoint, a quarter of the estimate saved beside it.
+        for (i, m) in self.mask(b)?.into_iter().enumerate() {
+            d.put(format!("mask.{i}"), StateValue::U8(m));
+        }
         d.put("base", StateValue::Nested(self.base.save(b)?));
         Ok(d)
     }
@@ -979,7 +1005,14 @@ impl<B: Backend, T: Scalar, O: Optimizer<B, T>> Optimizer<B, T> for Ire<B, T, O>
         let t = state.get_u64("t")?;
         let skip = state.get_u64("skip_refresh_at")?;
         let h = state.load_tensors::<B, T>(b, "h", &ranked)?;
-        let mask = state.load_tensors::<B, u8>(b, "mask", &ranked)?;
+        let mask = ranked
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let bytes = state.get_tensor::<u8>(&format!("mask.{i}"), n)?;
+                b.alloc_from(&crate::mask::pack(bytes))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let scratch = if self.needs_scratch() {
             zeros(b, &ranked)?
         } else {

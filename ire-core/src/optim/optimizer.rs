@@ -17,8 +17,8 @@ use crate::state::StateDict;
 
 /// The IRE boost of one tensor's step: `θ ← θ_base + (κ·n) ⊙ (θ_base − θ_old)`.
 pub struct TensorBoost<'a, B: Backend, T: Scalar> {
-    /// The tensor's 0/1 mask (1 = flat: boosted).
-    pub mask: &'a B::Buffer<u8>,
+    /// The tensor's packed mask ([`crate::mask`]; a set bit = flat: boosted).
+    pub mask: &'a B::Buffer<u32>,
     /// `κ_t` for this step.
     pub kappa: T,
     /// Space for `θ_old`: given when [`Optimizer::fuses_boost`] is false, `None` otherwise.

@@ -403,16 +403,12 @@ impl<B: NnOps> AnyOptimizer<B> {
     /// optimizers).
     pub fn mask_bytes(&self, b: &B) -> Result<Option<Vec<u8>>> {
         let masks = match self {
-            AnyOptimizer::SgdIre(o) => o.mask(),
-            AnyOptimizer::SamIre(o) => o.mask(),
-            AnyOptimizer::Admire(o) => o.mask(),
+            AnyOptimizer::SgdIre(o) => o.mask(b)?,
+            AnyOptimizer::SamIre(o) => o.mask(b)?,
+            AnyOptimizer::Admire(o) => o.mask(b)?,
             _ => return Ok(None),
         };
-        let mut out = Vec::new();
-        for m in masks {
-            out.extend(b.to_vec(m)?);
-        }
-        Ok(Some(out))
+        Ok(Some(masks.concat()))
     }
 
     /// The optimizer's state.
