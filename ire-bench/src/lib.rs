@@ -494,7 +494,7 @@ mod tests {
         assert_eq!(d.op, ADMIRE_K10_OPS);
         assert_eq!(d.median_s, 0.011 + 0.002);
         assert_eq!(d.best_s, 0.009 + 0.001);
-        assert_eq!(d.bytes_per_param, 28.125 + 2.4125);
+        assert_eq!(d.bytes_per_param, 28.125 + 2.0125);
         assert_eq!(r.entries[0].floor_s(r.bandwidth), 0.028);
         let (m, b) = r.ratio_to_adamw(&r.entries[2]).unwrap();
         assert_eq!((m, b), (2.0, 1.25));

@@ -296,6 +296,9 @@ fn run<T: Real>(kernel: &str, groups: usize, args: &[KernelArg<'_, Mutex<Vec<u8>
             let g = a.r(1).clone();
             let p = a.r(0);
             len_ok("theta/grad", p.len().min(g.len()), n)?;
+            if fused {
+                len_ok("mask", mask.len(), pm::words(n))?;
+            }
             for i in 0..n {
                 let base = f::sgd(p[i], g[i], &s);
                 p[i] = if fused {
@@ -326,6 +329,9 @@ fn run<T: Real>(kernel: &str, groups: usize, args: &[KernelArg<'_, Mutex<Vec<u8>
             let mut buf = a.r(2).clone();
             let p = a.r(0);
             len_ok("theta/grad/buf", p.len().min(g.len()).min(buf.len()), n)?;
+            if fused {
+                len_ok("mask", mask.len(), pm::words(n))?;
+            }
             for i in 0..n {
                 let (base, b2) = f::sgd_momentum(p[i], g[i], buf[i], &s);
                 buf[i] = b2;
@@ -364,6 +370,9 @@ fn run<T: Real>(kernel: &str, groups: usize, args: &[KernelArg<'_, Mutex<Vec<u8>
                 p.len().min(g.len()).min(m.len()).min(v.len()),
                 n,
             )?;
+            if fused {
+                len_ok("mask", mask.len(), pm::words(n))?;
+            }
             for i in 0..n {
                 let (base, m2, v2) = f::adamw(p[i], g[i], m[i], v[i], &s);
                 m[i] = m2;
