@@ -289,12 +289,7 @@ fn scaling(b: &CpuBackend, args: &Args, out: &mut Vec<Value>) -> AnyResult<()> {
         let mut theta = b.alloc_from(&random_f32(n, 1, 1.0))?;
         let grad = b.alloc_from(&random_f32(n, 2, 1e-2))?;
         let (mut m, mut v) = (b.alloc::<f32>(n)?, b.alloc::<f32>(n)?);
-        let mut mask = b.alloc::<u8>(n)?;
-        let mask_host: Vec<u8> = random_f32(n, 4, 1.0)
-            .iter()
-            .map(|&x| u8::from(x < 0.6))
-            .collect();
-        b.upload(&mut mask, &mask_host)?;
+        let (_, mask) = bench_mask(b, n)?;
         let s = AdamWConfig {
             weight_decay: 0.1,
             ..AdamWConfig::default()
