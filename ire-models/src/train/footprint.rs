@@ -40,7 +40,8 @@ pub fn training(
         Input::Image { shape, .. } => (shape.0 * shape.1 * shape.2) as u128,
         Input::Tokens { context, .. } => context as u128,
     };
-    // State tensors per parameter, in quarters of an f32 (an IRE mask is one byte).
+    // State bytes per parameter. An IRE mask counts one byte: it is one bit on the backend,
+    // but a checkpoint's host copy holds a byte per coordinate (an upper bound either way).
     let base = match cfg.optimizer {
         OptimizerKind::Adamw | OptimizerKind::Admire => 8,
         _ => 4 * u128::from(cfg.opt.momentum != 0.0),
