@@ -178,13 +178,43 @@ def main():
             return None, None, None
         return best(a[0]), best(b[0]), best(a[0]) / best(b[0])
 
+    def paired(pairs):
+        """The ratio ours/PyTorch of every round in which both sides ran, over `pairs` of
+        (our benchmark, theirs, size, context): the two sides of a round ran back to back, so
+        a slow spell of the machine falls on both more often than across rounds."""
+        out = []
+        for ours, theirs, size, ctx in pairs:
+            a = per_round(ire, ours, size, ctx)
+            b = per_round(torch_docs, theirs, size, ctx)
+            if a and b:
+                out += [a[0][r] / b[0][r] for r in sorted(a[0]) if r in b[0]]
+        return out
+
+    def median(xs):
+        xs = sorted(xs)
+        n = len(xs)
+        return None if n == 0 else (xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2]))
+
+    def step_goal(row, pairs, goal):
+        """A goal row for an optimizer step: the median of the paired per-round ratios (this
+        shared machine's bandwidth swings between runs far more than the two steps differ)."""
+        rs = paired(pairs)
+        a, b, r = ratio_of(pairs[0][0], pairs[0][2], theirs=pairs[0][1])
+        m = median(rs)
+        goals.append((row, m, f"≤ {goal:g}", verdict(m, goal),
+                      f"median of {len(rs)} paired rounds (the optimizer-step part and the "
+                      f"scaling table): {', '.join(f'{x:.2f}' for x in rs)}; best rounds "
+                      f"{fmt_ms(a)} / {fmt_ms(b)} ms ({r:.2f})" if r else "-"))
+
     # ---- the goals of the performance work ----
     triad = first(ire, "triad")
     bw = triad["bytes_per_s"] if triad else None
     goals = []  # (row, measured, goal text, met, how)
-    a, b, r = ratio_of("adamw", 10_000_000, theirs="adamw_fused")
-    goals.append(("AdamW step, 10M f32, ours / PyTorch fused AdamW", r, "≤ 0.95",
-                  verdict(r, 0.95), f"{fmt_ms(a)} / {fmt_ms(b)} ms"))
+    ten = 10_000_000
+    step_goal("AdamW step, 10M f32, ours / PyTorch fused AdamW",
+              [("adamw", "adamw_fused", ten, None), ("scaling_adamw", "scaling_adamw", ten, None)],
+              0.95)
+    a, b, r = ratio_of("adamw", ten, theirs="adamw_fused")
     if a and bw:
         frac = 28.0 * 10_000_000 / (a / 1e3) / bw
         # STREAM counts 12 bytes per triad element; the store to `a` also reads it first
@@ -194,9 +224,9 @@ def main():
                       f"28 bytes per parameter in {fmt_ms(a)} ms against a triad of "
                       f"{bw / 1e9:.1f} GB/s as STREAM counts it (12 bytes per element; "
                       f"{frac * 0.75:.2f} against the 16 bytes the triad really moves)"))
-    a, b, r = ratio_of("admire", 10_000_000, theirs="adamw_fused")
-    goals.append(("AdmIRE step vs PyTorch fused AdamW, 10M", r, "≤ 1.0", verdict(r, 1.0),
-                  f"{fmt_ms(a)} / {fmt_ms(b)} ms"))
+    step_goal("AdmIRE step vs PyTorch fused AdamW, 10M",
+              [("admire", "adamw_fused", ten, None),
+               ("scaling_admire", "scaling_adamw", ten, None)], 1.0)
     for model, ctx, batch, goal in [("mlp", 0, None, 0.8), ("resnet20", 0, None, 0.8),
                                     ("lm-paper", 128, None, 0.6),
                                     ("lm-paper", 1024, None, 0.8),
@@ -443,6 +473,7 @@ def main():
                     w(f"| {p[0]} | {p[1]} | {p[2]} | {' '.join(p[3:6])} |")
         w("")
     w(NOTES_MARK)
+    w("")
     w(keep_notes(args.out))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
