@@ -10,7 +10,7 @@
 //!
 //! A state saved by a rank names its tensors by piece (`m.0`, `m.1`, … over its pieces);
 //! [`merge`] joins every rank's into the state of the whole arena, named by part exactly as
-//! an unsharded optimizer names it, and [`slice`] cuts a whole state into one rank's.
+//! an unsharded optimizer names it, and [`slice()`] cuts a whole state into one rank's.
 
 use std::ops::Range;
 
