@@ -32,14 +32,17 @@
 //!
 //! With `optimizer_state = sharded` (ZeRO stage 1, [`super::shard_state`]) each rank holds the
 //! optimizer state (moments, IRE estimate and mask) of its own range of the arena only and
-//! steps only that range; the parameters are then all-gathered. The gradients are combined
-//! exactly as above (all-reduced, or gathered by shard) and each rank slices its range: the
-//! same sums as a replicated run, so the two give the same numbers bit for bit with or without
-//! `shards`, and clipping still sees the whole gradient. IRE's threshold is ONE selection over
-//! the estimates of every rank ([`ire_core::collective::select`]), so the mask is the
-//! replicated run's, bit for bit. SAM's perturbation divides by the norm of the whole
-//! gradient: every rank takes it from the gradient it holds whole (over the replicated run's
-//! tensors), perturbs its own range, and the ranges are all-gathered for the second pass.
+//! steps only that range; the parameters are then all-gathered. With `shards` the gradients
+//! are gathered by shard as above and each rank slices its range: the same sums as a
+//! replicated run, bit for bit. Without, the gradient and the estimator gradient are
+//! reduce-scattered (the arena padded to `W × chunk`, each rank receives its range's sums and
+//! never holds the whole sum): half the all-reduce's traffic, equal to the replicated run
+//! within rounding. Whole-gradient quantities then come from the shards: the clipping norm
+//! and SAM's perturbation norm are each rank's partial sum of squares (`f64`), all-reduced.
+//! IRE's threshold is ONE selection over the estimates of every rank
+//! ([`ire_core::collective::select`]), so the mask is the one a replicated run derives from
+//! the same estimates. SAM's perturbation divides by the norm of the whole gradient; every
+//! rank perturbs its own range, and the ranges are all-gathered for the second pass.
 //!
 //! Batch-norm statistics are per rank by default: each forward normalizes with the statistics
 //! of the examples it sees (a rank's micro-batch or shard), and each rank's running statistics
@@ -188,6 +191,24 @@ fn gather_params<B: NnOps>(
     comm.all_gather(mine.as_slice().into(), BufMut::F32(&mut all))?;
     all.truncate(host.len());
     b.upload(params, &all)
+}
+
+/// Reduce-scatters the local gradient `host` (the whole arena) over the ranks of `comm`: the
+/// arena padded to `W × chunk`, each rank receives the sums of its own range of `layout`.
+/// Afterwards `host` holds those sums in this rank's range and zeros everywhere else.
+fn reduce_scatter_range(
+    host: &mut Vec<f32>,
+    layout: &ShardLayout,
+    comm: &dyn Collective,
+) -> CoreResult<()> {
+    let (n, r) = (host.len(), layout.ranges[comm.rank()].clone());
+    host.resize(layout.chunk * comm.world_size(), 0.0);
+    let mut mine = vec![0f32; layout.chunk];
+    comm.reduce_scatter_sum(host.as_slice().into(), BufMut::F32(&mut mine))?;
+    host.truncate(n);
+    host.fill(0.0);
+    host[r.clone()].copy_from_slice(&mine[..r.len()]);
+    Ok(())
 }
 
 /// `n` examples in exactly `parts` near-equal consecutive ranges ([`Batch::micro_ranges`]),
@@ -703,7 +724,9 @@ impl<B: NnOps + 'static> Trainer<B> {
     }
 
     /// The estimator gradient `ĝ` of the last estimator pass, on the host (`None` for the base
-    /// optimizers, which have none; zeros before the first pass).
+    /// optimizers, which have none; zeros before the first pass). With a sharded optimizer
+    /// state in a group without `shards` it is reduce-scattered: only this rank's range holds
+    /// the sums, the rest is zeros.
     pub fn estimator_gradient_host(&self) -> CoreResult<Option<Vec<f32>>> {
         self.est_grads.first().map(|g| self.b.to_vec(g)).transpose()
     }
@@ -922,12 +945,18 @@ impl<B: NnOps + 'static> Trainer<B> {
         if !reduce {
             return Ok((loss_sum, correct));
         }
+        // Sharded state: reduce-scattered, ~P·(W−1)/W floats moved per rank instead of the
+        // all-reduce's ~2P·(W−1)/W; each rank keeps only its range's sums (zeros elsewhere).
+        let scatter = self.scattered().map(|sh| sh.layout.clone());
         for (on, est) in [(targets.train, false), (targets.est, true)] {
             if on {
                 let mut host = self
                     .b
                     .to_vec(arena(est, &mut self.grads, &mut self.est_grads))?;
-                self.comm().all_reduce_sum(BufMut::F32(&mut host))?;
+                match &scatter {
+                    Some(layout) => reduce_scatter_range(&mut host, layout, self.comm())?,
+                    None => self.comm().all_reduce_sum(BufMut::F32(&mut host))?,
+                }
                 self.b
                     .upload(arena(est, &mut self.grads, &mut self.est_grads), &host)?;
             }
@@ -1039,9 +1068,41 @@ impl<B: NnOps + 'static> Trainer<B> {
         self.xent_backward(r.len(), Labels::True, total_rows, false)
     }
 
-    /// Scales the training gradient to the clipping norm when it is larger.
+    /// The sharded state when the gradients are reduce-scattered (a group without `shards`):
+    /// each rank then holds the sums of its own range of the arena only, zeros elsewhere.
+    fn scattered(&self) -> Option<&ShardState> {
+        match (&self.shard, &self.comm, self.cfg.shards) {
+            (Some(sh), Some(_), None) => Some(sh),
+            _ => None,
+        }
+    }
+
+    /// The squared norm of the whole training gradient when it is reduce-scattered: each
+    /// rank's sum of squares over its pieces (in `f64`), all-reduced.
+    fn scattered_squared_norm(&mut self) -> CoreResult<Option<f64>> {
+        let Some(cut) = self.scattered().map(|sh| sh.layout.cut_for(self.rank())) else {
+            return Ok(None);
+        };
+        let b = &self.b;
+        let k = cut.len() - 1;
+        let mine = b.with_parts(&mut self.grads[0], &[], &cut, |g, _| {
+            g[1..k]
+                .iter()
+                .try_fold(0f64, |acc, x| Ok(acc + b.sum_squares(x)? as f64))
+        })?;
+        let mut sum = [mine];
+        self.comm().all_reduce_sum(BufMut::F64(&mut sum))?;
+        Ok(Some(sum[0]))
+    }
+
+    /// Scales the training gradient to the clipping norm when it is larger. Reduce-scattered,
+    /// the norm comes from every rank's partial sum of squares and each rank scales its range
+    /// (the zeros elsewhere stay zeros); a non-finite norm is then seen by every rank alike.
     fn clip(&mut self) -> Result<(), TrainError> {
-        let norm = (self.b.sum_squares(&self.grads[0])? as f64).sqrt();
+        let norm = match self.scattered_squared_norm()? {
+            Some(sq) => sq.sqrt(),
+            None => (self.b.sum_squares(&self.grads[0])? as f64).sqrt(),
+        };
         if !norm.is_finite() {
             return Err(TrainError::Diverged {
                 step: self.step,
@@ -1206,10 +1267,11 @@ impl<B: NnOps + 'static> Trainer<B> {
         // In a data-parallel group every rank holds the same, all-reduced gradients and
         // estimator gradient here, so a replicated step (and IRE's threshold, selected locally
         // over the whole estimate) gives the same parameters and mask on every rank.
-        // Sharded state: the gradients were all-reduced (or gathered by shard), not
-        // reduce-scattered, and each rank slices its range: the very sums of a replicated run,
-        // so sharded equals replicated bit for bit (with `shards` at any world size), and
-        // clipping saw the whole gradient; IRE's threshold is the distributed selection.
+        // Sharded state: with `shards` the gradients were gathered by shard and each rank
+        // slices its range, the very sums of a replicated run, so sharded equals replicated bit
+        // for bit at any world size; without, they were reduce-scattered (each rank holds its
+        // range's sums only; clipping took the norm from partial sums), equal within rounding.
+        // IRE's threshold is the distributed selection either way.
         let (b, opt) = (&self.b, &mut self.opt);
         let comm: &dyn Collective = match &self.comm {
             Some(c) => c.as_ref(),
@@ -1262,10 +1324,13 @@ impl<B: NnOps + 'static> Trainer<B> {
 
     /// SAM's perturbation (SAM-IRE's refresh at the unperturbed θ first), with the training
     /// gradient and (`want_est`) the estimator's. Sharded state: each rank perturbs its own
-    /// range with the norm of the whole gradient, which every rank holds, taken over the
-    /// replicated run's tensors (the arena, or its groups' parts), so the same bits; then the
-    /// ranges are all-gathered for the second pass.
+    /// range with the norm of the whole gradient, then the ranges are all-gathered for the
+    /// second pass. With `shards` every rank holds the whole gradient and takes the norm over
+    /// the replicated run's tensors (the arena, or its groups' parts), so the same bits;
+    /// reduce-scattered, the norm is every rank's partial sum of squares over its pieces
+    /// (`f64`), all-reduced: the replicated norm up to the order of the additions.
     fn perturb(&mut self, want_est: bool) -> Result<(), TrainError> {
+        let scattered = self.scattered().is_some();
         let est = want_est.then_some(&self.est_grads[..]);
         let (b, opt) = (&self.b, &mut self.opt);
         let Some(shard) = &self.shard else {
@@ -1280,15 +1345,15 @@ impl<B: NnOps + 'static> Trainer<B> {
             }
             return Ok(());
         };
-        let sq = match &self.groups {
-            None => opt.sam_squared_norm(b, &self.params, &self.grads)?,
-            Some(sg) => {
+        let whole = match (&self.groups, scattered) {
+            (_, true) => None,
+            (None, false) => opt.sam_squared_norm(b, &self.params, &self.grads)?,
+            (Some(sg), false) => {
                 b.with_parts(&mut self.params[0], &[&self.grads[0]], &sg.lens, |p, sh| {
                     opt.sam_squared_norm(b, p, &sh[0])
                 })?
             }
-        }
-        .unwrap_or(0.0);
+        };
         let comm: &dyn Collective = match &self.comm {
             Some(c) => c.as_ref(),
             None => &SingleProcess,
@@ -1300,6 +1365,15 @@ impl<B: NnOps + 'static> Trainer<B> {
             &arena_and(&self.grads, est),
             &cut,
             |p, sh| {
+                let sq = if scattered {
+                    let mut sum = [opt
+                        .sam_squared_norm(b, &p[1..k], &sh[0][1..k])?
+                        .unwrap_or(0.0)];
+                    comm.all_reduce_sum(BufMut::F64(&mut sum))?;
+                    sum[0]
+                } else {
+                    whole.unwrap_or(0.0)
+                };
                 let est = sh.get(1).map(|e| &e[1..k]);
                 opt.perturb_sharded(b, &mut p[1..k], &sh[0][1..k], est, sq, comm)
             },
