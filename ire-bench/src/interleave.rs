@@ -17,9 +17,15 @@ pub struct BlockTimes {
 }
 
 impl BlockTimes {
+    /// The mean seconds per step of the first and of the second trainer.
+    pub fn means(&self) -> (f64, f64) {
+        (mean(&self.a), mean(&self.b))
+    }
+
     /// The ratio of the mean per-step times, second over first.
     pub fn ratio_of_means(&self) -> f64 {
-        mean(&self.b) / mean(&self.a)
+        let (a, b) = self.means();
+        b / a
     }
 }
 
